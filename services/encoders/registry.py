@@ -1,0 +1,110 @@
+"""The encoder registry: every frozen encoder is one declared `EncoderSpec`.
+
+A spec says everything the serving side needs: the embedding dimension, how pixels must be
+prepared (that becomes the DALI pipeline), and how to build the network (that becomes the
+ONNX model). `create_encoder(name, weights=...)` builds the network, timm-style.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal, Optional, Union
+
+import onnx
+import torch
+
+
+class EncoderError(ValueError):
+    """An encoder cannot be built as asked (unknown name, missing or unreadable weights)."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How encoded image bytes become the encoder's input tensor.
+
+    `mean` and `std` are in pixel units (0..255) and in `channel_order`; the output is
+    (pixel - mean) / std, laid out as `layout` (without the batch axis).
+    """
+
+    size: int  # the square the encoder sees
+    resize: int  # "square": both sides resized to this; "shorter": the shorter side
+    resize_mode: Literal["square", "shorter"]
+    interpolation: Literal["linear", "cubic"]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    channel_order: Literal["RGB", "BGR"]
+    layout: Literal["CHW", "HWC"] = "CHW"
+
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        s = self.size
+        return (3, s, s) if self.layout == "CHW" else (s, s, 3)
+
+
+# What a builder returns: a torch module mapping a preprocessed batch to [B, D] embeddings,
+# or an ONNX graph that already does (open_nsfw ships as ONNX only).
+Network = Union[torch.nn.Module, onnx.ModelProto]
+Builder = Callable[[Optional[Path], bool], Network]
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    name: str
+    dim: int
+    preprocess: Preprocess
+    builder: Builder = field(repr=False)
+    description: str = ""
+    # Where real weights come from: "bundled" (a package ships them) or a hint for --weights.
+    weights_source: str = "bundled"
+
+    @property
+    def needs_weights_file(self) -> bool:
+        return self.weights_source != "bundled"
+
+    def build(self, weights: Optional[Path] = None, random_weights: bool = False) -> Network:
+        if self.needs_weights_file and weights is None and not random_weights:
+            raise EncoderError(
+                f"encoder '{self.name}' needs pretrained weights from a local file: pass "
+                f"--weights PATH ({self.weights_source}). Model hubs cannot be reached, so "
+                f"nothing is downloaded. For pipeline tests only, --random-weights builds the "
+                f"same architecture with random weights."
+            )
+        if weights is not None and not Path(weights).is_file():
+            raise EncoderError(f"weights file {weights} for encoder '{self.name}' does not exist")
+        try:
+            network = self.builder(Path(weights) if weights else None, random_weights)
+        except EncoderError:
+            raise
+        except Exception as exc:  # a corrupt or mismatched checkpoint: name the file and why
+            raise EncoderError(
+                f"could not load weights for '{self.name}' from {weights}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if isinstance(network, torch.nn.Module):
+            network.eval()
+        return network
+
+
+_REGISTRY: dict[str, EncoderSpec] = {}
+
+
+def register(spec: EncoderSpec) -> EncoderSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"encoder {spec.name} registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_encoder(name: str) -> EncoderSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise EncoderError(f"unknown encoder '{name}'; known: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def list_encoders() -> list[EncoderSpec]:
+    return [_REGISTRY[n] for n in sorted(_REGISTRY)]
+
+
+def create_encoder(name: str, weights: Optional[Path] = None, random_weights: bool = False) -> Network:
+    return get_encoder(name).build(weights, random_weights)

@@ -1,0 +1,92 @@
+"""DALI preprocessing: encoded image bytes in, the encoder's normalized tensor out.
+
+One decorated function per pipeline, as in Triton's dali_backend examples. `device="gpu"`
+renders the native flavour (mixed decoding on the GPU, the rest on the GPU); `device="cpu"`
+is the portable flavour that runs inside a python-backend model here. Both serialize: no
+python_function anywhere, so Triton's dali backend can load them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.pipeline import Pipeline
+
+if TYPE_CHECKING:  # the python-backend stub imports this module; keep torch out of it
+    from .encoders import Preprocess
+
+INPUT_NAME = "IMAGE"
+
+_INTERP = {"linear": types.INTERP_LINEAR, "cubic": types.INTERP_CUBIC}
+_ORDER = {"RGB": types.RGB, "BGR": types.BGR}
+
+
+def decode(encoded, pre: Preprocess, device: str):
+    decoder = "mixed" if device == "gpu" else "cpu"
+    return fn.decoders.image(encoded, device=decoder, output_type=_ORDER[pre.channel_order])
+
+
+def resize_and_normalize(images, pre: Preprocess):
+    if pre.resize_mode == "square":
+        images = fn.resize(images, resize_x=pre.resize, resize_y=pre.resize,
+                           interp_type=_INTERP[pre.interpolation], antialias=True)
+    else:
+        images = fn.resize(images, resize_shorter=pre.resize,
+                           interp_type=_INTERP[pre.interpolation], antialias=True)
+    return fn.crop_mirror_normalize(
+        images, crop=(pre.size, pre.size), crop_pos_x=0.5, crop_pos_y=0.5,
+        mean=list(pre.mean), std=list(pre.std), dtype=types.FLOAT, output_layout=pre.layout)
+
+
+@pipeline_def
+def preprocess_pipeline(pre: Preprocess, device: str = "cpu"):
+    encoded = fn.external_source(name=INPUT_NAME, device="cpu", dtype=types.UINT8, ndim=1)
+    return resize_and_normalize(decode(encoded, pre, device), pre)
+
+
+def serialize_preprocess(pre: Preprocess, path: Path, device: str, max_batch_size: int,
+                         num_threads: int) -> Path:
+    # device_id 0 for the native flavour (Triton's dali backend sets the real one per instance);
+    # None for CPU so that serialization does not look for a GPU.
+    pipe = preprocess_pipeline(pre, device, batch_size=max_batch_size, num_threads=num_threads,
+                               device_id=None)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pipe.serialize(filename=str(path))
+    return path
+
+
+class CpuPreprocessor:
+    """Runs a serialized CPU pipeline in this process: used by the portable python-backend model,
+    the in-process benchmark and the tests, so that all three run the very same pipeline."""
+
+    def __init__(self, serialized: Path, max_batch_size: int, num_threads: int):
+        self.serialized = Path(serialized).read_bytes()
+        self.max_batch_size = max_batch_size
+        self.num_threads = num_threads
+        self.pipe = self._build()
+
+    def _build(self) -> Pipeline:
+        pipe = Pipeline.deserialize(serialized_pipeline=self.serialized, batch_size=self.max_batch_size,
+                                    num_threads=self.num_threads, device_id=None,
+                                    prefetch_queue_depth=1)
+        pipe.build()
+        return pipe
+
+    def run(self, encoded: list[np.ndarray]) -> np.ndarray:
+        """Preprocess a batch of encoded images; raises on any undecodable image."""
+        out = []
+        for start in range(0, len(encoded), self.max_batch_size):
+            chunk = encoded[start:start + self.max_batch_size]
+            try:
+                self.pipe.feed_input(INPUT_NAME, chunk)
+                (result,) = self.pipe.run()
+            except Exception:
+                # A failed run can leave the pipeline unusable: start a fresh one for the next call.
+                self.pipe = self._build()
+                raise
+            out.append(result.as_array())
+        return np.concatenate(out)

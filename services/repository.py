@@ -1,0 +1,218 @@
+"""Render a Triton model repository for one encoder, in either flavour, from one spec.
+
+    NAME_preprocess  DALI pipeline: encoded bytes -> normalized pixels
+    NAME_encoder     ONNX model:    pixels -> embedding
+    NAME_embed       ensemble:      IMAGE (bytes) -> EMBEDDING
+
+`portable` runs both steps in python-backend models (DALI and ONNX Runtime on the CPU), which
+is what this machine and CI serve. `native` is for NVIDIA's Triton container on GPUs: the dali
+backend with mixed decoding and the onnxruntime backend with the TensorRT accelerator. The
+artifacts (model.dali, model.onnx) are produced the same way for both; configs are built as
+Triton's own ModelConfig protobuf messages, so they follow its schema by construction.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from .encoders import EncoderSpec, get_encoder
+from .export import INPUT_NAME as PIXELS, OUTPUT_NAME as EMBEDDING, ExportResult, export_encoder
+from .pipelines import INPUT_NAME as IMAGE, serialize_preprocess
+
+Flavour = Literal["portable", "native"]
+PYTHON_MODELS = Path(__file__).parent / "python_models"
+MANIFEST = "equiprobe.json"
+
+
+@dataclass(frozen=True)
+class ServingSpec:
+    """Batching and threading knobs, shared by both flavours where they apply."""
+
+    max_batch_size: int = 32
+    queue_delay_us: int = 2000
+    dali_threads: int = 2
+    ort_threads: int = 2
+    preferred_batch_sizes: tuple[int, ...] = (8, 16, 32)
+    trt_cache_path: str = "/tmp/equiprobe_trt_cache"
+
+
+@dataclass
+class ModelNames:
+    encoder: str
+
+    @property
+    def preprocess(self) -> str:
+        return f"{self.encoder}_preprocess"
+
+    @property
+    def onnx(self) -> str:
+        return f"{self.encoder}_encoder"
+
+    @property
+    def embed(self) -> str:
+        return f"{self.encoder}_embed"
+
+
+# -- config pieces --------------------------------------------------------------------------
+
+def tensor(name: str, dtype: int, dims, ragged: bool = False, is_input: bool = True):
+    cls = mc.ModelInput if is_input else mc.ModelOutput
+    t = cls(name=name, data_type=dtype, dims=list(dims))
+    if ragged:
+        t.allow_ragged_batch = True
+    return t
+
+
+def string_parameters(config: mc.ModelConfig, **values) -> None:
+    for key, value in values.items():
+        config.parameters[key].string_value = str(value)
+
+
+def dynamic_batching(serving: ServingSpec, preferred: bool) -> mc.ModelDynamicBatching:
+    batching = mc.ModelDynamicBatching(max_queue_delay_microseconds=serving.queue_delay_us)
+    if preferred:
+        batching.preferred_batch_size.extend(serving.preferred_batch_sizes)
+    return batching
+
+
+def instances(flavour: Flavour, count: int = 1) -> list:
+    kind = mc.ModelInstanceGroup.KIND_GPU if flavour == "native" else mc.ModelInstanceGroup.KIND_CPU
+    return [mc.ModelInstanceGroup(count=count, kind=kind)]
+
+
+def python_model(config: mc.ModelConfig, source: str, version_dir: Path) -> None:
+    config.backend = "python"
+    shutil.copy2(PYTHON_MODELS / source, version_dir / "model.py")
+
+
+def preprocess_config(spec: EncoderSpec, names: ModelNames, flavour: Flavour,
+                      serving: ServingSpec) -> mc.ModelConfig:
+    config = mc.ModelConfig(
+        name=names.preprocess, max_batch_size=serving.max_batch_size,
+        input=[tensor(IMAGE, mc.TYPE_UINT8, [-1], ragged=True)],
+        output=[tensor(PIXELS, mc.TYPE_FP32, spec.preprocess.output_shape, is_input=False)],
+        dynamic_batching=dynamic_batching(serving, preferred=False),
+        instance_group=instances(flavour),
+    )
+    if flavour == "native":
+        config.backend = "dali"
+        config.default_model_filename = "model.dali"
+        string_parameters(config, num_threads=serving.dali_threads)
+    else:
+        string_parameters(config, pipeline="model.dali", num_threads=serving.dali_threads)
+    return config
+
+
+def encoder_config(spec: EncoderSpec, names: ModelNames, flavour: Flavour,
+                   serving: ServingSpec) -> mc.ModelConfig:
+    config = mc.ModelConfig(
+        name=names.onnx, max_batch_size=serving.max_batch_size,
+        input=[tensor(PIXELS, mc.TYPE_FP32, spec.preprocess.output_shape)],
+        output=[tensor(EMBEDDING, mc.TYPE_FP32, [spec.dim], is_input=False)],
+        dynamic_batching=dynamic_batching(serving, preferred=True),
+        instance_group=instances(flavour),
+    )
+    if flavour == "native":
+        config.backend = "onnxruntime"
+        config.default_model_filename = "model.onnx"
+        trt = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        trt.parameters["precision_mode"] = "FP16"
+        trt.parameters["max_workspace_size_bytes"] = str(2 << 30)
+        trt.parameters["trt_engine_cache_enable"] = "true"
+        trt.parameters["trt_engine_cache_path"] = serving.trt_cache_path
+    else:
+        string_parameters(config, onnx_model="model.onnx", intra_op_threads=serving.ort_threads)
+    return config
+
+
+def ensemble_config(name: str, max_batch_size: int, inputs: list, outputs: list,
+                    steps: list[tuple[str, dict[str, str], dict[str, str]]]) -> mc.ModelConfig:
+    """steps: (model, {model input: ensemble tensor}, {model output: ensemble tensor})."""
+    config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=max_batch_size,
+                            input=inputs, output=outputs)
+    for model, input_map, output_map in steps:
+        config.ensemble_scheduling.step.add(model_name=model, model_version=-1,
+                                            input_map=input_map, output_map=output_map)
+    return config
+
+
+def embed_config(spec: EncoderSpec, names: ModelNames, serving: ServingSpec) -> mc.ModelConfig:
+    return ensemble_config(
+        names.embed, serving.max_batch_size,
+        inputs=[tensor(IMAGE, mc.TYPE_UINT8, [-1])],
+        outputs=[tensor(EMBEDDING, mc.TYPE_FP32, [spec.dim], is_input=False)],
+        steps=[(names.preprocess, {IMAGE: IMAGE}, {PIXELS: "pixels"}),
+               (names.onnx, {PIXELS: "pixels"}, {EMBEDDING: EMBEDDING})],
+    )
+
+
+def write_config(model_dir: Path, config: mc.ModelConfig) -> Path:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    path = model_dir / "config.pbtxt"
+    path.write_text(text_format.MessageToString(config))
+    return path
+
+
+def read_config(path: Path) -> mc.ModelConfig:
+    """Parse a config.pbtxt with Triton's schema; raises on any unknown field or bad value."""
+    return text_format.Parse(Path(path).read_text(), mc.ModelConfig())
+
+
+# -- the whole repository -------------------------------------------------------------------
+
+@dataclass
+class BuildResult:
+    encoder: str
+    flavour: str
+    repo: Path
+    models: list[str]
+    onnx_sha256: str
+    export_max_abs_diff: float
+    serving: dict = field(default_factory=dict)
+
+
+def build_repo(encoder: str, repo: Path, flavour: Flavour = "portable", weights: Optional[Path] = None,
+               random_weights: bool = False, serving: ServingSpec = ServingSpec(),
+               export: Optional[ExportResult] = None) -> BuildResult:
+    """Write NAME_preprocess, NAME_encoder and NAME_embed into `repo` (other models are kept)."""
+    if flavour not in ("portable", "native"):
+        raise ValueError(f"unknown flavour {flavour!r}; use 'portable' or 'native'")
+    spec = get_encoder(encoder)
+    names = ModelNames(encoder)
+    repo = Path(repo)
+    version = lambda model: repo / model / "1"  # noqa: E731
+
+    pre_dir, enc_dir = version(names.preprocess), version(names.onnx)
+    for d in (pre_dir, enc_dir, version(names.embed)):
+        d.mkdir(parents=True, exist_ok=True)
+
+    if export is None:
+        export = export_encoder(spec, spec.build(weights, random_weights), enc_dir / "model.onnx")
+    elif export.path != enc_dir / "model.onnx":
+        shutil.copy2(export.path, enc_dir / "model.onnx")
+    serialize_preprocess(spec.preprocess, pre_dir / "model.dali", device="gpu" if flavour == "native" else "cpu",
+                         max_batch_size=serving.max_batch_size, num_threads=serving.dali_threads)
+
+    pre, enc = preprocess_config(spec, names, flavour, serving), encoder_config(spec, names, flavour, serving)
+    if flavour == "portable":
+        python_model(pre, "dali_preprocess.py", pre_dir)
+        python_model(enc, "onnx_encoder.py", enc_dir)
+    write_config(repo / names.preprocess, pre)
+    write_config(repo / names.onnx, enc)
+    write_config(repo / names.embed, embed_config(spec, names, serving))
+
+    result = BuildResult(encoder=encoder, flavour=flavour, repo=repo,
+                         models=[names.preprocess, names.onnx, names.embed],
+                         onnx_sha256=export.sha256, export_max_abs_diff=export.max_abs_diff,
+                         serving=asdict(serving))
+    manifest = {**asdict(result), "repo": str(repo), "dim": spec.dim,
+                "preprocess": asdict(spec.preprocess), "random_weights": random_weights}
+    (repo / names.onnx / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return result
