@@ -9,7 +9,9 @@ largest embedding value (measured values are ~1e-6, see the tests).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,11 +69,13 @@ def _rename_io(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _export_torch(module: torch.nn.Module, example: np.ndarray, path: Path) -> None:
     batch = torch.export.Dim("batch", min=1, max=4096)
-    torch.onnx.export(
-        module, (torch.from_numpy(example),), str(path),
-        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-        dynamic_shapes=({0: batch},), external_data=False, dynamo=True, verbose=False,
-    )
+    # The exporter prints its progress to stdout even with verbose=False; keep CLI output clean.
+    with contextlib.redirect_stdout(io.StringIO()):
+        torch.onnx.export(
+            module, (torch.from_numpy(example),), str(path),
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: batch},), external_data=False, dynamo=True, verbose=False,
+        )
 
 
 def _reference(network: Network, x: np.ndarray) -> np.ndarray:

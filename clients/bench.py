@@ -1,0 +1,110 @@
+"""`equiprobe bench serve`: the embedding service through Triton gRPC against the same DALI
+pipeline and ONNX model run in-process, on the same images, side by side in one run."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from services.pipelines import CpuPreprocessor
+from services.repository import ModelNames, ServingSpec
+from services.runtime import ort_session
+
+from .embedding import EmbeddingClient
+from .photos import encode, package_photos
+
+
+@dataclass
+class Measurement:
+    mode: str
+    parallelism: int  # Triton: requests in flight; in-process: batch size
+    images: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds
+
+
+def bench_images(count: int, seed: int = 0) -> list[bytes]:
+    """JPEG crops (224 to 512 pixels) of the package photos: real content, varied byte lengths."""
+    rng = np.random.default_rng(seed)
+    photos = list(package_photos().values())
+    images = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        h, w = photo.shape[:2]
+        side = int(rng.integers(224, min(512, h, w) + 1))
+        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        images.append(encode(photo[y:y + side, x:x + side]))
+    return images
+
+
+def _summary(mode: str, parallelism: int, images: int, seconds: float, latencies: list[float]) -> Measurement:
+    ms = np.array(latencies) * 1000
+    return Measurement(mode, parallelism, images, seconds, float(np.percentile(ms, 50)), float(np.percentile(ms, 99)))
+
+
+def in_process(repo: Path, encoder: str, images: list[bytes], batch: int, serving: ServingSpec) -> Measurement:
+    names = ModelNames(encoder)
+    pre = CpuPreprocessor(repo / names.preprocess / "1" / "model.dali", serving.max_batch_size, serving.dali_threads)
+    session = ort_session(repo / names.onnx / "1" / "model.onnx", serving.ort_threads)
+    arrays = [np.frombuffer(b, np.uint8) for b in images]
+    batches = [arrays[i:i + batch] for i in range(0, len(arrays), batch)]
+    session.run(None, {"PIXELS": pre.run(batches[0])})  # warm-up
+    latencies = []
+    start = time.perf_counter()
+    for chunk in batches:
+        t0 = time.perf_counter()
+        session.run(None, {"PIXELS": pre.run(chunk)})
+        latencies.append(time.perf_counter() - t0)
+    return _summary("in-process", batch, len(arrays), time.perf_counter() - start, latencies)
+
+
+def through_triton(url: str, encoder: str, images: list[bytes], concurrency: int) -> Measurement:
+    """`concurrency` client threads, each with its own gRPC client, share the images."""
+    clients = [EmbeddingClient(url, encoder) for _ in range(concurrency)]
+    for client in clients:
+        client.embed(images[0])  # warm-up, one connection each
+    next_index, lock, latencies = iter(range(len(images))), threading.Lock(), []
+
+    def worker(client: EmbeddingClient) -> None:
+        while True:
+            with lock:
+                i = next(next_index, None)
+            if i is None:
+                return
+            t0 = time.perf_counter()
+            client.embed(images[i])
+            elapsed = time.perf_counter() - t0
+            with lock:
+                latencies.append(elapsed)
+
+    threads = [threading.Thread(target=worker, args=(c,)) for c in clients]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - start
+    for client in clients:
+        client.close()
+    return _summary("triton-grpc", concurrency, len(images), seconds, latencies)
+
+
+def run_serve_bench(repo: Path, url: str, encoder: str, images: list[bytes],
+                    levels=(1, 8, 32), serving: ServingSpec = ServingSpec()) -> list[dict]:
+    rows = []
+    for level in levels:
+        local = in_process(repo, encoder, images, level, serving)
+        remote = through_triton(url, encoder, images, level)
+        rows.append({"level": level, "in_process": asdict(local) | {"images_per_s": local.images_per_s},
+                     "triton": asdict(remote) | {"images_per_s": remote.images_per_s},
+                     "throughput_ratio": remote.images_per_s / local.images_per_s})
+    return rows

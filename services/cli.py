@@ -1,0 +1,105 @@
+"""Commands for what runs in or for Triton: encoders, export, build-repo, serve."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True)
+
+
+def fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=1)
+
+
+def encoders() -> None:
+    """List the registered encoders."""
+    from .encoders import list_encoders
+
+    table = Table("name", "dim", "input", "weights", "description")
+    for spec in list_encoders():
+        p = spec.preprocess
+        table.add_row(spec.name, str(spec.dim), f"{p.size}px {p.channel_order} {p.layout}",
+                      "bundled" if not spec.needs_weights_file else "--weights PATH", spec.description)
+    Console().print(table)
+
+
+def export(
+    encoder: str = typer.Option(..., help="Registered encoder name (see `equiprobe encoders`)."),
+    out: Path = typer.Option(None, help="ONNX file to write (default: build/onnx/NAME.onnx)."),
+    weights: Optional[Path] = typer.Option(None, help="Local checkpoint with the encoder's weights."),
+    random_weights: bool = typer.Option(False, help="Random weights, for pipeline tests only."),
+) -> None:
+    """Export an encoder to ONNX with a dynamic batch axis and check it against torch."""
+    from .encoders import EncoderError, get_encoder
+    from .export import RELATIVE_TOLERANCE, export_encoder
+
+    out = out or Path("build/onnx") / f"{encoder}.onnx"
+    try:
+        spec = get_encoder(encoder)
+        result = export_encoder(spec, spec.build(weights, random_weights), out)
+    except EncoderError as exc:
+        raise fail(str(exc))
+    status = "ok" if result.within_tolerance else "OVER TOLERANCE"
+    print(f"wrote {result.path} (sha256 {result.sha256[:16]}...)")
+    print(f"ONNX Runtime vs source: max abs diff {result.max_abs_diff:.3g} on embeddings up to "
+          f"{result.reference_scale:.3g} (tolerance {RELATIVE_TOLERANCE:g} relative): {status}")
+    if not result.within_tolerance:
+        raise typer.Exit(code=1)
+
+
+def build_repo(
+    encoder: str = typer.Option(..., help="Registered encoder name."),
+    repo: Path = typer.Option(Path("model_repository"), help="Model repository directory."),
+    flavour: str = typer.Option("portable", help="portable (python backend, CPU) or native (NGC container, GPU)."),
+    weights: Optional[Path] = typer.Option(None, help="Local checkpoint with the encoder's weights."),
+    random_weights: bool = typer.Option(False, help="Random weights, for pipeline tests only."),
+) -> None:
+    """Render NAME_preprocess (DALI), NAME_encoder (ONNX) and NAME_embed (ensemble)."""
+    from .encoders import EncoderError
+    from .repository import build_repo as build
+
+    try:
+        result = build(encoder, repo, flavour, weights, random_weights)  # type: ignore[arg-type]
+    except (EncoderError, ValueError) as exc:
+        raise fail(str(exc))
+    print(f"{result.flavour} repository {result.repo}: {', '.join(result.models)}")
+    print(f"encoder ONNX sha256 {result.onnx_sha256[:16]}..., export max abs diff {result.export_max_abs_diff:.3g}")
+
+
+def serve(
+    repo: Path = typer.Option(Path("model_repository"), help="Model repository to serve."),
+    grpc_port: int = typer.Option(8001), http_port: int = typer.Option(8000),
+    metrics_port: int = typer.Option(8002), host: str = typer.Option("127.0.0.1"),
+    model_control_mode: str = typer.Option("none", help="none, poll or explicit."),
+) -> None:
+    """Run the real Triton server on this repository until SIGINT/SIGTERM."""
+    from .server import ServerConfig, ServerError, TritonServer
+
+    config = ServerConfig(repo=repo, host=host, grpc_port=grpc_port, http_port=http_port,
+                          metrics_port=metrics_port, model_control_mode=model_control_mode)
+    server = TritonServer(config, echo=lambda line: print(line, file=sys.stderr, flush=True))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        server.start()
+    except ServerError as exc:
+        raise fail(str(exc))
+    console.print(f"[green]ready[/green]: gRPC {config.grpc_url}, HTTP {config.http_url}, "
+                  f"metrics {host}:{metrics_port}; Ctrl-C stops", highlight=False)
+    while not stop.is_set() and server.process.poll() is None:
+        stop.wait(0.5)
+    died = server.process.poll() is not None
+    server.stop()
+    if died:
+        raise fail(f"tritonserver exited unexpectedly with code {server.process.returncode}")
+    console.print("stopped")

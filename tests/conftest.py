@@ -1,0 +1,38 @@
+"""Shared fixtures: real photos, a built portable repository, and one real Triton server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clients.photos import encode, package_photos
+from services.repository import build_repo
+from services.server import TritonServer, loopback_config
+
+ENCODER = "squeezenet1_1"
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, np.ndarray]:
+    return package_photos()
+
+
+@pytest.fixture(scope="session")
+def jpegs(photos) -> dict[str, bytes]:
+    return {name: encode(image) for name, image in photos.items()}
+
+
+@pytest.fixture(scope="session")
+def repo(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model_repository")
+    build_repo(ENCODER, path, "portable")
+    return path
+
+
+@pytest.fixture(scope="session")
+def server(repo):
+    """The real tritonserver binary on loopback ports, started once per test session."""
+    with TritonServer(loopback_config(repo)) as running:
+        yield running

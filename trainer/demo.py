@@ -1,0 +1,78 @@
+"""`make demo`: the main job end to end on the embedded default.
+
+Today (foundation): build the portable repository for squeezenet1_1, start the real Triton
+server, embed the photos that packages ship over gRPC, show what the embeddings say, check
+one against the in-process reference, send a corrupt file, and stop cleanly.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from clients.embedding import EmbeddingClient, ServiceError
+from clients.photos import encode, package_photos
+from services.pipelines import CpuPreprocessor
+from services.repository import ModelNames, ServingSpec, build_repo
+from services.runtime import ort_session
+from services.server import TritonServer, loopback_config
+
+ENCODER = "squeezenet1_1"
+
+
+def run_demo(workdir: str) -> None:
+    console = Console(width=120)
+    repo = Path(workdir) / "model_repository"
+    t0 = time.perf_counter()
+    console.rule("1. build the model repository")
+    result = build_repo(ENCODER, repo)
+    console.print(f"{result.flavour} repository [bold]{repo}[/bold]: {', '.join(result.models)}; "
+                  f"ONNX export max abs diff vs torch {result.export_max_abs_diff:.2g}")
+
+    photos = package_photos()
+    encoded = {name: encode(image) for name, image in photos.items()}
+    console.rule("2. serve with Triton and embed real photos over gRPC")
+    with TritonServer(loopback_config(repo)) as server:
+        console.print(f"tritonserver ready on gRPC {server.config.grpc_url} "
+                      f"(pid {server.process.pid}, {len(server.group_pids())} processes)")
+        client = EmbeddingClient(server.config.grpc_url, ENCODER)
+        client.check()
+        embeddings = {name: client.embed(data) for name, data in encoded.items()}
+
+        names = list(embeddings)
+        matrix = np.stack([embeddings[n] for n in names])
+        unit = matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+        cosine = unit @ unit.T
+        np.fill_diagonal(cosine, -1)
+        table = Table("photo", "pixels", "JPEG bytes", "|embedding|", "nearest other photo", "cosine")
+        for i, name in enumerate(names):
+            j = int(cosine[i].argmax())
+            h, w = photos[name].shape[:2]
+            table.add_row(name, f"{w}x{h}", f"{len(encoded[name]):,}", f"{np.linalg.norm(matrix[i]):.1f}",
+                          names[j], f"{cosine[i, j]:.3f}")
+        console.print(table)
+
+        # The served embedding must be what the same pipeline and ONNX model give in-process.
+        m = ModelNames(ENCODER)
+        pre = CpuPreprocessor(repo / m.preprocess / "1" / "model.dali", ServingSpec.max_batch_size, 2)
+        session = ort_session(repo / m.onnx / "1" / "model.onnx", 2)
+        local = session.run(None, {"PIXELS": pre.run([np.frombuffer(encoded["astronaut"], np.uint8)])})[0][0]
+        console.print(f"served vs in-process embedding of 'astronaut': max abs diff "
+                      f"{np.abs(local - embeddings['astronaut']).max():.2g}")
+
+        truncated = encoded["coffee"][: len(encoded["coffee"]) // 3]
+        try:
+            client.embed(truncated)
+        except ServiceError as exc:
+            console.print(f"a truncated JPEG is refused on its own: [yellow]{exc}[/yellow]")
+        console.print(f"and the server still answers: |embedding(coffee)| = "
+                      f"{np.linalg.norm(client.embed(encoded['coffee'])):.1f}")
+        client.close()
+    console.rule("3. stopped")
+    console.print(f"server stopped; processes left in its group: {len(server.group_pids())}; "
+                  f"shared-memory files left: {len(server.shared_memory_files())}; "
+                  f"total {time.perf_counter() - t0:.0f} s")
