@@ -6,6 +6,7 @@ Kept free of torch so that the python-backend stubs stay small (~80 MB each).
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -28,8 +29,16 @@ def check_encoded_image(data: np.ndarray) -> None:
     if data.size == 0:
         raise ImageRejected("IMAGE is empty (0 bytes); send the encoded JPEG, PNG or BMP file")
     try:
-        with Image.open(io.BytesIO(data.tobytes())) as image:
-            fmt, (width, height) = image.format, image.size
+        # Only the header is read. Pillow's own decompression-bomb guard is replaced by ours
+        # below, which reports the size plainly.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                with Image.open(io.BytesIO(data.tobytes())) as image:
+                    fmt, (width, height) = image.format, image.size
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         head = " ".join(f"{b:02x}" for b in data[:8])
         raise ImageRejected(

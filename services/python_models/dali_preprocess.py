@@ -35,6 +35,8 @@ class TritonPythonModel:
                 accepted[i] = rows
             except ImageRejected as exc:
                 responses[i] = invalid_argument(str(exc))
+            except Exception as exc:  # never let one request's surprise fail the whole batch
+                responses[i] = invalid_argument(f"IMAGE could not be read: {type(exc).__name__}: {exc}")
         if accepted:
             images = [row for rows in accepted.values() for row in rows]
             try:

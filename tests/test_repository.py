@@ -1,0 +1,60 @@
+"""Both flavours render from one spec, and every config.pbtxt parses with Triton's schema."""
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from services.repository import ModelNames, build_repo, read_config
+
+
+@pytest.fixture(scope="module")
+def native_repo(tmp_path_factory):
+    path = tmp_path_factory.mktemp("native")
+    build_repo("squeezenet1_1", path, "native")
+    return path
+
+
+def configs(repo):
+    return {p.parent.name: read_config(p) for p in sorted(repo.glob("*/config.pbtxt"))}
+
+
+def test_portable_configs_parse_and_use_python_backend(repo):
+    names = ModelNames("squeezenet1_1")
+    parsed = configs(repo)
+    assert set(parsed) == {names.preprocess, names.onnx, names.embed}
+    assert parsed[names.preprocess].backend == "python" and parsed[names.onnx].backend == "python"
+    assert (repo / names.preprocess / "1" / "model.dali").stat().st_size > 0
+    assert (repo / names.onnx / "1" / "model.onnx").stat().st_size > 0
+    image = parsed[names.preprocess].input[0]
+    assert image.data_type == mc.TYPE_UINT8 and list(image.dims) == [-1] and image.allow_ragged_batch
+    embed = parsed[names.embed]
+    assert embed.platform == "ensemble"
+    assert [s.model_name for s in embed.ensemble_scheduling.step] == [names.preprocess, names.onnx]
+    assert embed.output[0].name == "EMBEDDING" and list(embed.output[0].dims) == [512]
+
+
+def test_native_configs_parse_and_target_gpu_backends(native_repo):
+    names = ModelNames("squeezenet1_1")
+    parsed = configs(native_repo)
+    pre, enc = parsed[names.preprocess], parsed[names.onnx]
+    assert pre.backend == "dali" and pre.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    assert enc.backend == "onnxruntime" and enc.default_model_filename == "model.onnx"
+    (trt,) = enc.optimization.execution_accelerators.gpu_execution_accelerator
+    assert trt.name == "tensorrt" and trt.parameters["precision_mode"] == "FP16"
+    assert trt.parameters["trt_engine_cache_enable"] == "true"
+    assert list(enc.dynamic_batching.preferred_batch_size) == [8, 16, 32]
+    assert not (native_repo / names.preprocess / "1" / "model.py").exists()
+    # Same ensemble in both flavours: clients cannot tell them apart.
+    assert parsed[names.embed].input == configs(native_repo)[names.embed].input
+
+
+def test_schema_check_rejects_a_bad_config():
+    with pytest.raises(text_format.ParseError):
+        text_format.Parse('name: "x"\nmax_batch_size: 8\nbatchsize_typo: 3\n', mc.ModelConfig())
+    with pytest.raises(text_format.ParseError):
+        text_format.Parse('input { name: "I" data_type: TYPE_BYTES8 }', mc.ModelConfig())
+
+
+def test_unknown_flavour_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="flavour"):
+        build_repo("squeezenet1_1", tmp_path, "cuda")  # type: ignore[arg-type]
