@@ -1,4 +1,4 @@
-"""Real photographs that installed packages ship (scikit-image, scikit-learn); no downloads."""
+"""Built-in photos for clients: the package photographs, and encoding them to file bytes."""
 
 from __future__ import annotations
 
@@ -6,27 +6,9 @@ import io
 
 import numpy as np
 
-# scikit-image sample images that are stored inside the package (others are fetched on demand).
-SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "hubble_deep_field",
-                  "immunohistochemistry", "brick", "grass", "gravel", "retina", "moon", "coins")
+from services.photos import package_photos
 
-
-def package_photos() -> dict[str, np.ndarray]:
-    """name -> RGB uint8 array (grayscale photos are expanded to three channels)."""
-    from skimage import data
-    from sklearn.datasets import load_sample_images
-
-    photos = {name: getattr(data, name)() for name in SKIMAGE_PHOTOS}
-    sample = load_sample_images()
-    for filename, image in zip(sample.filenames, sample.images):
-        photos[filename.rsplit("/", 1)[-1].split(".")[0]] = image
-    return {name: _rgb(image) for name, image in photos.items()}
-
-
-def _rgb(image: np.ndarray) -> np.ndarray:
-    if image.ndim == 2:
-        image = np.stack([image] * 3, axis=-1)
-    return np.ascontiguousarray(image[..., :3].astype(np.uint8))
+__all__ = ["package_photos", "encode"]
 
 
 def encode(image: np.ndarray, fmt: str = "JPEG", quality: int = 90) -> bytes:

@@ -24,12 +24,17 @@ _INTERP = {"linear": types.INTERP_LINEAR, "cubic": types.INTERP_CUBIC}
 _ORDER = {"RGB": types.RGB, "BGR": types.BGR}
 
 
-def decode(encoded, pre: Preprocess, device: str):
+def decode(encoded, channel_order: str, device: str):
     decoder = "mixed" if device == "gpu" else "cpu"
-    return fn.decoders.image(encoded, device=decoder, output_type=_ORDER[pre.channel_order])
+    return fn.decoders.image(encoded, device=decoder, output_type=_ORDER[channel_order])
 
 
-def resize_and_normalize(images, pre: Preprocess):
+def resize_and_normalize(images, pre: Preprocess, input_order: str = ""):
+    """Resize, centre-crop and normalize for an encoder. `input_order` names the channel order of
+    `images` when it may differ from the encoder's (the transform canvases are RGB)."""
+    if input_order and input_order != pre.channel_order:
+        images = fn.color_space_conversion(images, image_type=_ORDER[input_order],
+                                           output_type=_ORDER[pre.channel_order])
     if pre.resize_mode == "square":
         images = fn.resize(images, resize_x=pre.resize, resize_y=pre.resize,
                            interp_type=_INTERP[pre.interpolation], antialias=True)
@@ -44,7 +49,7 @@ def resize_and_normalize(images, pre: Preprocess):
 @pipeline_def
 def preprocess_pipeline(pre: Preprocess, device: str = "cpu"):
     encoded = fn.external_source(name=INPUT_NAME, device="cpu", dtype=types.UINT8, ndim=1)
-    return resize_and_normalize(decode(encoded, pre, device), pre)
+    return resize_and_normalize(decode(encoded, pre.channel_order, device), pre)
 
 
 def serialize_preprocess(pre: Preprocess, path: Path, device: str, max_batch_size: int,
@@ -59,9 +64,10 @@ def serialize_preprocess(pre: Preprocess, path: Path, device: str, max_batch_siz
     return path
 
 
-class CpuPreprocessor:
-    """Runs a serialized CPU pipeline in this process: used by the portable python-backend model,
-    the in-process benchmark and the tests, so that all three run the very same pipeline."""
+class SerializedPipeline:
+    """Runs a serialized CPU pipeline in this process, fed by name: used by the portable
+    python-backend models, the in-process benchmarks and the tests, so that all of them run
+    the very same pipeline."""
 
     def __init__(self, serialized: Path, max_batch_size: int, num_threads: int):
         self.serialized = Path(serialized).read_bytes()
@@ -76,17 +82,25 @@ class CpuPreprocessor:
         pipe.build()
         return pipe
 
-    def run(self, encoded: list[np.ndarray]) -> np.ndarray:
-        """Preprocess a batch of encoded images; raises on any undecodable image."""
-        out = []
-        for start in range(0, len(encoded), self.max_batch_size):
-            chunk = encoded[start:start + self.max_batch_size]
+    def run(self, feeds: dict[str, list[np.ndarray]]) -> list[np.ndarray]:
+        """One array per pipeline output, batch first; raises if any sample fails (bad image)."""
+        count = len(next(iter(feeds.values())))
+        chunks: list[list[np.ndarray]] = []
+        for start in range(0, count, self.max_batch_size):
             try:
-                self.pipe.feed_input(INPUT_NAME, chunk)
-                (result,) = self.pipe.run()
+                for name, samples in feeds.items():
+                    self.pipe.feed_input(name, samples[start:start + self.max_batch_size])
+                outputs = self.pipe.run()
             except Exception:
-                # A failed run can leave the pipeline unusable: start a fresh one for the next call.
+                # A failed run leaves the pipeline unusable: start a fresh one for the next call.
                 self.pipe = self._build()
                 raise
-            out.append(result.as_array())
-        return np.concatenate(out)
+            chunks.append([o.as_array() for o in outputs])
+        return [np.concatenate(parts) for parts in zip(*chunks)]
+
+
+class CpuPreprocessor(SerializedPipeline):
+    """The encoder's preprocessing: encoded images in, normalized tensors out."""
+
+    def run(self, encoded: list[np.ndarray]) -> np.ndarray:  # type: ignore[override]
+        return super().run({INPUT_NAME: encoded})[0]

@@ -17,6 +17,7 @@ app.command()(service_commands.encoders)
 app.command()(service_commands.export)
 app.command("build-repo")(service_commands.build_repo)
 app.command()(service_commands.serve)
+app.add_typer(service_commands.transforms_app, name="transforms")
 app.add_typer(client_commands.bench_app, name="bench")
 
 

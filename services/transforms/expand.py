@@ -1,0 +1,76 @@
+"""The 31x expansion as one DALI pipeline: decode once, put the image on the catalog canvas,
+run every transformation as its own branch, and stack the versions in catalog order.
+
+With an encoder's `Preprocess`, each version is also resized and normalized for that encoder
+(output [K, C, S, S] float32, ready for the ONNX model); without, the canvases come out as
+uint8 [K, 224, 224, 3] for previews and tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+from nvidia.dali import fn, pipeline_def, types
+
+from ..pipelines import INPUT_NAME, SerializedPipeline, decode, resize_and_normalize
+from .assets import CANVAS
+from .catalog import AUX_TYPES, Catalog
+
+if TYPE_CHECKING:
+    from ..encoders import Preprocess
+
+PARAMS = "PARAMS"
+
+
+def to_canvas(images):
+    """Shorter side to the canvas size, centre crop: the study's 224x224 images."""
+    resized = fn.resize(images, resize_shorter=CANVAS, antialias=True)
+    return fn.crop(resized, crop=(CANVAS, CANVAS), crop_pos_x=0.5, crop_pos_y=0.5)
+
+
+@pipeline_def
+def expand_pipeline(catalog: Catalog, device: str = "cpu", pre: Optional["Preprocess"] = None):
+    encoded = fn.external_source(name=INPUT_NAME, device="cpu", dtype=types.UINT8, ndim=1)
+    params = fn.external_source(name=PARAMS, device="cpu", dtype=types.FLOAT, ndim=2)
+    aux = {name: fn.external_source(name=name, device="cpu", dtype=AUX_TYPES[name][0], ndim=AUX_TYPES[name][1])
+           for name in catalog.aux_names}
+    if device == "gpu":  # inputs used as image data must live where the images are
+        aux = {name: node.gpu() if AUX_TYPES[name][0] == types.UINT8 else node for name, node in aux.items()}
+    canvas = to_canvas(decode(encoded, "RGB", device))
+    versions = [t.apply(canvas, params[k], aux) for k, t in enumerate(catalog.transforms)]
+    if pre is not None:
+        versions = [resize_and_normalize(v, pre, input_order="RGB") for v in versions]
+    return fn.stack(*versions)
+
+
+def serialize_expand(catalog: Catalog, path: Path, device: str, max_batch_size: int, num_threads: int,
+                     pre: Optional["Preprocess"] = None) -> Path:
+    pipe = expand_pipeline(catalog, device, pre, batch_size=max_batch_size, num_threads=num_threads,
+                           device_id=None)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pipe.serialize(filename=str(path))
+    return path
+
+
+class Expander(SerializedPipeline):
+    """Runs a serialized expansion pipeline: encoded images and their keys in, versions out."""
+
+    def __init__(self, serialized: Path, catalog: Catalog, max_batch_size: int, num_threads: int):
+        super().__init__(serialized, max_batch_size, num_threads)
+        self.catalog = catalog
+
+    def feeds(self, encoded: list[np.ndarray], keys: list[str], seed: int) -> dict[str, list[np.ndarray]]:
+        per_image = [self.catalog.host_inputs(key, seed) for key in keys]
+        feeds = {INPUT_NAME: encoded}
+        for name in per_image[0]:
+            feeds[name] = [inputs[name] for inputs in per_image]
+        return feeds
+
+    def expand(self, encoded: list[np.ndarray], keys: list[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(versions [B, K, ...], params [B, K, width])."""
+        feeds = self.feeds(encoded, keys, seed)
+        (versions,) = self.run(feeds)
+        return versions, np.stack(feeds[PARAMS])
