@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from nvidia.dali import types
 
-from . import fine
+from . import fine, general
 from .spec import Transform, sample_params
 
 # DALI type and rank of every host-rendered auxiliary input a transformation may ask for.
@@ -19,13 +19,33 @@ AUX_TYPES = {
 
 @dataclass(frozen=True)
 class Catalog:
+    """Transformations in output order. `classes` are the task's labels: for the fine-grained
+    task each transformation is its own class; for the generalization task a transformation's
+    class is its category."""
+
     name: str
     version: str
     transforms: tuple[Transform, ...]
+    classes: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not self.classes:
+            object.__setattr__(self, "classes", tuple(t.name for t in self.transforms))
+        unknown = {t.category for t in self.transforms} - set(self.classes) if self.name != "fine" else set()
+        if unknown:
+            raise ValueError(f"catalog {self.name}: categories {unknown} are not classes")
 
     @property
     def class_names(self) -> list[str]:
+        """One name per output row (transformation)."""
         return [t.name for t in self.transforms]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The task's class index of every output row."""
+        if self.classes == tuple(self.class_names):
+            return np.arange(len(self.transforms))
+        return np.array([self.classes.index(t.category) for t in self.transforms])
 
     @property
     def width(self) -> int:
@@ -33,11 +53,10 @@ class Catalog:
         return max(len(t.params) for t in self.transforms)
 
     @property
-    def aux_names(self) -> list[str]:
-        names = [name for t in self.transforms for name, _ in t.aux]
-        if len(names) != len(set(names)):
-            raise ValueError(f"catalog {self.name}: two transformations render the same auxiliary input")
-        return names
+    def aux_inputs(self) -> list[tuple[str, str, int]]:
+        """(pipeline input name, the transformation's own name for it, transformation index).
+        Each transformation gets inputs of its own, so two styles can feed two references."""
+        return [(f"{local}_{t.id}", local, k) for k, t in enumerate(self.transforms) for local, _ in t.aux]
 
     def params(self, key: str, seed: int) -> np.ndarray:
         """float32 [K, width]: every transformation's drawn parameters for one image."""
@@ -48,8 +67,8 @@ class Catalog:
         params = self.params(key, seed)
         inputs = {"PARAMS": params}
         for k, t in enumerate(self.transforms):
-            for name, render in t.aux:
-                inputs[name] = np.ascontiguousarray(render(params[k]))
+            for local, render in t.aux:
+                inputs[f"{local}_{t.id}"] = np.ascontiguousarray(render(params[k]))
         return inputs
 
     def describe(self, row: np.ndarray, k: int) -> str:
@@ -57,7 +76,10 @@ class Catalog:
         return ", ".join(f"{p.name}={row[i]:.3g}" for i, p in enumerate(t.params))
 
 
-CATALOGS = {"fine": Catalog("fine", fine.VERSION, fine.TRANSFORMS)}
+CATALOGS = {
+    "fine": Catalog("fine", fine.VERSION, fine.TRANSFORMS),
+    "general": Catalog("general", general.VERSION, general.TRANSFORMS, general.CLASSES),
+}
 
 
 def get_catalog(name: str) -> Catalog:

@@ -34,12 +34,15 @@ def to_canvas(images):
 def expand_pipeline(catalog: Catalog, device: str = "cpu", pre: Optional["Preprocess"] = None):
     encoded = fn.external_source(name=INPUT_NAME, device="cpu", dtype=types.UINT8, ndim=1)
     params = fn.external_source(name=PARAMS, device="cpu", dtype=types.FLOAT, ndim=2)
-    aux = {name: fn.external_source(name=name, device="cpu", dtype=AUX_TYPES[name][0], ndim=AUX_TYPES[name][1])
-           for name in catalog.aux_names}
-    if device == "gpu":  # inputs used as image data must live where the images are
-        aux = {name: node.gpu() if AUX_TYPES[name][0] == types.UINT8 else node for name, node in aux.items()}
+    aux: list[dict] = [{} for _ in catalog.transforms]
+    for name, local, k in catalog.aux_inputs:
+        dtype, ndim = AUX_TYPES[local]
+        node = fn.external_source(name=name, device="cpu", dtype=dtype, ndim=ndim)
+        # Inputs used as image data must live where the images are; kernels and matrices stay
+        # on the CPU as operator arguments.
+        aux[k][local] = node.gpu() if device == "gpu" and dtype == types.UINT8 else node
     canvas = to_canvas(decode(encoded, "RGB", device))
-    versions = [t.apply(canvas, params[k], aux) for k, t in enumerate(catalog.transforms)]
+    versions = [t.apply(canvas, params[k], aux[k]) for k, t in enumerate(catalog.transforms)]
     if pre is not None:
         versions = [resize_and_normalize(v, pre, input_order="RGB") for v in versions]
     return fn.stack(*versions)
