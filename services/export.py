@@ -25,6 +25,7 @@ from .runtime import ort_session
 
 INPUT_NAME = "PIXELS"
 OUTPUT_NAME = "EMBEDDING"
+VERSIONS_OUTPUT = "EMBEDDINGS"
 RELATIVE_TOLERANCE = 1e-4
 
 
@@ -105,3 +106,32 @@ def export_encoder(spec: EncoderSpec, network: Network, path: Path, check_batch:
     return ExportResult(path=path, sha256=sha256_of(path),
                         max_abs_diff=float(np.abs(served - reference).max()),
                         reference_scale=float(np.abs(reference).max()))
+
+
+def wrap_for_versions(source: Path, out: Path, versions: int) -> Path:
+    """The encoder over K versions per image: PIXELS [B, K, ...] -> EMBEDDINGS [B, K, D].
+
+    Two Reshape nodes around the unchanged encoder graph, so every version of every image in
+    a batch goes through one encoder call.
+    """
+    model = onnx.load(str(source))
+    graph = model.graph
+    flat_in, flat_out = "flat_" + INPUT_NAME, "flat_" + OUTPUT_NAME
+    for node in graph.node:
+        node.input[:] = [flat_in if n == INPUT_NAME else n for n in node.input]
+        node.output[:] = [flat_out if n == OUTPUT_NAME else n for n in node.output]
+    pixel_dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim[1:]]
+    dim = graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    graph.initializer.extend([
+        onnx.numpy_helper.from_array(np.array([-1, *pixel_dims], np.int64), "versions_flat_shape"),
+        onnx.numpy_helper.from_array(np.array([-1, versions, dim], np.int64), "versions_shape"),
+    ])
+    graph.node.insert(0, onnx.helper.make_node("Reshape", [INPUT_NAME, "versions_flat_shape"], [flat_in]))
+    graph.node.append(onnx.helper.make_node("Reshape", [flat_out, "versions_shape"], [VERSIONS_OUTPUT]))
+    graph.input[0].CopyFrom(onnx.helper.make_tensor_value_info(
+        INPUT_NAME, onnx.TensorProto.FLOAT, ["batch", versions, *pixel_dims]))
+    graph.output[0].CopyFrom(onnx.helper.make_tensor_value_info(
+        VERSIONS_OUTPUT, onnx.TensorProto.FLOAT, ["batch", versions, dim]))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
+    return Path(out)

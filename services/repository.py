@@ -180,8 +180,9 @@ class BuildResult:
 
 def build_repo(encoder: str, repo: Path, flavour: Flavour = "portable", weights: Optional[Path] = None,
                random_weights: bool = False, serving: ServingSpec = ServingSpec(),
-               export: Optional[ExportResult] = None) -> BuildResult:
-    """Write NAME_preprocess, NAME_encoder and NAME_embed into `repo` (other models are kept)."""
+               export: Optional[ExportResult] = None, catalogs: tuple[str, ...] = ("fine", "general")) -> BuildResult:
+    """Write NAME_preprocess, NAME_encoder, NAME_embed and, per catalog, the server-side
+    expansion (NAME_embed31, NAME_embed_general) into `repo`; other models are kept."""
     if flavour not in ("portable", "native"):
         raise ValueError(f"unknown flavour {flavour!r}; use 'portable' or 'native'")
     spec = get_encoder(encoder)
@@ -202,14 +203,18 @@ def build_repo(encoder: str, repo: Path, flavour: Flavour = "portable", weights:
 
     pre, enc = preprocess_config(spec, names, flavour, serving), encoder_config(spec, names, flavour, serving)
     if flavour == "portable":
-        python_model(pre, "dali_preprocess.py", pre_dir)
+        python_model(pre, "dali_pipeline.py", pre_dir)
         python_model(enc, "onnx_encoder.py", enc_dir)
     write_config(repo / names.preprocess, pre)
     write_config(repo / names.onnx, enc)
     write_config(repo / names.embed, embed_config(spec, names, serving))
+    models = [names.preprocess, names.onnx, names.embed]
+    from .expansion_repo import build_expansion  # the expansion builds on the models above
 
-    result = BuildResult(encoder=encoder, flavour=flavour, repo=repo,
-                         models=[names.preprocess, names.onnx, names.embed],
+    for catalog in catalogs:
+        models += build_expansion(spec, catalog, repo, flavour, serving, enc_dir / "model.onnx")
+
+    result = BuildResult(encoder=encoder, flavour=flavour, repo=repo, models=models,
                          onnx_sha256=export.sha256, export_max_abs_diff=export.max_abs_diff,
                          serving=asdict(serving))
     manifest = {**asdict(result), "repo": str(repo), "dim": spec.dim,

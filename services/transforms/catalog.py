@@ -15,6 +15,11 @@ AUX_TYPES = {
     "MOTION_KERNEL": (types.FLOAT, 2), "DISK_KERNEL": (types.FLOAT, 2), "PERSPECTIVE": (types.FLOAT, 2),
     "TEXT": (types.UINT8, 3), "ICON": (types.UINT8, 3), "STYLE_REF": (types.UINT8, 3),
 }
+# Their shapes as served tensors (-1: varies with the drawn parameters).
+AUX_DIMS = {
+    "MOTION_KERNEL": (-1, -1), "DISK_KERNEL": (-1, -1), "PERSPECTIVE": (3, 3),
+    "TEXT": (-1, -1, 4), "ICON": (-1, -1, 4), "STYLE_REF": (224, 224, 3),
+}
 
 
 @dataclass(frozen=True)
