@@ -4,6 +4,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from services.expansion_repo import ExpansionNames
 from services.repository import ModelNames, build_repo, read_config
 
 
@@ -21,7 +22,9 @@ def configs(repo):
 def test_portable_configs_parse_and_use_python_backend(repo):
     names = ModelNames("squeezenet1_1")
     parsed = configs(repo)
-    assert set(parsed) == {names.preprocess, names.onnx, names.embed}
+    expansions = [ExpansionNames("squeezenet1_1", c) for c in ("fine", "general")]
+    assert set(parsed) == {names.preprocess, names.onnx, names.embed,
+                           *[m for e in expansions for m in (e.inputs, e.expand, e.onnx, e.embed)]}
     assert parsed[names.preprocess].backend == "python" and parsed[names.onnx].backend == "python"
     assert (repo / names.preprocess / "1" / "model.dali").stat().st_size > 0
     assert (repo / names.onnx / "1" / "model.onnx").stat().st_size > 0
@@ -44,8 +47,18 @@ def test_native_configs_parse_and_target_gpu_backends(native_repo):
     assert trt.parameters["trt_engine_cache_enable"] == "true"
     assert list(enc.dynamic_batching.preferred_batch_size) == [8, 16, 32]
     assert not (native_repo / names.preprocess / "1" / "model.py").exists()
-    # Same ensemble in both flavours: clients cannot tell them apart.
-    assert parsed[names.embed].input == configs(native_repo)[names.embed].input
+    fine = ExpansionNames("squeezenet1_1", "fine")
+    assert parsed[fine.expand].backend == "dali" and parsed[fine.onnx].backend == "onnxruntime"
+    assert parsed[fine.inputs].backend == "python"  # host work (hashing, glyphs) in both flavours
+    assert list(parsed[fine.embed].output[0].dims) == [31, 512]
+    assert b"mixed" in (native_repo / fine.expand / "1" / "model.dali").read_bytes()
+
+
+def test_both_flavours_expose_identical_ensembles(repo, native_repo):
+    portable, native = configs(repo), configs(native_repo)
+    for name, config in portable.items():
+        if config.platform == "ensemble":
+            assert config == native[name], name
 
 
 def test_schema_check_rejects_a_bad_config():
