@@ -108,3 +108,85 @@ def run_serve_bench(repo: Path, url: str, encoder: str, images: list[bytes],
                      "triton": asdict(remote) | {"images_per_s": remote.images_per_s},
                      "throughput_ratio": remote.images_per_s / local.images_per_s})
     return rows
+
+
+# -- `equiprobe bench transforms` ---------------------------------------------------------------
+
+def _parallel(jobs, worker, concurrency: int) -> float:
+    """Run worker(job) for every job on `concurrency` threads; returns the wall time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(worker, jobs))
+    return time.perf_counter() - start
+
+
+def server_side_expansion(url: str, encoder: str, catalog: str, images: list[bytes], concurrency: int) -> float:
+    """Images/s through NAME_embed31 (or _general): one upload per image."""
+    import tritonclient.grpc as grpcclient
+
+    from services.expansion_repo import ExpansionNames
+    from .embedding import as_image_input
+
+    model = ExpansionNames(encoder, catalog).embed
+    local = threading.local()
+
+    def send(data: bytes) -> None:
+        if not hasattr(local, "client"):
+            local.client = grpcclient.InferenceServerClient(url)
+        local.client.infer(model, [as_image_input(data)])
+
+    send(images[0])  # warm-up
+    return len(images) / _parallel(images, send, concurrency)
+
+
+def client_side_expansion(url: str, encoder: str, expander, images: list[bytes], concurrency: int) -> float:
+    """Images/s when the client expands each image (DALI, in-process), encodes every version as
+    JPEG (quality 95) and uploads each one to NAME_embed."""
+    from services.transforms import image_key
+
+    local = threading.local()
+
+    def send(data: bytes) -> None:
+        if not hasattr(local, "client"):
+            local.client = EmbeddingClient(url, encoder)
+        local.client.embed(data)
+
+    def one_image(data: bytes) -> None:
+        versions, _ = expander.expand([np.frombuffer(data, np.uint8)], [image_key(data)], 0)
+        for version in versions[0]:
+            send(encode(version, quality=95))
+
+    one_image(images[0])  # warm-up
+    start = time.perf_counter()
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        for data in images:  # expansion is serial in the client; the uploads go out in parallel
+            versions, _ = expander.expand([np.frombuffer(data, np.uint8)], [image_key(data)], 0)
+            list(pool.map(send, [encode(v, quality=95) for v in versions[0]]))
+    return len(images) / (time.perf_counter() - start)
+
+
+def expansion_dali_vs_pillow(catalog, images: list[bytes], batch: int = 8) -> tuple[float, float]:
+    """Images/s of the 31x expansion alone (canvases, no encoder): DALI on the CPU vs Pillow/numpy."""
+    import tempfile
+
+    from services.transforms import image_key
+    from services.transforms.expand import Expander, serialize_expand
+    from services.transforms.reference import expand_reference
+
+    with tempfile.TemporaryDirectory() as tmp:
+        expander = Expander(serialize_expand(catalog, Path(tmp) / "e.dali", "cpu", batch, 2), catalog, batch, 2)
+    arrays, keys = [np.frombuffer(d, np.uint8) for d in images], [image_key(d) for d in images]
+    expander.expand(arrays[:batch], keys[:batch], 0)  # warm-up
+    start = time.perf_counter()
+    for i in range(0, len(arrays), batch):
+        expander.expand(arrays[i:i + batch], keys[i:i + batch], 0)
+    dali = len(arrays) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for data, key in zip(images, keys):
+        expand_reference(catalog, data, catalog.host_inputs(key, 0))
+    pillow = len(images) / (time.perf_counter() - start)
+    return dali, pillow

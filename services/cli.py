@@ -62,15 +62,28 @@ def build_repo(
     flavour: str = typer.Option("portable", help="portable (python backend, CPU) or native (NGC container, GPU)."),
     weights: Optional[Path] = typer.Option(None, help="Local checkpoint with the encoder's weights."),
     random_weights: bool = typer.Option(False, help="Random weights, for pipeline tests only."),
+    style_net: list[str] = typer.Option([], help="NAME=PATH of a fast-neural-style ONNX network (float RGB "
+                                        "[N,3,H,W] 0..255 in and out), added as an extra style version. Repeatable."),
 ) -> None:
-    """Render NAME_preprocess (DALI), NAME_encoder (ONNX) and NAME_embed (ensemble)."""
+    """Render NAME_embed (DALI -> ONNX ensemble) and the server-side expansions NAME_embed31 and
+    NAME_embed_general."""
     from .encoders import EncoderError
     from .repository import build_repo as build
 
+    nets = {}
+    for item in style_net:
+        name, _, path = item.partition("=")
+        if not name.isidentifier() or not path:
+            raise fail(f"--style-net takes NAME=PATH with NAME a plain identifier, not {item!r}")
+        if not Path(path).is_file():
+            raise fail(f"style network {path} does not exist")
+        nets[name] = Path(path)
     try:
-        result = build(encoder, repo, flavour, weights, random_weights)  # type: ignore[arg-type]
+        result = build(encoder, repo, flavour, weights, random_weights, style_nets=nets)  # type: ignore[arg-type]
     except (EncoderError, ValueError) as exc:
         raise fail(str(exc))
+    except Exception as exc:  # an unreadable ONNX file, for example: name it, no traceback
+        raise fail(f"could not build the repository: {type(exc).__name__}: {exc}")
     print(f"{result.flavour} repository {result.repo}: {', '.join(result.models)}")
     print(f"encoder ONNX sha256 {result.onnx_sha256[:16]}..., export max abs diff {result.export_max_abs_diff:.3g}")
 

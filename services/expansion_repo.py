@@ -7,29 +7,39 @@ For an encoder NAME and a catalog (fine -> suffix "31", general -> "_general"):
     NAME_encoderK      ONNX:      PIXELS [K, C, S, S] -> EMBEDDINGS [K, D]
     NAME_embedK        ensemble:  IMAGE, SEED (optional) -> EMBEDDINGS [K, D], PARAMS [K, W], KEY
 
+User-provided fast-neural-style networks add rows after the catalog's K: the expansion also
+emits the untouched canvas, each `style_NET` model (ONNX) styles it, `NAME_style_normalize`
+(DALI) prepares the styled canvases for the encoder, and the K-version encoder appends them.
+These are neural style transfer proper, unlike the catalog's reference-based stylization.
+
 The inputs model is python in both flavours (hashing, parameter draws and glyph rendering are
-host work); the DALI and ONNX steps follow the flavour like NAME_embed's.
+host work); the DALI and ONNX steps follow the flavour like NAME_embed's. Each NAME_embedK
+directory holds `versions.json`: the row names, catalog version and style-network hashes.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from nvidia.dali import types
 from tritonclient.grpc import model_config_pb2 as mc
 
 from .encoders import EncoderSpec
-from .export import INPUT_NAME as PIXELS, VERSIONS_OUTPUT as EMBEDDINGS, wrap_for_versions
+from .export import (EXTRA_INPUT, INPUT_NAME as PIXELS, STYLE_INPUT, STYLE_OUTPUT, VERSIONS_OUTPUT as EMBEDDINGS,
+                     sha256_of, wrap_for_versions, wrap_style_network)
 from .pipelines import INPUT_NAME as IMAGE
 from .repository import (Flavour, ModelNames, ServingSpec, dynamic_batching, encoder_config, ensemble_config,
                          instances, python_model, string_parameters, tensor, write_config)
 from .transforms import get_catalog
 from .transforms.catalog import AUX_DIMS, AUX_TYPES, Catalog
-from .transforms.expand import PARAMS, serialize_expand
+from .transforms.expand import PARAMS, serialize_expand, serialize_normalize
 
 SUFFIX = {"fine": "31", "general": "_general"}
-SEED, KEY, VERSIONS = "SEED", "KEY", "VERSIONS"
+SEED, KEY, VERSIONS, CANVAS = "SEED", "KEY", "VERSIONS", "CANVAS"
+MANIFEST = "versions.json"
 _TRITON_TYPE = {types.FLOAT: mc.TYPE_FP32, types.UINT8: mc.TYPE_UINT8}
 
 
@@ -53,6 +63,14 @@ class ExpansionNames:
     @property
     def embed(self) -> str:
         return f"{self.encoder}_embed{SUFFIX[self.catalog]}"
+
+    @property
+    def style_normalize(self) -> str:
+        return f"{self.encoder}_style_normalize"
+
+    @staticmethod
+    def style(net: str) -> str:
+        return f"style_{net}"
 
 
 def _aux_tensors(catalog: Catalog, is_input: bool) -> list:
@@ -79,17 +97,14 @@ def inputs_config(catalog: Catalog, names: ExpansionNames, serving: ServingSpec)
     return config
 
 
-def expand_config(spec: EncoderSpec, catalog: Catalog, names: ExpansionNames, flavour: Flavour,
-                  serving: ServingSpec) -> mc.ModelConfig:
-    config = mc.ModelConfig(
-        name=names.expand, max_batch_size=serving.max_batch_size,
-        input=[tensor(IMAGE, mc.TYPE_UINT8, [-1], ragged=True), _params_tensor(catalog, True),
-               *_aux_tensors(catalog, True)],
-        output=[tensor(VERSIONS, mc.TYPE_FP32, [len(catalog.transforms), *spec.preprocess.output_shape],
-                       is_input=False)],
-        dynamic_batching=dynamic_batching(serving, preferred=False),
-        instance_group=instances(flavour),
-    )
+def canvas_tensor(name: str, is_input: bool):
+    return tensor(name, mc.TYPE_UINT8, [224, 224, 3], is_input=is_input)
+
+
+def dali_config(name: str, inputs: list, outputs: list, flavour: Flavour, serving: ServingSpec) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=name, max_batch_size=serving.max_batch_size, input=inputs, output=outputs,
+                            dynamic_batching=dynamic_batching(serving, preferred=False),
+                            instance_group=instances(flavour))
     if flavour == "native":
         config.backend = "dali"
         config.default_model_filename = "model.dali"
@@ -99,8 +114,36 @@ def expand_config(spec: EncoderSpec, catalog: Catalog, names: ExpansionNames, fl
     return config
 
 
+def expand_config(spec: EncoderSpec, catalog: Catalog, names: ExpansionNames, flavour: Flavour,
+                  serving: ServingSpec, emit_canvas: bool) -> mc.ModelConfig:
+    outputs = [tensor(VERSIONS, mc.TYPE_FP32, [len(catalog.transforms), *spec.preprocess.output_shape],
+                      is_input=False)]
+    if emit_canvas:
+        outputs.append(canvas_tensor(CANVAS, is_input=False))
+    inputs = [tensor(IMAGE, mc.TYPE_UINT8, [-1], ragged=True), _params_tensor(catalog, True),
+              *_aux_tensors(catalog, True)]
+    return dali_config(names.expand, inputs, outputs, flavour, serving)
+
+
+def style_config(net: str, flavour: Flavour, serving: ServingSpec) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=ExpansionNames.style(net), max_batch_size=serving.max_batch_size,
+                            input=[canvas_tensor(STYLE_INPUT, True)], output=[canvas_tensor(STYLE_OUTPUT, False)],
+                            dynamic_batching=dynamic_batching(serving, preferred=False),
+                            instance_group=instances(flavour))
+    if flavour == "native":
+        config.backend = "onnxruntime"
+        config.default_model_filename = "model.onnx"
+    else:
+        string_parameters(config, onnx_model="model.onnx", intra_op_threads=serving.ort_threads)
+    return config
+
+
+def styled_name(j: int) -> str:
+    return f"STYLED_{j}"
+
+
 def versions_encoder_config(spec: EncoderSpec, catalog: Catalog, names: ExpansionNames, flavour: Flavour,
-                            serving: ServingSpec) -> mc.ModelConfig:
+                            serving: ServingSpec, extra: int) -> mc.ModelConfig:
     config = encoder_config(spec, ModelNames(spec.name), flavour, serving)
     k = len(catalog.transforms)
     config.name = names.onnx
@@ -108,46 +151,84 @@ def versions_encoder_config(spec: EncoderSpec, catalog: Catalog, names: Expansio
     config.max_batch_size = max(1, serving.max_batch_size // 4)
     del config.dynamic_batching.preferred_batch_size[:]
     config.input[0].CopyFrom(tensor(PIXELS, mc.TYPE_FP32, [k, *spec.preprocess.output_shape]))
-    config.output[0].CopyFrom(tensor(EMBEDDINGS, mc.TYPE_FP32, [k, spec.dim], is_input=False))
+    if extra:
+        config.input.append(tensor(EXTRA_INPUT, mc.TYPE_FP32, [extra, *spec.preprocess.output_shape]))
+    config.output[0].CopyFrom(tensor(EMBEDDINGS, mc.TYPE_FP32, [k + extra, spec.dim], is_input=False))
     return config
 
 
 def embed_versions_config(spec: EncoderSpec, catalog: Catalog, names: ExpansionNames,
-                          serving: ServingSpec) -> mc.ModelConfig:
+                          serving: ServingSpec, nets: list[str]) -> mc.ModelConfig:
     seed = tensor(SEED, mc.TYPE_INT64, [1])
     seed.optional = True
     aux_map = {name: name.lower() for name, _, _ in catalog.aux_inputs}
+    expand_out = {VERSIONS: "versions", **({CANVAS: "canvas"} if nets else {})}
+    steps = [(names.inputs, {IMAGE: IMAGE, SEED: SEED}, {PARAMS: PARAMS, KEY: KEY, **aux_map}),
+             (names.expand, {IMAGE: IMAGE, PARAMS: PARAMS, **aux_map}, expand_out)]
+    encoder_in = {PIXELS: "versions"}
+    if nets:
+        steps += [(names.style(net), {STYLE_INPUT: "canvas"}, {STYLE_OUTPUT: f"styled_{j}"})
+                  for j, net in enumerate(nets)]
+        steps.append((names.style_normalize, {styled_name(j): f"styled_{j}" for j in range(len(nets))},
+                      {VERSIONS: "extra"}))
+        encoder_in[EXTRA_INPUT] = "extra"
+    steps.append((names.onnx, encoder_in, {EMBEDDINGS: EMBEDDINGS}))
     return ensemble_config(
         names.embed, max(1, serving.max_batch_size // 4),
         inputs=[tensor(IMAGE, mc.TYPE_UINT8, [-1]), seed],
-        outputs=[tensor(EMBEDDINGS, mc.TYPE_FP32, [len(catalog.transforms), spec.dim], is_input=False),
+        outputs=[tensor(EMBEDDINGS, mc.TYPE_FP32, [len(catalog.transforms) + len(nets), spec.dim], is_input=False),
                  _params_tensor(catalog, False), tensor(KEY, mc.TYPE_STRING, [1], is_input=False)],
-        steps=[(names.inputs, {IMAGE: IMAGE, SEED: SEED}, {PARAMS: PARAMS, KEY: KEY, **aux_map}),
-               (names.expand, {IMAGE: IMAGE, PARAMS: PARAMS, **aux_map}, {VERSIONS: "versions"}),
-               (names.onnx, {PIXELS: "versions"}, {EMBEDDINGS: EMBEDDINGS})],
+        steps=steps,
     )
 
 
 def build_expansion(spec: EncoderSpec, catalog_name: str, repo: Path, flavour: Flavour, serving: ServingSpec,
-                    encoder_onnx: Path) -> list[str]:
-    """Render the four models of one catalog's expansion for one encoder; returns their names."""
+                    encoder_onnx: Path, style_nets: Optional[dict[str, Path]] = None) -> list[str]:
+    """Render one catalog's expansion for one encoder (and any style networks); returns model names."""
     catalog = get_catalog(catalog_name)
     names = ExpansionNames(spec.name, catalog_name)
+    nets = sorted(style_nets or {})
     version = lambda model: repo / model / "1"  # noqa: E731
-    for model in (names.inputs, names.expand, names.onnx, names.embed):
+    device = "gpu" if flavour == "native" else "cpu"
+    configs = {names.inputs: inputs_config(catalog, names, serving),
+               names.expand: expand_config(spec, catalog, names, flavour, serving, emit_canvas=bool(nets))}
+    for model in configs:
         version(model).mkdir(parents=True, exist_ok=True)
-
-    inputs = inputs_config(catalog, names, serving)
-    python_model(inputs, "transform_inputs.py", version(names.inputs))
-    serialize_expand(catalog, version(names.expand) / "model.dali", "gpu" if flavour == "native" else "cpu",
-                     serving.max_batch_size, serving.dali_threads, pre=spec.preprocess)
-    expand = expand_config(spec, catalog, names, flavour, serving)
-    wrap_for_versions(encoder_onnx, version(names.onnx) / "model.onnx", len(catalog.transforms))
-    encoder = versions_encoder_config(spec, catalog, names, flavour, serving)
+    python_model(configs[names.inputs], "transform_inputs.py", version(names.inputs))
+    serialize_expand(catalog, version(names.expand) / "model.dali", device, serving.max_batch_size,
+                     serving.dali_threads, pre=spec.preprocess, emit_canvas=bool(nets))
+    dali_models, onnx_models = [names.expand], [names.onnx]
+    for net in nets:
+        model = names.style(net)
+        version(model).mkdir(parents=True, exist_ok=True)
+        wrap_style_network(style_nets[net], version(model) / "model.onnx")
+        configs[model] = style_config(net, flavour, serving)
+        onnx_models.append(model)
+    if nets:
+        version(names.style_normalize).mkdir(parents=True, exist_ok=True)
+        styled = [styled_name(j) for j in range(len(nets))]
+        serialize_normalize(styled, spec.preprocess, version(names.style_normalize) / "model.dali", device,
+                            serving.max_batch_size, serving.dali_threads)
+        configs[names.style_normalize] = dali_config(
+            names.style_normalize, [canvas_tensor(n, True) for n in styled],
+            [tensor(VERSIONS, mc.TYPE_FP32, [len(nets), *spec.preprocess.output_shape], is_input=False)],
+            flavour, serving)
+        dali_models.append(names.style_normalize)
+    version(names.onnx).mkdir(parents=True, exist_ok=True)
+    wrap_for_versions(encoder_onnx, version(names.onnx) / "model.onnx", len(catalog.transforms), len(nets))
+    configs[names.onnx] = versions_encoder_config(spec, catalog, names, flavour, serving, len(nets))
+    configs[names.embed] = embed_versions_config(spec, catalog, names, serving, nets)
+    version(names.embed).mkdir(parents=True, exist_ok=True)
     if flavour == "portable":
-        python_model(expand, "dali_pipeline.py", version(names.expand))
-        python_model(encoder, "onnx_encoder.py", version(names.onnx))
-    for model, config in ((names.inputs, inputs), (names.expand, expand), (names.onnx, encoder),
-                          (names.embed, embed_versions_config(spec, catalog, names, serving))):
+        for model in dali_models:
+            python_model(configs[model], "dali_pipeline.py", version(model))
+        for model in onnx_models:
+            python_model(configs[model], "onnx_encoder.py", version(model))
+    for model, config in configs.items():
         write_config(repo / model, config)
-    return [names.inputs, names.expand, names.onnx, names.embed]
+    (repo / names.embed / MANIFEST).write_text(json.dumps({
+        "catalog": catalog.name, "catalog_version": catalog.version,
+        "rows": catalog.class_names + [f"neural_style_{net}" for net in nets],
+        "style_nets": {net: sha256_of(style_nets[net]) for net in nets},
+    }, indent=2))
+    return list(configs)

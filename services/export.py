@@ -108,11 +108,15 @@ def export_encoder(spec: EncoderSpec, network: Network, path: Path, check_batch:
                         reference_scale=float(np.abs(reference).max()))
 
 
-def wrap_for_versions(source: Path, out: Path, versions: int) -> Path:
+EXTRA_INPUT = "EXTRA"
+
+
+def wrap_for_versions(source: Path, out: Path, versions: int, extra: int = 0) -> Path:
     """The encoder over K versions per image: PIXELS [B, K, ...] -> EMBEDDINGS [B, K, D].
 
     Two Reshape nodes around the unchanged encoder graph, so every version of every image in
-    a batch goes through one encoder call.
+    a batch goes through one encoder call. With `extra` > 0 a second input EXTRA [B, extra, ...]
+    (versions made by style networks) is appended after the K versions.
     """
     model = onnx.load(str(source))
     graph = model.graph
@@ -122,16 +126,57 @@ def wrap_for_versions(source: Path, out: Path, versions: int) -> Path:
         node.output[:] = [flat_out if n == OUTPUT_NAME else n for n in node.output]
     pixel_dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim[1:]]
     dim = graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    rows = versions + extra
     graph.initializer.extend([
         onnx.numpy_helper.from_array(np.array([-1, *pixel_dims], np.int64), "versions_flat_shape"),
-        onnx.numpy_helper.from_array(np.array([-1, versions, dim], np.int64), "versions_shape"),
+        onnx.numpy_helper.from_array(np.array([-1, rows, dim], np.int64), "versions_shape"),
     ])
-    graph.node.insert(0, onnx.helper.make_node("Reshape", [INPUT_NAME, "versions_flat_shape"], [flat_in]))
+    inputs = [onnx.helper.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT, ["batch", versions, *pixel_dims])]
+    head = [onnx.helper.make_node("Reshape", [INPUT_NAME, "versions_flat_shape"], [flat_in])]
+    if extra:
+        inputs.append(onnx.helper.make_tensor_value_info(EXTRA_INPUT, onnx.TensorProto.FLOAT,
+                                                         ["batch", extra, *pixel_dims]))
+        head = [onnx.helper.make_node("Concat", [INPUT_NAME, EXTRA_INPUT], ["all_versions"], axis=1),
+                onnx.helper.make_node("Reshape", ["all_versions", "versions_flat_shape"], [flat_in])]
+    for i, node in enumerate(head):
+        graph.node.insert(i, node)
     graph.node.append(onnx.helper.make_node("Reshape", [flat_out, "versions_shape"], [VERSIONS_OUTPUT]))
-    graph.input[0].CopyFrom(onnx.helper.make_tensor_value_info(
-        INPUT_NAME, onnx.TensorProto.FLOAT, ["batch", versions, *pixel_dims]))
+    del graph.input[:]
+    graph.input.extend(inputs)
     graph.output[0].CopyFrom(onnx.helper.make_tensor_value_info(
-        VERSIONS_OUTPUT, onnx.TensorProto.FLOAT, ["batch", versions, dim]))
+        VERSIONS_OUTPUT, onnx.TensorProto.FLOAT, ["batch", rows, dim]))
     onnx.checker.check_model(model)
     onnx.save(model, str(out))
+    return Path(out)
+
+
+STYLE_INPUT, STYLE_OUTPUT = "CANVAS", "STYLED"
+
+
+def wrap_style_network(source: Path, out: Path) -> Path:
+    """A user's fast-neural-style network between uint8 canvases: CANVAS [B, H, W, 3] -> STYLED.
+
+    The network follows the usual fast-neural-style convention: float32 RGB [N, 3, H, W] in
+    0..255 in, the same out. Its output is rounded and clipped back to uint8 HWC.
+    """
+    net = onnx.compose.add_prefix(onnx.load(str(source)), "net/")
+    graph = net.graph
+    if len(graph.input) != 1 or len(graph.output) != 1:
+        raise ValueError(f"{source}: a style network needs exactly one input and one output")
+    net_in, net_out = graph.input[0].name, graph.output[0].name
+    graph.initializer.extend([onnx.numpy_helper.from_array(np.array(v, np.float32), n)
+                              for n, v in (("style_low", 0.0), ("style_high", 255.0))])
+    graph.node.insert(0, onnx.helper.make_node("Cast", [STYLE_INPUT], ["canvas_float"], to=onnx.TensorProto.FLOAT))
+    graph.node.insert(1, onnx.helper.make_node("Transpose", ["canvas_float"], [net_in], perm=[0, 3, 1, 2]))
+    graph.node.extend([
+        onnx.helper.make_node("Round", [net_out], ["styled_round"]),
+        onnx.helper.make_node("Clip", ["styled_round", "style_low", "style_high"], ["styled_clip"]),
+        onnx.helper.make_node("Transpose", ["styled_clip"], ["styled_hwc"], perm=[0, 2, 3, 1]),
+        onnx.helper.make_node("Cast", ["styled_hwc"], [STYLE_OUTPUT], to=onnx.TensorProto.UINT8),
+    ])
+    del graph.input[:], graph.output[:]
+    graph.input.append(onnx.helper.make_tensor_value_info(STYLE_INPUT, onnx.TensorProto.UINT8, ["batch", "h", "w", 3]))
+    graph.output.append(onnx.helper.make_tensor_value_info(STYLE_OUTPUT, onnx.TensorProto.UINT8, ["batch", "h", "w", 3]))
+    onnx.checker.check_model(net)
+    onnx.save(net, str(out))
     return Path(out)

@@ -180,7 +180,8 @@ class BuildResult:
 
 def build_repo(encoder: str, repo: Path, flavour: Flavour = "portable", weights: Optional[Path] = None,
                random_weights: bool = False, serving: ServingSpec = ServingSpec(),
-               export: Optional[ExportResult] = None, catalogs: tuple[str, ...] = ("fine", "general")) -> BuildResult:
+               export: Optional[ExportResult] = None, catalogs: tuple[str, ...] = ("fine", "general"),
+               style_nets: Optional[dict[str, Path]] = None) -> BuildResult:
     """Write NAME_preprocess, NAME_encoder, NAME_embed and, per catalog, the server-side
     expansion (NAME_embed31, NAME_embed_general) into `repo`; other models are kept."""
     if flavour not in ("portable", "native"):
@@ -212,7 +213,7 @@ def build_repo(encoder: str, repo: Path, flavour: Flavour = "portable", weights:
     from .expansion_repo import build_expansion  # the expansion builds on the models above
 
     for catalog in catalogs:
-        models += build_expansion(spec, catalog, repo, flavour, serving, enc_dir / "model.onnx")
+        models += build_expansion(spec, catalog, repo, flavour, serving, enc_dir / "model.onnx", style_nets)
 
     result = BuildResult(encoder=encoder, flavour=flavour, repo=repo, models=models,
                          onnx_sha256=export.sha256, export_max_abs_diff=export.max_abs_diff,

@@ -31,7 +31,8 @@ def to_canvas(images):
 
 
 @pipeline_def
-def expand_pipeline(catalog: Catalog, device: str = "cpu", pre: Optional["Preprocess"] = None):
+def expand_pipeline(catalog: Catalog, device: str = "cpu", pre: Optional["Preprocess"] = None,
+                    emit_canvas: bool = False):
     encoded = fn.external_source(name=INPUT_NAME, device="cpu", dtype=types.UINT8, ndim=1)
     params = fn.external_source(name=PARAMS, device="cpu", dtype=types.FLOAT, ndim=2)
     aux: list[dict] = [{} for _ in catalog.transforms]
@@ -45,13 +46,32 @@ def expand_pipeline(catalog: Catalog, device: str = "cpu", pre: Optional["Prepro
     versions = [t.apply(canvas, params[k], aux[k]) for k, t in enumerate(catalog.transforms)]
     if pre is not None:
         versions = [resize_and_normalize(v, pre, input_order="RGB") for v in versions]
-    return fn.stack(*versions)
+    # The untouched canvas feeds user-provided style networks that run as later ensemble steps.
+    return (fn.stack(*versions), canvas) if emit_canvas else fn.stack(*versions)
+
+
+@pipeline_def
+def normalize_pipeline(names: list[str], pre: "Preprocess", device: str = "cpu"):
+    """Canvases produced outside DALI (style networks) -> the encoder's input, stacked [n, C, S, S]."""
+    canvases = [fn.external_source(name=n, device="cpu", dtype=types.UINT8, ndim=3, layout="HWC") for n in names]
+    if device == "gpu":
+        canvases = [c.gpu() for c in canvases]
+    return fn.stack(*[resize_and_normalize(c, pre, input_order="RGB") for c in canvases])
 
 
 def serialize_expand(catalog: Catalog, path: Path, device: str, max_batch_size: int, num_threads: int,
-                     pre: Optional["Preprocess"] = None) -> Path:
-    pipe = expand_pipeline(catalog, device, pre, batch_size=max_batch_size, num_threads=num_threads,
-                           device_id=None)
+                     pre: Optional["Preprocess"] = None, emit_canvas: bool = False) -> Path:
+    return _serialize(expand_pipeline(catalog, device, pre, emit_canvas, batch_size=max_batch_size,
+                                      num_threads=num_threads, device_id=None), path)
+
+
+def serialize_normalize(names: list[str], pre: "Preprocess", path: Path, device: str, max_batch_size: int,
+                        num_threads: int) -> Path:
+    return _serialize(normalize_pipeline(names, pre, device, batch_size=max_batch_size,
+                                         num_threads=num_threads, device_id=None), path)
+
+
+def _serialize(pipe, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pipe.serialize(filename=str(path))
@@ -75,5 +95,5 @@ class Expander(SerializedPipeline):
     def expand(self, encoded: list[np.ndarray], keys: list[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
         """(versions [B, K, ...], params [B, K, width])."""
         feeds = self.feeds(encoded, keys, seed)
-        (versions,) = self.run(feeds)
+        versions = self.run(feeds)[0]
         return versions, np.stack(feeds[PARAMS])
