@@ -3,13 +3,14 @@
 For an encoder NAME and a catalog (fine -> suffix "31", general -> "_general"):
 
     CATALOG_inputs     python:    IMAGE, SEED -> PARAMS, KEY, host-rendered inputs (kernels, glyphs...)
-    NAME_expandK       DALI:      IMAGE, PARAMS, inputs -> VERSIONS [K, C, S, S]
-    NAME_encoderK      ONNX:      PIXELS [K, C, S, S] -> EMBEDDINGS [K, D]
+    NAME_expandK       DALI:      IMAGE, PARAMS, inputs -> VERSIONS uint8 [K, S, S, 3]
+    NAME_encoderK      ONNX:      PIXELS uint8 [K, S, S, 3] -> normalize -> encoder -> EMBEDDINGS [K, D]
     NAME_embedK        ensemble:  IMAGE, SEED (optional) -> EMBEDDINGS [K, D], PARAMS [K, W], KEY
 
 User-provided fast-neural-style networks add rows after the catalog's K: the expansion also
-emits the untouched canvas, each `style_NET` model (ONNX) styles it, `NAME_style_normalize`
-(DALI) prepares the styled canvases for the encoder, and the K-version encoder appends them.
+emits the untouched canvas, each `style_NET` model (ONNX) styles it, `NAME_style_resize`
+(DALI) resizes and crops the styled canvases for the encoder, and the K-version encoder
+appends them. Versions travel between steps as uint8 crops; the K-version encoder normalizes.
 These are neural style transfer proper, unlike the catalog's reference-based stylization.
 
 The inputs model is python in both flavours (hashing, parameter draws and glyph rendering are
@@ -35,7 +36,7 @@ from .repository import (Flavour, ModelNames, ServingSpec, dynamic_batching, enc
                          instances, python_model, string_parameters, tensor, write_config)
 from .transforms import get_catalog
 from .transforms.catalog import AUX_DIMS, AUX_TYPES, Catalog
-from .transforms.expand import PARAMS, serialize_expand, serialize_normalize
+from .transforms.expand import PARAMS, serialize_expand, serialize_resize
 
 SUFFIX = {"fine": "31", "general": "_general"}
 SEED, KEY, VERSIONS, CANVAS = "SEED", "KEY", "VERSIONS", "CANVAS"
@@ -65,8 +66,8 @@ class ExpansionNames:
         return f"{self.encoder}_embed{SUFFIX[self.catalog]}"
 
     @property
-    def style_normalize(self) -> str:
-        return f"{self.encoder}_style_normalize"
+    def style_resize(self) -> str:
+        return f"{self.encoder}_style_resize"
 
     @staticmethod
     def style(net: str) -> str:
@@ -116,8 +117,7 @@ def dali_config(name: str, inputs: list, outputs: list, flavour: Flavour, servin
 
 def expand_config(spec: EncoderSpec, catalog: Catalog, names: ExpansionNames, flavour: Flavour,
                   serving: ServingSpec, emit_canvas: bool) -> mc.ModelConfig:
-    outputs = [tensor(VERSIONS, mc.TYPE_FP32, [len(catalog.transforms), *spec.preprocess.output_shape],
-                      is_input=False)]
+    outputs = [tensor(VERSIONS, mc.TYPE_UINT8, [len(catalog.transforms), *crop_shape(spec)], is_input=False)]
     if emit_canvas:
         outputs.append(canvas_tensor(CANVAS, is_input=False))
     inputs = [tensor(IMAGE, mc.TYPE_UINT8, [-1], ragged=True), _params_tensor(catalog, True),
@@ -138,6 +138,10 @@ def style_config(net: str, flavour: Flavour, serving: ServingSpec) -> mc.ModelCo
     return config
 
 
+def crop_shape(spec: EncoderSpec) -> tuple[int, int, int]:
+    return (spec.preprocess.size, spec.preprocess.size, 3)
+
+
 def styled_name(j: int) -> str:
     return f"STYLED_{j}"
 
@@ -150,9 +154,9 @@ def versions_encoder_config(spec: EncoderSpec, catalog: Catalog, names: Expansio
     # K versions per image: keep the batch of images small enough for one encoder call.
     config.max_batch_size = max(1, serving.max_batch_size // 4)
     del config.dynamic_batching.preferred_batch_size[:]
-    config.input[0].CopyFrom(tensor(PIXELS, mc.TYPE_FP32, [k, *spec.preprocess.output_shape]))
+    config.input[0].CopyFrom(tensor(PIXELS, mc.TYPE_UINT8, [k, *crop_shape(spec)]))
     if extra:
-        config.input.append(tensor(EXTRA_INPUT, mc.TYPE_FP32, [extra, *spec.preprocess.output_shape]))
+        config.input.append(tensor(EXTRA_INPUT, mc.TYPE_UINT8, [extra, *crop_shape(spec)]))
     config.output[0].CopyFrom(tensor(EMBEDDINGS, mc.TYPE_FP32, [k + extra, spec.dim], is_input=False))
     return config
 
@@ -169,7 +173,7 @@ def embed_versions_config(spec: EncoderSpec, catalog: Catalog, names: ExpansionN
     if nets:
         steps += [(names.style(net), {STYLE_INPUT: "canvas"}, {STYLE_OUTPUT: f"styled_{j}"})
                   for j, net in enumerate(nets)]
-        steps.append((names.style_normalize, {styled_name(j): f"styled_{j}" for j in range(len(nets))},
+        steps.append((names.style_resize, {styled_name(j): f"styled_{j}" for j in range(len(nets))},
                       {VERSIONS: "extra"}))
         encoder_in[EXTRA_INPUT] = "extra"
     steps.append((names.onnx, encoder_in, {EMBEDDINGS: EMBEDDINGS}))
@@ -205,17 +209,18 @@ def build_expansion(spec: EncoderSpec, catalog_name: str, repo: Path, flavour: F
         configs[model] = style_config(net, flavour, serving)
         onnx_models.append(model)
     if nets:
-        version(names.style_normalize).mkdir(parents=True, exist_ok=True)
+        version(names.style_resize).mkdir(parents=True, exist_ok=True)
         styled = [styled_name(j) for j in range(len(nets))]
-        serialize_normalize(styled, spec.preprocess, version(names.style_normalize) / "model.dali", device,
+        serialize_resize(styled, spec.preprocess, version(names.style_resize) / "model.dali", device,
                             serving.max_batch_size, serving.dali_threads)
-        configs[names.style_normalize] = dali_config(
-            names.style_normalize, [canvas_tensor(n, True) for n in styled],
-            [tensor(VERSIONS, mc.TYPE_FP32, [len(nets), *spec.preprocess.output_shape], is_input=False)],
+        configs[names.style_resize] = dali_config(
+            names.style_resize, [canvas_tensor(n, True) for n in styled],
+            [tensor(VERSIONS, mc.TYPE_UINT8, [len(nets), *crop_shape(spec)], is_input=False)],
             flavour, serving)
-        dali_models.append(names.style_normalize)
+        dali_models.append(names.style_resize)
     version(names.onnx).mkdir(parents=True, exist_ok=True)
-    wrap_for_versions(encoder_onnx, version(names.onnx) / "model.onnx", len(catalog.transforms), len(nets))
+    wrap_for_versions(encoder_onnx, version(names.onnx) / "model.onnx", spec.preprocess, len(catalog.transforms),
+                      len(nets))
     configs[names.onnx] = versions_encoder_config(spec, catalog, names, flavour, serving, len(nets))
     configs[names.embed] = embed_versions_config(spec, catalog, names, serving, nets)
     version(names.embed).mkdir(parents=True, exist_ok=True)

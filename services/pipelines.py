@@ -29,21 +29,30 @@ def decode(encoded, channel_order: str, device: str):
     return fn.decoders.image(encoded, device=decoder, output_type=_ORDER[channel_order])
 
 
-def resize_and_normalize(images, pre: Preprocess, input_order: str = ""):
-    """Resize, centre-crop and normalize for an encoder. `input_order` names the channel order of
-    `images` when it may differ from the encoder's (the transform canvases are RGB)."""
+def _resize(images, pre: Preprocess, input_order: str):
+    """`input_order` names the channel order of `images` when it may differ from the encoder's
+    (the transform canvases are RGB)."""
     if input_order and input_order != pre.channel_order:
         images = fn.color_space_conversion(images, image_type=_ORDER[input_order],
                                            output_type=_ORDER[pre.channel_order])
     if pre.resize_mode == "square":
-        images = fn.resize(images, resize_x=pre.resize, resize_y=pre.resize,
-                           interp_type=_INTERP[pre.interpolation], antialias=True)
-    else:
-        images = fn.resize(images, resize_shorter=pre.resize,
-                           interp_type=_INTERP[pre.interpolation], antialias=True)
+        return fn.resize(images, resize_x=pre.resize, resize_y=pre.resize,
+                         interp_type=_INTERP[pre.interpolation], antialias=True)
+    return fn.resize(images, resize_shorter=pre.resize, interp_type=_INTERP[pre.interpolation], antialias=True)
+
+
+def resize_and_normalize(images, pre: Preprocess, input_order: str = ""):
+    """Resize, centre-crop and normalize for an encoder: float32 in the encoder's layout."""
     return fn.crop_mirror_normalize(
-        images, crop=(pre.size, pre.size), crop_pos_x=0.5, crop_pos_y=0.5,
+        _resize(images, pre, input_order), crop=(pre.size, pre.size), crop_pos_x=0.5, crop_pos_y=0.5,
         mean=list(pre.mean), std=list(pre.std), dtype=types.FLOAT, output_layout=pre.layout)
+
+
+def resize_and_crop(images, pre: Preprocess, input_order: str = ""):
+    """Resize and centre-crop for an encoder, left as uint8 HWC: a quarter of the bytes of the
+    normalized tensor, for steps that hand many versions on (normalization then happens in
+    the ONNX model, see export.wrap_for_versions)."""
+    return fn.crop(_resize(images, pre, input_order), crop=(pre.size, pre.size), crop_pos_x=0.5, crop_pos_y=0.5)
 
 
 @pipeline_def

@@ -39,8 +39,8 @@ def in_process(repo: Path, data: bytes) -> np.ndarray:
     versions, canvas = expander.run(expander.feeds([np.frombuffer(data, np.uint8)], [image_key(data)], 0))
     styled = [ort_session(repo / NAMES.style(n) / "1" / "model.onnx").run(None, {"CANVAS": canvas})[0]
               for n in ("tiny_a", "tiny_b")]
-    normalize = SerializedPipeline(repo / NAMES.style_normalize / "1" / "model.dali", 1, 2)
-    (extra,) = normalize.run({f"STYLED_{j}": list(s) for j, s in enumerate(styled)})
+    resize = SerializedPipeline(repo / NAMES.style_resize / "1" / "model.dali", 1, 2)
+    (extra,) = resize.run({f"STYLED_{j}": list(s) for j, s in enumerate(styled)})
     encoder = ort_session(repo / NAMES.onnx / "1" / "model.onnx")
     return encoder.run(None, {"PIXELS": versions, "EXTRA": extra})[0][0]
 

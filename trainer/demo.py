@@ -1,8 +1,9 @@
 """`make demo`: the main job end to end on the embedded default.
 
-Today (foundation): build the portable repository for squeezenet1_1, start the real Triton
-server, embed the photos that packages ship over gRPC, show what the embeddings say, check
-one against the in-process reference, send a corrupt file, and stop cleanly.
+So far: build the portable repository for squeezenet1_1, start the real Triton server, embed
+the photos that packages ship over gRPC, check one against the in-process reference, send a
+corrupt file; then expand photos 31x inside the server (one upload each) and show how far each
+transformation moves the embedding; render a preview grid; stop cleanly.
 """
 
 from __future__ import annotations
@@ -72,7 +73,49 @@ def run_demo(workdir: str) -> None:
         console.print(f"and the server still answers: |embedding(coffee)| = "
                       f"{np.linalg.norm(client.embed(encoded['coffee'])):.1f}")
         client.close()
-    console.rule("3. stopped")
+
+        console.rule("3. one upload, 31 versions: the transform catalog runs inside the server")
+        show_expansion(console, server.config.grpc_url, {n: encoded[n] for n in ("astronaut", "chelsea", "rocket")})
+    grid = render_grid_for(Path(workdir) / "transforms_fine.png", encoded["chelsea"])
+    console.print(f"preview grid of every version of 'chelsea': [bold]{grid}[/bold]")
+    console.rule("4. stopped")
     console.print(f"server stopped; processes left in its group: {len(server.group_pids())}; "
                   f"shared-memory files left: {len(server.shared_memory_files())}; "
                   f"total {time.perf_counter() - t0:.0f} s")
+
+
+def show_expansion(console: Console, url: str, images: dict[str, bytes]) -> None:
+    from services.expansion_repo import ExpansionNames
+    from services.transforms import get_catalog
+
+    import tritonclient.grpc as grpcclient
+    from clients.embedding import as_image_input
+
+    catalog = get_catalog("fine")
+    client = grpcclient.InferenceServerClient(url)
+    model = ExpansionNames(ENCODER, "fine").embed
+    distances = []
+    t0 = time.perf_counter()
+    for data in images.values():
+        rows = client.infer(model, [as_image_input(data)]).as_numpy("EMBEDDINGS")[0]
+        unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        distances.append(1.0 - unit @ unit[0])
+    elapsed = time.perf_counter() - t0
+    mean = np.mean(distances, axis=0)
+    table = Table("transformation", "category", "cosine distance from identity (mean of "
+                  f"{len(images)} photos)", title=f"{model}: {len(images)} uploads, "
+                  f"{len(images) * len(catalog.transforms)} embeddings in {elapsed:.1f} s")
+    for k in np.argsort(-mean):
+        t = catalog.transforms[k]
+        if t.name != "identity":
+            table.add_row(t.name, t.category, f"{mean[k]:.3f}")
+    console.print(table)
+
+
+def render_grid_for(out: Path, data: bytes) -> Path:
+    from services.transforms import get_catalog
+    from services.transforms.preview import expand_one, render_grid
+
+    catalog = get_catalog("fine")
+    versions, params = expand_one(catalog, data, seed=0)
+    return render_grid(catalog, versions, params, out)

@@ -1,9 +1,9 @@
 """The 31x expansion as one DALI pipeline: decode once, put the image on the catalog canvas,
 run every transformation as its own branch, and stack the versions in catalog order.
 
-With an encoder's `Preprocess`, each version is also resized and normalized for that encoder
-(output [K, C, S, S] float32, ready for the ONNX model); without, the canvases come out as
-uint8 [K, 224, 224, 3] for previews and tests.
+With an encoder's `Preprocess`, each version is also resized and cropped for that encoder
+(uint8 [K, S, S, 3] in its channel order; the K-version ONNX model normalizes); without, the
+canvases come out as uint8 [K, 224, 224, 3] for previews and tests.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-from ..pipelines import INPUT_NAME, SerializedPipeline, decode, resize_and_normalize
+from ..pipelines import INPUT_NAME, SerializedPipeline, decode, resize_and_crop
 from .assets import CANVAS
 from .catalog import AUX_TYPES, Catalog
 
@@ -45,18 +45,18 @@ def expand_pipeline(catalog: Catalog, device: str = "cpu", pre: Optional["Prepro
     canvas = to_canvas(decode(encoded, "RGB", device))
     versions = [t.apply(canvas, params[k], aux[k]) for k, t in enumerate(catalog.transforms)]
     if pre is not None:
-        versions = [resize_and_normalize(v, pre, input_order="RGB") for v in versions]
+        versions = [resize_and_crop(v, pre, input_order="RGB") for v in versions]
     # The untouched canvas feeds user-provided style networks that run as later ensemble steps.
     return (fn.stack(*versions), canvas) if emit_canvas else fn.stack(*versions)
 
 
 @pipeline_def
-def normalize_pipeline(names: list[str], pre: "Preprocess", device: str = "cpu"):
-    """Canvases produced outside DALI (style networks) -> the encoder's input, stacked [n, C, S, S]."""
+def resize_pipeline(names: list[str], pre: "Preprocess", device: str = "cpu"):
+    """Canvases produced outside DALI (style networks) -> the encoder's crops, stacked [n, S, S, 3]."""
     canvases = [fn.external_source(name=n, device="cpu", dtype=types.UINT8, ndim=3, layout="HWC") for n in names]
     if device == "gpu":
         canvases = [c.gpu() for c in canvases]
-    return fn.stack(*[resize_and_normalize(c, pre, input_order="RGB") for c in canvases])
+    return fn.stack(*[resize_and_crop(c, pre, input_order="RGB") for c in canvases])
 
 
 def serialize_expand(catalog: Catalog, path: Path, device: str, max_batch_size: int, num_threads: int,
@@ -65,10 +65,10 @@ def serialize_expand(catalog: Catalog, path: Path, device: str, max_batch_size: 
                                       num_threads=num_threads, device_id=None), path)
 
 
-def serialize_normalize(names: list[str], pre: "Preprocess", path: Path, device: str, max_batch_size: int,
-                        num_threads: int) -> Path:
-    return _serialize(normalize_pipeline(names, pre, device, batch_size=max_batch_size,
-                                         num_threads=num_threads, device_id=None), path)
+def serialize_resize(names: list[str], pre: "Preprocess", path: Path, device: str, max_batch_size: int,
+                     num_threads: int) -> Path:
+    return _serialize(resize_pipeline(names, pre, device, batch_size=max_batch_size,
+                                      num_threads=num_threads, device_id=None), path)
 
 
 def _serialize(pipe, path: Path) -> Path:
