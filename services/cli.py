@@ -146,7 +146,7 @@ def transforms_preview(
     """Render a labelled grid of every version of IMAGE."""
     import numpy as np
 
-    from .runtime import ImageRejected, check_encoded_image
+    from .runtime import check_encoded_image
     from .transforms import get_catalog
     from .transforms.preview import expand_one, render_grid
 

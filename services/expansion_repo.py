@@ -32,8 +32,9 @@ from .encoders import EncoderSpec
 from .export import (EXTRA_INPUT, INPUT_NAME as PIXELS, STYLE_INPUT, STYLE_OUTPUT, VERSIONS_OUTPUT as EMBEDDINGS,
                      sha256_of, wrap_for_versions, wrap_style_network)
 from .pipelines import INPUT_NAME as IMAGE
-from .repository import (Flavour, ModelNames, ServingSpec, dynamic_batching, encoder_config, ensemble_config,
-                         instances, python_model, string_parameters, tensor, write_config)
+from .repository import (Flavour, ModelNames, ServingSpec, dali_config, dynamic_batching, encoder_config,
+                         ensemble_config, instances, onnx_config, python_model, string_parameters, tensor,
+                         write_config)
 from .transforms import get_catalog
 from .transforms.catalog import AUX_DIMS, AUX_TYPES, Catalog
 from .transforms.expand import PARAMS, serialize_expand, serialize_resize
@@ -83,12 +84,16 @@ def _params_tensor(catalog: Catalog, is_input: bool):
     return tensor(PARAMS, mc.TYPE_FP32, [len(catalog.transforms), catalog.width], is_input=is_input)
 
 
-def inputs_config(catalog: Catalog, names: ExpansionNames, serving: ServingSpec) -> mc.ModelConfig:
+def seed_tensor():
     seed = tensor(SEED, mc.TYPE_INT64, [1])
-    seed.optional = True
+    seed.optional = True  # parameters default to seed 0
+    return seed
+
+
+def inputs_config(catalog: Catalog, names: ExpansionNames, serving: ServingSpec) -> mc.ModelConfig:
     config = mc.ModelConfig(
         name=names.inputs, max_batch_size=serving.max_batch_size,
-        input=[tensor(IMAGE, mc.TYPE_UINT8, [-1], ragged=True), seed],
+        input=[tensor(IMAGE, mc.TYPE_UINT8, [-1], ragged=True), seed_tensor()],
         output=[_params_tensor(catalog, False), tensor(KEY, mc.TYPE_STRING, [1], is_input=False),
                 *_aux_tensors(catalog, False)],
         dynamic_batching=dynamic_batching(serving, preferred=False),
@@ -102,19 +107,6 @@ def canvas_tensor(name: str, is_input: bool):
     return tensor(name, mc.TYPE_UINT8, [224, 224, 3], is_input=is_input)
 
 
-def dali_config(name: str, inputs: list, outputs: list, flavour: Flavour, serving: ServingSpec) -> mc.ModelConfig:
-    config = mc.ModelConfig(name=name, max_batch_size=serving.max_batch_size, input=inputs, output=outputs,
-                            dynamic_batching=dynamic_batching(serving, preferred=False),
-                            instance_group=instances(flavour))
-    if flavour == "native":
-        config.backend = "dali"
-        config.default_model_filename = "model.dali"
-        string_parameters(config, num_threads=serving.dali_threads)
-    else:
-        string_parameters(config, pipeline="model.dali", num_threads=serving.dali_threads)
-    return config
-
-
 def expand_config(spec: EncoderSpec, catalog: Catalog, names: ExpansionNames, flavour: Flavour,
                   serving: ServingSpec, emit_canvas: bool) -> mc.ModelConfig:
     outputs = [tensor(VERSIONS, mc.TYPE_UINT8, [len(catalog.transforms), *crop_shape(spec)], is_input=False)]
@@ -126,16 +118,8 @@ def expand_config(spec: EncoderSpec, catalog: Catalog, names: ExpansionNames, fl
 
 
 def style_config(net: str, flavour: Flavour, serving: ServingSpec) -> mc.ModelConfig:
-    config = mc.ModelConfig(name=ExpansionNames.style(net), max_batch_size=serving.max_batch_size,
-                            input=[canvas_tensor(STYLE_INPUT, True)], output=[canvas_tensor(STYLE_OUTPUT, False)],
-                            dynamic_batching=dynamic_batching(serving, preferred=False),
-                            instance_group=instances(flavour))
-    if flavour == "native":
-        config.backend = "onnxruntime"
-        config.default_model_filename = "model.onnx"
-    else:
-        string_parameters(config, onnx_model="model.onnx", intra_op_threads=serving.ort_threads)
-    return config
+    return onnx_config(ExpansionNames.style(net), [canvas_tensor(STYLE_INPUT, True)],
+                       [canvas_tensor(STYLE_OUTPUT, False)], flavour, serving, tensorrt=False, preferred=False)
 
 
 def crop_shape(spec: EncoderSpec) -> tuple[int, int, int]:
@@ -163,8 +147,6 @@ def versions_encoder_config(spec: EncoderSpec, catalog: Catalog, names: Expansio
 
 def embed_versions_config(spec: EncoderSpec, catalog: Catalog, names: ExpansionNames,
                           serving: ServingSpec, nets: list[str]) -> mc.ModelConfig:
-    seed = tensor(SEED, mc.TYPE_INT64, [1])
-    seed.optional = True
     aux_map = {name: name.lower() for name, _, _ in catalog.aux_inputs}
     expand_out = {VERSIONS: "versions", **({CANVAS: "canvas"} if nets else {})}
     steps = [(names.inputs, {IMAGE: IMAGE, SEED: SEED}, {PARAMS: PARAMS, KEY: KEY, **aux_map}),
@@ -179,7 +161,7 @@ def embed_versions_config(spec: EncoderSpec, catalog: Catalog, names: ExpansionN
     steps.append((names.onnx, encoder_in, {EMBEDDINGS: EMBEDDINGS}))
     return ensemble_config(
         names.embed, max(1, serving.max_batch_size // 4),
-        inputs=[tensor(IMAGE, mc.TYPE_UINT8, [-1]), seed],
+        inputs=[tensor(IMAGE, mc.TYPE_UINT8, [-1]), seed_tensor()],
         outputs=[tensor(EMBEDDINGS, mc.TYPE_FP32, [len(catalog.transforms) + len(nets), spec.dim], is_input=False),
                  _params_tensor(catalog, False), tensor(KEY, mc.TYPE_STRING, [1], is_input=False)],
         steps=steps,

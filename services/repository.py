@@ -92,15 +92,12 @@ def python_model(config: mc.ModelConfig, source: str, version_dir: Path) -> None
     shutil.copy2(PYTHON_MODELS / source, version_dir / "model.py")
 
 
-def preprocess_config(spec: EncoderSpec, names: ModelNames, flavour: Flavour,
-                      serving: ServingSpec) -> mc.ModelConfig:
-    config = mc.ModelConfig(
-        name=names.preprocess, max_batch_size=serving.max_batch_size,
-        input=[tensor(IMAGE, mc.TYPE_UINT8, [-1], ragged=True)],
-        output=[tensor(PIXELS, mc.TYPE_FP32, spec.preprocess.output_shape, is_input=False)],
-        dynamic_batching=dynamic_batching(serving, preferred=False),
-        instance_group=instances(flavour),
-    )
+def dali_config(name: str, inputs: list, outputs: list, flavour: Flavour, serving: ServingSpec) -> mc.ModelConfig:
+    """A DALI pipeline model: Triton's dali backend (native) or the python model that runs the
+    same serialized pipeline on the CPU (portable)."""
+    config = mc.ModelConfig(name=name, max_batch_size=serving.max_batch_size, input=inputs, output=outputs,
+                            dynamic_batching=dynamic_batching(serving, preferred=False),
+                            instance_group=instances(flavour))
     if flavour == "native":
         config.backend = "dali"
         config.default_model_filename = "model.dali"
@@ -110,26 +107,37 @@ def preprocess_config(spec: EncoderSpec, names: ModelNames, flavour: Flavour,
     return config
 
 
-def encoder_config(spec: EncoderSpec, names: ModelNames, flavour: Flavour,
-                   serving: ServingSpec) -> mc.ModelConfig:
-    config = mc.ModelConfig(
-        name=names.onnx, max_batch_size=serving.max_batch_size,
-        input=[tensor(PIXELS, mc.TYPE_FP32, spec.preprocess.output_shape)],
-        output=[tensor(EMBEDDING, mc.TYPE_FP32, [spec.dim], is_input=False)],
-        dynamic_batching=dynamic_batching(serving, preferred=True),
-        instance_group=instances(flavour),
-    )
-    if flavour == "native":
-        config.backend = "onnxruntime"
-        config.default_model_filename = "model.onnx"
+def onnx_config(name: str, inputs: list, outputs: list, flavour: Flavour, serving: ServingSpec,
+                tensorrt: bool = True, preferred: bool = True) -> mc.ModelConfig:
+    """An ONNX model: the onnxruntime backend, with the TensorRT accelerator in FP16 and an engine
+    cache (native), or the python model running ONNX Runtime on the CPU (portable)."""
+    config = mc.ModelConfig(name=name, max_batch_size=serving.max_batch_size, input=inputs, output=outputs,
+                            dynamic_batching=dynamic_batching(serving, preferred=preferred),
+                            instance_group=instances(flavour))
+    if flavour == "portable":
+        string_parameters(config, onnx_model="model.onnx", intra_op_threads=serving.ort_threads)
+        return config
+    config.backend = "onnxruntime"
+    config.default_model_filename = "model.onnx"
+    if tensorrt:
         trt = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
         trt.parameters["precision_mode"] = "FP16"
         trt.parameters["max_workspace_size_bytes"] = str(2 << 30)
         trt.parameters["trt_engine_cache_enable"] = "true"
         trt.parameters["trt_engine_cache_path"] = serving.trt_cache_path
-    else:
-        string_parameters(config, onnx_model="model.onnx", intra_op_threads=serving.ort_threads)
     return config
+
+
+def preprocess_config(spec: EncoderSpec, names: ModelNames, flavour: Flavour,
+                      serving: ServingSpec) -> mc.ModelConfig:
+    return dali_config(names.preprocess, [tensor(IMAGE, mc.TYPE_UINT8, [-1], ragged=True)],
+                       [tensor(PIXELS, mc.TYPE_FP32, spec.preprocess.output_shape, is_input=False)], flavour, serving)
+
+
+def encoder_config(spec: EncoderSpec, names: ModelNames, flavour: Flavour,
+                   serving: ServingSpec) -> mc.ModelConfig:
+    return onnx_config(names.onnx, [tensor(PIXELS, mc.TYPE_FP32, spec.preprocess.output_shape)],
+                       [tensor(EMBEDDING, mc.TYPE_FP32, [spec.dim], is_input=False)], flavour, serving)
 
 
 def ensemble_config(name: str, max_batch_size: int, inputs: list, outputs: list,

@@ -7,7 +7,6 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from clients.photos import encode
 from services.encoders import get_encoder
 from services.expansion_repo import ExpansionNames
 from services.runtime import ort_session
