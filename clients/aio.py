@@ -1,0 +1,105 @@
+"""An asyncio gRPC client over `tritonclient.grpc.aio` for bulk jobs.
+
+A bounded number of requests in flight, a deadline on every request, retries with exponential
+backoff on UNAVAILABLE and DEADLINE_EXCEEDED only (a server restarting, a slow moment; every
+other error is the request's own fault and is reported at once), optional TLS and auth headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import tritonclient.grpc.aio as grpcaio
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from .embedding import ServiceError
+
+RETRYABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
+
+
+class RequestError(ServiceError):
+    """One request was refused (bad image, wrong input); `status` is the gRPC status."""
+
+    def __init__(self, message: str, status: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class ClientOptions:
+    url: str
+    max_in_flight: int = 8
+    timeout_s: float = 120.0
+    retries: int = 5
+    backoff_s: float = 0.25
+    max_backoff_s: float = 4.0
+    # TLS: PEM files; `ssl` alone uses the system's root certificates.
+    ssl: bool = False
+    root_certificates: Optional[Path] = None
+    private_key: Optional[Path] = None
+    certificate_chain: Optional[Path] = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class AsyncTritonClient:
+    def __init__(self, options: ClientOptions):
+        self.options = options
+        self._slots = asyncio.Semaphore(options.max_in_flight)
+        self.attempts = 0  # requests sent, retries included (for tests and progress)
+        self.retried = 0
+        self.client = grpcaio.InferenceServerClient(
+            options.url, ssl=options.ssl or bool(options.root_certificates),
+            root_certificates=_path(options.root_certificates), private_key=_path(options.private_key),
+            certificate_chain=_path(options.certificate_chain))
+
+    async def __aenter__(self) -> "AsyncTritonClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.client.close()
+
+    async def model_config(self, model: str) -> dict:
+        """The model's config, or a ServiceError saying whether the server or the model is missing."""
+        headers = self.options.headers or None
+        try:
+            live = await self.client.is_server_live(headers=headers, client_timeout=10)
+        except InferenceServerException as exc:
+            raise ServiceError(f"no Triton server answers at {self.options.url}: {exc.message()}") from None
+        if not live:
+            raise ServiceError(f"the Triton server at {self.options.url} is not live")
+        if not await self.client.is_model_ready(model, headers=headers, client_timeout=10):
+            raise ServiceError(f"model '{model}' is not loaded on the server at {self.options.url}")
+        return (await self.client.get_model_config(model, headers=headers, as_json=True,
+                                                   client_timeout=10))["config"]
+
+    async def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        tensors = []
+        for name, array in inputs.items():
+            tensor = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        requested = [InferRequestedOutput(name) for name in outputs]
+        async with self._slots:
+            for attempt in range(self.options.retries + 1):
+                self.attempts += 1
+                try:
+                    result = await self.client.infer(model, tensors, outputs=requested,
+                                                     client_timeout=self.options.timeout_s,
+                                                     headers=self.options.headers or None)
+                    return {name: result.as_numpy(name) for name in outputs}
+                except InferenceServerException as exc:
+                    status = str(exc.status())
+                    if status not in RETRYABLE or attempt == self.options.retries:
+                        raise RequestError(f"{model}: {exc.message()}", status) from None
+                    self.retried += 1
+                    await asyncio.sleep(min(self.options.max_backoff_s, self.options.backoff_s * 2 ** attempt))
+        raise AssertionError("unreachable")
+
+
+def _path(p: Optional[Path]) -> Optional[str]:
+    return str(p) if p else None

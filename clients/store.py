@@ -1,0 +1,168 @@
+"""Embedding stores: a directory of .npy files that plain numpy can memory-map.
+
+    manifest.json    what the store holds: encoder and its ONNX hash, dimension, dtype, catalog
+                     version and row names, dataset spec, seed, row count, shard, tool version
+    embeddings.npy   [N, K, D] float16 (or float32): K versions of each image
+    params.npy       [N, K, W] float32: each version's drawn transformation parameters
+    keys.npy         [N] unicode: the dataset's key of each image (path, or source/crop id)
+    image_keys.npy   [N] unicode: SHA-256 prefix of the image bytes (parameters depend on it)
+    labels.npy       [N] int32: semantic label, -1 where the dataset has none
+    split.npy        [N] int8: 0 train, 1 test, -1 unspecified
+    index.npy        [N] int64: each row's position in the whole dataset (shards merge by it)
+    status.npy       [N] uint8: the completion record: 0 pending, 1 done, 2 failed
+    errors.jsonl     one line per failed row: index, key, reason (rewritten at each commit)
+
+Every file is created at full size when the store is created; rows are filled in chunks.
+A chunk is committed by flushing its data, then its status rows, then rewriting the error log
+atomically; a run killed at any point leaves at most one partly written chunk whose status
+still says pending, and resuming rewrites exactly those rows. Nothing depends on time or
+process, so a resumed store ends byte-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+FORMAT_VERSION = 1
+PENDING, DONE, FAILED = 0, 1, 2
+SPLITS = {"train": 0, "test": 1, None: -1}
+KEY_WIDTH = 96
+
+
+class StoreError(ValueError):
+    """A store that cannot be used as asked (mismatched manifest, missing files)."""
+
+
+def write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# Fields that must match for a run to resume (or merge into) an existing store.
+IDENTITY_FIELDS = ("format_version", "encoder", "encoder_onnx_sha256", "dim", "dtype", "catalog",
+                   "catalog_version", "rows", "dataset", "seed", "count", "shard")
+
+
+@dataclass
+class Store:
+    path: Path
+    manifest: dict
+    mode: str = "r"
+
+    FILES = ("embeddings", "params", "keys", "image_keys", "labels", "split", "index", "status")
+
+    # -- creation and opening ---------------------------------------------------------------
+    @classmethod
+    def create_or_resume(cls, path: Path, manifest: dict) -> "Store":
+        """Open `path` for writing: a new store, or the same store to resume; anything else is refused."""
+        path = Path(path)
+        existing = path / "manifest.json"
+        if existing.exists():
+            found = json.loads(existing.read_text())
+            differences = [f"{field}: store has {found.get(field)!r}, this run wants {manifest.get(field)!r}"
+                           for field in IDENTITY_FIELDS if found.get(field) != manifest.get(field)]
+            if differences:
+                raise StoreError(f"{path} holds a different store; refusing to overwrite it ("
+                                 + "; ".join(differences) + ")")
+            return cls(path, found, "r+")
+        if path.exists() and any(path.iterdir()):
+            raise StoreError(f"{path} exists, is not empty and has no manifest.json; refusing to write there")
+        path.mkdir(parents=True, exist_ok=True)
+        n, k, d, w = manifest["count"], len(manifest["rows"]), manifest["dim"], manifest["params_width"]
+        shapes = {
+            "embeddings": ((n, k, d), manifest["dtype"]), "params": ((n, k, w), "float32"),
+            "keys": ((n,), f"<U{KEY_WIDTH}"), "image_keys": ((n,), "<U16"), "labels": ((n,), "int32"),
+            "split": ((n,), "int8"), "index": ((n,), "int64"), "status": ((n,), "uint8"),
+        }
+        for name, (shape, dtype) in shapes.items():
+            array = np.lib.format.open_memmap(path / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+            array.flush()
+            del array
+        (path / "errors.jsonl").write_text("")
+        # The manifest is written last: a store without one was never complete enough to resume.
+        write_atomically(path / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
+        return cls(path, manifest, "r+")
+
+    @classmethod
+    def open(cls, path: Path) -> "Store":
+        path = Path(path)
+        if not (path / "manifest.json").exists():
+            raise StoreError(f"{path} is not a store (no manifest.json)")
+        return cls(path, json.loads((path / "manifest.json").read_text()), "r")
+
+    def array(self, name: str) -> np.memmap:
+        """A memory map of one of the store's files (never loaded whole)."""
+        return np.load(self.path / f"{name}.npy", mmap_mode=self.mode)
+
+    # -- state --------------------------------------------------------------------------------
+    def status(self) -> np.ndarray:
+        return np.asarray(self.array("status"))
+
+    def summary(self) -> dict:
+        status = self.status()
+        return {"rows": int(status.size), "done": int((status == DONE).sum()),
+                "failed": int((status == FAILED).sum()), "pending": int((status == PENDING).sum())}
+
+    @property
+    def complete(self) -> bool:
+        return self.summary()["pending"] == 0
+
+    def errors(self) -> list[dict]:
+        text = (self.path / "errors.jsonl").read_text()
+        return [json.loads(line) for line in text.splitlines() if line]
+
+
+class StoreWriter:
+    """Fills rows chunk by chunk; `commit` makes a chunk durable in the documented order."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.arrays = {name: store.array(name) for name in Store.FILES}
+        self.failures = {e["row"]: e for e in store.errors()}
+
+    def pending_rows(self) -> np.ndarray:
+        return np.flatnonzero(np.asarray(self.arrays["status"]) == PENDING)
+
+    def put(self, row: int, *, embeddings: np.ndarray, params: np.ndarray, key: str, image_key: str,
+            label: int, split: Optional[str], index: int) -> None:
+        a = self.arrays
+        a["embeddings"][row] = embeddings.astype(a["embeddings"].dtype)
+        a["params"][row] = params
+        self._describe(row, key, image_key, label, split, index)
+
+    def fail(self, row: int, *, key: str, label: int, split: Optional[str], index: int, reason: str) -> None:
+        a = self.arrays
+        a["embeddings"][row] = 0
+        a["params"][row] = 0
+        self._describe(row, key, "", label, split, index)
+        self.failures[row] = {"row": row, "index": index, "key": key, "reason": reason}
+
+    def _describe(self, row, key, image_key, label, split, index) -> None:
+        a = self.arrays
+        a["keys"][row] = key[-KEY_WIDTH:]
+        a["image_keys"][row] = image_key
+        a["labels"][row] = label
+        a["split"][row] = SPLITS[split]
+        a["index"][row] = index
+
+    def commit(self, rows: list[int]) -> None:
+        """Data first, then the completion record, then the error log."""
+        for name in Store.FILES:
+            if name != "status":
+                self.arrays[name].flush()
+        status = self.arrays["status"]
+        for row in rows:
+            status[row] = FAILED if row in self.failures else DONE
+        status.flush()
+        lines = [json.dumps(self.failures[r], sort_keys=True) for r in sorted(self.failures)]
+        write_atomically(self.store.path / "errors.jsonl", "".join(line + "\n" for line in lines))
