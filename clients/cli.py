@@ -87,3 +87,91 @@ def bench_transforms(
                   f"{dali_rate / pillow_rate:.2f}x")
     table.add_row("expansion alone: Pillow/numpy, one image at a time", f"{pillow_rate:.2f}", "", "1.00x")
     Console(width=140).print(table)
+
+
+def _fail(message: str) -> typer.Exit:
+    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=1)
+
+
+def embed(
+    dataset: str = typer.Option(..., help="photos, fashion-mnist, folder:PATH, list:FILE or tar:GLOB."),
+    encoder: str = typer.Option(..., help="Encoder whose NAME_embed31 / NAME_embed_general the server has."),
+    out: Path = typer.Option(..., help="Store directory (created, or resumed if it holds this same job)."),
+    url: str = typer.Option("127.0.0.1:8001", help="Triton gRPC address HOST:PORT."),
+    catalog: str = typer.Option("fine", help="fine (31 versions) or general (one per sub-transformation)."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N images of the dataset."),
+    shard: Optional[str] = typer.Option(None, help="I/N: this run's deterministic share of the dataset."),
+    seed: int = typer.Option(0, help="Dataset seed for the transformation parameters."),
+    dtype: str = typer.Option("float16", help="float16 or float32 embeddings."),
+    max_in_flight: int = typer.Option(8, help="Requests in flight at once."),
+    timeout: float = typer.Option(120.0, help="Deadline of each request, seconds."),
+    retries: int = typer.Option(5, help="Retries on UNAVAILABLE / DEADLINE_EXCEEDED."),
+    tls: bool = typer.Option(False, help="Use TLS (system root certificates unless --root-certificates)."),
+    root_certificates: Optional[Path] = typer.Option(None, help="PEM file of the server's CA."),
+    header: list[str] = typer.Option([], help="KEY=VALUE header sent with every request (auth). Repeatable."),
+    quiet: bool = typer.Option(False, help="No progress bar."),
+) -> None:
+    """Embed every image of a dataset in all its versions into a memory-mapped store."""
+    import asyncio
+
+    from .aio import ClientOptions
+    from .datasets import DatasetError
+    from .embed_job import EmbedJob, parse_shard, run_embed_job
+    from .embedding import ServiceError
+    from .store import StoreError
+
+    try:
+        headers = dict(h.split("=", 1) for h in header)
+    except ValueError:
+        raise _fail("--header takes KEY=VALUE")
+    try:
+        job = EmbedJob(dataset, encoder, out, url, catalog, limit, parse_shard(shard), seed, dtype,
+                       client=ClientOptions(url, max_in_flight, timeout, retries, ssl=tls,
+                                            root_certificates=root_certificates, headers=headers))
+        summary = asyncio.run(run_embed_job(job, progress=not quiet))
+    except (DatasetError, StoreError, ServiceError, ValueError) as exc:
+        raise _fail(str(exc))
+    print(json.dumps(summary))
+
+
+store_app = typer.Typer(no_args_is_help=True, help="Embedding stores.")
+
+
+@store_app.command("info")
+def store_info(path: Path = typer.Argument(..., help="Store directory.")) -> None:
+    """Print a store's manifest and how complete it is."""
+    from .store import Store, StoreError
+
+    try:
+        store = Store.open(path)
+    except StoreError as exc:
+        raise _fail(str(exc))
+    m = store.manifest
+    summary = store.summary()
+    table = Table("field", "value", title=str(path), show_header=False)
+    for key in ("dataset", "shard", "limit", "count", "encoder", "encoder_onnx_sha256", "dim", "dtype", "catalog",
+                "catalog_version", "seed", "tool_version"):
+        table.add_row(key, str(m.get(key)))
+    table.add_row("versions per image", f"{len(m['rows'])} ({', '.join(m['rows'][:4])}, ...)")
+    table.add_row("labels", f"{len(m['label_names'])} ({', '.join(m['label_names'][:5])}...)" if m["label_names"]
+                  else "none")
+    table.add_row("completeness", f"{summary['done']} done, {summary['failed']} failed, {summary['pending']} pending "
+                  f"of {summary['rows']} ({'complete' if store.complete else 'incomplete: run embed again to resume'})")
+    Console(width=140).print(table)
+    for error in store.errors()[:10]:
+        print(f"  failed: {error['key']}: {error['reason']}")
+
+
+@store_app.command("merge")
+def store_merge(out: Path = typer.Option(..., help="Merged store to write."),
+                shards: list[Path] = typer.Argument(..., help="Complete shard stores 0/N .. N-1/N.")) -> None:
+    """Merge N shard stores into the store one unsharded run would have written."""
+    from .embed_job import merge_stores
+    from .store import StoreError
+
+    try:
+        merged = merge_stores(shards, out)
+    except StoreError as exc:
+        raise _fail(str(exc))
+    print(json.dumps({**merged.summary(), "store": str(out)}))

@@ -48,6 +48,11 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _short(value, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 # Fields that must match for a run to resume (or merge into) an existing store.
 IDENTITY_FIELDS = ("format_version", "encoder", "encoder_onnx_sha256", "dim", "dtype", "catalog",
                    "catalog_version", "rows", "dataset", "seed", "count", "shard")
@@ -69,7 +74,7 @@ class Store:
         existing = path / "manifest.json"
         if existing.exists():
             found = json.loads(existing.read_text())
-            differences = [f"{field}: store has {found.get(field)!r}, this run wants {manifest.get(field)!r}"
+            differences = [f"{field}: store has {_short(found.get(field))}, this run wants {_short(manifest.get(field))}"
                            for field in IDENTITY_FIELDS if found.get(field) != manifest.get(field)]
             if differences:
                 raise StoreError(f"{path} holds a different store; refusing to overwrite it ("

@@ -205,6 +205,11 @@ def build_expansion(spec: EncoderSpec, catalog_name: str, repo: Path, flavour: F
                       len(nets))
     configs[names.onnx] = versions_encoder_config(spec, catalog, names, flavour, serving, len(nets))
     configs[names.embed] = embed_versions_config(spec, catalog, names, serving, nets)
+    rows = catalog.class_names + [f"neural_style_{net}" for net in nets]
+    # What a bulk client must record in its store, readable over gRPC with get_model_config.
+    string_parameters(configs[names.embed], encoder=spec.name, dim=spec.dim, onnx_sha256=sha256_of(encoder_onnx),
+                      catalog=catalog.name, catalog_version=catalog.version, rows=json.dumps(rows),
+                      style_nets=json.dumps({net: sha256_of(style_nets[net]) for net in nets}))
     version(names.embed).mkdir(parents=True, exist_ok=True)
     if flavour == "portable":
         for model in dali_models:
@@ -214,8 +219,7 @@ def build_expansion(spec: EncoderSpec, catalog_name: str, repo: Path, flavour: F
     for model, config in configs.items():
         write_config(repo / model, config)
     (repo / names.embed / MANIFEST).write_text(json.dumps({
-        "catalog": catalog.name, "catalog_version": catalog.version,
-        "rows": catalog.class_names + [f"neural_style_{net}" for net in nets],
+        "catalog": catalog.name, "catalog_version": catalog.version, "rows": rows,
         "style_nets": {net: sha256_of(style_nets[net]) for net in nets},
     }, indent=2))
     return list(configs)

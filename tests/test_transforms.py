@@ -160,3 +160,20 @@ def test_pillow_reference_implements_every_transformation(catalog_name, photos, 
             assert difference < 2.0, (t.name, difference)
         if t.name != "identity":
             assert np.abs(reference[k].astype(int) - reference[0]).mean() > 1.0, t.name
+
+
+def test_every_font_icon_and_style_reference_renders():
+    """Parameters pick among these; one that fails to load would fail whole images at random."""
+    from services.transforms import assets
+
+    for font in assets.SEEN_FONTS + assets.HELD_OUT_FONTS:
+        bitmap = assets.render_text("Sample 42", font, 32, (255, 0, 0))
+        assert bitmap.shape[2] == 4 and bitmap[..., 3].max() == 255, font
+    for icon in assets.SEEN_ICONS + assets.HELD_OUT_ICONS:
+        bitmap = assets.render_icon(icon, 64, (0, 255, 0))
+        assert bitmap.shape == (64, 64, 4) and bitmap[..., 3].max() > 0, icon
+    for ref in assets.SEEN_STYLES + assets.HELD_OUT_STYLES:
+        assert assets.style_reference(ref).shape == (224, 224, 3), ref
+    assert not set(assets.SEEN_FONTS) & set(assets.HELD_OUT_FONTS)
+    assert not set(assets.SEEN_ICONS) & set(assets.HELD_OUT_ICONS)
+    assert not set(assets.SEEN_STYLES) & set(assets.HELD_OUT_STYLES)

@@ -18,6 +18,8 @@ app.command()(service_commands.export)
 app.command("build-repo")(service_commands.build_repo)
 app.command()(service_commands.serve)
 app.add_typer(service_commands.transforms_app, name="transforms")
+app.command()(client_commands.embed)
+app.add_typer(client_commands.store_app, name="store")
 app.add_typer(client_commands.bench_app, name="bench")
 
 

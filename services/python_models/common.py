@@ -19,3 +19,7 @@ def model_parameters(args: dict) -> tuple[dict, dict[str, str], Path]:
 def invalid_argument(message: str) -> "pb_utils.InferenceResponse":
     # INVALID_ARG reaches the gRPC client as StatusCode.INVALID_ARGUMENT for this request only.
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
+
+
+def internal_error(message: str) -> "pb_utils.InferenceResponse":
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL))

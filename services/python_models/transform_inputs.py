@@ -8,7 +8,7 @@ style references). Parameters are a pure function of (key, transformation id, se
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from services.python_models.common import invalid_argument, model_parameters
+from services.python_models.common import internal_error, invalid_argument, model_parameters
 from services.runtime import ImageRejected, check_encoded_image
 from services.transforms import get_catalog, image_key
 
@@ -41,6 +41,7 @@ class TritonPythonModel:
                 responses.append(self._one(request))
             except ImageRejected as exc:
                 responses.append(invalid_argument(str(exc)))
-            except Exception as exc:
-                responses.append(invalid_argument(f"IMAGE could not be read: {type(exc).__name__}: {exc}"))
+            except Exception as exc:  # our fault, not the image's: clients must not log it as a bad image
+                responses.append(internal_error(f"{self.catalog.name} transform inputs failed: "
+                                                f"{type(exc).__name__}: {exc}"))
         return responses

@@ -76,7 +76,9 @@ def render_text(text: str, font: str, size: int, rgb: tuple[int, int, int]) -> n
 
 @lru_cache(maxsize=None)
 def _icon(name: str) -> Image.Image:
-    return Image.open(_mpl_data() / "images" / f"{name}_large.png").convert("RGBA")
+    images = _mpl_data() / "images"
+    large = images / f"{name}_large.png"  # not every icon has a large version
+    return Image.open(large if large.exists() else images / f"{name}.png").convert("RGBA")
 
 
 def render_icon(name: str, size: int, rgb: tuple[int, int, int]) -> np.ndarray:

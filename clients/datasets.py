@@ -1,0 +1,214 @@
+"""Dataset sources for bulk embedding, addressed by a SPEC string:
+
+    photos           crops of the real photographs packages ship, split by source photograph
+    fashion-mnist    Debian's dataset-fashion-mnist (70,000 labelled product photos)
+    folder:PATH      an ImageFolder tree: class sub-folders are labels; PATH/train and PATH/test
+                     sub-trees, if present, give the split
+    list:FILE        a file list or CSV: path[,label] per line, paths relative to FILE
+    tar:GLOB         webdataset-style tar shards: members sharing a basename form a sample
+                     (an image .jpg/.jpeg/.png/.bmp and an optional .cls or .txt label)
+
+Every dataset has a fixed order, so "image i" means the same everywhere (shards, resumes).
+Records load lazily: nothing is read until a worker asks for the bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import gzip
+import hashlib
+import io
+import tarfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                   "ankle boot")
+
+
+class DatasetError(ValueError):
+    """A dataset spec that cannot be read; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Record:
+    index: int
+    key: str
+    label: int  # -1: none
+    split: Optional[str]  # "train", "test" or None
+    load: Callable[[], bytes]
+
+
+@dataclass
+class Dataset:
+    spec: str
+    label_names: list[str]
+    count: int
+    record: Callable[[int], Record]
+
+    def __len__(self) -> int:
+        return self.count
+
+
+# -- built-in photos ----------------------------------------------------------------------------
+
+# Textures and photographs from scikit-image and scikit-learn (the colour wheel is synthetic).
+PHOTO_SOURCES = ("astronaut", "chelsea", "coffee", "rocket", "camera", "hubble_deep_field",
+                 "immunohistochemistry", "brick", "grass", "gravel", "retina", "moon", "coins", "china", "flower")
+# Whole photographs held out for test, so no photograph feeds both sides.
+TEST_PHOTOS = ("coffee", "gravel", "coins", "flower")
+CROPS_PER_PHOTO = 300
+CROP_SIZE = 224
+
+
+def _photo_crop(name: str, crop: int) -> bytes:
+    from PIL import Image
+
+    from services.photos import package_photos
+
+    photo = package_photos()[name]
+    h, w = photo.shape[:2]
+    seed = int.from_bytes(hashlib.blake2b(f"{name}/{crop}".encode(), digest_size=8).digest(), "little")
+    rng = np.random.default_rng(seed)
+    side = int(rng.integers(min(CROP_SIZE, h, w), min(h, w) + 1))
+    y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    image = Image.fromarray(photo[y:y + side, x:x + side]).resize((CROP_SIZE, CROP_SIZE), Image.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def photos_dataset() -> Dataset:
+    """Crop j of photo p is image p + j * len(PHOTO_SOURCES): any prefix mixes every photograph."""
+    n = len(PHOTO_SOURCES)
+
+    def record(i: int) -> Record:
+        name, crop = PHOTO_SOURCES[i % n], i // n
+        return Record(i, f"photos/{name}/{crop:04d}", i % n, "test" if name in TEST_PHOTOS else "train",
+                      lambda: _photo_crop(name, crop))
+    return Dataset("photos", list(PHOTO_SOURCES), n * CROPS_PER_PHOTO, record)
+
+
+# -- fashion-mnist --------------------------------------------------------------------------------
+
+@lru_cache(maxsize=2)
+def _idx(path: Path) -> np.ndarray:
+    with gzip.open(path) as f:
+        data = f.read()
+    dims = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def _png(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def fashion_mnist_dataset(root: Path = FASHION_MNIST) -> Dataset:
+    """60,000 train and 10,000 test images, interleaved 6:1 so that any prefix has both."""
+    files = {s: (root / f"{p}-images-idx3-ubyte.gz", root / f"{p}-labels-idx1-ubyte.gz")
+             for s, p in (("train", "train"), ("test", "t10k"))}
+    if not all(f.exists() for pair in files.values() for f in pair):
+        raise DatasetError(f"fashion-mnist is not installed under {root}; install Debian's package: "
+                           f"apt-get install dataset-fashion-mnist (make setup does this where it can)")
+
+    def record(i: int) -> Record:
+        split, j = ("test", i // 7) if i % 7 == 6 else ("train", (i // 7) * 6 + i % 7)
+        images, labels = (_idx(f) for f in files[split])
+        return Record(i, f"fashion-mnist/{split}/{j:05d}", int(labels[j]), split, lambda: _png(images[j]))
+    return Dataset("fashion-mnist", list(FASHION_CLASSES), 70_000, record)
+
+
+# -- user data ----------------------------------------------------------------------------------
+
+def _file_record(i: int, path: Path, root: Path, label: int, split: Optional[str]) -> Record:
+    return Record(i, str(path.relative_to(root)) if path.is_relative_to(root) else str(path), label, split,
+                  path.read_bytes)
+
+
+def folder_dataset(root: Path) -> Dataset:
+    if not root.is_dir():
+        raise DatasetError(f"folder {root} does not exist")
+    trees = [(s, root / s) for s in ("train", "test") if (root / s).is_dir()] or [(None, root)]
+    classes = sorted({d.name for _, tree in trees for d in tree.iterdir() if d.is_dir()})
+    if not classes:
+        raise DatasetError(f"{root} has no class sub-folders (expected ROOT/CLASS/IMAGE or ROOT/train/CLASS/IMAGE)")
+    items = [(path, classes.index(path.parent.name), split) for split, tree in trees for cls in classes
+             if (tree / cls).is_dir() for path in sorted((tree / cls).rglob("*"))
+             if path.suffix.lower() in IMAGE_SUFFIXES]
+    return Dataset(f"folder:{root}", classes, len(items), lambda i: _file_record(i, items[i][0], root, *items[i][1:]))
+
+
+def list_dataset(file: Path) -> Dataset:
+    if not file.is_file():
+        raise DatasetError(f"list file {file} does not exist")
+    rows = [r for r in csv.reader(file.read_text().splitlines()) if r and not r[0].startswith("#")]
+    if rows and rows[0][0].strip().lower() == "path":
+        rows = rows[1:]  # a CSV header
+    names = sorted({r[1].strip() for r in rows if len(r) > 1 and r[1].strip()})
+    items = [((file.parent / r[0].strip()), names.index(r[1].strip()) if len(r) > 1 and r[1].strip() else -1)
+             for r in rows]
+    return Dataset(f"list:{file}", names, len(items),
+                   lambda i: _file_record(i, items[i][0], file.parent, items[i][1], None))
+
+
+def tar_dataset(pattern: str) -> Dataset:
+    shards = sorted(glob.glob(pattern))
+    if not shards:
+        raise DatasetError(f"no tar shards match {pattern}")
+    samples: list[tuple[str, str, int, int, Optional[str]]] = []  # shard, key, offset, size, label text
+    for shard in shards:
+        try:
+            with tarfile.open(shard) as tar:
+                members = {}
+                for m in tar.getmembers():
+                    if m.isfile():
+                        stem, _, ext = m.name.rpartition(".")
+                        members.setdefault(stem, {})[ext.lower()] = m
+                for stem in sorted(members):
+                    parts = members[stem]
+                    image = next((parts[e] for e in ("jpg", "jpeg", "png", "bmp") if e in parts), None)
+                    if image is None:
+                        continue
+                    label_member = parts.get("cls") or parts.get("txt")
+                    label = tar.extractfile(label_member).read().decode().strip() if label_member else None
+                    samples.append((shard, stem, image.offset_data, image.size, label))
+        except tarfile.TarError as exc:
+            raise DatasetError(f"tar shard {shard} cannot be read: {exc}") from None
+    names = sorted({s[4] for s in samples if s[4] is not None})
+
+    def record(i: int) -> Record:
+        shard, stem, offset, size, label = samples[i]
+
+        def load() -> bytes:
+            with open(shard, "rb") as f:
+                f.seek(offset)
+                return f.read(size)
+        return Record(i, f"{Path(shard).name}/{stem}", names.index(label) if label is not None else -1, None, load)
+    return Dataset(f"tar:{pattern}", names, len(samples), record)
+
+
+def open_dataset(spec: str) -> Dataset:
+    kind, _, arg = spec.partition(":")
+    if spec == "photos":
+        return photos_dataset()
+    if spec == "fashion-mnist":
+        return fashion_mnist_dataset()
+    if kind == "folder" and arg:
+        return folder_dataset(Path(arg))
+    if kind == "list" and arg:
+        return list_dataset(Path(arg))
+    if kind == "tar" and arg:
+        return tar_dataset(arg)
+    raise DatasetError(f"unknown dataset {spec!r}; use photos, fashion-mnist, folder:PATH, list:FILE or tar:GLOB")

@@ -1,0 +1,197 @@
+"""`equiprobe embed`: a dataset, expanded and embedded by the server, into a store.
+
+reader (dataset records, bytes loaded in threads) -> mapper (one NAME_embed31 / NAME_embed_general
+request per image, a bounded number in flight) -> writer (store rows, committed per chunk).
+`--shard I/N` keeps the images whose dataset index is I modulo N; N shard stores merge into
+the store an unsharded run would have written (`merge_stores`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from services.expansion_repo import ExpansionNames
+from services.transforms import get_catalog
+
+from .aio import AsyncTritonClient, ClientOptions, RequestError
+from .datasets import Dataset, open_dataset
+from .embedding import ServiceError
+from .store import FORMAT_VERSION, IDENTITY_FIELDS, PENDING, Store, StoreError, StoreWriter
+
+TOOL_VERSION = "equiprobe 0.1.0"
+
+
+@dataclass
+class EmbedJob:
+    dataset: str
+    encoder: str
+    out: Path
+    url: str
+    catalog: str = "fine"
+    limit: Optional[int] = None
+    shard: Optional[tuple[int, int]] = None
+    seed: int = 0
+    dtype: str = "float16"
+    chunk_size: int = 32
+    client: ClientOptions = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self):
+        if self.client is None:
+            self.client = ClientOptions(self.url)
+        if self.shard and not 0 <= self.shard[0] < self.shard[1]:
+            raise ValueError(f"shard {self.shard[0]}/{self.shard[1]}: I must be in 0..N-1")
+        if self.dtype not in ("float16", "float32"):
+            raise ValueError(f"dtype {self.dtype!r}: use float16 or float32")
+
+
+def parse_shard(text: Optional[str]) -> Optional[tuple[int, int]]:
+    if not text:
+        return None
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard takes I/N (for example 0/4), not {text!r}") from None
+    return i, n
+
+
+def dataset_indices(count: int, limit: Optional[int], shard: Optional[tuple[int, int]]) -> np.ndarray:
+    indices = np.arange(min(count, limit) if limit else count)
+    return indices[indices % shard[1] == shard[0]] if shard else indices
+
+
+def server_metadata(config: dict) -> dict[str, str]:
+    return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+
+
+def job_manifest(job: EmbedJob, dataset: Dataset, server: dict[str, str], count: int) -> dict:
+    catalog = get_catalog(job.catalog)
+    if server.get("catalog_version") != catalog.version:
+        raise ServiceError(f"the server's {job.encoder} expansion uses catalog {server.get('catalog_version')}, "
+                           f"this client has {catalog.version}; rebuild the repository or update the client")
+    return {
+        "format_version": FORMAT_VERSION, "tool_version": TOOL_VERSION,
+        "encoder": job.encoder, "encoder_onnx_sha256": server["onnx_sha256"], "dim": int(server["dim"]),
+        "dtype": job.dtype, "catalog": job.catalog, "catalog_version": catalog.version,
+        "rows": json.loads(server["rows"]), "params_width": catalog.width,
+        "row_labels": catalog.labels.tolist(), "classes": list(catalog.classes),
+        "row_splits": [t.split for t in catalog.transforms],
+        "dataset": dataset.spec, "label_names": dataset.label_names, "limit": job.limit,
+        "seed": job.seed, "count": count, "shard": f"{job.shard[0]}/{job.shard[1]}" if job.shard else None,
+    }
+
+
+class Progress:
+    """Images/s, embeddings/s and ETA on a rich progress bar."""
+
+    def __init__(self, total: int, done: int, rows_per_image: int, enabled: bool):
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        import time
+
+        self.rows = rows_per_image
+        self.clock, self.start, self.done_here = time.perf_counter, time.perf_counter(), 0
+        self.bar = Bar(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                       TimeRemainingColumn(), disable=not enabled)
+        self.task = self.bar.add_task("embed", total=total, completed=done, rate="")
+
+    def advance(self, n: int) -> None:
+        # The run's average, not a short window: chunks complete in bursts.
+        self.done_here += n
+        speed = self.done_here / max(self.clock() - self.start, 1e-9)
+        self.bar.update(self.task, advance=n, rate=f"{speed:.1f} img/s, {speed * self.rows:.0f} emb/s")
+
+
+async def run_embed_job(job: EmbedJob, progress: bool = True) -> dict:
+    dataset = open_dataset(job.dataset)
+    names = ExpansionNames(job.encoder, job.catalog)
+    indices = dataset_indices(len(dataset), job.limit, job.shard)
+    async with AsyncTritonClient(job.client) as client:
+        manifest = job_manifest(job, dataset, server_metadata(await client.model_config(names.embed)), len(indices))
+        store = Store.create_or_resume(job.out, manifest)
+        writer = StoreWriter(store)
+        pending = [int(r) for r in writer.pending_rows()]
+        seed = np.array([[job.seed]], np.int64)
+        bar = Progress(len(indices), len(indices) - len(pending), len(manifest["rows"]), progress)
+
+        async def embed_row(row: int) -> None:
+            record = dataset.record(int(indices[row]))
+            where = dict(key=record.key, label=record.label, split=record.split, index=record.index)
+            try:
+                data = await asyncio.to_thread(record.load)
+            except OSError as exc:
+                writer.fail(row, reason=f"unreadable: {exc}", **where)
+                return
+            try:
+                out = await client.infer(names.embed, {"IMAGE": np.frombuffer(data, np.uint8).reshape(1, -1),
+                                                       "SEED": seed}, ["EMBEDDINGS", "PARAMS", "KEY"])
+            except RequestError as exc:
+                if exc.status != "StatusCode.INVALID_ARGUMENT":
+                    raise  # the server, not the image: stop; committed chunks stay
+                writer.fail(row, reason=str(exc).split(", ", 1)[-1], **where)
+                return
+            writer.put(row, embeddings=out["EMBEDDINGS"][0], params=out["PARAMS"][0],
+                       image_key=out["KEY"][0, 0].decode(), **where)
+
+        with bar.bar:
+            # Chunks overlap: up to two are in flight so the server never waits on a commit.
+            window: list[tuple[list[int], asyncio.Task]] = []
+            for start in range(0, len(pending), job.chunk_size):
+                rows = pending[start:start + job.chunk_size]
+                window.append((rows, asyncio.gather(*(embed_row(r) for r in rows))))
+                if len(window) > 1:
+                    await _commit(window.pop(0), writer, bar)
+            for item in window:
+                await _commit(item, writer, bar)
+    summary = Store.open(job.out).summary()
+    return {**summary, "store": str(job.out), "rows_per_image": len(manifest["rows"])}
+
+
+async def _commit(item, writer: StoreWriter, bar: Progress) -> None:
+    rows, task = item
+    await task
+    writer.commit(rows)
+    bar.advance(len(rows))
+
+
+# -- shards -------------------------------------------------------------------------------------
+
+def merge_stores(shards: list[Path], out: Path) -> Store:
+    """Merge complete shard stores (same job, shards 0..N-1 of N) into one unsharded store."""
+    stores = [Store.open(p) for p in shards]
+    first = stores[0].manifest
+    expected = {f"{i}/{len(stores)}" for i in range(len(stores))}
+    found = {s.manifest["shard"] for s in stores}
+    if found != expected:
+        raise StoreError(f"shards {sorted(map(str, found))} are not 0..{len(stores) - 1} of {len(stores)}")
+    for s in stores:
+        other = {f: s.manifest.get(f) for f in IDENTITY_FIELDS if f not in ("shard", "count")}
+        if other != {f: first.get(f) for f in other}:
+            raise StoreError(f"{s.path} was made by a different job than {stores[0].path}")
+        if not s.complete:
+            raise StoreError(f"{s.path} is not complete ({s.summary()['pending']} rows pending); resume it first")
+    total = sum(s.manifest["count"] for s in stores)
+    manifest = {**first, "shard": None, "count": total}
+    merged = Store.create_or_resume(out, manifest)
+    writer = StoreWriter(merged)
+    if not (merged.status() == PENDING).any():
+        return merged  # already merged
+    for s in stores:
+        index = np.asarray(s.array("index"))  # the row of a global index in the unsharded store is the index
+        for name in Store.FILES:
+            source, target = s.array(name), writer.arrays[name]
+            for start in range(0, len(index), 4096):  # in blocks: never the whole store in memory
+                rows = index[start:start + 4096]
+                target[rows] = source[start:start + 4096]
+        for error in s.errors():
+            writer.failures[int(error["index"])] = {**error, "row": int(error["index"])}
+    writer.commit([])
+    writer.arrays["status"].flush()
+    return merged
