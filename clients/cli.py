@@ -110,6 +110,7 @@ def embed(
     tls: bool = typer.Option(False, help="Use TLS (system root certificates unless --root-certificates)."),
     root_certificates: Optional[Path] = typer.Option(None, help="PEM file of the server's CA."),
     header: list[str] = typer.Option([], help="KEY=VALUE header sent with every request (auth). Repeatable."),
+    chunk_size: int = typer.Option(32, help="Rows committed to the store at a time."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
     """Embed every image of a dataset in all its versions into a memory-mapped store."""
@@ -126,7 +127,7 @@ def embed(
     except ValueError:
         raise _fail("--header takes KEY=VALUE")
     try:
-        job = EmbedJob(dataset, encoder, out, url, catalog, limit, parse_shard(shard), seed, dtype,
+        job = EmbedJob(dataset, encoder, out, url, catalog, limit, parse_shard(shard), seed, dtype, chunk_size,
                        client=ClientOptions(url, max_in_flight, timeout, retries, ssl=tls,
                                             root_certificates=root_certificates, headers=headers))
         summary = asyncio.run(run_embed_job(job, progress=not quiet))

@@ -82,6 +82,8 @@ class ServerConfig:
     model_control_mode: str = "none"
     log_verbose: int = 0
     startup_timeout_s: float = 120.0
+    # More tritonserver flags, e.g. TLS (--grpc-use-ssl ...) or --grpc-restricted-protocol.
+    extra_args: tuple[str, ...] = ()
 
     @property
     def grpc_url(self) -> str:
@@ -142,6 +144,7 @@ class TritonServer:
             *(["--load-model=*"] if c.model_control_mode == "explicit" else []),
             f"--log-verbose={c.log_verbose}",
             "--exit-on-error=true",
+            *c.extra_args,
         ]
 
     def start(self) -> "TritonServer":
@@ -169,6 +172,7 @@ class TritonServer:
                 self.echo(line)
 
     def is_ready(self) -> bool:
+        # Readiness over HTTP, which TLS and restricted gRPC protocols leave plain.
         url = f"http://{self.config.http_url}/v2/health/ready"
         try:
             with urllib.request.urlopen(url, timeout=1) as response:

@@ -1,0 +1,76 @@
+import io
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clients.datasets import (CROPS_PER_PHOTO, PHOTO_SOURCES, TEST_PHOTOS, DatasetError, open_dataset)
+from clients.photos import encode
+
+
+def test_photos_are_distinct_224_crops_split_by_source_photograph():
+    photos = open_dataset("photos")
+    assert len(photos) == len(PHOTO_SOURCES) * CROPS_PER_PHOTO >= 3000
+    records = [photos.record(i) for i in range(0, len(photos), 97)]
+    for r in records:
+        source = r.key.split("/")[1]
+        assert r.split == ("test" if source in TEST_PHOTOS else "train")
+        assert photos.label_names[r.label] == source
+    # No source photograph feeds both sides.
+    sides = {}
+    for i in range(len(photos)):
+        r = photos.record(i)
+        sides.setdefault(r.key.split("/")[1], set()).add(r.split)
+    assert all(len(s) == 1 for s in sides.values())
+    data = [photos.record(i).load() for i in range(30)]
+    assert len({d for d in data}) == 30  # distinct images
+    assert Image.open(io.BytesIO(data[0])).size == (224, 224)
+    assert photos.record(5).load() == data[5]  # deterministic
+    assert {photos.record(i).key.split("/")[1] for i in range(len(PHOTO_SOURCES))} == set(PHOTO_SOURCES)
+
+
+def test_fashion_mnist_from_the_debian_package():
+    fashion = open_dataset("fashion-mnist")
+    assert len(fashion) == 70_000 and len(fashion.label_names) == 10
+    splits = [fashion.record(i).split for i in range(70)]
+    assert splits.count("test") == 10 and splits.count("train") == 60
+    image = Image.open(io.BytesIO(fashion.record(0).load()))
+    assert image.size == (28, 28)
+    labels = {fashion.record(i).label for i in range(200)}
+    assert labels <= set(range(10)) and len(labels) > 5
+
+
+def test_folder_list_and_tar_sources(tmp_path, photos):
+    for split in ("train", "test"):
+        for cls, name in (("cat", "chelsea"), ("rocket", "rocket")):
+            (tmp_path / "tree" / split / cls).mkdir(parents=True)
+            (tmp_path / "tree" / split / cls / f"{name}.jpg").write_bytes(encode(photos[name]))
+    (tmp_path / "tree" / "train" / "cat" / "readme.txt").write_text("not an image")
+    folder = open_dataset(f"folder:{tmp_path / 'tree'}")
+    assert len(folder) == 4 and folder.label_names == ["cat", "rocket"]
+    assert [folder.record(i).split for i in range(4)] == ["train", "train", "test", "test"]
+    assert folder.record(1).label == 1 and folder.record(1).load()[:2] == b"\xff\xd8"
+
+    (tmp_path / "list.csv").write_text("path,label\ntree/train/cat/chelsea.jpg,cat\ntree/test/rocket/rocket.jpg,\n")
+    listed = open_dataset(f"list:{tmp_path / 'list.csv'}")
+    assert len(listed) == 2 and listed.label_names == ["cat"]
+    assert listed.record(0).label == 0 and listed.record(1).label == -1
+
+    for shard in range(2):
+        with tarfile.open(tmp_path / f"shard-{shard}.tar", "w") as tar:
+            for j, name in enumerate(("astronaut", "coins")):
+                for suffix, payload in (("jpg", encode(photos[name])), ("cls", str(j).encode())):
+                    info = tarfile.TarInfo(f"s{shard}_{name}.{suffix}")
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+    shards = open_dataset(f"tar:{tmp_path}/shard-*.tar")
+    assert len(shards) == 4 and shards.label_names == ["0", "1"]
+    assert shards.record(3).load() == encode(photos["coins"])
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(shards.record(0).load()))).shape, (512, 512, 3))
+
+
+@pytest.mark.parametrize("spec", ["nope", "folder:/definitely/missing", "list:/missing.csv", "tar:/missing/*.tar"])
+def test_bad_dataset_specs_say_what_is_wrong(spec):
+    with pytest.raises(DatasetError):
+        open_dataset(spec)
