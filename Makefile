@@ -12,6 +12,11 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -e '.[cpu,dev]'
 	# Only the tritonserver binary and python backend are used; --no-deps keeps pytriton's pins out.
 	$(BIN)/python -m pip install --no-deps nvidia-pytriton==0.7.0
+	# Real labelled photos (fashion-mnist) come from a Debian package, where apt can install it.
+	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || ! command -v apt-get >/dev/null || \
+		apt-get install -y -q dataset-fashion-mnist >/dev/null || \
+		(apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null) || \
+		echo "note: could not install dataset-fashion-mnist; the fashion-mnist dataset will say so"
 	touch $(STAMP)
 
 setup: $(STAMP)

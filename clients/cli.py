@@ -98,7 +98,8 @@ def embed(
     dataset: str = typer.Option(..., help="photos, fashion-mnist, folder:PATH, list:FILE or tar:GLOB."),
     encoder: str = typer.Option(..., help="Encoder whose NAME_embed31 / NAME_embed_general the server has."),
     out: Path = typer.Option(..., help="Store directory (created, or resumed if it holds this same job)."),
-    url: str = typer.Option("127.0.0.1:8001", help="Triton gRPC address HOST:PORT."),
+    url: list[str] = typer.Option(["127.0.0.1:8001"], help="Triton gRPC address HOST:PORT; with --ray, "
+                                  "repeat it for every server of the fleet."),
     catalog: str = typer.Option("fine", help="fine (31 versions) or general (one per sub-transformation)."),
     limit: Optional[int] = typer.Option(None, help="Only the first N images of the dataset."),
     shard: Optional[str] = typer.Option(None, help="I/N: this run's deterministic share of the dataset."),
@@ -112,6 +113,9 @@ def embed(
     header: list[str] = typer.Option([], help="KEY=VALUE header sent with every request (auth). Repeatable."),
     chunk_size: int = typer.Option(32, help="Rows committed to the store at a time."),
     quiet: bool = typer.Option(False, help="No progress bar."),
+    ray: bool = typer.Option(False, "--ray", help="Run on a Ray cluster: actors as clients to the --url fleet."),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS or a local one)."),
+    actors: int = typer.Option(2, help="With --ray: client actors."),
 ) -> None:
     """Embed every image of a dataset in all its versions into a memory-mapped store."""
     import asyncio
@@ -126,11 +130,18 @@ def embed(
         headers = dict(h.split("=", 1) for h in header)
     except ValueError:
         raise _fail("--header takes KEY=VALUE")
+    if len(url) > 1 and not ray:
+        raise _fail("several --url servers need --ray (one machine talks to one server)")
     try:
-        job = EmbedJob(dataset, encoder, out, url, catalog, limit, parse_shard(shard), seed, dtype, chunk_size,
-                       client=ClientOptions(url, max_in_flight, timeout, retries, ssl=tls,
+        job = EmbedJob(dataset, encoder, out, url[0], catalog, limit, parse_shard(shard), seed, dtype, chunk_size,
+                       client=ClientOptions(url[0], max_in_flight, timeout, retries, ssl=tls,
                                             root_certificates=root_certificates, headers=headers))
-        summary = asyncio.run(run_embed_job(job, progress=not quiet))
+        if ray:
+            from .ray_runner import run_ray_embed
+
+            summary = run_ray_embed(job, url, actors, ray_address, progress=not quiet)
+        else:
+            summary = asyncio.run(run_embed_job(job, progress=not quiet))
     except (DatasetError, StoreError, ServiceError, ValueError) as exc:
         raise _fail(str(exc))
     print(json.dumps(summary))

@@ -118,27 +118,11 @@ async def run_embed_job(job: EmbedJob, progress: bool = True) -> dict:
         store = Store.create_or_resume(job.out, manifest)
         writer = StoreWriter(store)
         pending = [int(r) for r in writer.pending_rows()]
-        seed = np.array([[job.seed]], np.int64)
         bar = Progress(len(indices), len(indices) - len(pending), len(manifest["rows"]), progress)
 
         async def embed_row(row: int) -> None:
             record = dataset.record(int(indices[row]))
-            where = dict(key=record.key, label=record.label, split=record.split, index=record.index)
-            try:
-                data = await asyncio.to_thread(record.load)
-            except OSError as exc:
-                writer.fail(row, reason=f"unreadable: {exc}", **where)
-                return
-            try:
-                out = await client.infer(names.embed, {"IMAGE": np.frombuffer(data, np.uint8).reshape(1, -1),
-                                                       "SEED": seed}, ["EMBEDDINGS", "PARAMS", "KEY"])
-            except RequestError as exc:
-                if exc.status != "StatusCode.INVALID_ARGUMENT":
-                    raise  # the server, not the image: stop; committed chunks stay
-                writer.fail(row, reason=str(exc).split(", ", 1)[-1], **where)
-                return
-            writer.put(row, embeddings=out["EMBEDDINGS"][0], params=out["PARAMS"][0],
-                       image_key=out["KEY"][0, 0].decode(), **where)
+            write_outcome(writer, row, record, await embed_record(client, names.embed, record, job.seed))
 
         with bar.bar:
             # Chunks overlap: up to two are in flight so the server never waits on a commit.
@@ -152,6 +136,41 @@ async def run_embed_job(job: EmbedJob, progress: bool = True) -> dict:
                 await _commit(item, writer, bar)
     summary = Store.open(job.out).summary()
     return {**summary, "store": str(job.out), "rows_per_image": len(manifest["rows"])}
+
+
+@dataclass
+class Outcome:
+    """What embedding one image gave: its rows, or why it failed."""
+
+    embeddings: Optional[np.ndarray] = None
+    params: Optional[np.ndarray] = None
+    image_key: str = ""
+    reason: str = ""
+
+
+async def embed_record(client: AsyncTritonClient, model: str, record, seed: int) -> Outcome:
+    """Load one record and have the server expand and embed it. A bad file is an Outcome with a
+    reason; a server problem raises (the run stops; committed chunks stay)."""
+    try:
+        data = await asyncio.to_thread(record.load)
+    except OSError as exc:
+        return Outcome(reason=f"unreadable: {exc}")
+    try:
+        out = await client.infer(model, {"IMAGE": np.frombuffer(data, np.uint8).reshape(1, -1),
+                                         "SEED": np.array([[seed]], np.int64)}, ["EMBEDDINGS", "PARAMS", "KEY"])
+    except RequestError as exc:
+        if exc.status != "StatusCode.INVALID_ARGUMENT":
+            raise
+        return Outcome(reason=str(exc).split(", ", 1)[-1])
+    return Outcome(out["EMBEDDINGS"][0], out["PARAMS"][0], out["KEY"][0, 0].decode())
+
+
+def write_outcome(writer: StoreWriter, row: int, record, outcome: Outcome) -> None:
+    where = dict(key=record.key, label=record.label, split=record.split, index=record.index)
+    if outcome.reason:
+        writer.fail(row, reason=outcome.reason, **where)
+    else:
+        writer.put(row, embeddings=outcome.embeddings, params=outcome.params, image_key=outcome.image_key, **where)
 
 
 async def _commit(item, writer: StoreWriter, bar: Progress) -> None:

@@ -139,3 +139,24 @@ def test_unreadable_files_are_skipped_logged_and_counted(server, photos, tmp_pat
     assert not store.array("embeddings")[1].any() and store.array("embeddings")[0].any()
     info = subprocess.run([EQUIPROBE, "store", "info", str(tmp_path / "store")], capture_output=True, text=True)
     assert "2 done, 3 failed, 0 pending of 5" in info.stdout and "b_truncated.jpg" in info.stdout
+
+
+@pytest.mark.slow
+def test_ray_runner_on_a_local_cluster_and_two_servers_writes_the_same_store(server, repo, reference_store, tmp_path):
+    import tritonclient.grpc as grpcclient
+
+    from services.server import TritonServer, loopback_config
+
+    model = f"{ENCODER}_embed31"
+    with TritonServer(loopback_config(repo)) as second:
+        fleet = [server.config.grpc_url, second.config.grpc_url]
+        before = [grpcclient.InferenceServerClient(u).get_inference_statistics(model).model_stats[0].inference_count
+                  for u in fleet]
+        proc = subprocess.run(embed_cli(server, tmp_path / "ray", "--ray", "--actors", "2",
+                                        "--url", second.config.grpc_url), capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        after = [grpcclient.InferenceServerClient(u).get_inference_statistics(model).model_stats[0].inference_count
+                 for u in fleet]
+    assert all(a > b for a, b in zip(after, before)), "both servers of the fleet did work"
+    same_files(reference_store, tmp_path / "ray")
