@@ -190,3 +190,60 @@ def expansion_dali_vs_pillow(catalog, images: list[bytes], batch: int = 8) -> tu
         expand_reference(catalog, data, catalog.host_inputs(key, 0))
     pillow = len(images) / (time.perf_counter() - start)
     return dali, pillow
+
+
+# -- `equiprobe bench embed` ----------------------------------------------------------------------
+
+def best_rate(measure, batch_sizes) -> tuple[float, int]:
+    """(images/s, batch size) of the fastest batch size."""
+    return max((measure(b), b) for b in batch_sizes)
+
+
+def expansion_stage_rate(repo: Path, encoder: str, images: list[bytes], batch: int) -> float:
+    """DALI decoding + every transformation + resize/crop for the encoder, host inputs included."""
+    from services.expansion_repo import ExpansionNames
+    from services.transforms import get_catalog, image_key
+    from services.transforms.expand import Expander
+
+    names = ExpansionNames(encoder, "fine")
+    expander = Expander(repo / names.expand / "1" / "model.dali", get_catalog("fine"), batch, 2)
+    arrays, keys = [np.frombuffer(d, np.uint8) for d in images], [image_key(d) for d in images]
+    expander.expand(arrays[:batch], keys[:batch], 0)
+    start = time.perf_counter()
+    for i in range(0, len(arrays), batch):
+        expander.expand(arrays[i:i + batch], keys[i:i + batch], 0)
+    return len(arrays) / (time.perf_counter() - start)
+
+
+def encoder_stage_rate(repo: Path, encoder: str, images: int, batch: int) -> float:
+    """The K-version encoder (normalization + ONNX) on ready uint8 crops, images/s."""
+    from services.expansion_repo import ExpansionNames
+
+    session = ort_session(repo / ExpansionNames(encoder, "fine").onnx / "1" / "model.onnx", 2)
+    shape = session.get_inputs()[0].shape[1:]
+    crops = np.random.default_rng(0).integers(0, 256, (batch, *shape)).astype(np.uint8)
+    session.run(None, {"PIXELS": crops})
+    start = time.perf_counter()
+    for _ in range(max(1, images // batch)):
+        session.run(None, {"PIXELS": crops})
+    return max(1, images // batch) * batch / (time.perf_counter() - start)
+
+
+def naive_loop_rate(encoder: str, images: list[bytes]) -> float:
+    """Pillow decode and transformations, then a torch eager forward per version, one at a time."""
+    import torch
+
+    from services.encoders import get_encoder
+    from services.reference import reference_preprocess
+    from services.transforms import get_catalog, image_key
+    from services.transforms.reference import expand_reference
+
+    catalog, spec = get_catalog("fine"), get_encoder(encoder)
+    model = spec.build()
+    start = time.perf_counter()
+    with torch.no_grad():
+        for data in images:
+            for version in expand_reference(catalog, data, catalog.host_inputs(image_key(data), 0)):
+                pixels = reference_preprocess(encode(version, "BMP"), spec.preprocess)
+                model(torch.from_numpy(pixels)[None])
+    return len(images) / (time.perf_counter() - start)

@@ -187,3 +187,59 @@ def store_merge(out: Path = typer.Option(..., help="Merged store to write."),
     except StoreError as exc:
         raise _fail(str(exc))
     print(json.dumps({**merged.summary(), "store": str(out)}))
+
+
+@bench_app.command("embed")
+def bench_embed(
+    encoder: str = typer.Option("squeezenet1_1"),
+    repo: Path = typer.Option(Path("build/bench/model_repository"), help="Built if it has no NAME_embed31."),
+    images: int = typer.Option(32, help="Images embedded end to end (x31 versions), twice."),
+    naive_images: int = typer.Option(4, help="Images through the naive loop (it is slow)."),
+) -> None:
+    """End-to-end `equiprobe embed` against each stage alone, the pipeline limit, and a naive loop."""
+    import asyncio
+    import tempfile
+    import time
+
+    from services.repository import build_repo
+    from services.server import TritonServer, loopback_config
+
+    from .bench import best_rate, encoder_stage_rate, expansion_stage_rate, naive_loop_rate
+    from .datasets import open_dataset
+    from .embed_job import EmbedJob, run_embed_job
+
+    if not (repo / f"{encoder}_embed31" / "config.pbtxt").exists():
+        build_repo(encoder, repo)
+    photos = open_dataset("photos")
+    data = [photos.record(i).load() for i in range(images)]
+    with tempfile.TemporaryDirectory() as tmp, TritonServer(loopback_config(repo)) as server:
+        # Warm-up first (first ONNX Runtime and DALI runs), as the stage measurements do.
+        warm = EmbedJob("photos", encoder, Path(tmp) / "warm", server.config.grpc_url, limit=8)
+        asyncio.run(run_embed_job(warm, progress=False))
+        rates = []
+        for attempt in range(2):  # the better of two runs: this machine's timings are noisy
+            job = EmbedJob("photos", encoder, Path(tmp) / f"store{attempt}", server.config.grpc_url, limit=images)
+            start = time.perf_counter()
+            asyncio.run(run_embed_job(job, progress=False))
+            rates.append(images / (time.perf_counter() - start))
+        end_to_end = max(rates)
+    expand, expand_batch = best_rate(lambda b: expansion_stage_rate(repo, encoder, data, b), (1, 4, 8))
+    encode_rate, encode_batch = best_rate(lambda b: encoder_stage_rate(repo, encoder, images, b), (1, 2, 4, 8))
+    limit = 1 / (1 / expand + 1 / encode_rate)  # both stages on the same cores
+    naive = naive_loop_rate(encoder, data[:naive_images])
+    k = 31
+    table = Table(title=f"{encoder}, photos, fine catalog ({k} versions per image)")
+    for col in ("measurement", "images/s", "embeddings/s", "ratio"):
+        table.add_column(col, justify="left" if col == "measurement" else "right")
+    table.add_row(f"equiprobe embed, end to end ({images} images, best of 2, server on the same cores)",
+                  f"{end_to_end:.2f}",
+                  f"{end_to_end * k:.1f}", "")
+    table.add_row(f"stage alone: DALI decode + transforms + crops (batch {expand_batch})", f"{expand:.2f}",
+                  f"{expand * k:.1f}", "")
+    table.add_row(f"stage alone: encoder on crops, ONNX Runtime (batch {encode_batch})", f"{encode_rate:.2f}",
+                  f"{encode_rate * k:.1f}", "")
+    table.add_row("pipeline limit 1 / (1/preprocess + 1/encoder)", f"{limit:.2f}", f"{limit * k:.1f}",
+                  f"efficiency {end_to_end / limit:.2f}")
+    table.add_row(f"naive loop: Pillow + torch eager, one at a time ({naive_images} images)", f"{naive:.3f}",
+                  f"{naive * k:.1f}", f"embed is {end_to_end / naive:.1f}x")
+    Console(width=150).print(table)
