@@ -23,6 +23,7 @@ from services.runtime import ort_session
 from services.server import TritonServer, loopback_config
 
 ENCODER = "squeezenet1_1"
+DEMO_IMAGES = 120
 
 
 def run_demo(workdir: str) -> None:
@@ -76,9 +77,12 @@ def run_demo(workdir: str) -> None:
 
         console.rule("3. one upload, 31 versions: the transform catalog runs inside the server")
         show_expansion(console, server.config.grpc_url, {n: encoded[n] for n in ("astronaut", "chelsea", "rocket")})
+
+        console.rule(f"4. bulk-embed {DEMO_IMAGES} built-in photos 31x into a memory-mapped store")
+        store = bulk_embed(console, server.config.grpc_url, Path(workdir) / "store")
     grid = render_grid_for(Path(workdir) / "transforms_fine.png", encoded["chelsea"])
     console.print(f"preview grid of every version of 'chelsea': [bold]{grid}[/bold]")
-    console.rule("4. stopped")
+    console.rule("5. stopped")
     console.print(f"server stopped; processes left in its group: {len(server.group_pids())}; "
                   f"shared-memory files left: {len(server.shared_memory_files())}; "
                   f"total {time.perf_counter() - t0:.0f} s")
@@ -119,3 +123,23 @@ def render_grid_for(out: Path, data: bytes) -> Path:
     catalog = get_catalog("fine")
     versions, params = expand_one(catalog, data, seed=0)
     return render_grid(catalog, versions, params, out)
+
+
+def bulk_embed(console: Console, url: str, out: Path):
+    import asyncio
+    import shutil
+
+    from clients.embed_job import EmbedJob, run_embed_job
+    from clients.store import Store
+
+    shutil.rmtree(out, ignore_errors=True)  # the demo's own store: rebuilt with the repository
+    t0 = time.perf_counter()
+    summary = asyncio.run(run_embed_job(EmbedJob("photos", ENCODER, out, url, limit=DEMO_IMAGES)))
+    elapsed = time.perf_counter() - t0
+    store = Store.open(out)
+    split = np.asarray(store.array("split"))
+    console.print(f"store [bold]{out}[/bold]: {summary['done']} images done, {summary['failed']} failed, "
+                  f"{(split == 0).sum()} train / {(split == 1).sum()} test (by source photograph); "
+                  f"embeddings {store.array('embeddings').shape} {store.manifest['dtype']}; "
+                  f"{summary['done'] / elapsed:.1f} images/s, {summary['done'] * 31 / elapsed:.0f} embeddings/s")
+    return store
