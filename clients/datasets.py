@@ -98,7 +98,7 @@ def photos_dataset() -> Dataset:
 
 # -- fashion-mnist --------------------------------------------------------------------------------
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=4)  # images and labels of both splits
 def _idx(path: Path) -> np.ndarray:
     with gzip.open(path) as f:
         data = f.read()
