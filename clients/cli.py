@@ -10,7 +10,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from services.cli import fail
+
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print side-by-side ratios.")
+
+
+def bench_repo(repo: Path, encoder: str) -> Path:
+    """The benchmarks' repository: built once, reused by later runs."""
+    from services.repository import build_repo
+
+    if not (repo / f"{encoder}_embed31" / "config.pbtxt").exists():
+        build_repo(encoder, repo)
+    return repo
 
 
 @bench_app.command("serve")
@@ -21,13 +32,11 @@ def bench_serve(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures here."),
 ) -> None:
     """Triton gRPC (concurrency 1, 8, 32) against in-process DALI + ONNX Runtime (batch 1, 8, 32)."""
-    from services.repository import ModelNames, build_repo
     from services.server import TritonServer, loopback_config
 
     from .bench import bench_images, run_serve_bench
 
-    if not (repo / ModelNames(encoder).embed / "config.pbtxt").exists():
-        build_repo(encoder, repo)
+    bench_repo(repo, encoder)
     data = bench_images(images)
     with TritonServer(loopback_config(repo)) as server:
         rows = run_serve_bench(repo, server.config.grpc_url, encoder, data)
@@ -57,15 +66,13 @@ def bench_transforms(
     through NAME_embed; and the DALI CPU expansion vs the same transformations in Pillow/numpy."""
     import tempfile
 
-    from services.repository import build_repo
     from services.server import TritonServer, loopback_config
     from services.transforms import get_catalog
     from services.transforms.expand import Expander, serialize_expand
 
     from .bench import bench_images, client_side_expansion, expansion_dali_vs_pillow, server_side_expansion
 
-    if not (repo / f"{encoder}_embed31" / "config.pbtxt").exists():
-        build_repo(encoder, repo)
+    bench_repo(repo, encoder)
     catalog = get_catalog("fine")
     data = bench_images(images, seed=1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,11 +94,6 @@ def bench_transforms(
                   f"{dali_rate / pillow_rate:.2f}x")
     table.add_row("expansion alone: Pillow/numpy, one image at a time", f"{pillow_rate:.2f}", "", "1.00x")
     Console(width=140).print(table)
-
-
-def _fail(message: str) -> typer.Exit:
-    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=1)
 
 
 def embed(
@@ -129,9 +131,9 @@ def embed(
     try:
         headers = dict(h.split("=", 1) for h in header)
     except ValueError:
-        raise _fail("--header takes KEY=VALUE")
+        raise fail("--header takes KEY=VALUE")
     if len(url) > 1 and not ray:
-        raise _fail("several --url servers need --ray (one machine talks to one server)")
+        raise fail("several --url servers need --ray (one machine talks to one server)")
     try:
         job = EmbedJob(dataset, encoder, out, url[0], catalog, limit, parse_shard(shard), seed, dtype, chunk_size,
                        client=ClientOptions(url[0], max_in_flight, timeout, retries, ssl=tls,
@@ -143,7 +145,7 @@ def embed(
         else:
             summary = asyncio.run(run_embed_job(job, progress=not quiet))
     except (DatasetError, StoreError, ServiceError, ValueError) as exc:
-        raise _fail(str(exc))
+        raise fail(str(exc))
     print(json.dumps(summary))
 
 
@@ -158,7 +160,7 @@ def store_info(path: Path = typer.Argument(..., help="Store directory.")) -> Non
     try:
         store = Store.open(path)
     except StoreError as exc:
-        raise _fail(str(exc))
+        raise fail(str(exc))
     m = store.manifest
     summary = store.summary()
     table = Table("field", "value", title=str(path), show_header=False)
@@ -185,7 +187,7 @@ def store_merge(out: Path = typer.Option(..., help="Merged store to write."),
     try:
         merged = merge_stores(shards, out)
     except StoreError as exc:
-        raise _fail(str(exc))
+        raise fail(str(exc))
     print(json.dumps({**merged.summary(), "store": str(out)}))
 
 
@@ -201,15 +203,13 @@ def bench_embed(
     import tempfile
     import time
 
-    from services.repository import build_repo
     from services.server import TritonServer, loopback_config
 
     from .bench import best_rate, encoder_stage_rate, expansion_stage_rate, naive_loop_rate
     from .datasets import open_dataset
     from .embed_job import EmbedJob, run_embed_job
 
-    if not (repo / f"{encoder}_embed31" / "config.pbtxt").exists():
-        build_repo(encoder, repo)
+    bench_repo(repo, encoder)
     photos = open_dataset("photos")
     data = [photos.record(i).load() for i in range(images)]
     with tempfile.TemporaryDirectory() as tmp, TritonServer(loopback_config(repo)) as server:

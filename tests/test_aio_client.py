@@ -4,7 +4,6 @@ import asyncio
 import shutil
 import subprocess
 import threading
-import time
 
 import numpy as np
 import pytest

@@ -79,7 +79,7 @@ def run_demo(workdir: str) -> None:
         show_expansion(console, server.config.grpc_url, {n: encoded[n] for n in ("astronaut", "chelsea", "rocket")})
 
         console.rule(f"4. bulk-embed {DEMO_IMAGES} built-in photos 31x into a memory-mapped store")
-        store = bulk_embed(console, server.config.grpc_url, Path(workdir) / "store")
+        bulk_embed(console, server.config.grpc_url, Path(workdir) / "store")
     grid = render_grid_for(Path(workdir) / "transforms_fine.png", encoded["chelsea"])
     console.print(f"preview grid of every version of 'chelsea': [bold]{grid}[/bold]")
     console.rule("5. stopped")
