@@ -100,3 +100,14 @@ def test_tls_and_auth_header(small_repo, jpegs, tmp_path):
         plaintext = ClientOptions(config.grpc_url, headers={"triton-grpc-protocol-x-equiprobe-key": "s3cret"}, retries=0, timeout_s=5)
         with pytest.raises(RequestError):
             asyncio.run(embed(plaintext, jpegs["astronaut"]))
+
+
+def test_deadline_exceeded_is_retried_then_reported(server, jpegs):
+    async def run():
+        options = ClientOptions(server.config.grpc_url, timeout_s=0.001, retries=2, backoff_s=0.01)
+        async with AsyncTritonClient(options) as client:
+            with pytest.raises(RequestError) as info:
+                await client.infer(f"{ENCODER}_embed31", image(jpegs["retina"]), ["EMBEDDINGS"])
+            return info.value.status, client.attempts, client.retried
+    status, attempts, retried = asyncio.run(run())
+    assert status == "StatusCode.DEADLINE_EXCEEDED" and attempts == 3 and retried == 2
