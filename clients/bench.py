@@ -219,7 +219,7 @@ def encoder_stage_rate(repo: Path, encoder: str, images: int, batch: int) -> flo
     """The K-version encoder (normalization + ONNX) on ready uint8 crops, images/s."""
     from services.expansion_repo import ExpansionNames
 
-    session = ort_session(repo / ExpansionNames(encoder, "fine").onnx / "1" / "model.onnx", 2)
+    session = ort_session(repo / ExpansionNames(encoder, "fine").onnx / "1" / "model.onnx", 2, spinning=False)
     shape = session.get_inputs()[0].shape[1:]
     crops = np.random.default_rng(0).integers(0, 256, (batch, *shape)).astype(np.uint8)
     session.run(None, {"PIXELS": crops})

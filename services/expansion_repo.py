@@ -119,7 +119,8 @@ def expand_config(spec: EncoderSpec, catalog: Catalog, names: ExpansionNames, fl
 
 def style_config(net: str, flavour: Flavour, serving: ServingSpec) -> mc.ModelConfig:
     return onnx_config(ExpansionNames.style(net), [canvas_tensor(STYLE_INPUT, True)],
-                       [canvas_tensor(STYLE_OUTPUT, False)], flavour, serving, tensorrt=False, preferred=False)
+                       [canvas_tensor(STYLE_OUTPUT, False)], flavour, serving, tensorrt=False, preferred=False,
+                       spinning=False)
 
 
 def crop_shape(spec: EncoderSpec) -> tuple[int, int, int]:
@@ -142,6 +143,8 @@ def versions_encoder_config(spec: EncoderSpec, catalog: Catalog, names: Expansio
     if extra:
         config.input.append(tensor(EXTRA_INPUT, mc.TYPE_UINT8, [extra, *crop_shape(spec)]))
     config.output[0].CopyFrom(tensor(EMBEDDINGS, mc.TYPE_FP32, [k + extra, spec.dim], is_input=False))
+    if flavour == "portable":  # big batches beside the DALI expansion: no spinning (see runtime.ort_session)
+        string_parameters(config, allow_spinning=0)
     return config
 
 

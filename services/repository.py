@@ -108,14 +108,15 @@ def dali_config(name: str, inputs: list, outputs: list, flavour: Flavour, servin
 
 
 def onnx_config(name: str, inputs: list, outputs: list, flavour: Flavour, serving: ServingSpec,
-                tensorrt: bool = True, preferred: bool = True) -> mc.ModelConfig:
+                tensorrt: bool = True, preferred: bool = True, spinning: bool = True) -> mc.ModelConfig:
     """An ONNX model: the onnxruntime backend, with the TensorRT accelerator in FP16 and an engine
     cache (native), or the python model running ONNX Runtime on the CPU (portable)."""
     config = mc.ModelConfig(name=name, max_batch_size=serving.max_batch_size, input=inputs, output=outputs,
                             dynamic_batching=dynamic_batching(serving, preferred=preferred),
                             instance_group=instances(flavour))
     if flavour == "portable":
-        string_parameters(config, onnx_model="model.onnx", intra_op_threads=serving.ort_threads)
+        string_parameters(config, onnx_model="model.onnx", intra_op_threads=serving.ort_threads,
+                          allow_spinning=int(spinning))
         return config
     config.backend = "onnxruntime"
     config.default_model_filename = "model.onnx"

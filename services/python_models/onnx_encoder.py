@@ -16,7 +16,8 @@ class TritonPythonModel:
         config, params, version_dir = model_parameters(args)
         self.input_names = [i["name"] for i in config["input"]]
         self.output_name = config["output"][0]["name"]
-        self.session = ort_session(version_dir / params["onnx_model"], int(params["intra_op_threads"]))
+        self.session = ort_session(version_dir / params["onnx_model"], int(params["intra_op_threads"]),
+                                   spinning=params.get("allow_spinning", "1") == "1")
 
     def execute(self, requests):
         feeds = {name: [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests]
