@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,3 +38,21 @@ def server(repo):
     """The real tritonserver binary on loopback ports, started once per test session."""
     with TritonServer(loopback_config(repo)) as running:
         yield running
+
+
+LIMIT, CHUNK = 16, 2
+
+
+def embed_cli(server, out: Path, *extra: str) -> list[str]:
+    return [str(Path(sys.executable).parent / "equiprobe"), "embed", "--dataset", "photos", "--encoder", ENCODER,
+            "--out", str(out), "--url", server.config.grpc_url, "--limit", str(LIMIT), "--chunk-size", str(CHUNK),
+            "--quiet", *extra]
+
+
+@pytest.fixture(scope="session")
+def photo_store(server, tmp_path_factory) -> Path:
+    """16 built-in photos embedded 31x by the real server, in one uninterrupted run."""
+    out = tmp_path_factory.mktemp("stores") / "reference"
+    proc = subprocess.run(embed_cli(server, out), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out

@@ -19,16 +19,10 @@ from clients.photos import encode
 from clients.store import DONE, FAILED, Store, StoreError
 from services.transforms import get_catalog
 
-from .conftest import ENCODER
+from .conftest import CHUNK, ENCODER, LIMIT, embed_cli
 from .test_expansion_service import infer
 
 EQUIPROBE = str(Path(sys.executable).parent / "equiprobe")
-LIMIT, CHUNK = 16, 2
-
-
-def embed_cli(server, out: Path, *extra: str) -> list[str]:
-    return [EQUIPROBE, "embed", "--dataset", "photos", "--encoder", ENCODER, "--out", str(out),
-            "--url", server.config.grpc_url, "--limit", str(LIMIT), "--chunk-size", str(CHUNK), "--quiet", *extra]
 
 
 def same_files(a: Path, b: Path) -> None:
@@ -39,12 +33,9 @@ def same_files(a: Path, b: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference_store(server, tmp_path_factory):
-    """An uninterrupted run: the yardstick for resumed and sharded runs."""
-    out = tmp_path_factory.mktemp("stores") / "reference"
-    proc = subprocess.run(embed_cli(server, out), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return out
+def reference_store(photo_store):
+    """An uninterrupted run (conftest): the yardstick for resumed and sharded runs."""
+    return photo_store
 
 
 def test_store_rows_are_the_servers_embeddings_and_parameters(server, reference_store):

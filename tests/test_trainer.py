@@ -1,0 +1,102 @@
+"""Probes: data read by memory map with splits by image, learning, determinism, task metrics."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clients.store import Store, StoreWriter
+from services.transforms import get_catalog
+from trainer.data import ProbeData, Task
+from trainer.probes import ProbeConfig
+from trainer.train import train_probes
+
+EQUIPROBE = str(Path(sys.executable).parent / "equiprobe")
+
+
+def synthetic_store(path: Path, catalog_name: str, images: int = 60, dim: int = 32, noise: float = 0.6) -> Path:
+    """A store whose version k embeddings sit around a version-specific point, plus per-image content."""
+    catalog = get_catalog(catalog_name)
+    k = len(catalog.transforms)
+    manifest = {"format_version": 1, "tool_version": "test", "encoder": "synthetic", "encoder_onnx_sha256": "0" * 64,
+                "dim": dim, "dtype": "float16", "catalog": catalog.name, "catalog_version": catalog.version,
+                "rows": catalog.class_names, "params_width": catalog.width, "row_labels": catalog.labels.tolist(),
+                "classes": list(catalog.classes), "row_splits": [t.split for t in catalog.transforms],
+                "dataset": "synthetic", "label_names": [], "limit": None, "seed": 0, "count": images, "shard": None}
+    store = Store.create_or_resume(path, manifest)
+    writer = StoreWriter(store)
+    rng = np.random.default_rng(0)
+    # Versions of one category share a direction, so unseen sub-transformations are recognizable.
+    category = rng.normal(size=(len(catalog.classes), dim))
+    version = np.stack([category[label] + 0.5 * rng.normal(size=dim) for label in catalog.labels])
+    for r in range(images):
+        content = rng.normal(size=dim)
+        embeddings = version + 0.3 * content + noise * rng.normal(size=(k, dim))
+        writer.put(r, embeddings=embeddings, params=np.zeros((k, catalog.width)), key=f"img{r:03d}",
+                   image_key=f"{r:016x}", label=-1, split="test" if r % 4 == 0 else "train", index=r)
+    writer.commit(list(range(images)))
+    return path
+
+
+def test_examples_split_by_image_and_read_by_memory_map(tmp_path):
+    store = Store.open(synthetic_store(tmp_path / "s", "fine"))
+    data = ProbeData.from_store(store, Task.from_store(store, "fine"))
+    parts = [set(data.train_rows), set(data.val_rows), set(data.test_rows)]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert parts[2] == {r for r in range(60) if r % 4 == 0}  # the store's split
+    rows, versions = data.examples("train")
+    assert len(rows) == len(data.train_rows) * 31
+    embeddings = np.asarray(store.array("embeddings"))
+    seen = 0
+    for x, y, v in data.batches("train", 100, shuffle_seed=3):
+        assert x.dtype == np.float32 and x.shape[1] == 32
+        picked = rows[np.isin(versions, v)]  # every batch row is a stored embedding of its version
+        assert len(picked) and (y == v).all()
+        seen += len(x)
+    assert seen == len(rows)
+    x, _, v = next(data.batches("test", 31))
+    np.testing.assert_array_equal(x, embeddings[data.test_rows[0]].astype(np.float32)[v])
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_probe_learns_the_fine_task_and_is_deterministic(kind, tmp_path):
+    path = synthetic_store(tmp_path / "s", "fine")
+    config = ProbeConfig(kind=kind, hidden=64, max_epochs=40, patience=5, batch_size=256)
+    first = train_probes(path, "fine", config, [0, 1], tmp_path / "p1", progress=False)
+    again = train_probes(path, "fine", config, [0, 1], tmp_path / "p2", progress=False)
+    assert first["summary"]["test_accuracy"]["mean"] > 0.8  # chance is 1/31
+    assert first["runs"] == again["runs"]
+    saved = json.loads((tmp_path / "p1" / "probe.json").read_text())
+    assert saved["classes"][0] == "identity" and saved["catalog_version"] == "fine-1" and saved["dim"] == 32
+    assert len(saved["runs"]) == 2 and set(saved["summary"]["test_accuracy"]) == {"mean", "std"}
+
+
+def test_general_task_trains_on_seen_versions_and_reports_held_out_columns(tmp_path):
+    path = synthetic_store(tmp_path / "s", "general")
+    store = Store.open(path)
+    task = Task.from_store(store, "general")
+    splits = store.manifest["row_splits"]
+    assert all(splits[k] == "train" for k in task.train_versions) and len(task.test_versions) == len(splits)
+    record = train_probes(path, "general", ProbeConfig(kind="mlp", hidden=64, max_epochs=30), [0], tmp_path / "p",
+                          progress=False)
+    run = record["runs"][0]
+    assert run["test_accuracy"] > 0.5  # chance is 1/10
+    assert run["held_out_noise_accuracy"] is not None and run["held_out_style_accuracy"] is not None
+    styles = run["per_style_accuracy"]
+    assert sum(s["seen"] for s in styles.values()) == 6 and sum(not s["seen"] for s in styles.values()) == 7
+
+
+def test_probe_on_a_real_store_beats_chance(photo_store, tmp_path):
+    proc = subprocess.run([EQUIPROBE, "train", "--store", str(photo_store), "--task", "fine", "--probe", "mlp",
+                           "--out", str(tmp_path / "probe"), "--seeds", "2", "--max-epochs", "30", "--quiet"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    assert record["encoder"] == "squeezenet1_1" and record["images"]["test"] > 0
+    assert record["summary"]["test_accuracy"]["mean"] > 3 / 31
+    wrong = subprocess.run([EQUIPROBE, "train", "--store", str(photo_store), "--task", "general", "--out",
+                            str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
+    assert wrong.returncode == 1 and "needs a store of the general catalog" in wrong.stderr

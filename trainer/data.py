@@ -1,0 +1,120 @@
+"""Probe data from a store: (image, version) examples read by memory map, in batches.
+
+An example is one version k of one image r: its embedding emb[r, k] and the task's label of
+version k. Splits are by source image, so every version of an image is on one side: the
+store's split where it has one, otherwise a hash of the image key (80/20). A fixed part of the
+training images (by hash of the key, 10%) is held out for early stopping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from clients.store import DONE, Store
+
+VALIDATION_FRACTION = 0.1
+TEST_FRACTION = 0.2  # only where the store has no split
+
+
+def _unit_hash(key: str, salt: str) -> float:
+    digest = hashlib.blake2b(f"{salt}/{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2 ** 64
+
+
+@dataclass
+class Task:
+    """Which versions are examples in training and in test, and each version's label."""
+
+    name: str
+    classes: list[str]
+    version_labels: np.ndarray  # [K] label of each stored version
+    train_versions: np.ndarray  # version indices used for training (and validation)
+    test_versions: np.ndarray  # version indices used in test
+
+    @classmethod
+    def from_store(cls, store: Store, name: str) -> "Task":
+        m = store.manifest
+        k = len(m["rows"])
+        if name == "fine":
+            if m["catalog"] != "fine":
+                raise ValueError(f"the fine-grained task needs a store of the fine catalog; {store.path} has "
+                                 f"{m['catalog']}")
+            return cls(name, list(m["rows"]), np.arange(k), np.arange(k), np.arange(k))
+        if name == "general":
+            if m["catalog"] != "general":
+                raise ValueError(f"the generalization task needs a store of the general catalog; {store.path} "
+                                 f"has {m['catalog']}")
+            labels = np.array(m["row_labels"])
+            seen = np.array([s == "train" for s in m["row_splits"]])
+            return cls(name, list(m["classes"]), labels, np.flatnonzero(seen), np.arange(k))
+        raise ValueError(f"unknown task {name!r}; use fine or general")
+
+
+@dataclass
+class ProbeData:
+    store: Store
+    task: Task
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    test_rows: np.ndarray
+
+    @classmethod
+    def from_store(cls, store: Store, task: Task) -> "ProbeData":
+        status = np.asarray(store.array("status"))
+        split = np.asarray(store.array("split"))
+        keys = np.asarray(store.array("keys"))
+        rows = np.flatnonzero(status == DONE)  # failed rows have no embeddings
+        if split[rows].min(initial=0) < 0:  # no split in the store: by image key
+            test = np.array([_unit_hash(k, "test") < TEST_FRACTION for k in keys[rows]])
+        else:
+            test = split[rows] == 1
+        train = rows[~test]
+        val = np.array([_unit_hash(k, "validation") < VALIDATION_FRACTION for k in keys[train]], bool)
+        if not val.any() and len(train) > 1:
+            val[-1] = True  # tiny stores: at least one validation image
+        data = cls(store, task, train[~val], train[val], rows[test])
+        if not len(data.train_rows) or not len(data.test_rows):
+            raise ValueError(f"{store.path}: {len(data.train_rows)} training and {len(data.test_rows)} test images; "
+                             "both sides need at least one")
+        return data
+
+    @property
+    def dim(self) -> int:
+        return int(self.store.manifest["dim"])
+
+    def examples(self, part: str) -> tuple[np.ndarray, np.ndarray]:
+        """(image rows, version indices) of every example of a part."""
+        rows = {"train": self.train_rows, "val": self.val_rows, "test": self.test_rows}[part]
+        versions = self.task.test_versions if part == "test" else self.task.train_versions
+        return np.repeat(rows, len(versions)), np.tile(versions, len(rows))
+
+    def batches(self, part: str, batch_size: int, shuffle_seed: int | None = None
+                ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(embeddings float32 [b, D], labels int64 [b], version indices [b]), read by memory map."""
+        rows, versions = self.examples(part)
+        order = np.arange(len(rows))
+        if shuffle_seed is not None:
+            np.random.default_rng(shuffle_seed).shuffle(order)
+        embeddings = self.store.array("embeddings")
+        for start in range(0, len(order), batch_size):
+            pick = order[start:start + batch_size]
+            # Sorted gathers read the memory map front to back; the batch order is restored after.
+            sort = np.argsort(rows[pick], kind="stable")
+            chunk = np.empty((len(pick), self.dim), np.float32)
+            chunk[sort] = embeddings[rows[pick][sort], versions[pick][sort]]
+            yield chunk, self.task.version_labels[versions[pick]].astype(np.int64), versions[pick]
+
+    def feature_statistics(self, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation of the training embeddings, streamed (never all in memory)."""
+        total, total_sq, count = np.zeros(self.dim), np.zeros(self.dim), 0
+        for x, _, _ in self.batches("train", batch_size):
+            total += x.sum(0)
+            total_sq += (x.astype(np.float64) ** 2).sum(0)
+            count += len(x)
+        mean = total / count
+        std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12))
+        return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)

@@ -1,0 +1,112 @@
+"""Linear and MLP probes (the study's: one hidden layer of 2048, dropout 0.2, Adam, batch 1024),
+trained with early stopping on the validation images, repeated over seeds.
+
+The probe carries the training set's feature standardization as buffers, so the saved model
+takes raw embeddings (what the detector will feed it).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import ProbeData
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    kind: str = "mlp"  # "linear" or "mlp"
+    hidden: int = 2048
+    dropout: float = 0.2
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 1024
+    max_epochs: int = 100
+    patience: int = 8  # epochs without a better validation accuracy before stopping
+
+
+class Probe(nn.Module):
+    def __init__(self, dim: int, classes: int, config: ProbeConfig, mean: np.ndarray, std: np.ndarray):
+        super().__init__()
+        self.register_buffer("mean", torch.from_numpy(mean))
+        self.register_buffer("std", torch.from_numpy(std))
+        if config.kind == "linear":
+            self.head = nn.Linear(dim, classes)
+        elif config.kind == "mlp":
+            self.head = nn.Sequential(nn.Linear(dim, config.hidden), nn.ReLU(), nn.Dropout(config.dropout),
+                                      nn.Linear(config.hidden, classes))
+        else:
+            raise ValueError(f"unknown probe {config.kind!r}; use linear or mlp")
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.head((embeddings - self.mean) / self.std)
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.no_grad()
+def predict(model: Probe, data: ProbeData, part: str, batch_size: int = 4096) -> tuple[np.ndarray, ...]:
+    """(predicted labels, true labels, version indices) over a part."""
+    model.eval()
+    at = next(model.parameters()).device
+    predicted, truth, versions = [], [], []
+    for x, y, v in data.batches(part, batch_size):
+        predicted.append(model(torch.from_numpy(x).to(at)).argmax(1).cpu().numpy())
+        truth.append(y)
+        versions.append(v)
+    return np.concatenate(predicted), np.concatenate(truth), np.concatenate(versions)
+
+
+def accuracy(model: Probe, data: ProbeData, part: str) -> float:
+    predicted, truth, _ = predict(model, data, part)
+    return float((predicted == truth).mean())
+
+
+@dataclass
+class FitResult:
+    model: Probe
+    seed: int
+    epochs: int
+    best_epoch: int
+    val_accuracy: float
+    history: list[dict]
+
+
+def fit(data: ProbeData, config: ProbeConfig, seed: int, progress: Optional[callable] = None) -> FitResult:
+    """Adam on shuffled batches; keep the weights of the epoch with the best validation accuracy."""
+    torch.manual_seed(seed)
+    mean, std = data.feature_statistics()
+    model = Probe(data.dim, len(data.task.classes), config, mean, std).to(device())
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    loss_fn = nn.CrossEntropyLoss()
+    best, best_state, best_epoch, history = -1.0, None, 0, []
+    for epoch in range(config.max_epochs):
+        model.train()
+        losses = []
+        for x, y, _ in data.batches("train", config.batch_size, shuffle_seed=seed * 100_003 + epoch):
+            optimizer.zero_grad()
+            loss = loss_fn(model(torch.from_numpy(x).to(device())), torch.from_numpy(y).to(device()))
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        val = accuracy(model, data, "val") if len(data.val_rows) else 0.0
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_accuracy": val})
+        if progress:
+            progress(epoch, history[-1])
+        if val > best:
+            best, best_state, best_epoch = val, copy.deepcopy(model.state_dict()), epoch
+        elif epoch - best_epoch >= config.patience:
+            break
+    model.load_state_dict(best_state)
+    return FitResult(model, seed, len(history), best_epoch, best, history)
+
+
+def config_dict(config: ProbeConfig) -> dict:
+    return asdict(config)

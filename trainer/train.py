@@ -1,0 +1,90 @@
+"""`equiprobe train`: probes over seeds on one store; the probe and its metrics saved together.
+
+Saved in OUT: `probe.pt` (the state dict of the seed with the best validation accuracy; it takes
+raw embeddings), `probe.json` (kind, embedding dim, class names, catalog version, encoder and
+its ONNX hash, task, hyperparameters, and metrics per seed with their mean and std).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from clients.store import Store
+from services.transforms import get_catalog
+
+from .data import ProbeData, Task
+from .probes import ProbeConfig, config_dict, fit, predict
+
+
+def version_families(manifest: dict) -> list[Optional[str]]:
+    """Each stored version's family ("noise", "style" or None); neural-style rows are style."""
+    transforms = get_catalog(manifest["catalog"]).transforms
+    return [transforms[k].family if k < len(transforms) else "style" for k in range(len(manifest["rows"]))]
+
+
+def test_metrics(data: ProbeData, predicted: np.ndarray, truth: np.ndarray, versions: np.ndarray) -> dict:
+    m = data.store.manifest
+    correct = predicted == truth
+    per_version = {m["rows"][k]: float(correct[versions == k].mean()) for k in np.unique(versions)}
+    metrics = {"test_accuracy": float(correct.mean()), "per_version_accuracy": per_version}
+    if data.task.name == "general":
+        families, splits = version_families(m), m["row_splits"]
+        held_out = np.array([s == "test" for s in splits])
+        for family in ("noise", "style"):
+            in_family = np.array([f == family for f in families])
+            chosen = np.isin(versions, np.flatnonzero(in_family & held_out))
+            metrics[f"held_out_{family}_accuracy"] = float(correct[chosen].mean()) if chosen.any() else None
+        metrics["per_style_accuracy"] = {
+            m["rows"][k]: {"accuracy": per_version[m["rows"][k]], "seen": splits[k] == "train"}
+            for k in range(len(families)) if families[k] == "style" and m["rows"][k] in per_version}
+    return metrics
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Mean and std over seeds of every scalar metric."""
+    summary = {}
+    for key, value in runs[0].items():
+        if isinstance(value, float):
+            values = [r[key] for r in runs]
+            summary[key] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
+    return summary
+
+
+def train_probes(store_path: Path, task_name: str, config: ProbeConfig, seeds: list[int], out: Path,
+                 progress: bool = True) -> dict:
+    store = Store.open(store_path)
+    task = Task.from_store(store, task_name)
+    data = ProbeData.from_store(store, task)
+    runs, best = [], None
+    from rich.progress import Progress
+
+    with Progress(disable=not progress) as bar:
+        job = bar.add_task(f"{config.kind} probe, {task_name} task", total=len(seeds) * config.max_epochs)
+        for seed in seeds:
+            done = bar.tasks[0].completed
+            result = fit(data, config, seed, progress=lambda epoch, h: bar.update(
+                job, completed=done + epoch + 1, description=f"seed {seed} epoch {epoch} val {h['val_accuracy']:.3f}"))
+            bar.update(job, completed=done + config.max_epochs)
+            metrics = test_metrics(data, *predict(result.model, data, "test"))
+            runs.append({"seed": seed, "val_accuracy": result.val_accuracy, "epochs": result.epochs,
+                         "best_epoch": result.best_epoch, **metrics})
+            if best is None or result.val_accuracy > best.val_accuracy:
+                best = result
+    m = store.manifest
+    record = {
+        "kind": config.kind, "task": task_name, "dim": data.dim, "classes": task.classes,
+        "catalog": m["catalog"], "catalog_version": m["catalog_version"], "rows": m["rows"],
+        "encoder": m["encoder"], "encoder_onnx_sha256": m["encoder_onnx_sha256"],
+        "store": str(store_path), "config": config_dict(config), "seeds": seeds, "saved_seed": best.seed,
+        "images": {"train": len(data.train_rows), "val": len(data.val_rows), "test": len(data.test_rows)},
+        "summary": summarize(runs), "runs": runs,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(best.model.cpu().state_dict(), out / "probe.pt")
+    (out / "probe.json").write_text(json.dumps(record, indent=2))
+    return record
