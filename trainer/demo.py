@@ -80,9 +80,11 @@ def run_demo(workdir: str) -> None:
 
         console.rule(f"4. bulk-embed {DEMO_IMAGES} built-in photos 31x into a memory-mapped store")
         bulk_embed(console, server.config.grpc_url, Path(workdir) / "store")
+    console.rule("5. train fine-grained probes on the store (one seed each, for the demo)")
+    train_demo_probes(console, Path(workdir))
     grid = render_grid_for(Path(workdir) / "transforms_fine.png", encoded["chelsea"])
     console.print(f"preview grid of every version of 'chelsea': [bold]{grid}[/bold]")
-    console.rule("5. stopped")
+    console.rule("6. stopped")
     console.print(f"server stopped; processes left in its group: {len(server.group_pids())}; "
                   f"shared-memory files left: {len(server.shared_memory_files())}; "
                   f"total {time.perf_counter() - t0:.0f} s")
@@ -143,3 +145,16 @@ def bulk_embed(console: Console, url: str, out: Path):
                   f"embeddings {store.array('embeddings').shape} {store.manifest['dtype']}; "
                   f"{summary['done'] / elapsed:.1f} images/s, {summary['done'] * 31 / elapsed:.0f} embeddings/s")
     return store
+
+
+def train_demo_probes(console: Console, workdir: Path) -> None:
+    from trainer.probes import ProbeConfig
+    from trainer.train import train_probes
+
+    table = Table("probe", "task", "test accuracy (held-out photographs)", "chance", "saved to")
+    for kind in ("linear", "mlp"):
+        out = workdir / f"probe_fine_{kind}"
+        record = train_probes(workdir / "store", "fine", ProbeConfig(kind=kind, max_epochs=60), [0], out)
+        table.add_row(kind, "fine (31-way)", f"{record['summary']['test_accuracy']['mean']:.3f}",
+                      f"{1 / len(record['classes']):.3f}", str(out))
+    console.print(table)
