@@ -211,6 +211,5 @@ def merge_stores(shards: list[Path], out: Path) -> Store:
                 target[rows] = source[start:start + 4096]
         for error in s.errors():
             writer.failures[int(error["index"])] = {**error, "row": int(error["index"])}
-    writer.commit([])
-    writer.arrays["status"].flush()
+    writer.commit([])  # flushes the copied rows and status, rewrites the error log
     return merged

@@ -14,8 +14,8 @@
 
 Every file is created at full size when the store is created; rows are filled in chunks.
 A chunk is committed by flushing its data, then its status rows, then rewriting the error log
-atomically; a run killed at any point leaves at most one partly written chunk whose status
-still says pending, and resuming rewrites exactly those rows. Nothing depends on time or
+atomically; a run killed at any point leaves the rows of uncommitted chunks (partly written or
+not) marked pending, and resuming rewrites exactly those rows. Nothing depends on time or
 process, so a resumed store ends byte-identical to an uninterrupted one.
 """
 
