@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.pipelines import CpuPreprocessor
-from services.repository import ModelNames, ServingSpec
+from services.repository import InProcessEmbed, ServingSpec
 from services.runtime import ort_session
 
 from .embedding import EmbeddingClient
@@ -52,17 +51,15 @@ def _summary(mode: str, parallelism: int, images: int, seconds: float, latencies
 
 
 def in_process(repo: Path, encoder: str, images: list[bytes], batch: int, serving: ServingSpec) -> Measurement:
-    names = ModelNames(encoder)
-    pre = CpuPreprocessor(repo / names.preprocess / "1" / "model.dali", serving.max_batch_size, serving.dali_threads)
-    session = ort_session(repo / names.onnx / "1" / "model.onnx", serving.ort_threads)
+    embed = InProcessEmbed(repo, encoder, serving)
     arrays = [np.frombuffer(b, np.uint8) for b in images]
     batches = [arrays[i:i + batch] for i in range(0, len(arrays), batch)]
-    session.run(None, {"PIXELS": pre.run(batches[0])})  # warm-up
+    embed(batches[0])  # warm-up
     latencies = []
     start = time.perf_counter()
     for chunk in batches:
         t0 = time.perf_counter()
-        session.run(None, {"PIXELS": pre.run(chunk)})
+        embed(chunk)
         latencies.append(time.perf_counter() - t0)
     return _summary("in-process", batch, len(arrays), time.perf_counter() - start, latencies)
 
@@ -153,19 +150,14 @@ def client_side_expansion(url: str, encoder: str, expander, images: list[bytes],
             local.client = EmbeddingClient(url, encoder)
         local.client.embed(data)
 
-    def one_image(data: bytes) -> None:
+    def as_uploads(data: bytes) -> list[bytes]:
         versions, _ = expander.expand([np.frombuffer(data, np.uint8)], [image_key(data)], 0)
-        for version in versions[0]:
-            send(encode(version, quality=95))
+        return [encode(v, quality=95) for v in versions[0]]
 
-    one_image(images[0])  # warm-up
+    _parallel(as_uploads(images[0]), send, concurrency)  # warm-up
     start = time.perf_counter()
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(concurrency) as pool:
-        for data in images:  # expansion is serial in the client; the uploads go out in parallel
-            versions, _ = expander.expand([np.frombuffer(data, np.uint8)], [image_key(data)], 0)
-            list(pool.map(send, [encode(v, quality=95) for v in versions[0]]))
+    for data in images:  # the expansion is serial in the client; each image's uploads go out in parallel
+        _parallel(as_uploads(data), send, concurrency)
     return len(images) / (time.perf_counter() - start)
 
 

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
+import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -58,6 +59,24 @@ class ModelNames:
     @property
     def embed(self) -> str:
         return f"{self.encoder}_embed"
+
+
+class InProcessEmbed:
+    """NAME_embed's two steps from a repository's own files (model.dali, model.onnx), run in this
+    process: the reference the served embeddings are checked against, and the benchmark baseline."""
+
+    def __init__(self, repo: Path, encoder: str, serving: ServingSpec = ServingSpec()):
+        from .pipelines import CpuPreprocessor
+        from .runtime import ort_session
+
+        names = ModelNames(encoder)
+        self.preprocess = CpuPreprocessor(Path(repo) / names.preprocess / "1" / "model.dali",
+                                          serving.max_batch_size, serving.dali_threads)
+        self.session = ort_session(Path(repo) / names.onnx / "1" / "model.onnx", serving.ort_threads)
+
+    def __call__(self, encoded: list[np.ndarray]) -> np.ndarray:
+        """Encoded images (uint8 byte arrays) -> embeddings [B, D]."""
+        return self.session.run(None, {PIXELS: self.preprocess.run(encoded)})[0]
 
 
 # -- config pieces --------------------------------------------------------------------------

@@ -9,9 +9,7 @@ from tritonclient.utils import InferenceServerException
 
 from clients.embedding import EmbeddingClient, ServiceError
 from clients.photos import encode
-from services.pipelines import CpuPreprocessor
-from services.repository import ModelNames, ServingSpec
-from services.runtime import ort_session
+from services.repository import InProcessEmbed, ModelNames
 
 from .conftest import ENCODER
 
@@ -29,13 +27,8 @@ def client(server):
 @pytest.fixture(scope="module")
 def in_process(repo):
     """The same serialized pipeline and ONNX file, run in this process."""
-    pre = CpuPreprocessor(repo / NAMES.preprocess / "1" / "model.dali", ServingSpec.max_batch_size, 2)
-    session = ort_session(repo / NAMES.onnx / "1" / "model.onnx", 2)
-
-    def embed(data: bytes) -> np.ndarray:
-        pixels = pre.run([np.frombuffer(data, np.uint8)])
-        return session.run(None, {"PIXELS": pixels})[0][0]
-    return embed
+    embed = InProcessEmbed(repo, ENCODER)
+    return lambda data: embed([np.frombuffer(data, np.uint8)])[0]
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "BMP"])

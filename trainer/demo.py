@@ -17,9 +17,7 @@ from rich.table import Table
 
 from clients.embedding import EmbeddingClient, ServiceError
 from clients.photos import encode, package_photos
-from services.pipelines import CpuPreprocessor
-from services.repository import ModelNames, ServingSpec, build_repo
-from services.runtime import ort_session
+from services.repository import InProcessEmbed, build_repo
 from services.server import TritonServer, loopback_config
 
 ENCODER = "squeezenet1_1"
@@ -59,10 +57,7 @@ def run_demo(workdir: str) -> None:
         console.print(table)
 
         # The served embedding must be what the same pipeline and ONNX model give in-process.
-        m = ModelNames(ENCODER)
-        pre = CpuPreprocessor(repo / m.preprocess / "1" / "model.dali", ServingSpec.max_batch_size, 2)
-        session = ort_session(repo / m.onnx / "1" / "model.onnx", 2)
-        local = session.run(None, {"PIXELS": pre.run([np.frombuffer(encoded["astronaut"], np.uint8)])})[0][0]
+        local = InProcessEmbed(repo, ENCODER)([np.frombuffer(encoded["astronaut"], np.uint8)])[0]
         console.print(f"served vs in-process embedding of 'astronaut': max abs diff "
                       f"{np.abs(local - embeddings['astronaut']).max():.2g}")
 

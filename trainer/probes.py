@@ -79,10 +79,13 @@ class FitResult:
     history: list[dict]
 
 
-def fit(data: ProbeData, config: ProbeConfig, seed: int, progress: Optional[callable] = None) -> FitResult:
-    """Adam on shuffled batches; keep the weights of the epoch with the best validation accuracy."""
+def fit(data: ProbeData, config: ProbeConfig, seed: int, progress: Optional[callable] = None,
+        statistics: Optional[tuple[np.ndarray, np.ndarray]] = None) -> FitResult:
+    """Adam on shuffled batches; keep the weights of the epoch with the best validation accuracy.
+    `statistics` (mean, std of the training embeddings) can be passed in to share one pass over
+    the store between seeds."""
     torch.manual_seed(seed)
-    mean, std = data.feature_statistics()
+    mean, std = statistics if statistics is not None else data.feature_statistics()
     model = Probe(data.dim, len(data.task.classes), config, mean, std).to(device())
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = nn.CrossEntropyLoss()

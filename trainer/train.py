@@ -61,13 +61,14 @@ def train_probes(store_path: Path, task_name: str, config: ProbeConfig, seeds: l
     task = Task.from_store(store, task_name)
     data = ProbeData.from_store(store, task)
     runs, best = [], None
+    statistics = data.feature_statistics()  # one pass over the store, shared by every seed
     from rich.progress import Progress
 
     with Progress(disable=not progress) as bar:
         job = bar.add_task(f"{config.kind} probe, {task_name} task", total=len(seeds) * config.max_epochs)
         for seed in seeds:
             done = bar.tasks[0].completed
-            result = fit(data, config, seed, progress=lambda epoch, h: bar.update(
+            result = fit(data, config, seed, statistics=statistics, progress=lambda epoch, h: bar.update(
                 job, completed=done + epoch + 1, description=f"seed {seed} epoch {epoch} val {h['val_accuracy']:.3f}"))
             bar.update(job, completed=done + config.max_epochs)
             metrics = test_metrics(data, *predict(result.model, data, "test"))
