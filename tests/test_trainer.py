@@ -17,26 +17,30 @@ from trainer.train import train_probes
 EQUIPROBE = str(Path(sys.executable).parent / "equiprobe")
 
 
-def synthetic_store(path: Path, catalog_name: str, images: int = 60, dim: int = 32, noise: float = 0.6) -> Path:
-    """A store whose version k embeddings sit around a version-specific point, plus per-image content."""
+def synthetic_store(path: Path, catalog_name: str, images: int = 60, dim: int = 32, noise: float = 0.6,
+                    semantic: int = 0) -> Path:
+    """A store whose version k embeddings sit around a version-specific point, plus per-image content
+    (around one of `semantic` class centres when the store has semantic labels)."""
     catalog = get_catalog(catalog_name)
     k = len(catalog.transforms)
     manifest = {"format_version": 1, "tool_version": "test", "encoder": "synthetic", "encoder_onnx_sha256": "0" * 64,
                 "dim": dim, "dtype": "float16", "catalog": catalog.name, "catalog_version": catalog.version,
                 "rows": catalog.class_names, "params_width": catalog.width, "row_labels": catalog.labels.tolist(),
                 "classes": list(catalog.classes), "row_splits": [t.split for t in catalog.transforms],
-                "dataset": "synthetic", "label_names": [], "limit": None, "seed": 0, "count": images, "shard": None}
+                "dataset": "synthetic", "label_names": [f"class{c}" for c in range(semantic)], "limit": None, "seed": 0, "count": images, "shard": None}
     store = Store.create_or_resume(path, manifest)
     writer = StoreWriter(store)
     rng = np.random.default_rng(0)
     # Versions of one category share a direction, so unseen sub-transformations are recognizable.
     category = rng.normal(size=(len(catalog.classes), dim))
     version = np.stack([category[label] + 0.5 * rng.normal(size=dim) for label in catalog.labels])
+    centres = rng.normal(size=(max(semantic, 1), dim))
     for r in range(images):
-        content = rng.normal(size=dim)
+        label = r % semantic if semantic else -1
+        content = rng.normal(size=dim) + (2.0 * centres[label] if semantic else 0.0)
         embeddings = version + 0.3 * content + noise * rng.normal(size=(k, dim))
         writer.put(r, embeddings=embeddings, params=np.zeros((k, catalog.width)), key=f"img{r:03d}",
-                   image_key=f"{r:016x}", label=-1, split="test" if r % 4 == 0 else "train", index=r)
+                   image_key=f"{r:016x}", label=label, split="test" if r % 4 == 0 else "train", index=r)
     writer.commit(list(range(images)))
     return path
 
@@ -100,3 +104,30 @@ def test_probe_on_a_real_store_beats_chance(photo_store, tmp_path):
     wrong = subprocess.run([EQUIPROBE, "train", "--store", str(photo_store), "--task", "general", "--out",
                             str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
     assert wrong.returncode == 1 and "needs a store of the general catalog" in wrong.stderr
+
+
+def test_multitask_probe_compares_with_a_semantic_only_probe(tmp_path):
+    path = synthetic_store(tmp_path / "s", "fine", semantic=3)  # r % 3 labels; test images r % 4 == 0
+    config = ProbeConfig(kind="mlp", hidden=64, max_epochs=30, patience=5, batch_size=256)
+    record = train_probes(path, "multitask", config, [0, 1], tmp_path / "p", progress=False)
+    assert [h["name"] for h in record["heads"]] == ["transformation", "semantic"]
+    assert record["heads"][1]["classes"] == ["class0", "class1", "class2"]
+    for run in record["runs"]:
+        assert run["test_accuracy"] > 0.8 and run["semantic_accuracy"] > 0.8  # chance 1/31 and 1/3
+        assert run["semantic_accuracy_change"] == run["semantic_accuracy"] - run["semantic_only_accuracy"]
+    assert {"semantic_accuracy", "semantic_only_accuracy"} <= set(record["summary"])
+    with pytest.raises(ValueError, match="shares a hidden layer"):
+        train_probes(path, "multitask", ProbeConfig(kind="linear"), [0], tmp_path / "q", progress=False)
+
+
+def test_semantic_tasks_need_labels_seen_on_both_sides(tmp_path):
+    unlabelled = synthetic_store(tmp_path / "u", "fine")
+    with pytest.raises(ValueError, match="needs semantic labels"):
+        train_probes(unlabelled, "semantic", ProbeConfig(kind="linear"), [0], tmp_path / "p", progress=False)
+    # Every 4th image is a test image; with 4 classes by r % 4 the store's split holds class 0 out.
+    held_out = synthetic_store(tmp_path / "h", "fine", semantic=4)
+    with pytest.raises(ValueError, match="never seen in training.*--split hash"):
+        train_probes(held_out, "semantic", ProbeConfig(kind="linear"), [0], tmp_path / "p", progress=False)
+    record = train_probes(held_out, "semantic", ProbeConfig(kind="mlp", hidden=64, max_epochs=20), [0],
+                          tmp_path / "p", progress=False, split_by="hash")
+    assert record["split"] == "hash" and record["summary"]["test_accuracy"]["mean"] > 0.6  # chance 1/4

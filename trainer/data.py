@@ -1,16 +1,18 @@
 """Probe data from a store: (image, version) examples read by memory map, in batches.
 
-An example is one version k of one image r: its embedding emb[r, k] and the task's label of
-version k. Splits are by source image, so every version of an image is on one side: the
-store's split where it has one, otherwise a hash of the image key (80/20). A fixed part of the
-training images (by hash of the key, 10%) is held out for early stopping.
+An example is one version k of one image r: its embedding emb[r, k] and the task's labels:
+the label of version k (fine: the transformation; general: its category), the image's semantic
+label (semantic), or both (multitask: one column each). Splits are by source image, so every
+version of an image is on one side: the store's split where it has one (or, with
+split="hash", a hash of the image key, 80/20). A fixed part of the training images (by hash
+of the key, 10%) is held out for early stopping.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -25,20 +27,44 @@ def _unit_hash(key: str, salt: str) -> float:
     return int.from_bytes(digest, "little") / 2 ** 64
 
 
+TASKS = ("fine", "general", "semantic", "multitask")
+
+
 @dataclass
 class Task:
-    """Which versions are examples in training and in test, and each version's label."""
+    """Which versions are examples in training and in test, and what each example's labels are.
+
+    `heads` lists (head name, class names): one head for fine, general and semantic, two for
+    multitask (transformation, then semantic)."""
 
     name: str
     classes: list[str]
     version_labels: np.ndarray  # [K] label of each stored version
     train_versions: np.ndarray  # version indices used for training (and validation)
     test_versions: np.ndarray  # version indices used in test
+    heads: tuple[tuple[str, list[str]], ...] = ()
+
+    def __post_init__(self):
+        if not self.heads:
+            self.heads = ((self.name, self.classes),)
 
     @classmethod
     def from_store(cls, store: Store, name: str) -> "Task":
         m = store.manifest
         k = len(m["rows"])
+        if name in ("semantic", "multitask"):
+            names = list(m.get("label_names") or [])
+            if not names:
+                raise ValueError(f"the {name} task needs semantic labels; {store.path} was embedded from "
+                                 f"{m['dataset']}, which has none")
+            if name == "semantic":
+                return cls(name, names, np.zeros(k, np.int64), np.arange(k), np.arange(k))
+            if m["catalog"] != "fine":
+                raise ValueError(f"the multitask task needs a store of the fine catalog; {store.path} has "
+                                 f"{m['catalog']}")
+            rows = list(m["rows"])
+            return cls(name, rows, np.arange(k), np.arange(k), np.arange(k),
+                       heads=(("transformation", rows), ("semantic", names)))
         if name == "fine":
             if m["catalog"] != "fine":
                 raise ValueError(f"the fine-grained task needs a store of the fine catalog; {store.path} has "
@@ -51,7 +77,11 @@ class Task:
             labels = np.array(m["row_labels"])
             seen = np.array([s == "train" for s in m["row_splits"]])
             return cls(name, list(m["classes"]), labels, np.flatnonzero(seen), np.arange(k))
-        raise ValueError(f"unknown task {name!r}; use fine or general")
+        raise ValueError(f"unknown task {name!r}; use one of {', '.join(TASKS)}")
+
+    @property
+    def semantic(self) -> bool:
+        return self.name in ("semantic", "multitask")
 
 
 @dataclass
@@ -61,14 +91,18 @@ class ProbeData:
     train_rows: np.ndarray
     val_rows: np.ndarray
     test_rows: np.ndarray
+    image_labels: Optional[np.ndarray] = None  # [N] semantic label of every image (semantic tasks)
 
     @classmethod
-    def from_store(cls, store: Store, task: Task) -> "ProbeData":
+    def from_store(cls, store: Store, task: Task, split_by: str = "store") -> "ProbeData":
+        """split_by "store": the store's split where it has one; "hash": by image key, 80/20."""
+        if split_by not in ("store", "hash"):
+            raise ValueError(f"unknown split {split_by!r}; use store or hash")
         status = np.asarray(store.array("status"))
         split = np.asarray(store.array("split"))
         keys = np.asarray(store.array("keys"))
         rows = np.flatnonzero(status == DONE)  # failed rows have no embeddings
-        if split[rows].min(initial=0) < 0:  # no split in the store: by image key
+        if split_by == "hash" or split[rows].min(initial=0) < 0:  # by image key
             test = np.array([_unit_hash(k, "test") < TEST_FRACTION for k in keys[rows]])
         else:
             test = split[rows] == 1
@@ -80,6 +114,14 @@ class ProbeData:
         if not len(data.train_rows) or not len(data.test_rows):
             raise ValueError(f"{store.path}: {len(data.train_rows)} training and {len(data.test_rows)} test images; "
                              "both sides need at least one")
+        if task.semantic:
+            data.image_labels = np.asarray(store.array("labels")).astype(np.int64)
+            unseen = set(data.image_labels[data.test_rows]) - set(data.image_labels[data.train_rows])
+            if unseen:
+                names = [task.heads[-1][1][i] for i in sorted(unseen)]
+                raise ValueError(f"{store.path}: test images have semantic labels never seen in training "
+                                 f"({', '.join(names[:5])}); the store's split holds whole classes out, so "
+                                 "use --split hash")
         return data
 
     @property
@@ -94,7 +136,8 @@ class ProbeData:
 
     def batches(self, part: str, batch_size: int, shuffle_seed: int | None = None
                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(embeddings float32 [b, D], labels int64 [b], version indices [b]), read by memory map."""
+        """(embeddings float32 [b, D], labels int64 [b] (multitask: [b, 2]), version indices [b]),
+        read by memory map."""
         rows, versions = self.examples(part)
         order = np.arange(len(rows))
         if shuffle_seed is not None:
@@ -106,7 +149,15 @@ class ProbeData:
             sort = np.argsort(rows[pick], kind="stable")
             chunk = np.empty((len(pick), self.dim), np.float32)
             chunk[sort] = embeddings[rows[pick][sort], versions[pick][sort]]
-            yield chunk, self.task.version_labels[versions[pick]].astype(np.int64), versions[pick]
+            yield chunk, self.labels(rows[pick], versions[pick]), versions[pick]
+
+    def labels(self, rows: np.ndarray, versions: np.ndarray) -> np.ndarray:
+        transformation = self.task.version_labels[versions].astype(np.int64)
+        if self.task.name == "semantic":
+            return self.image_labels[rows]
+        if self.task.name == "multitask":
+            return np.stack([transformation, self.image_labels[rows]], axis=1)
+        return transformation
 
     def feature_statistics(self, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation of the training embeddings, streamed (never all in memory)."""

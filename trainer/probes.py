@@ -1,6 +1,10 @@
 """Linear and MLP probes (the study's: one hidden layer of 2048, dropout 0.2, Adam, batch 1024),
 trained with early stopping on the validation images, repeated over seeds.
 
+The multitask probe shares the MLP's hidden layer between two heads (transformation and
+semantic label), trained on the sum of both cross-entropies; early stopping watches the mean of
+the heads' validation accuracies.
+
 The probe carries the training set's feature standardization as buffers, so the saved model
 takes raw embeddings (what the detector will feed it).
 """
@@ -47,31 +51,62 @@ class Probe(nn.Module):
         return self.head((embeddings - self.mean) / self.std)
 
 
+class MultiTaskProbe(nn.Module):
+    """One shared hidden layer (2048, ReLU, dropout), one linear head per task; returns a tuple of logits."""
+
+    def __init__(self, dim: int, head_classes: list[int], config: ProbeConfig, mean: np.ndarray, std: np.ndarray):
+        super().__init__()
+        if config.kind != "mlp":
+            raise ValueError("the multitask probe shares a hidden layer: use --probe mlp")
+        self.register_buffer("mean", torch.from_numpy(mean))
+        self.register_buffer("std", torch.from_numpy(std))
+        self.body = nn.Sequential(nn.Linear(dim, config.hidden), nn.ReLU(), nn.Dropout(config.dropout))
+        self.heads = nn.ModuleList(nn.Linear(config.hidden, n) for n in head_classes)
+
+    def forward(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        hidden = self.body((embeddings - self.mean) / self.std)
+        return tuple(head(hidden) for head in self.heads)
+
+
+def build_probe(data: ProbeData, config: ProbeConfig, mean: np.ndarray, std: np.ndarray) -> nn.Module:
+    heads = data.task.heads
+    if len(heads) == 1:
+        return Probe(data.dim, len(heads[0][1]), config, mean, std)
+    return MultiTaskProbe(data.dim, [len(classes) for _, classes in heads], config, mean, std)
+
+
+def _as_tuple(logits) -> tuple[torch.Tensor, ...]:
+    return logits if isinstance(logits, tuple) else (logits,)
+
+
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @torch.no_grad()
-def predict(model: Probe, data: ProbeData, part: str, batch_size: int = 4096) -> tuple[np.ndarray, ...]:
-    """(predicted labels, true labels, version indices) over a part."""
+def predict(model: nn.Module, data: ProbeData, part: str, batch_size: int = 4096) -> tuple[np.ndarray, ...]:
+    """(predicted labels, true labels, version indices) over a part; labels are [n, heads] for
+    a multitask probe, [n] otherwise."""
     model.eval()
     at = next(model.parameters()).device
     predicted, truth, versions = [], [], []
     for x, y, v in data.batches(part, batch_size):
-        predicted.append(model(torch.from_numpy(x).to(at)).argmax(1).cpu().numpy())
+        heads = [logits.argmax(1).cpu().numpy() for logits in _as_tuple(model(torch.from_numpy(x).to(at)))]
+        predicted.append(heads[0] if len(heads) == 1 else np.stack(heads, axis=1))
         truth.append(y)
         versions.append(v)
     return np.concatenate(predicted), np.concatenate(truth), np.concatenate(versions)
 
 
-def accuracy(model: Probe, data: ProbeData, part: str) -> float:
+def accuracy(model: nn.Module, data: ProbeData, part: str) -> float:
+    """Share of correct predictions; for a multitask probe, the mean over its heads."""
     predicted, truth, _ = predict(model, data, part)
     return float((predicted == truth).mean())
 
 
 @dataclass
 class FitResult:
-    model: Probe
+    model: nn.Module
     seed: int
     epochs: int
     best_epoch: int
@@ -86,7 +121,7 @@ def fit(data: ProbeData, config: ProbeConfig, seed: int, progress: Optional[call
     the store between seeds."""
     torch.manual_seed(seed)
     mean, std = statistics if statistics is not None else data.feature_statistics()
-    model = Probe(data.dim, len(data.task.classes), config, mean, std).to(device())
+    model = build_probe(data, config, mean, std).to(device())
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     best, best_state, best_epoch, history = -1.0, None, 0, []
@@ -95,7 +130,9 @@ def fit(data: ProbeData, config: ProbeConfig, seed: int, progress: Optional[call
         losses = []
         for x, y, _ in data.batches("train", config.batch_size, shuffle_seed=seed * 100_003 + epoch):
             optimizer.zero_grad()
-            loss = loss_fn(model(torch.from_numpy(x).to(device())), torch.from_numpy(y).to(device()))
+            logits = _as_tuple(model(torch.from_numpy(x).to(device())))
+            y = torch.from_numpy(y).to(device()).reshape(len(x), -1)
+            loss = sum(loss_fn(head, y[:, i]) for i, head in enumerate(logits))
             loss.backward()
             optimizer.step()
             losses.append(loss.item())

@@ -28,10 +28,17 @@ def version_families(manifest: dict) -> list[Optional[str]]:
 
 
 def test_metrics(data: ProbeData, predicted: np.ndarray, truth: np.ndarray, versions: np.ndarray) -> dict:
+    """Test accuracy overall and per stored version. Multitask: the transformation head's
+    figures, plus the semantic head's accuracy; semantic: per-version figures say how much each
+    manipulation costs the semantic label."""
     m = data.store.manifest
     correct = predicted == truth
+    extra = {}
+    if correct.ndim == 2:  # multitask: (transformation, semantic)
+        extra = {"semantic_accuracy": float(correct[:, 1].mean())}
+        correct = correct[:, 0]
     per_version = {m["rows"][k]: float(correct[versions == k].mean()) for k in np.unique(versions)}
-    metrics = {"test_accuracy": float(correct.mean()), "per_version_accuracy": per_version}
+    metrics = {"test_accuracy": float(correct.mean()), **extra, "per_version_accuracy": per_version}
     if data.task.name == "general":
         families, splits = version_families(m), m["row_splits"]
         held_out = np.array([s == "test" for s in splits])
@@ -55,11 +62,19 @@ def summarize(runs: list[dict]) -> dict:
     return summary
 
 
+def semantic_only(data: ProbeData, config: ProbeConfig, seed: int, statistics) -> float:
+    """Test accuracy of a semantic-only probe on the same examples and split as a multitask probe."""
+    task = Task.from_store(data.store, "semantic")
+    same = ProbeData(data.store, task, data.train_rows, data.val_rows, data.test_rows, data.image_labels)
+    predicted, truth, _ = predict(fit(same, config, seed, statistics=statistics).model, same, "test")
+    return float((predicted == truth).mean())
+
+
 def train_probes(store_path: Path, task_name: str, config: ProbeConfig, seeds: list[int], out: Path,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, split_by: str = "store") -> dict:
     store = Store.open(store_path)
     task = Task.from_store(store, task_name)
-    data = ProbeData.from_store(store, task)
+    data = ProbeData.from_store(store, task, split_by)
     runs, best = [], None
     statistics = data.feature_statistics()  # one pass over the store, shared by every seed
     from rich.progress import Progress
@@ -72,6 +87,9 @@ def train_probes(store_path: Path, task_name: str, config: ProbeConfig, seeds: l
                 job, completed=done + epoch + 1, description=f"seed {seed} epoch {epoch} val {h['val_accuracy']:.3f}"))
             bar.update(job, completed=done + config.max_epochs)
             metrics = test_metrics(data, *predict(result.model, data, "test"))
+            if task.name == "multitask":  # the study's claim: the semantic head loses nothing
+                metrics["semantic_only_accuracy"] = semantic_only(data, config, seed, statistics)
+                metrics["semantic_accuracy_change"] = metrics["semantic_accuracy"] - metrics["semantic_only_accuracy"]
             runs.append({"seed": seed, "val_accuracy": result.val_accuracy, "epochs": result.epochs,
                          "best_epoch": result.best_epoch, **metrics})
             if best is None or result.val_accuracy > best.val_accuracy:
@@ -79,6 +97,7 @@ def train_probes(store_path: Path, task_name: str, config: ProbeConfig, seeds: l
     m = store.manifest
     record = {
         "kind": config.kind, "task": task_name, "dim": data.dim, "classes": task.classes,
+        "heads": [{"name": name, "classes": classes} for name, classes in task.heads], "split": split_by,
         "catalog": m["catalog"], "catalog_version": m["catalog_version"], "rows": m["rows"],
         "encoder": m["encoder"], "encoder_onnx_sha256": m["encoder_onnx_sha256"],
         "store": str(store_path), "config": config_dict(config), "seeds": seeds, "saved_seed": best.seed,
