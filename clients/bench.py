@@ -64,35 +64,46 @@ def in_process(repo: Path, encoder: str, images: list[bytes], batch: int, servin
     return _summary("in-process", batch, len(arrays), time.perf_counter() - start, latencies)
 
 
-def through_triton(url: str, encoder: str, images: list[bytes], concurrency: int) -> Measurement:
+def _client(url: str, encoder: str, model: str):
+    """(client, call): NAME_embed's embedding client, or NAME_detector's scorer."""
+    if model == "detector":
+        from .scoring import Scorer
+
+        scorer = Scorer(url, encoder)
+        return scorer, scorer.score
+    client = EmbeddingClient(url, encoder)
+    return client, client.embed
+
+
+def through_triton(url: str, encoder: str, images: list[bytes], concurrency: int, model: str = "embed") -> Measurement:
     """`concurrency` client threads, each with its own gRPC client, share the images."""
-    clients = [EmbeddingClient(url, encoder) for _ in range(concurrency)]
-    for client in clients:
-        client.embed(images[0])  # warm-up, one connection each
+    clients = [_client(url, encoder, model) for _ in range(concurrency)]
+    for _, call in clients:
+        call(images[0])  # warm-up, one connection each
     next_index, lock, latencies = iter(range(len(images))), threading.Lock(), []
 
-    def worker(client: EmbeddingClient) -> None:
+    def worker(call) -> None:
         while True:
             with lock:
                 i = next(next_index, None)
             if i is None:
                 return
             t0 = time.perf_counter()
-            client.embed(images[i])
+            call(images[i])
             elapsed = time.perf_counter() - t0
             with lock:
                 latencies.append(elapsed)
 
-    threads = [threading.Thread(target=worker, args=(c,)) for c in clients]
+    threads = [threading.Thread(target=worker, args=(call,)) for _, call in clients]
     start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     seconds = time.perf_counter() - start
-    for client in clients:
+    for client, _ in clients:
         client.close()
-    return _summary("triton-grpc", concurrency, len(images), seconds, latencies)
+    return _summary(f"triton-grpc {model}", concurrency, len(images), seconds, latencies)
 
 
 def run_serve_bench(repo: Path, url: str, encoder: str, images: list[bytes],
@@ -104,6 +115,23 @@ def run_serve_bench(repo: Path, url: str, encoder: str, images: list[bytes],
         rows.append({"level": level, "in_process": asdict(local) | {"images_per_s": local.images_per_s},
                      "triton": asdict(remote) | {"images_per_s": remote.images_per_s},
                      "throughput_ratio": remote.images_per_s / local.images_per_s})
+    return rows
+
+
+def run_detector_bench(url: str, encoder: str, images: list[bytes], levels=(1, 16), repeats: int = 2) -> list[dict]:
+    """NAME_detector against NAME_embed alone, both through gRPC, at each concurrency: the probe's cost.
+    The two alternate `repeats` times and each keeps its fastest pass, so drift on a shared machine
+    does not land on one side."""
+    rows = []
+    for level in levels:
+        passes = {"embed": [], "detector": []}
+        for _ in range(repeats):
+            for model in passes:
+                passes[model].append(through_triton(url, encoder, images, level, model))
+        embed, detector = (min(passes[m], key=lambda r: r.seconds) for m in ("embed", "detector"))
+        rows.append({"level": level, "embed": asdict(embed) | {"images_per_s": embed.images_per_s},
+                     "detector": asdict(detector) | {"images_per_s": detector.images_per_s},
+                     "throughput_ratio": detector.images_per_s / embed.images_per_s})
     return rows
 
 

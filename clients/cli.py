@@ -40,19 +40,52 @@ def bench_serve(
     data = bench_images(images)
     with TritonServer(loopback_config(repo)) as server:
         rows = run_serve_bench(repo, server.config.grpc_url, encoder, data)
-    table = Table(title=f"{encoder}_embed: {images} JPEG photos (224-512 px) per row", show_lines=False)
-    for col in ("in flight | batch", "Triton img/s", "p50 ms", "p99 ms",
-                "in-process img/s", "p50 ms/batch", "p99 ms/batch", "Triton/in-process"):
+    print_side_by_side(f"{encoder}_embed: {images} JPEG photos (224-512 px) per row", rows, ("triton", "in_process"),
+                       ("in flight | batch", "Triton img/s", "p50 ms", "p99 ms", "in-process img/s", "p50 ms/batch",
+                        "p99 ms/batch", "Triton/in-process"), json_out)
+
+
+def print_side_by_side(title: str, rows: list[dict], sides: tuple[str, str], columns: tuple[str, ...],
+                       json_out: Optional[Path]) -> None:
+    """One table row per level: both sides' images/s, p50 and p99, and their throughput ratio."""
+    table = Table(title=title)
+    for col in columns:
         table.add_column(col, justify="right")
     for r in rows:
-        t, l = r["triton"], r["in_process"]
-        table.add_row(str(r["level"]), f"{t['images_per_s']:.1f}", f"{t['p50_ms']:.1f}", f"{t['p99_ms']:.1f}",
-                      f"{l['images_per_s']:.1f}", f"{l['p50_ms']:.1f}", f"{l['p99_ms']:.1f}",
+        a, b = r[sides[0]], r[sides[1]]
+        table.add_row(str(r["level"]), *(f"{m[k]:.1f}" for m in (a, b) for k in ("images_per_s", "p50_ms", "p99_ms")),
                       f"{r['throughput_ratio']:.2f}")
     Console(width=140).print(table)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(rows, indent=2))
+
+
+@bench_app.command("detector")
+def bench_detector(
+    encoder: str = typer.Option("squeezenet1_1"),
+    repo: Path = typer.Option(Path("build/demo/model_repository"), help="A repository with a deployed NAME_detector "
+                              "(make demo leaves one here; or equiprobe deploy --probe DIR --repo DIR)."),
+    images: int = typer.Option(128, help="Images per measurement."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures here."),
+) -> None:
+    """NAME_detector p50/p99 at concurrency 1 and 16, and its throughput against NAME_embed alone."""
+    from services.server import ServerError, TritonServer, loopback_config
+
+    from .bench import bench_images, run_detector_bench
+
+    if not (repo / f"{encoder}_detector" / "config.pbtxt").exists():
+        raise fail(f"no {encoder}_detector in {repo}: run `make demo`, or train a probe and "
+                   f"`equiprobe deploy --probe DIR --repo {repo}`")
+    data = bench_images(images)
+    try:
+        with TritonServer(loopback_config(repo)) as server:
+            rows = run_detector_bench(server.config.grpc_url, encoder, data)
+    except ServerError as exc:
+        raise fail(str(exc))
+    print_side_by_side(f"{encoder}_detector vs {encoder}_embed through gRPC: {images} JPEG photos per row", rows,
+                       ("detector", "embed"), ("in flight", "detector img/s", "p50 ms", "p99 ms", "embed img/s",
+                                               "p50 ms", "p99 ms", "detector/embed"), json_out)
 
 
 @bench_app.command("transforms")
@@ -98,11 +131,13 @@ def bench_transforms(
 
 def embed(
     dataset: str = typer.Option(..., help="photos, fashion-mnist, folder:PATH, list:FILE or tar:GLOB."),
-    encoder: str = typer.Option(..., help="Encoder whose NAME_embed31 / NAME_embed_general the server has."),
+    encoder: str = typer.Option(..., help="Encoder whose NAME_embed31 / NAME_embed_general / NAME_embed_groups "
+                                "the server has."),
     out: Path = typer.Option(..., help="Store directory (created, or resumed if it holds this same job)."),
     url: list[str] = typer.Option(["127.0.0.1:8001"], help="Triton gRPC address HOST:PORT; with --ray, "
                                   "repeat it for every server of the fleet."),
-    catalog: str = typer.Option("fine", help="fine (31 versions) or general (one per sub-transformation)."),
+    catalog: str = typer.Option("fine", help="fine (31 versions), general (one per sub-transformation) or "
+                                "groups (5: identity, three rotations, a flip)."),
     limit: Optional[int] = typer.Option(None, help="Only the first N images of the dataset."),
     shard: Optional[str] = typer.Option(None, help="I/N: this run's deterministic share of the dataset."),
     seed: int = typer.Option(0, help="Dataset seed for the transformation parameters."),
@@ -118,6 +153,9 @@ def embed(
     ray: bool = typer.Option(False, "--ray", help="Run on a Ray cluster: actors as clients to the --url fleet."),
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS or a local one)."),
     actors: int = typer.Option(2, help="With --ray: client actors."),
+    reuse: Optional[Path] = typer.Option(None, help="Refresh: an older store of the same job (encoder, dataset, "
+                                         "seed) for an older catalog version; its columns of unchanged "
+                                         "transformations are copied and only the others computed."),
 ) -> None:
     """Embed every image of a dataset in all its versions into a memory-mapped store."""
     import asyncio
@@ -134,8 +172,11 @@ def embed(
         raise fail("--header takes KEY=VALUE")
     if len(url) > 1 and not ray:
         raise fail("several --url servers need --ray (one machine talks to one server)")
+    if reuse and ray:
+        raise fail("--reuse runs on one machine; leave out --ray")
     try:
         job = EmbedJob(dataset, encoder, out, url[0], catalog, limit, parse_shard(shard), seed, dtype, chunk_size,
+                       reuse=reuse,
                        client=ClientOptions(url[0], max_in_flight, timeout, retries, ssl=tls,
                                             root_certificates=root_certificates, headers=headers))
         if ray:
@@ -147,6 +188,43 @@ def embed(
     except (DatasetError, StoreError, ServiceError, ValueError) as exc:
         raise fail(str(exc))
     print(json.dumps(summary))
+
+
+def score(
+    files: list[Path] = typer.Argument(..., help="Image files (JPEG, PNG, BMP) to score."),
+    url: str = typer.Option("127.0.0.1:8001", help="Triton gRPC address HOST:PORT."),
+    encoder: str = typer.Option("squeezenet1_1", help="Encoder whose NAME_detector the server has."),
+    top: int = typer.Option(3, help="Most likely transformations and categories to show."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line (file, scores or error)."),
+) -> None:
+    """Score images: how likely each was manipulated, and how."""
+    from .embedding import ServiceError
+    from .scoring import Scorer
+
+    scorer = Scorer(url, encoder, top=top)
+    try:
+        scorer.check()
+    except ServiceError as exc:
+        raise fail(str(exc))
+    console, failed = Console(width=140), 0
+    for path in files:
+        try:
+            result = scorer.score(path.read_bytes()).as_dict()
+        except (OSError, ServiceError) as exc:  # one bad file does not stop the others
+            failed += 1
+            result = {"error": exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)}
+        if as_json:
+            print(json.dumps({"file": str(path), **result}), flush=True)
+        elif "error" in result:
+            console.print(f"[red]{path}: {result['error']}[/red]")
+        else:
+            top_t = ", ".join(f"{t['name']} {t['probability']:.2f}" for t in result["transformations"])
+            top_c = ", ".join(f"{c['name']} {c['probability']:.2f}" for c in result["categories"])
+            console.print(f"[bold]{path}[/bold]  manipulation {result['manipulation_score']:.3f}  "
+                          f"transformations: {top_t}  categories: {top_c}")
+    scorer.close()
+    if failed:
+        raise typer.Exit(1)
 
 
 store_app = typer.Typer(no_args_is_help=True, help="Embedding stores.")

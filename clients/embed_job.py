@@ -3,7 +3,9 @@
 reader (dataset records, bytes loaded in threads) -> mapper (one NAME_embed31 / NAME_embed_general
 request per image, a bounded number in flight) -> writer (store rows, committed per chunk).
 `--shard I/N` keeps the images whose dataset index is I modulo N; N shard stores merge into
-the store an unsharded run would have written (`merge_stores`).
+the store an unsharded run would have written (`merge_stores`). `--reuse OLD` refreshes: columns
+OLD already holds for unchanged transformations are copied, the server computes the rest
+(clients/refresh.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from services.transforms import get_catalog
 from .aio import AsyncTritonClient, ClientOptions, RequestError
 from .datasets import Dataset, open_dataset
 from .embedding import ServiceError
+from .refresh import ReuseSource, open_reuse
 from .store import FORMAT_VERSION, IDENTITY_FIELDS, PENDING, Store, StoreError, StoreWriter
 
 TOOL_VERSION = "equiprobe 0.1.0"
@@ -39,6 +42,7 @@ class EmbedJob:
     seed: int = 0
     dtype: str = "float16"
     chunk_size: int = 32
+    reuse: Optional[Path] = None  # an older store of the same job: its still-valid columns are copied
     client: ClientOptions = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self):
@@ -83,6 +87,8 @@ def job_manifest(job: EmbedJob, dataset: Dataset, server: dict[str, str], count:
         "row_splits": [t.split for t in catalog.transforms],
         "dataset": dataset.spec, "label_names": dataset.label_names, "limit": job.limit,
         "seed": job.seed, "count": count, "shard": f"{job.shard[0]}/{job.shard[1]}" if job.shard else None,
+        # Which transformation (and code) made each column: a refresh reuses columns where equal.
+        "row_fingerprints": json.loads(server["row_fingerprints"]) if "row_fingerprints" in server else None,
     }
 
 
@@ -115,6 +121,7 @@ async def run_embed_job(job: EmbedJob, progress: bool = True) -> dict:
     indices = dataset_indices(len(dataset), job.limit, job.shard)
     async with AsyncTritonClient(job.client) as client:
         manifest = job_manifest(job, dataset, server_metadata(await client.model_config(names.embed)), len(indices))
+        reuse = open_reuse(job.reuse, job.out, manifest) if job.reuse else None  # checked before writing
         store = Store.create_or_resume(job.out, manifest)
         writer = StoreWriter(store)
         pending = [int(r) for r in writer.pending_rows()]
@@ -122,7 +129,11 @@ async def run_embed_job(job: EmbedJob, progress: bool = True) -> dict:
 
         async def embed_row(row: int) -> None:
             record = dataset.record(int(indices[row]))
-            write_outcome(writer, row, record, await embed_record(client, names.embed, record, job.seed))
+            if reuse:
+                outcome = await refresh_record(client, names.embed, record, job.seed, reuse, row, manifest)
+            else:
+                outcome = await embed_record(client, names.embed, record, job.seed)
+            write_outcome(writer, row, record, outcome)
 
         with bar.bar:
             # Chunks overlap: up to two are in flight so the server never waits on a commit.
@@ -134,8 +145,10 @@ async def run_embed_job(job: EmbedJob, progress: bool = True) -> dict:
                     await _commit(window.pop(0), writer, bar)
             for item in window:
                 await _commit(item, writer, bar)
-    summary = Store.open(job.out).summary()
-    return {**summary, "store": str(job.out), "rows_per_image": len(manifest["rows"])}
+    summary = {**Store.open(job.out).summary(), "store": str(job.out), "rows_per_image": len(manifest["rows"])}
+    if reuse:  # columns of the rows written by this run
+        summary.update(reused_columns=reuse.reused, computed_columns=reuse.computed)
+    return summary
 
 
 @dataclass
@@ -148,21 +161,44 @@ class Outcome:
     reason: str = ""
 
 
-async def embed_record(client: AsyncTritonClient, model: str, record, seed: int) -> Outcome:
-    """Load one record and have the server expand and embed it. A bad file is an Outcome with a
-    reason; a server problem raises (the run stops; committed chunks stay)."""
+async def embed_record(client: AsyncTritonClient, model: str, record, seed: int,
+                       rows: Optional[list[int]] = None) -> Outcome:
+    """Load one record and have the server expand and embed it (only `rows` if given). A bad file
+    is an Outcome with a reason; a server problem raises (the run stops; committed chunks stay)."""
     try:
         data = await asyncio.to_thread(record.load)
     except OSError as exc:
         return Outcome(reason=f"unreadable: {exc}")
+    inputs = {"IMAGE": np.frombuffer(data, np.uint8).reshape(1, -1), "SEED": np.array([[seed]], np.int64)}
+    if rows is not None:
+        inputs["ROWS"] = np.array([rows], np.int32)
     try:
-        out = await client.infer(model, {"IMAGE": np.frombuffer(data, np.uint8).reshape(1, -1),
-                                         "SEED": np.array([[seed]], np.int64)}, ["EMBEDDINGS", "PARAMS", "KEY"])
+        out = await client.infer(model, inputs, ["EMBEDDINGS", "PARAMS", "KEY"])
     except RequestError as exc:
         if exc.status != "StatusCode.INVALID_ARGUMENT":
             raise
         return Outcome(reason=str(exc).split(", ", 1)[-1])
     return Outcome(out["EMBEDDINGS"][0], out["PARAMS"][0], out["KEY"][0, 0].decode())
+
+
+async def refresh_record(client: AsyncTritonClient, model: str, record, seed: int, reuse: ReuseSource, row: int,
+                         manifest: dict) -> Outcome:
+    """One image of a refresh: the old store's valid columns, the server's for the rest. An image
+    the old store does not hold done (failed, pending, or other bytes now) is embedded in full."""
+    old_key = reuse.image_key(row, record)
+    if old_key is not None and not reuse.missing:
+        embeddings, params = reuse.assemble(row, None, None, manifest["params_width"])
+        return Outcome(embeddings, params, old_key)
+    if old_key is not None:
+        outcome = await embed_record(client, model, record, seed, reuse.missing)
+        if outcome.reason or outcome.image_key == old_key:
+            if not outcome.reason:
+                outcome.embeddings, outcome.params = reuse.assemble(row, outcome.embeddings, outcome.params,
+                                                                    manifest["params_width"])
+            return outcome
+    outcome = await embed_record(client, model, record, seed)
+    reuse.computed += 0 if outcome.reason else len(manifest["rows"])
+    return outcome
 
 
 def write_outcome(writer: StoreWriter, row: int, record, outcome: Outcome) -> None:

@@ -23,6 +23,18 @@ def as_image_input(data: Union[bytes, np.ndarray]) -> grpcclient.InferInput:
     return tensor
 
 
+def check_model(client: grpcclient.InferenceServerClient, url: str, model: str) -> None:
+    """Raise a ServiceError that says what is missing: the server, or the model."""
+    try:
+        live = client.is_server_live(client_timeout=5)
+    except InferenceServerException as exc:
+        raise ServiceError(f"no Triton server answers at {url}: {exc.message()}") from None
+    if not live:
+        raise ServiceError(f"the Triton server at {url} is not live")
+    if not client.is_model_ready(model, client_timeout=5):
+        raise ServiceError(f"model '{model}' is not loaded on the server at {url}")
+
+
 class EmbeddingClient:
     def __init__(self, url: str, encoder: str, timeout_s: float = 60.0):
         self.url = url
@@ -31,15 +43,7 @@ class EmbeddingClient:
         self.client = grpcclient.InferenceServerClient(url)
 
     def check(self) -> None:
-        """Raise a ServiceError that says what is missing: the server, or the model."""
-        try:
-            live = self.client.is_server_live(client_timeout=5)
-        except InferenceServerException as exc:
-            raise ServiceError(f"no Triton server answers at {self.url}: {exc.message()}") from None
-        if not live:
-            raise ServiceError(f"the Triton server at {self.url} is not live")
-        if not self.client.is_model_ready(self.model, client_timeout=5):
-            raise ServiceError(f"model '{self.model}' is not loaded on the server at {self.url}")
+        check_model(self.client, self.url, self.model)
 
     def embed(self, data: Union[bytes, np.ndarray]) -> np.ndarray:
         """Embed one encoded image (JPEG/PNG/BMP file bytes); returns a float32 [D] vector."""

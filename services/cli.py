@@ -65,8 +65,8 @@ def build_repo(
     style_net: list[str] = typer.Option([], help="NAME=PATH of a fast-neural-style ONNX network (float RGB "
                                         "[N,3,H,W] 0..255 in and out), added as an extra style version. Repeatable."),
 ) -> None:
-    """Render NAME_embed (DALI -> ONNX ensemble) and the server-side expansions NAME_embed31 and
-    NAME_embed_general."""
+    """Render NAME_embed (DALI -> ONNX ensemble) and the server-side expansions NAME_embed31,
+    NAME_embed_general and NAME_embed_groups."""
     from .encoders import EncoderError
     from .repository import build_repo as build
 
@@ -92,13 +92,22 @@ def serve(
     repo: Path = typer.Option(Path("model_repository"), help="Model repository to serve."),
     grpc_port: int = typer.Option(8001), http_port: int = typer.Option(8000),
     metrics_port: int = typer.Option(8002), host: str = typer.Option("127.0.0.1"),
-    model_control_mode: str = typer.Option("none", help="none, poll or explicit."),
+    model_control: str = typer.Option(
+        "none", "--model-control", "--model-control-mode",
+        help="none (load everything at start), explicit (load everything at start, then what clients ask "
+             "for: `equiprobe deploy --url` switches versions this way) or poll (rescan the repository)."),
+    repository_poll_secs: int = typer.Option(5, help="With --model-control poll: seconds between rescans."),
 ) -> None:
     """Run the real Triton server on this repository until SIGINT/SIGTERM."""
-    from .server import ServerConfig, ServerError, TritonServer
+    from .server import MODEL_CONTROL_MODES, ServerConfig, ServerError, TritonServer
 
+    if model_control not in MODEL_CONTROL_MODES:
+        raise fail(f"--model-control takes {', '.join(MODEL_CONTROL_MODES)}, not {model_control!r}")
+    if repository_poll_secs < 1:
+        raise fail(f"--repository-poll-secs must be at least 1, not {repository_poll_secs}")
     config = ServerConfig(repo=repo, host=host, grpc_port=grpc_port, http_port=http_port,
-                          metrics_port=metrics_port, model_control_mode=model_control_mode)
+                          metrics_port=metrics_port, model_control_mode=model_control,
+                          repository_poll_secs=repository_poll_secs)
     server = TritonServer(config, echo=lambda line: print(line, file=sys.stderr, flush=True))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -122,7 +131,7 @@ transforms_app = typer.Typer(no_args_is_help=True, help="The transform catalogs.
 
 
 @transforms_app.command("list")
-def transforms_list(catalog: str = typer.Option("fine", help="fine or general.")) -> None:
+def transforms_list(catalog: str = typer.Option("fine", help="fine, general or groups.")) -> None:
     """List a catalog's transformations with their ids, categories and parameter ranges."""
     from .transforms import get_catalog
 
@@ -140,7 +149,7 @@ def transforms_list(catalog: str = typer.Option("fine", help="fine or general.")
 def transforms_preview(
     image: Path = typer.Argument(..., help="A JPEG, PNG or BMP file."),
     out: Path = typer.Option(Path("grid.png"), help="PNG to write."),
-    catalog: str = typer.Option("fine", help="fine or general."),
+    catalog: str = typer.Option("fine", help="fine, general or groups."),
     seed: int = typer.Option(0, help="Dataset seed: parameters are a function of (image, transform, seed)."),
 ) -> None:
     """Render a labelled grid of every version of IMAGE."""

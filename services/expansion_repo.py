@@ -1,6 +1,6 @@
 """Server-side expansion models: one upload, every transformation and the encoder in Triton.
 
-For an encoder NAME and a catalog (fine -> suffix "31", general -> "_general"):
+For an encoder NAME and a catalog (fine -> suffix "31", general -> "_general", groups -> "_groups"):
 
     CATALOG_inputs     python:    IMAGE, SEED -> PARAMS, KEY, host-rendered inputs (kernels, glyphs...)
     NAME_expandK       DALI:      IMAGE, PARAMS, inputs -> VERSIONS uint8 [K, S, S, 3]
@@ -11,6 +11,11 @@ User-provided fast-neural-style networks add rows after the catalog's K: the exp
 emits the untouched canvas, each `style_NET` model (ONNX) styles it, `NAME_style_resize`
 (DALI) resizes and crops the styled canvases for the encoder, and the K-version encoder
 appends them. Versions travel between steps as uint8 crops; the K-version encoder normalizes.
+
+Refresh: the optional ensemble input ROWS (INT32 [R], row indices, default all) has the encoder
+compute only those rows, EMBEDDINGS [R, D] in that order; PARAMS and KEY stay whole. The inputs
+model checks ROWS (a clear INVALID_ARGUMENT) and always hands the encoder an explicit ROWS. The
+DALI expansion still renders every version: the encoder is the expensive step.
 These are neural style transfer proper, unlike the catalog's reference-based stylization.
 
 The inputs model is python in both flavours (hashing, parameter draws and glyph rendering are
@@ -20,6 +25,7 @@ directory holds `versions.json`: the row names, catalog version and style-networ
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +35,8 @@ from nvidia.dali import types
 from tritonclient.grpc import model_config_pb2 as mc
 
 from .encoders import EncoderSpec
-from .export import (EXTRA_INPUT, INPUT_NAME as PIXELS, STYLE_INPUT, STYLE_OUTPUT, VERSIONS_OUTPUT as EMBEDDINGS,
-                     sha256_of, wrap_for_versions, wrap_style_network)
+from .export import (EXTRA_INPUT, INPUT_NAME as PIXELS, ROWS_INPUT as ROWS, STYLE_INPUT, STYLE_OUTPUT,
+                     VERSIONS_OUTPUT as EMBEDDINGS, sha256_of, wrap_for_versions, wrap_style_network)
 from .pipelines import INPUT_NAME as IMAGE
 from .repository import (Flavour, ModelNames, ServingSpec, dali_config, dynamic_batching, encoder_config,
                          ensemble_config, instances, onnx_config, python_model, string_parameters, tensor,
@@ -39,7 +45,7 @@ from .transforms import get_catalog
 from .transforms.catalog import AUX_DIMS, AUX_TYPES, Catalog
 from .transforms.expand import PARAMS, serialize_expand, serialize_resize
 
-SUFFIX = {"fine": "31", "general": "_general"}
+SUFFIX = {"fine": "31", "general": "_general", "groups": "_groups"}
 SEED, KEY, VERSIONS, CANVAS = "SEED", "KEY", "VERSIONS", "CANVAS"
 MANIFEST = "versions.json"
 _TRITON_TYPE = {types.FLOAT: mc.TYPE_FP32, types.UINT8: mc.TYPE_UINT8}
@@ -90,16 +96,24 @@ def seed_tensor():
     return seed
 
 
-def inputs_config(catalog: Catalog, names: ExpansionNames, serving: ServingSpec) -> mc.ModelConfig:
+def rows_tensor(is_input: bool = True):
+    rows = tensor(ROWS, mc.TYPE_INT32, [-1], is_input=is_input)
+    if is_input:
+        rows.optional = True  # default: every row
+    return rows
+
+
+def inputs_config(catalog: Catalog, names: ExpansionNames, serving: ServingSpec, rows: int) -> mc.ModelConfig:
     config = mc.ModelConfig(
         name=names.inputs, max_batch_size=serving.max_batch_size,
-        input=[tensor(IMAGE, mc.TYPE_UINT8, [-1], ragged=True), seed_tensor()],
+        input=[tensor(IMAGE, mc.TYPE_UINT8, [-1], ragged=True), seed_tensor(), rows_tensor()],
         output=[_params_tensor(catalog, False), tensor(KEY, mc.TYPE_STRING, [1], is_input=False),
-                *_aux_tensors(catalog, False)],
+                *_aux_tensors(catalog, False), rows_tensor(is_input=False)],
         dynamic_batching=dynamic_batching(serving, preferred=False),
         instance_group=instances("portable"),  # host work in both flavours
     )
-    string_parameters(config, catalog=catalog.name, catalog_version=catalog.version)
+    # rows: how many rows ROWS may pick from (the catalog's K plus any style networks' rows).
+    string_parameters(config, catalog=catalog.name, catalog_version=catalog.version, rows=rows)
     return config
 
 
@@ -142,7 +156,8 @@ def versions_encoder_config(spec: EncoderSpec, catalog: Catalog, names: Expansio
     config.input[0].CopyFrom(tensor(PIXELS, mc.TYPE_UINT8, [k, *crop_shape(spec)]))
     if extra:
         config.input.append(tensor(EXTRA_INPUT, mc.TYPE_UINT8, [extra, *crop_shape(spec)]))
-    config.output[0].CopyFrom(tensor(EMBEDDINGS, mc.TYPE_FP32, [k + extra, spec.dim], is_input=False))
+    config.input.append(tensor(ROWS, mc.TYPE_INT32, [-1]))  # always sent by the ensemble (the inputs model)
+    config.output[0].CopyFrom(tensor(EMBEDDINGS, mc.TYPE_FP32, [-1, spec.dim], is_input=False))
     if flavour == "portable":  # big batches beside the DALI expansion: no spinning (see runtime.ort_session)
         string_parameters(config, allow_spinning=0)
     return config
@@ -152,9 +167,10 @@ def embed_versions_config(spec: EncoderSpec, catalog: Catalog, names: ExpansionN
                           serving: ServingSpec, nets: list[str]) -> mc.ModelConfig:
     aux_map = {name: name.lower() for name, _, _ in catalog.aux_inputs}
     expand_out = {VERSIONS: "versions", **({CANVAS: "canvas"} if nets else {})}
-    steps = [(names.inputs, {IMAGE: IMAGE, SEED: SEED}, {PARAMS: PARAMS, KEY: KEY, **aux_map}),
+    steps = [(names.inputs, {IMAGE: IMAGE, SEED: SEED, ROWS: ROWS},
+              {PARAMS: PARAMS, KEY: KEY, ROWS: "rows", **aux_map}),
              (names.expand, {IMAGE: IMAGE, PARAMS: PARAMS, **aux_map}, expand_out)]
-    encoder_in = {PIXELS: "versions"}
+    encoder_in = {PIXELS: "versions", ROWS: "rows"}
     if nets:
         steps += [(names.style(net), {STYLE_INPUT: "canvas"}, {STYLE_OUTPUT: f"styled_{j}"})
                   for j, net in enumerate(nets)]
@@ -164,11 +180,19 @@ def embed_versions_config(spec: EncoderSpec, catalog: Catalog, names: ExpansionN
     steps.append((names.onnx, encoder_in, {EMBEDDINGS: EMBEDDINGS}))
     return ensemble_config(
         names.embed, max(1, serving.max_batch_size // 4),
-        inputs=[tensor(IMAGE, mc.TYPE_UINT8, [-1]), seed_tensor()],
-        outputs=[tensor(EMBEDDINGS, mc.TYPE_FP32, [len(catalog.transforms) + len(nets), spec.dim], is_input=False),
+        inputs=[tensor(IMAGE, mc.TYPE_UINT8, [-1]), seed_tensor(), rows_tensor()],
+        outputs=[tensor(EMBEDDINGS, mc.TYPE_FP32, [-1, spec.dim], is_input=False),
                  _params_tensor(catalog, False), tensor(KEY, mc.TYPE_STRING, [1], is_input=False)],
         steps=steps,
     )
+
+
+def row_fingerprints(catalog: Catalog, style_nets: dict[str, str]) -> list[str]:
+    """One per EMBEDDINGS row: the catalog's (transforms.spec.fingerprint), then one per style
+    network from its ONNX hash. A store's column is reusable where the fingerprint is equal."""
+    styled = [hashlib.sha256(f"neural_style {net} {digest}".encode()).hexdigest()
+              for net, digest in style_nets.items()]
+    return catalog.fingerprints + styled
 
 
 def build_expansion(spec: EncoderSpec, catalog_name: str, repo: Path, flavour: Flavour, serving: ServingSpec,
@@ -179,7 +203,7 @@ def build_expansion(spec: EncoderSpec, catalog_name: str, repo: Path, flavour: F
     nets = sorted(style_nets or {})
     version = lambda model: repo / model / "1"  # noqa: E731
     device = "gpu" if flavour == "native" else "cpu"
-    configs = {names.inputs: inputs_config(catalog, names, serving),
+    configs = {names.inputs: inputs_config(catalog, names, serving, len(catalog.transforms) + len(nets)),
                names.expand: expand_config(spec, catalog, names, flavour, serving, emit_canvas=bool(nets))}
     for model in configs:
         version(model).mkdir(parents=True, exist_ok=True)
@@ -209,10 +233,12 @@ def build_expansion(spec: EncoderSpec, catalog_name: str, repo: Path, flavour: F
     configs[names.onnx] = versions_encoder_config(spec, catalog, names, flavour, serving, len(nets))
     configs[names.embed] = embed_versions_config(spec, catalog, names, serving, nets)
     rows = catalog.class_names + [f"neural_style_{net}" for net in nets]
+    fingerprints = row_fingerprints(catalog, {net: sha256_of(style_nets[net]) for net in nets})
     # What a bulk client must record in its store, readable over gRPC with get_model_config.
     string_parameters(configs[names.embed], encoder=spec.name, dim=spec.dim, onnx_sha256=sha256_of(encoder_onnx),
                       catalog=catalog.name, catalog_version=catalog.version, rows=json.dumps(rows),
-                      style_nets=json.dumps({net: sha256_of(style_nets[net]) for net in nets}))
+                      style_nets=json.dumps({net: sha256_of(style_nets[net]) for net in nets}),
+                      row_fingerprints=json.dumps(fingerprints))
     version(names.embed).mkdir(parents=True, exist_ok=True)
     if flavour == "portable":
         for model in dali_models:
@@ -223,6 +249,6 @@ def build_expansion(spec: EncoderSpec, catalog_name: str, repo: Path, flavour: F
         write_config(repo / model, config)
     (repo / names.embed / MANIFEST).write_text(json.dumps({
         "catalog": catalog.name, "catalog_version": catalog.version, "rows": rows,
-        "style_nets": {net: sha256_of(style_nets[net]) for net in nets},
+        "style_nets": {net: sha256_of(style_nets[net]) for net in nets}, "row_fingerprints": fingerprints,
     }, indent=2))
     return list(configs)

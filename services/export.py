@@ -109,6 +109,11 @@ def export_encoder(spec: EncoderSpec, network: Network, path: Path, check_batch:
 
 
 EXTRA_INPUT = "EXTRA"
+ROWS_INPUT = "ROWS"
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def wrap_for_versions(source: Path, out: Path, pre: Preprocess, versions: int, extra: int = 0) -> Path:
@@ -120,6 +125,12 @@ def wrap_for_versions(source: Path, out: Path, pre: Preprocess, versions: int, e
     encoder call, and the steps before hand on uint8 instead of four times the bytes in float.
     With `extra` > 0 a second input EXTRA [B, extra, S, S, 3] (versions made by style networks)
     is appended after the K versions.
+
+    ROWS INT32 [B, R] picks the versions to encode (a refresh computes only the columns a store
+    lacks): each image's own rows are gathered (GatherND, batch_dims=1, so the requests of one
+    dynamic batch may ask for different rows of the same count) before the encoder, and the output
+    is [B, R, D]. ROWS is an initializer that is also a graph input: left out, it defaults to every
+    row, so callers that only pass PIXELS get all K + extra.
     """
     model = onnx.load(str(source))
     graph = model.graph
@@ -132,7 +143,11 @@ def wrap_for_versions(source: Path, out: Path, pre: Preprocess, versions: int, e
     rows = versions + extra
     graph.initializer.extend([
         onnx.numpy_helper.from_array(np.array([-1, *crop_dims], np.int64), "versions_flat_shape"),
-        onnx.numpy_helper.from_array(np.array([-1, rows, dim], np.int64), "versions_shape"),
+        onnx.numpy_helper.from_array(np.array([dim], np.int64), "embedding_dim"),
+        onnx.numpy_helper.from_array(np.array([1], np.int64), "one"),
+        onnx.numpy_helper.from_array(np.array([0], np.int64), "zero"),
+        onnx.numpy_helper.from_array(np.array([2], np.int64), "index_axis"),
+        onnx.numpy_helper.from_array(np.arange(rows, dtype=np.int32)[None], ROWS_INPUT),
         onnx.numpy_helper.from_array(np.array(pre.mean, np.float32), "pixel_mean"),
         onnx.numpy_helper.from_array(np.array(pre.std, np.float32), "pixel_std"),
     ])
@@ -144,6 +159,19 @@ def wrap_for_versions(source: Path, out: Path, pre: Preprocess, versions: int, e
                                                          ["batch", extra, *crop_dims]))
         head.append(onnx.helper.make_node("Concat", [INPUT_NAME, EXTRA_INPUT], ["all_versions"], axis=1))
         stacked = "all_versions"
+    inputs.append(onnx.helper.make_tensor_value_info(ROWS_INPUT, onnx.TensorProto.INT32, ["batch", "rows"]))
+    node = onnx.helper.make_node
+    head += [node("Shape", [stacked], ["stacked_shape"]),
+             node("Slice", ["stacked_shape", "zero", "one"], ["batch_size"]),
+             node("Concat", ["batch_size", "one"], ["rows_broadcast"], axis=0),
+             node("Cast", [ROWS_INPUT], ["rows_int64"], to=onnx.TensorProto.INT64),
+             node("Expand", ["rows_int64", "rows_broadcast"], ["rows_per_image"]),  # the default's [1, R] too
+             node("Unsqueeze", ["rows_per_image", "index_axis"], ["rows_index"]) if _opset(model) >= 13
+             else node("Unsqueeze", ["rows_per_image"], ["rows_index"], axes=[2]),
+             node("GatherND", [stacked, "rows_index"], ["picked"], batch_dims=1),
+             node("Shape", ["rows_per_image"], ["picked_shape"]),
+             node("Concat", ["picked_shape", "embedding_dim"], ["versions_shape"], axis=0)]
+    stacked = "picked"
     normalized = "normalized_hwc" if pre.layout == "CHW" else flat_in
     head += [onnx.helper.make_node("Reshape", [stacked, "versions_flat_shape"], ["flat_u8"]),
              onnx.helper.make_node("Cast", ["flat_u8"], ["flat_float"], to=onnx.TensorProto.FLOAT),
@@ -157,7 +185,7 @@ def wrap_for_versions(source: Path, out: Path, pre: Preprocess, versions: int, e
     del graph.input[:]
     graph.input.extend(inputs)
     graph.output[0].CopyFrom(onnx.helper.make_tensor_value_info(
-        VERSIONS_OUTPUT, onnx.TensorProto.FLOAT, ["batch", rows, dim]))
+        VERSIONS_OUTPUT, onnx.TensorProto.FLOAT, ["batch", "rows", dim]))
     onnx.checker.check_model(model)
     onnx.save(model, str(out))
     return Path(out)

@@ -14,6 +14,7 @@ Triton's own ModelConfig protobuf messages, so they follow its schema by constru
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -184,7 +185,10 @@ def embed_config(spec: EncoderSpec, names: ModelNames, serving: ServingSpec) -> 
 def write_config(model_dir: Path, config: mc.ModelConfig) -> Path:
     model_dir.mkdir(parents=True, exist_ok=True)
     path = model_dir / "config.pbtxt"
-    path.write_text(text_format.MessageToString(config))
+    # Written beside and renamed over it: a server rescanning the repository never reads half a config.
+    staged = model_dir / ".config.pbtxt.tmp"
+    staged.write_text(text_format.MessageToString(config))
+    os.replace(staged, path)
     return path
 
 
@@ -208,10 +212,10 @@ class BuildResult:
 
 def build_repo(encoder: str, repo: Path, flavour: Flavour = "portable", weights: Optional[Path] = None,
                random_weights: bool = False, serving: ServingSpec = ServingSpec(),
-               export: Optional[ExportResult] = None, catalogs: tuple[str, ...] = ("fine", "general"),
+               export: Optional[ExportResult] = None, catalogs: tuple[str, ...] = ("fine", "general", "groups"),
                style_nets: Optional[dict[str, Path]] = None) -> BuildResult:
     """Write NAME_preprocess, NAME_encoder, NAME_embed and, per catalog, the server-side
-    expansion (NAME_embed31, NAME_embed_general) into `repo`; other models are kept."""
+    expansion (NAME_embed31, NAME_embed_general, NAME_embed_groups) into `repo`; other models are kept."""
     if flavour not in ("portable", "native"):
         raise ValueError(f"unknown flavour {flavour!r}; use 'portable' or 'native'")
     spec = get_encoder(encoder)

@@ -14,6 +14,8 @@ import numpy as np
 
 # Formats DALI's image decoder reads and that we accept.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "BMP")
+# File signatures of those formats, to tell a cut-short header from a file of another kind.
+SIGNATURES = {"JPEG": b"\xff\xd8\xff", "PNG": b"\x89PNG", "BMP": b"BM"}
 # A 12k x 12k photo is 432 MB decoded; anything larger is refused before decoding.
 MAX_PIXELS = 144_000_000
 
@@ -40,6 +42,11 @@ def check_encoded_image(data: np.ndarray) -> None:
             finally:
                 Image.MAX_IMAGE_PIXELS = limit
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        start = data[:8].tobytes()
+        for fmt, signature in SIGNATURES.items():
+            if start.startswith(signature):
+                raise ImageRejected(f"IMAGE ({data.size} bytes) starts like a {fmt} file but its header is cut "
+                                    "short or corrupt (truncated file?)") from None
         head = " ".join(f"{b:02x}" for b in data[:8])
         raise ImageRejected(
             f"IMAGE ({data.size} bytes, starting {head}) is not a JPEG, PNG or BMP file") from None

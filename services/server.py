@@ -71,6 +71,9 @@ def server_environment() -> dict[str, str]:
     return env
 
 
+MODEL_CONTROL_MODES = ("none", "explicit", "poll")
+
+
 @dataclass
 class ServerConfig:
     repo: Path
@@ -78,8 +81,13 @@ class ServerConfig:
     grpc_port: int = 8001
     http_port: int = 8000
     metrics_port: int = 8002
-    # "none" loads everything at start; "explicit" lets deploy-back load versions one by one.
+    # "none" loads everything at start and never changes; "explicit" loads `startup_models` at
+    # start (every model by default) and then what clients ask for with load_model (how
+    # `equiprobe deploy --url` switches versions); "poll" rescans the repository every
+    # `repository_poll_secs` and loads what changed.
     model_control_mode: str = "none"
+    startup_models: tuple[str, ...] = ("*",)
+    repository_poll_secs: int = 5
     log_verbose: int = 0
     startup_timeout_s: float = 120.0
     # More tritonserver flags, e.g. TLS (--grpc-use-ssl ...) or --grpc-restricted-protocol.
@@ -141,7 +149,8 @@ class TritonServer:
             f"--http-address={c.host}", f"--http-port={c.http_port}",
             f"--metrics-address={c.host}", f"--metrics-port={c.metrics_port}",
             f"--model-control-mode={c.model_control_mode}",
-            *(["--load-model=*"] if c.model_control_mode == "explicit" else []),
+            *([f"--load-model={m}" for m in c.startup_models] if c.model_control_mode == "explicit" else []),
+            *([f"--repository-poll-secs={c.repository_poll_secs}"] if c.model_control_mode == "poll" else []),
             f"--log-verbose={c.log_verbose}",
             "--exit-on-error=true",
             *c.extra_args,
@@ -150,6 +159,9 @@ class TritonServer:
     def start(self) -> "TritonServer":
         if not Path(self.config.repo).is_dir():
             raise ServerError(f"model repository {self.config.repo} does not exist")
+        if self.config.model_control_mode not in MODEL_CONTROL_MODES:
+            raise ServerError(f"unknown model control mode {self.config.model_control_mode!r}; "
+                              f"use {', '.join(MODEL_CONTROL_MODES)}")
         self.process = subprocess.Popen(
             self.command(), env=server_environment(), stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True,

@@ -22,7 +22,7 @@ def configs(repo):
 def test_portable_configs_parse_and_use_python_backend(repo):
     names = ModelNames("squeezenet1_1")
     parsed = configs(repo)
-    expansions = [ExpansionNames("squeezenet1_1", c) for c in ("fine", "general")]
+    expansions = [ExpansionNames("squeezenet1_1", c) for c in ("fine", "general", "groups")]
     assert set(parsed) == {names.preprocess, names.onnx, names.embed,
                            *[m for e in expansions for m in (e.inputs, e.expand, e.onnx, e.embed)]}
     assert parsed[names.preprocess].backend == "python" and parsed[names.onnx].backend == "python"
@@ -50,7 +50,10 @@ def test_native_configs_parse_and_target_gpu_backends(native_repo):
     fine = ExpansionNames("squeezenet1_1", "fine")
     assert parsed[fine.expand].backend == "dali" and parsed[fine.onnx].backend == "onnxruntime"
     assert parsed[fine.inputs].backend == "python"  # host work (hashing, glyphs) in both flavours
-    assert list(parsed[fine.embed].output[0].dims) == [31, 512]
+    assert list(parsed[fine.embed].output[0].dims) == [-1, 512]  # 31 rows, or the R rows ROWS asks for
+    rows_in = {i.name: i for i in parsed[fine.onnx].input}["ROWS"]
+    assert rows_in.data_type == mc.TYPE_INT32 and not rows_in.optional  # the inputs model always sends it
+    assert {i.name: i for i in parsed[fine.embed].input}["ROWS"].optional
     assert b"mixed" in (native_repo / fine.expand / "1" / "model.dali").read_bytes()
 
 

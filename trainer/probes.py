@@ -150,3 +150,26 @@ def fit(data: ProbeData, config: ProbeConfig, seed: int, progress: Optional[call
 
 def config_dict(config: ProbeConfig) -> dict:
     return asdict(config)
+
+
+def load_probe(directory) -> tuple[nn.Module, dict]:
+    """A saved probe (probe.pt + probe.json) on the CPU in eval mode, and its record.
+    Baselines without weights (knn) have no probe.pt and cannot be loaded."""
+    import json
+    from pathlib import Path
+
+    directory = Path(directory)
+    record = json.loads((directory / "probe.json").read_text())
+    if not (directory / "probe.pt").exists():
+        raise ValueError(f"{directory}: a {record['kind']} probe has no weights to load")
+    fields = {k: v for k, v in record.get("config", {}).items() if k in ProbeConfig.__dataclass_fields__}
+    config = ProbeConfig(**{**fields, "kind": "linear" if record["kind"] == "logreg" else record["kind"]})
+    dim = record["dim"]
+    zeros, ones = np.zeros(dim, np.float32), np.ones(dim, np.float32)
+    heads = record.get("heads") or [{"classes": record["classes"]}]
+    if len(heads) == 1:
+        model = Probe(dim, len(heads[0]["classes"]), config, zeros, ones)
+    else:
+        model = MultiTaskProbe(dim, [len(h["classes"]) for h in heads], config, zeros, ones)
+    model.load_state_dict(torch.load(directory / "probe.pt", map_location="cpu", weights_only=True))
+    return model.eval(), record

@@ -2,7 +2,8 @@
 
 Saved in OUT: `probe.pt` (the state dict of the seed with the best validation accuracy; it takes
 raw embeddings), `probe.json` (kind, embedding dim, class names, catalog version, encoder and
-its ONNX hash, task, hyperparameters, and metrics per seed with their mean and std).
+its ONNX hash, task, hyperparameters, "deployable", and metrics per seed with their mean and std).
+The baselines (trainer.baselines: logreg, knn) write the same record.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ def train_probes(store_path: Path, task_name: str, config: ProbeConfig, seeds: l
         "encoder": m["encoder"], "encoder_onnx_sha256": m["encoder_onnx_sha256"],
         "store": str(store_path), "config": config_dict(config), "seeds": seeds, "saved_seed": best.seed,
         "images": {"train": len(data.train_rows), "val": len(data.val_rows), "test": len(data.test_rows)},
+        "deployable": True,  # probe.pt takes raw embeddings (the knn baseline saves none)
         "summary": summarize(runs), "runs": runs,
     }
     out.mkdir(parents=True, exist_ok=True)

@@ -50,6 +50,15 @@ class SqueezeNet11(nn.Module):
         self.fires = nn.ModuleDict({n: Fire(*a) for n, a in self.FIRES.items()})
         self.pool = nn.MaxPool2d(3, stride=2)  # floor mode, as ndf
         self.conv10 = nn.Conv2d(512, 1000, 1)
+        # torchvision's SqueezeNet initialization, for random-weight baselines: with torch's default
+        # (small weights, uniform biases) the output is nearly the propagated biases, whatever the image.
+        for conv in self.modules():
+            if isinstance(conv, nn.Conv2d):
+                if conv is self.conv10:
+                    nn.init.normal_(conv.weight, mean=0.0, std=0.01)
+                else:
+                    nn.init.kaiming_uniform_(conv.weight)
+                nn.init.zeros_(conv.bias)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(torch.relu(self.conv1(x)))

@@ -1,7 +1,7 @@
-"""Portable ONNX model (encoders, K-version encoders, style networks) on ONNX Runtime (CPU).
+"""Portable ONNX model (encoders, K-version encoders, style networks, probes) on ONNX Runtime (CPU).
 
 The dynamic batcher's requests are concatenated, input by input, into one ONNX Runtime call,
-and the single output is split again.
+and every output is split again (a probe has three).
 """
 
 import numpy as np
@@ -15,14 +15,15 @@ class TritonPythonModel:
     def initialize(self, args):
         config, params, version_dir = model_parameters(args)
         self.input_names = [i["name"] for i in config["input"]]
-        self.output_name = config["output"][0]["name"]
+        self.output_names = [o["name"] for o in config["output"]]
         self.session = ort_session(version_dir / params["onnx_model"], int(params["intra_op_threads"]),
                                    spinning=params.get("allow_spinning", "1") == "1")
 
     def execute(self, requests):
         feeds = {name: [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests]
                  for name in self.input_names}
-        outputs = self.session.run([self.output_name], {n: np.concatenate(a) for n, a in feeds.items()})[0]
+        outputs = self.session.run(self.output_names, {n: np.concatenate(a) for n, a in feeds.items()})
         splits = np.cumsum([len(a) for a in feeds[self.input_names[0]]])[:-1]
-        return [pb_utils.InferenceResponse([pb_utils.Tensor(self.output_name, chunk)])
-                for chunk in np.split(outputs, splits)]
+        per_request = zip(*[np.split(output, splits) for output in outputs])
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(n, chunk) for n, chunk in zip(self.output_names, chunks)])
+                for chunks in per_request]

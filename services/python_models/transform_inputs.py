@@ -3,6 +3,8 @@
 From the image bytes and the optional SEED: the image key (a hash of the bytes), every
 transformation's drawn parameters (PARAMS) and the host-rendered inputs (blur kernels, glyphs,
 style references). Parameters are a pure function of (key, transformation id, seed).
+The optional ROWS (which rows the encoder computes, for a refresh) is checked here and passed on,
+all rows when absent.
 """
 
 import numpy as np
@@ -13,6 +15,10 @@ from services.runtime import ImageRejected, check_encoded_image
 from services.transforms import get_catalog, image_key
 
 
+class RowsRejected(ValueError):
+    """ROWS that name no row, or a row twice."""
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config, params, _ = model_parameters(args)
@@ -21,6 +27,20 @@ class TritonPythonModel:
             raise ValueError(f"repository was built for catalog {params['catalog_version']}, "
                              f"this code has {self.catalog.version}; rebuild the repository")
         self.outputs = [o["name"] for o in config["output"]]
+        self.rows = int(params.get("rows", len(self.catalog.transforms)))
+
+    def _rows(self, request) -> np.ndarray:
+        tensor = pb_utils.get_input_tensor_by_name(request, "ROWS")
+        if tensor is None:
+            return np.arange(self.rows, dtype=np.int32)
+        rows = tensor.as_numpy().reshape(-1)
+        if rows.size == 0:
+            raise RowsRejected("ROWS is empty: ask for at least one row, or leave ROWS out for all")
+        if rows.min() < 0 or rows.max() >= self.rows:
+            raise RowsRejected(f"ROWS must be row indices in 0..{self.rows - 1}; got {rows.min()}..{rows.max()}")
+        if len(np.unique(rows)) != rows.size:
+            raise RowsRejected("ROWS has repeated rows; ask for each row once")
+        return rows.astype(np.int32)
 
     def _one(self, request):
         images = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
@@ -28,10 +48,12 @@ class TritonPythonModel:
             return invalid_argument(f"send one image per request to the expansion ({len(images)} were sent)")
         seed_tensor = pb_utils.get_input_tensor_by_name(request, "SEED")
         seed = int(seed_tensor.as_numpy().reshape(-1)[0]) if seed_tensor is not None else 0
+        rows = self._rows(request)
         check_encoded_image(images[0])
         key = image_key(images[0].tobytes())
         values = self.catalog.host_inputs(key, seed)
         values["KEY"] = np.array([key.encode()], dtype=object)
+        values["ROWS"] = rows
         return pb_utils.InferenceResponse([pb_utils.Tensor(n, values[n][None]) for n in self.outputs])
 
     def execute(self, requests):
@@ -39,7 +61,7 @@ class TritonPythonModel:
         for request in requests:
             try:
                 responses.append(self._one(request))
-            except ImageRejected as exc:
+            except (ImageRejected, RowsRejected) as exc:
                 responses.append(invalid_argument(str(exc)))
             except Exception as exc:  # our fault, not the image's: clients must not log it as a bad image
                 responses.append(internal_error(f"{self.catalog.name} transform inputs failed: "

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 from nvidia.dali import types
 
-from . import fine, general
-from .spec import Transform, sample_params
+from . import fine, general, groups
+from .spec import Transform, fingerprint, sample_params
 
 # DALI type and rank of every host-rendered auxiliary input a transformation may ask for.
 AUX_TYPES = {
@@ -53,9 +53,15 @@ class Catalog:
         return np.array([self.classes.index(t.category) for t in self.transforms])
 
     @property
+    def fingerprints(self) -> list[str]:
+        """One per output row: equal fingerprints across catalog versions mean the same column."""
+        return [fingerprint(t) for t in self.transforms]
+
+    @property
     def width(self) -> int:
-        """Length of every parameter row (the longest parameter list, zero-padded)."""
-        return max(len(t.params) for t in self.transforms)
+        """Length of every parameter row (the longest parameter list, zero-padded). At least 1: a
+        catalog without parameters (groups) still sends PARAMS, and Triton has no zero-size dims."""
+        return max(1, max(len(t.params) for t in self.transforms))
 
     @property
     def aux_inputs(self) -> list[tuple[str, str, int]]:
@@ -84,6 +90,7 @@ class Catalog:
 CATALOGS = {
     "fine": Catalog("fine", fine.VERSION, fine.TRANSFORMS),
     "general": Catalog("general", general.VERSION, general.TRANSFORMS, general.CLASSES),
+    "groups": Catalog("groups", groups.VERSION, groups.TRANSFORMS),
 }
 
 

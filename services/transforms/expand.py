@@ -35,6 +35,10 @@ def expand_pipeline(catalog: Catalog, device: str = "cpu", pre: Optional["Prepro
                     emit_canvas: bool = False):
     encoded = fn.external_source(name=INPUT_NAME, device="cpu", dtype=types.UINT8, ndim=1)
     params = fn.external_source(name=PARAMS, device="cpu", dtype=types.FLOAT, ndim=2)
+    if not any(t.params for t in catalog.transforms):
+        # DALI prunes inputs nothing reads, but the served model still takes PARAMS (groups
+        # catalog): a preserved no-op keeps the input in the graph.
+        fn.reshape(params, shape=[-1], preserve=True)
     aux: list[dict] = [{} for _ in catalog.transforms]
     for name, local, k in catalog.aux_inputs:
         dtype, ndim = AUX_TYPES[local]

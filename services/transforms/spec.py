@@ -9,6 +9,8 @@ the embeddings (the PARAMS output, and the stores).
 from __future__ import annotations
 
 import hashlib
+import inspect
+import json
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional
 
@@ -65,3 +67,23 @@ def sample_params(transform: Transform, key: str, seed: int, width: int) -> np.n
     for i, p in enumerate(transform.params):
         values[i] = rng.integers(p.low, p.high) if p.integer else rng.uniform(p.low, p.high)
     return values
+
+
+def _code(function: Callable) -> str:
+    """A function's own source and the values its closure captured (a renderer's font list)."""
+    captured = inspect.getclosurevars(function).nonlocals
+    return inspect.getsource(function) + repr(sorted((k, repr(v)) for k, v in captured.items()))
+
+
+def fingerprint(transform: Transform) -> str:
+    """SHA-256 of everything that decides a transformation's column: id, name, category, parameter
+    ranges, split and family, and the code of its DALI function and auxiliary renderers. Equal
+    fingerprints: a store's column can be reused by a newer catalog version. Helpers that the code
+    calls (ops, assets) are not hashed; a change there needs a new id, as the catalog rules say."""
+    described = {
+        "id": transform.id, "name": transform.name, "category": transform.category,
+        "params": [[p.name, p.low, p.high, p.integer] for p in transform.params],
+        "split": transform.split, "family": transform.family,
+        "apply": _code(transform.apply), "aux": [[name, _code(render)] for name, render in transform.aux],
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()

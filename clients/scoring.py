@@ -1,0 +1,78 @@
+"""Content-safety scoring with `NAME_detector`: image bytes in, how it was manipulated out.
+
+The detector answers with the probability that the image is not the untouched original
+(MANIPULATION_SCORE), and the probe's distributions over the fine-grained transformations and
+the 10 categories. Top-k names come from Triton's classification extension (the label files
+the deploy writes next to the model config), so the client holds no class list of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Union
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from .embedding import ServiceError, as_image_input, check_model
+
+SCORE, TRANSFORMS, CATEGORIES, EMBEDDING = "MANIPULATION_SCORE", "TRANSFORM_PROBS", "CATEGORY_PROBS", "EMBEDDING"
+
+
+@dataclass
+class Score:
+    manipulation_score: float
+    transformations: list[tuple[str, float]]  # top-k (name, probability), most likely first
+    categories: list[tuple[str, float]]
+    model_version: str = ""
+    embedding: np.ndarray = field(default=None, repr=False)
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out.pop("embedding")
+        out["transformations"] = [{"name": n, "probability": p} for n, p in self.transformations]
+        out["categories"] = [{"name": n, "probability": p} for n, p in self.categories]
+        return out
+
+
+def parse_classification(entries: np.ndarray) -> list[tuple[str, float]]:
+    """Triton's classification strings "score:index:label" -> [(label, score)]."""
+    parsed = []
+    for entry in entries:
+        text = entry.decode() if isinstance(entry, bytes) else str(entry)
+        score, index, *label = text.split(":", 2)
+        parsed.append((label[0] if label else index, float(score)))
+    return parsed
+
+
+class Scorer:
+    """`Scorer(url, encoder).score(jpeg_bytes)`; one gRPC round trip per image."""
+
+    def __init__(self, url: str, encoder: str, top: int = 3, with_embedding: bool = False, timeout_s: float = 60.0):
+        self.url, self.model, self.top = url, f"{encoder}_detector", top
+        self.with_embedding, self.timeout_s = with_embedding, timeout_s
+        self.client = grpcclient.InferenceServerClient(url)
+
+    def check(self) -> None:
+        check_model(self.client, self.url, self.model)
+
+    def score(self, data: Union[bytes, np.ndarray]) -> Score:
+        outputs = [grpcclient.InferRequestedOutput(SCORE),
+                   grpcclient.InferRequestedOutput(TRANSFORMS, class_count=self.top),
+                   grpcclient.InferRequestedOutput(CATEGORIES, class_count=self.top)]
+        if self.with_embedding:
+            outputs.append(grpcclient.InferRequestedOutput(EMBEDDING))
+        try:
+            result = self.client.infer(self.model, [as_image_input(data)], outputs=outputs,
+                                       client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            raise ServiceError(f"{self.model}: {exc.message()}") from None
+        return Score(float(result.as_numpy(SCORE).reshape(-1)[0]),
+                     parse_classification(result.as_numpy(TRANSFORMS).reshape(-1)),
+                     parse_classification(result.as_numpy(CATEGORIES).reshape(-1)),
+                     result.get_response().model_version,
+                     result.as_numpy(EMBEDDING)[0] if self.with_embedding else None)
+
+    def close(self) -> None:
+        self.client.close()

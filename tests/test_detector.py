@@ -1,0 +1,433 @@
+"""The manipulation detector: probes trained on real embeddings, deployed into a copy of the
+session repository and served by a second real Triton server in explicit model control."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+from typer.testing import CliRunner
+
+from clients.datasets import PHOTO_SOURCES, TEST_PHOTOS, photos_dataset
+from clients.embedding import as_image_input
+from clients.photos import encode
+from services.export import ExportResult, sha256_of
+from services.repository import ModelNames, build_repo, read_config
+from services.server import ServerConfig, TritonServer, loopback_config
+from services.transforms import get_catalog, image_key
+from services.transforms.expand import Expander, serialize_expand
+from trainer.cli import app
+from trainer.deploy import DetectorNames, deploy
+from trainer.probes import Probe, ProbeConfig
+from trainer.train import train_probes
+
+from .conftest import ENCODER
+from .test_trainer import synthetic_store
+
+EQUIPROBE = str(Path(sys.executable).parent / "equiprobe")
+NAMES, BASE = DetectorNames(ENCODER), ModelNames(ENCODER)
+OUTPUTS = ("TRANSFORM_PROBS", "CATEGORY_PROBS", "MANIPULATION_SCORE", "EMBEDDING")
+FINE, GENERAL = get_catalog("fine"), get_catalog("general")
+
+
+# -- probes and repositories -------------------------------------------------------------------
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Tiny probes train in about a second on one thread; on two CPU cores shared with a running
+    Triton server, torch's two threads wait on each other (measured: 24 s instead of 0.7 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def probes(photo_store, repo, tmp_path_factory) -> dict[str, Path]:
+    """Fine MLP and linear probes on the real 16-photo store, and a general probe from a synthetic
+    store whose fields say it was made for the repository's encoder."""
+    root = tmp_path_factory.mktemp("probes")
+    with one_torch_thread():
+        train_probes(photo_store, "fine", ProbeConfig(kind="mlp", hidden=256, batch_size=64, max_epochs=40,
+                                                      patience=10), [0], root / "mlp", progress=False)
+        train_probes(photo_store, "fine", ProbeConfig(kind="linear", batch_size=256, max_epochs=20), [0],
+                     root / "linear", progress=False)
+        store = synthetic_store(root / "general_store", "general", images=40, dim=512)
+        train_probes(store, "general", ProbeConfig(kind="mlp", hidden=64, max_epochs=10), [0], root / "general",
+                     progress=False)
+    edit_record(root / "general", encoder=ENCODER,
+                encoder_onnx_sha256=sha256_of(repo / BASE.onnx / "1" / "model.onnx"))
+    return {"mlp": root / "mlp", "linear": root / "linear", "general": root / "general"}
+
+
+def edit_record(probe_dir: Path, **fields) -> None:
+    path = probe_dir / "probe.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+
+
+def torch_probe(probe_dir: Path) -> Probe:
+    """The saved probe rebuilt here with torch alone: the reference for the served model."""
+    state = torch.load(probe_dir / "probe.pt", map_location="cpu")
+    record = json.loads((probe_dir / "probe.json").read_text())
+    config = (ProbeConfig(kind="linear") if "head.weight" in state
+              else ProbeConfig(kind="mlp", hidden=state["head.0.weight"].shape[0]))
+    probe = Probe(record["dim"], len(record["classes"]), config, state["mean"].numpy(), state["std"].numpy())
+    probe.load_state_dict(state)
+    return probe.eval()
+
+
+def softmax_of(probe: Probe, embeddings: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return torch.softmax(probe(torch.tensor(embeddings)), 1).numpy()
+
+
+def base_copy(repo: Path, out: Path) -> Path:
+    """The session repository's NAME_embed models only (what the detector needs), copied."""
+    for model in (BASE.preprocess, BASE.onnx, BASE.embed):
+        shutil.copytree(repo / model, out / model)
+    return out
+
+
+def tree_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The console script in its own process: for deploys that run beside a loaded server."""
+    return subprocess.run([EQUIPROBE, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def invoke(*args: str):
+    """The console script in this process: for commands that stop early."""
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.fixture(scope="module")
+def deployed_repo(repo, probes, tmp_path_factory) -> Path:
+    """A full copy of the session repository with the fine MLP probe deployed as version 1."""
+    path = tmp_path_factory.mktemp("detector") / "repo"
+    shutil.copytree(repo, path)
+    result = deploy([probes["mlp"]], path)
+    assert result.version == 1 and result.flavour == "portable" and result.meta["parity_max_abs_diff"] < 1e-5
+    return path
+
+
+@pytest.fixture(scope="module")
+def detector_server(deployed_repo):
+    config = loopback_config(deployed_repo, model_control_mode="explicit", startup_models=(NAMES.detector, BASE.embed))
+    with TritonServer(config) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(detector_server):
+    c = grpcclient.InferenceServerClient(detector_server.config.grpc_url)
+    yield c
+    c.close()
+
+
+def detect(client, data: bytes, model: str = NAMES.detector) -> dict[str, np.ndarray]:
+    result = client.infer(model, [as_image_input(data)], outputs=[grpcclient.InferRequestedOutput(n) for n in OUTPUTS])
+    return {name: result.as_numpy(name)[0] for name in OUTPUTS}
+
+
+# -- what the detector answers -----------------------------------------------------------------
+
+def test_detector_outputs_are_distributions_that_match_torch(client, jpegs, probes):
+    reference = torch_probe(probes["mlp"])
+    membership = np.array([[t.category == c for c in GENERAL.classes] for t in FINE.transforms], np.float32)
+    for name in ("astronaut", "chelsea", "coffee"):
+        out = detect(client, jpegs[name])
+        assert [out[n].shape for n in OUTPUTS] == [(31,), (10,), (1,), (512,)]
+        assert all(out[n].dtype == np.float32 for n in OUTPUTS)
+        # The detector's embedding is NAME_embed's, and its probabilities are the torch probe's.
+        embedding = client.infer(BASE.embed, [as_image_input(jpegs[name])]).as_numpy("EMBEDDING")[0]
+        np.testing.assert_allclose(out["EMBEDDING"], embedding, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out["TRANSFORM_PROBS"], softmax_of(reference, embedding[None])[0], atol=1e-5)
+        assert out["TRANSFORM_PROBS"].sum() == pytest.approx(1, abs=1e-5)
+        # Without a general probe, a category's probability is the sum over its transformations.
+        np.testing.assert_allclose(out["CATEGORY_PROBS"], out["TRANSFORM_PROBS"] @ membership, atol=1e-6)
+        assert out["MANIPULATION_SCORE"][0] == pytest.approx(1 - out["TRANSFORM_PROBS"][0], abs=1e-6)
+
+
+def test_any_subset_of_outputs_can_be_requested(client, jpegs):
+    full = detect(client, jpegs["astronaut"])
+    for name in OUTPUTS:
+        result = client.infer(NAMES.detector, [as_image_input(jpegs["astronaut"])],
+                              outputs=[grpcclient.InferRequestedOutput(name)])
+        np.testing.assert_allclose(result.as_numpy(name)[0], full[name], rtol=1e-5, atol=1e-6)
+
+
+def test_classification_extension_names_the_top_classes(client, jpegs):
+    full = detect(client, jpegs["chelsea"])
+    result = client.infer(NAMES.detector, [as_image_input(jpegs["chelsea"])], outputs=[
+        grpcclient.InferRequestedOutput("TRANSFORM_PROBS", class_count=3),
+        grpcclient.InferRequestedOutput("CATEGORY_PROBS", class_count=2)])
+    for output, classes, count in (("TRANSFORM_PROBS", FINE.class_names, 3), ("CATEGORY_PROBS", GENERAL.classes, 2)):
+        entries = [e.decode().split(":") for e in result.as_numpy(output)[0]]
+        assert len(entries) == count
+        scores = [float(score) for score, _, _ in entries]
+        assert scores == sorted(scores, reverse=True)
+        for score, index, label in entries:
+            assert label == classes[int(index)]
+            assert float(score) == pytest.approx(full[output][int(index)], abs=1e-5)
+        assert int(entries[0][1]) == int(np.argmax(full[output]))
+
+
+def unseen_crops() -> list[bytes]:
+    """Crop 2 of eight training photographs: images the store never held (it has crop 0 of every
+    photograph and crop 1 of one). Not crops of the test photographs: a store of 16 images holds
+    only 11 training photographs, and what identity looks like does not carry over to a new
+    photograph (measured: P(identity) about 0.02 there, for originals and transformed alike)."""
+    dataset, n = photos_dataset(), len(PHOTO_SOURCES)
+    training = [p for p in PHOTO_SOURCES if p not in TEST_PHOTOS][:8]
+    return [dataset.record(PHOTO_SOURCES.index(p) + 2 * n).load() for p in training]
+
+
+def test_detector_scores_transformed_images_above_their_originals(client):
+    crops = unseen_crops()
+    with tempfile.TemporaryDirectory() as tmp:
+        pipeline = serialize_expand(FINE, Path(tmp) / "expand.dali", "cpu", len(crops), 2)
+        expander = Expander(pipeline, FINE, len(crops), 2)
+    versions, _ = expander.expand([np.frombuffer(c, np.uint8) for c in crops], [image_key(c) for c in crops], 0)
+    uploads = [encode(version, quality=95) for image_versions in versions for version in image_versions]
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda data: detect(client, data)["MANIPULATION_SCORE"][0], uploads))
+    scores = np.array(answers).reshape(len(crops), len(FINE.transforms))  # version 0 is the identity
+    assert FINE.class_names[0] == "identity"
+    original, transformed = scores[:, 0], scores[:, 1:].mean(axis=1)
+    assert transformed.mean() > original.mean() + 0.03, (original, transformed)
+    assert (transformed > original).mean() >= 0.75, (original, transformed)
+    assert (scores[:, 1:] > scores[:, :1]).mean() >= 0.75  # most versions score above their own original
+
+
+# -- scoring ---------------------------------------------------------------------------------------
+
+def test_scorer_api_agrees_with_the_raw_outputs(client, detector_server, jpegs):
+    from clients.scoring import Scorer
+
+    scorer = Scorer(detector_server.config.grpc_url, ENCODER, top=3, with_embedding=True)
+    scorer.check()
+    score, raw = scorer.score(jpegs["chelsea"]), detect(client, jpegs["chelsea"])
+    scorer.close()
+    assert score.manipulation_score == pytest.approx(float(raw["MANIPULATION_SCORE"][0]), abs=1e-6)
+    order = np.argsort(-raw["TRANSFORM_PROBS"])[:3]
+    assert [n for n, _ in score.transformations] == [FINE.class_names[i] for i in order]
+    assert [p for _, p in score.transformations] == pytest.approx(raw["TRANSFORM_PROBS"][order].tolist(), abs=1e-5)
+    assert [n for n, _ in score.categories][0] == GENERAL.classes[int(raw["CATEGORY_PROBS"].argmax())]
+    np.testing.assert_allclose(score.embedding, raw["EMBEDDING"], rtol=1e-6)
+
+
+def test_score_cli_prints_one_json_object_per_file(detector_server, jpegs, tmp_path):
+    files = []
+    for name in ("astronaut", "coffee"):
+        files.append(tmp_path / f"{name}.jpg")
+        files[-1].write_bytes(jpegs[name])
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(jpegs["coffee"][:500])
+    proc = run_cli("score", *map(str, files), str(broken), str(tmp_path / "missing.jpg"), "--url",
+                   detector_server.config.grpc_url, "--encoder", ENCODER, "--json", "--top", "2", timeout=120)
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert proc.returncode == 1  # some files could not be scored; the others still were
+    assert [line["file"] for line in lines] == [str(f) for f in (*files, broken, tmp_path / "missing.jpg")]
+    for line in lines[:2]:
+        assert 0.0 <= line["manipulation_score"] <= 1.0
+        assert len(line["transformations"]) == 2 and len(line["categories"]) == 2
+        assert line["transformations"][0]["probability"] >= line["transformations"][1]["probability"]
+    assert "truncated" in lines[2]["error"] and "No such file" in lines[3]["error"]
+    dead = run_cli("score", str(files[0]), "--url", "127.0.0.1:1", "--json", timeout=60)
+    assert dead.returncode == 1 and "no Triton server answers at 127.0.0.1:1" in dead.stderr
+
+
+# -- versions ------------------------------------------------------------------------------------
+
+def probe_version_served(client) -> str:
+    embedding = grpcclient.InferInput("EMBEDDING", [1, 512], "FP32")
+    embedding.set_data_from_numpy(np.zeros((1, 512), np.float32))
+    return client.infer(NAMES.probe, [embedding]).get_response().model_version
+
+
+def test_deploy_and_rollback_under_load_fail_no_request(client, detector_server, deployed_repo, probes, jpegs):
+    url, image = detector_server.config.grpc_url, jpegs["astronaut"]
+    before = detect(client, image)["TRANSFORM_PROBS"]
+    stop, answers, failures = threading.Event(), [], []
+
+    def keep_asking():
+        own = grpcclient.InferenceServerClient(url)
+        while not stop.is_set():
+            try:
+                answers.append(own.infer(NAMES.detector, [as_image_input(image)]).as_numpy("TRANSFORM_PROBS")[0])
+            except InferenceServerException as exc:
+                failures.append(exc.message())
+        own.close()
+
+    worker = threading.Thread(target=keep_asking)
+    worker.start()
+    try:
+        deployed = run_cli("deploy", "--probe", str(probes["linear"]), "--repo", str(deployed_repo), "--url", url)
+        assert deployed.returncode == 0, deployed.stderr[-2000:]
+        assert "version 2, replacing version 1" in deployed.stdout
+        assert probe_version_served(client) == "2"
+        during = detect(client, image)["TRANSFORM_PROBS"]
+        rolled = run_cli("deploy", "--rollback", "--repo", str(deployed_repo), "--url", url)
+        assert rolled.returncode == 0, rolled.stderr[-2000:]
+        assert "rolled back to squeezenet1_1_probe version 1, replacing version 2" in rolled.stdout
+        assert probe_version_served(client) == "1"
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        worker.join()
+    assert failures == [] and len(answers) > 20
+    after = detect(client, image)
+    linear = softmax_of(torch_probe(probes["linear"]), after["EMBEDDING"][None])[0]
+    np.testing.assert_allclose(during, linear, atol=1e-5)
+    assert np.abs(during - before).max() > 1e-3  # another probe really served
+    np.testing.assert_allclose(after["TRANSFORM_PROBS"], before, atol=1e-6)
+    # Every answer came whole from one version or the other, and both were served.
+    served = {"v1": sum(np.allclose(a, before, atol=1e-6) for a in answers),
+              "v2": sum(np.allclose(a, during, atol=1e-6) for a in answers)}
+    assert served["v1"] and served["v2"] and served["v1"] + served["v2"] == len(answers), served
+    events = json.loads((deployed_repo / NAMES.probe / "deploy_history.json").read_text())["events"]
+    assert [(e["action"], e["version"]) for e in events[-3:]] == [("deploy", 1), ("deploy", 2), ("rollback", 1)]
+    assert events[1]["probes"]["fine"] == str(probes["linear"].resolve())
+    assert (deployed_repo / NAMES.probe / "2" / "model.onnx").is_file()  # kept for a later rollback
+
+
+def test_rollback_past_the_first_version_is_refused(tmp_path, repo, probes):
+    path = base_copy(repo, tmp_path / "repo")
+    deploy([probes["mlp"]], path)
+    digest = tree_digest(path)
+    result = invoke("deploy", "--rollback", "--repo", str(path))
+    assert result.exit_code == 1 and "nothing to roll back to" in result.stderr
+    assert tree_digest(path) == digest
+
+
+# -- refusals --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field, value, served", [
+    ("encoder_onnx_sha256", "f" * 64, None),
+    ("dim", 256, "512"),
+    ("catalog_version", "fine-0", "fine-1"),
+    ("encoder", "clip_vit_b32", "squeezenet1_1"),
+])
+def test_a_probe_for_another_encoder_or_catalog_is_refused(field, value, served, tmp_path, deployed_repo, probes):
+    probe = tmp_path / "probe"
+    shutil.copytree(probes["mlp"], probe)
+    edit_record(probe, **{field: value})
+    served = served or sha256_of(deployed_repo / BASE.onnx / "1" / "model.onnx")
+    digest = tree_digest(deployed_repo)
+    result = invoke("deploy", "--probe", str(probe), "--repo", str(deployed_repo))
+    assert result.exit_code == 1
+    message = result.stderr.strip()
+    assert message.startswith("error: refused:") and "\n" not in message and "Traceback" not in message
+    assert str(value) in message and served in message
+    assert tree_digest(deployed_repo) == digest
+
+
+def test_a_general_probe_of_another_catalog_version_is_refused(tmp_path, deployed_repo, probes):
+    general = tmp_path / "general"
+    shutil.copytree(probes["general"], general)
+    edit_record(general, catalog_version="general-0")
+    digest = tree_digest(deployed_repo)
+    result = invoke("deploy", "--probe", str(probes["mlp"]), "--probe", str(general), "--repo", str(deployed_repo))
+    assert result.exit_code == 1
+    assert "general catalog version 'general-0'" in result.stderr and "'general-1'" in result.stderr
+    assert tree_digest(deployed_repo) == digest
+
+
+def test_an_unreachable_server_is_refused_before_anything_changes(deployed_repo, probes):
+    digest = tree_digest(deployed_repo)
+    result = invoke("deploy", "--probe", str(probes["mlp"]), "--repo", str(deployed_repo), "--url", "127.0.0.1:9")
+    assert result.exit_code == 1 and "no Triton server answers at 127.0.0.1:9" in result.stderr
+    assert tree_digest(deployed_repo) == digest
+
+
+# -- the general probe, the native flavour, poll mode -----------------------------------------------
+
+def test_a_general_probe_gives_the_category_probabilities(tmp_path, repo, probes):
+    import onnxruntime as ort
+
+    path = base_copy(repo, tmp_path / "repo")
+    result = deploy([probes["mlp"], probes["general"]], path)
+    assert result.meta["category_source"] == "general probe"
+    x = np.random.default_rng(0).normal(2, 1, (4, 512)).astype(np.float32)
+    session = ort.InferenceSession(str(path / NAMES.probe / "1" / "model.onnx"))
+    transforms, categories, score = session.run(list(OUTPUTS[:3]), {"EMBEDDING": x})
+    np.testing.assert_allclose(categories, softmax_of(torch_probe(probes["general"]), x), atol=1e-5)
+    np.testing.assert_allclose(transforms, softmax_of(torch_probe(probes["mlp"]), x), atol=1e-5)
+    np.testing.assert_allclose(score[:, 0], 1 - transforms[:, 0], atol=1e-6)
+    config = read_config(path / NAMES.detector / "config.pbtxt")
+    assert config.parameters["category_source"].string_value == "general probe"
+    assert (path / NAMES.detector / "category_labels.txt").read_text().split("\n")[:10] == list(GENERAL.classes)
+
+
+def test_native_flavour_serves_the_probe_on_onnxruntime_with_tensorrt(tmp_path, repo, probes):
+    onnx_file = repo / BASE.onnx / "1" / "model.onnx"
+    native = tmp_path / "native"
+    build_repo(ENCODER, native, "native", catalogs=(),
+               export=ExportResult(onnx_file, sha256_of(onnx_file), 0.0, 1.0))
+    portable = base_copy(repo, tmp_path / "portable")
+    for path in (native, portable):
+        deploy([probes["mlp"]], path)
+    probe = read_config(native / NAMES.probe / "config.pbtxt")
+    assert probe.backend == "onnxruntime" and probe.default_model_filename == "model.onnx"
+    (trt,) = probe.optimization.execution_accelerators.gpu_execution_accelerator
+    assert trt.name == "tensorrt" and trt.parameters["precision_mode"] == "FP16"
+    assert list(probe.version_policy.specific.versions) == [1]
+    assert not (native / NAMES.probe / "1" / "model.py").exists()
+    assert (portable / NAMES.probe / "1" / "model.py").exists()
+    assert read_config(portable / NAMES.probe / "config.pbtxt").backend == "python"
+    labels = {o.name: o.label_filename for o in probe.output}
+    assert labels["TRANSFORM_PROBS"] == "transform_labels.txt" and labels["CATEGORY_PROBS"] == "category_labels.txt"
+    assert (native / NAMES.probe / "transform_labels.txt").read_text().split() == FINE.class_names
+    # Clients see one detector whatever the flavour.
+    detector = NAMES.detector
+    assert read_config(native / detector / "config.pbtxt") == read_config(portable / detector / "config.pbtxt")
+
+
+def test_a_polling_server_picks_up_a_deploy(tmp_path, repo, probes):
+    path = base_copy(repo, tmp_path / "repo")
+    deploy([probes["mlp"]], path)
+    config = loopback_config(path, model_control_mode="poll", repository_poll_secs=1)
+    with TritonServer(config) as server:
+        c = grpcclient.InferenceServerClient(server.config.grpc_url)
+        assert probe_version_served(c) == "1"
+        result = run_cli("deploy", "--probe", str(probes["linear"]), "--repo", str(path),
+                         "--url", server.config.grpc_url)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "picked up by the server's repository poll" in result.stdout
+        assert probe_version_served(c) == "2"
+        c.close()
+
+
+def test_server_model_control_flags():
+    def flags(**overrides):
+        return [a for a in TritonServer(ServerConfig(repo=Path("r"), **overrides)).command()
+                if a.startswith(("--model-control", "--load-model", "--repository-poll"))]
+
+    assert flags() == ["--model-control-mode=none"]
+    assert flags(model_control_mode="explicit") == ["--model-control-mode=explicit", "--load-model=*"]
+    assert flags(model_control_mode="poll", repository_poll_secs=2) == ["--model-control-mode=poll",
+                                                                        "--repository-poll-secs=2"]
+    result = invoke("serve", "--repo", ".", "--model-control", "sometimes")
+    assert result.exit_code == 1 and "--model-control takes none, explicit, poll" in result.stderr

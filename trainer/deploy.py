@@ -1,0 +1,420 @@
+"""`equiprobe deploy`: trained probes into a served model repository, as a new model version.
+
+    NAME_probe     ONNX (trainer/probe_export.py): EMBEDDING [D] -> TRANSFORM_PROBS [31],
+                   CATEGORY_PROBS [10], MANIPULATION_SCORE [1] (and EMBEDDING_OUT, the input passed
+                   through); class names in label files, so Triton's classification extension
+                   answers "score:index:label"
+    NAME_detector  ensemble: IMAGE -> NAME_preprocess -> NAME_encoder -> NAME_probe, the steps of the
+                   served NAME_embed plus the probe; outputs TRANSFORM_PROBS, CATEGORY_PROBS,
+                   MANIPULATION_SCORE and EMBEDDING [D], any subset of them per request
+
+Both follow the repository's flavour (read from NAME_encoder's config): portable runs the probe
+on ONNX Runtime in a python-backend model, native on the onnxruntime backend with TensorRT.
+
+Versions. A deploy writes NAME_probe/<v>/ (model.onnx, the portable model.py, deployed.json)
+completely in a staging directory beside it and renames it into place, so no server ever sees
+half a version; then NAME_probe's config, rewritten atomically, selects it (version_policy
+specific [v]). The selected version is the served one: given --url, deploy asks a server in
+explicit model control to load NAME_probe, then NAME_detector; a server in poll mode finds the
+change by itself and deploy waits for it. Triton serves the old version until the new one is
+ready, then unloads it. `--rollback` selects, the same way, the version the current one replaced
+(versions stay on disk). NAME_probe/deploy_history.json logs each deploy and rollback. (The very
+first deploy creates the two model directories; a polling server that rescans in the instant
+between a directory and its config.pbtxt fails that model once and loads it on its next rescan.)
+
+Refusal. A probe trained for another encoder, encoder ONNX file, embedding size or catalog
+version than the repository serves is refused with one line naming both values, before anything
+in the repository is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+from .probe_export import (CATEGORY_PROBS, EMBEDDING, EMBEDDING_OUT, MANIPULATION_SCORE, OUTPUTS, TRANSFORM_PROBS,
+                           ProbeError, SavedProbe, category_names, export_probes, read_probe)
+
+HISTORY = "deploy_history.json"
+VERSION_RECORD = "deployed.json"
+LABEL_FILES = {TRANSFORM_PROBS: "transform_labels.txt", CATEGORY_PROBS: "category_labels.txt"}
+
+
+class DeployError(ValueError):
+    """A deployment that must not happen (or could not finish); the message says why in one line."""
+
+
+@dataclass
+class DetectorNames:
+    encoder: str
+
+    @property
+    def probe(self) -> str:
+        return f"{self.encoder}_probe"
+
+    @property
+    def detector(self) -> str:
+        return f"{self.encoder}_detector"
+
+
+# -- what the repository serves -------------------------------------------------------------
+
+@dataclass
+class ServedEncoder:
+    repo: Path
+    name: str
+    dim: int
+    onnx_sha256: str  # of NAME_encoder/1/model.onnx, the file actually served
+    flavour: str
+    catalog_versions: dict[str, str]  # task -> catalog version of the repo's expansion (else this code's)
+    embed_config: object  # NAME_embed's ModelConfig: the detector repeats its steps
+
+
+def served_encoder(repo: Path, encoder: str) -> ServedEncoder:
+    from services.expansion_repo import ExpansionNames
+    from services.export import sha256_of
+    from services.repository import ModelNames, read_config
+    from services.transforms import get_catalog
+
+    names = ModelNames(encoder)
+    if not (repo / names.embed / "config.pbtxt").is_file():
+        served = sorted(p.parent.name[:-len("_embed")] for p in repo.glob("*_embed/config.pbtxt"))
+        serving = ", ".join(f"'{s}'" for s in served) or "no encoder (no NAME_embed model)"
+        raise DeployError(f"refused: the probe was trained on encoder '{encoder}', but repository {repo} serves "
+                          f"{serving}; nothing was changed")
+    onnx_file = repo / names.onnx / "1" / "model.onnx"
+    if not onnx_file.is_file():
+        raise DeployError(f"repository {repo} has no {onnx_file.relative_to(repo)}; rebuild it with build-repo")
+    embed = read_config(repo / names.embed / "config.pbtxt")
+    (embedding,) = [o for o in embed.output if o.name == EMBEDDING]
+    backend = read_config(repo / names.onnx / "config.pbtxt").backend
+    versions = {}
+    for catalog in ("fine", "general"):
+        expansion = repo / ExpansionNames(encoder, catalog).embed / "config.pbtxt"
+        params = read_config(expansion).parameters if expansion.is_file() else {}
+        versions[catalog] = (params["catalog_version"].string_value if "catalog_version" in params
+                             else get_catalog(catalog).version)
+    return ServedEncoder(repo, encoder, int(embedding.dims[0]), sha256_of(onnx_file),
+                         "native" if backend == "onnxruntime" else "portable", versions, embed)
+
+
+def check_probe(trained: dict, where: str, task: str, served: ServedEncoder) -> None:
+    """Refuse, in one line naming both values, a probe made for something the repository does not serve."""
+    checks = (("encoder", trained["encoder"], served.name),
+              ("embedding dim", int(trained["dim"]), served.dim),
+              ("encoder ONNX sha256", trained["encoder_onnx_sha256"], served.onnx_sha256),
+              (f"{task} catalog version", trained["catalog_version"], served.catalog_versions[task]))
+    for what, probe_value, repo_value in checks:
+        if probe_value != repo_value:
+            raise DeployError(f"refused: {where} was trained for {what} {probe_value!r}, but repository "
+                              f"{served.repo} serves {repo_value!r}; nothing was changed")
+
+
+def pick_probes(probes: list[SavedProbe]) -> tuple[SavedProbe, Optional[SavedProbe]]:
+    by_task = {"fine": [p for p in probes if p.task == "fine"], "general": [p for p in probes if p.task == "general"]}
+    if len(by_task["fine"]) != 1 or len(by_task["general"]) > 1:
+        given = ", ".join(f"{p.path} ({p.task})" for p in probes) or "none"
+        raise DeployError(f"deploy takes one fine probe and at most one general probe; given: {given}")
+    general = by_task["general"][0] if by_task["general"] else None
+    if general is not None and general.classes != category_names():
+        raise DeployError(f"{general.path}: general classes {general.classes} are not the catalog's "
+                          f"{category_names()}")
+    return by_task["fine"][0], general
+
+
+# -- configs ----------------------------------------------------------------------------------
+
+def _outputs(meta: dict, embedding: str) -> list:
+    """The probe's outputs (embedding = EMBEDDING_OUT) or the detector's (embedding = EMBEDDING)."""
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from services.repository import tensor
+
+    sizes = {TRANSFORM_PROBS: len(meta["classes"]), CATEGORY_PROBS: len(meta["categories"]), MANIPULATION_SCORE: 1,
+             embedding: meta["dim"]}
+    outputs = []
+    for name in (*OUTPUTS, embedding):
+        output = tensor(name, mc.TYPE_FP32, [sizes[name]], is_input=False)
+        if name in LABEL_FILES:  # read from the model directory, next to config.pbtxt
+            output.label_filename = LABEL_FILES[name]
+        outputs.append(output)
+    return outputs
+
+
+def _parameters(meta: dict) -> dict:
+    """What clients can read over gRPC (get_model_config) about the deployed probes."""
+    return {"encoder": meta["encoder"], "dim": meta["dim"], "onnx_sha256": meta["encoder_onnx_sha256"],
+            "catalog_version": meta["catalog_versions"]["fine"], "category_source": meta["category_source"],
+            "probe_model": meta["model"], "probe_version": meta["version"]}
+
+
+def probe_config(served: ServedEncoder, meta: dict):
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from services.repository import ServingSpec, onnx_config, string_parameters, tensor
+
+    # A tiny model beside the encoder on the same cores: one thread, no spinning.
+    serving = ServingSpec(max_batch_size=served.embed_config.max_batch_size, ort_threads=1)
+    inputs = [tensor(EMBEDDING, mc.TYPE_FP32, [meta["dim"]])]
+    config = onnx_config(meta["model"], inputs, _outputs(meta, EMBEDDING_OUT), served.flavour, serving,
+                         spinning=False)  # type: ignore[arg-type]
+    if served.flavour == "portable":
+        config.backend = "python"  # model.py (services/python_models/onnx_encoder.py) is in each version
+    config.version_policy.specific.versions.append(meta["version"])
+    string_parameters(config, **_parameters(meta))
+    return config
+
+
+def detector_config(served: ServedEncoder, names: DetectorNames, meta: dict):
+    """NAME_embed's ensemble (same IMAGE input, same steps) with the probe as a last step. The
+    encoder's embedding goes to the probe, and EMBEDDING comes back from the probe's pass-through
+    (see trainer/probe_export.py: Triton prunes the steps behind an unrequested ensemble output)."""
+    from services.repository import ensemble_config, string_parameters
+
+    embed = served.embed_config
+    internal = {EMBEDDING: "embedding"}
+    steps = [(s.model_name, dict(s.input_map), {k: internal.get(v, v) for k, v in s.output_map.items()})
+             for s in embed.ensemble_scheduling.step]
+    probe_outputs = {**{name: name for name in OUTPUTS}, EMBEDDING_OUT: EMBEDDING}
+    steps.append((names.probe, {EMBEDDING: "embedding"}, probe_outputs))
+    config = ensemble_config(names.detector, embed.max_batch_size, inputs=list(embed.input),
+                             outputs=_outputs(meta, EMBEDDING), steps=steps)
+    string_parameters(config, **_parameters(meta))
+    return config
+
+
+# -- files ----------------------------------------------------------------------------------
+
+def write_atomically(path: Path, text: str) -> None:
+    staged = path.with_name(f".{path.name}.tmp")
+    staged.write_text(text)
+    os.replace(staged, path)
+
+
+def versions_on_disk(model_dir: Path) -> list[int]:
+    return sorted(int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit())
+
+
+def selected_version(model_dir: Path) -> Optional[int]:
+    from services.repository import read_config
+
+    if not (model_dir / "config.pbtxt").is_file():
+        return None
+    versions = read_config(model_dir / "config.pbtxt").version_policy.specific.versions
+    return int(versions[0]) if versions else None
+
+
+def version_record(model_dir: Path, version: int) -> dict:
+    path = model_dir / str(version) / VERSION_RECORD
+    if not path.is_file():
+        raise DeployError(f"{model_dir.name} version {version} is not on disk ({path} is missing)")
+    return json.loads(path.read_text())
+
+
+def place_version(staged: Path, model_dir: Path, version: int) -> Path:
+    """Copy a finished version beside its final place, then rename it in (atomic on one filesystem)."""
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
+    final = model_dir / str(version)
+    try:
+        for item in staged.iterdir():
+            shutil.copy2(item, staging / item.name)
+        os.rename(staging, final)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError) and final.exists():
+            raise DeployError(f"{final} appeared while this deploy ran (another deploy?); nothing was "
+                              "selected") from None
+        raise
+    return final
+
+
+def log_event(model_dir: Path, event: dict) -> None:
+    path = model_dir / HISTORY
+    history = json.loads(path.read_text()) if path.is_file() else {"model": model_dir.name, "events": []}
+    history["events"].append(event)
+    write_atomically(path, json.dumps(history, indent=2))
+
+
+def select(served: ServedEncoder, names: DetectorNames, meta: dict) -> None:
+    """Point the repository at one probe version: label files, then NAME_probe's and NAME_detector's configs."""
+    from services.repository import write_config
+
+    probe_dir, detector_dir = served.repo / names.probe, served.repo / names.detector
+    (detector_dir / "1").mkdir(parents=True, exist_ok=True)  # an ensemble's (empty) version
+    labels = {TRANSFORM_PROBS: meta["classes"], CATEGORY_PROBS: meta["categories"]}
+    for model_dir in (probe_dir, detector_dir):
+        for output, filename in LABEL_FILES.items():
+            write_atomically(model_dir / filename, "\n".join(labels[output]) + "\n")
+    write_config(probe_dir, probe_config(served, meta))
+    write_config(detector_dir, detector_config(served, names, meta))
+
+
+# -- the server -----------------------------------------------------------------------------
+
+def connect(url: str):
+    """A client for the server at `url`, checked before anything in the repository changes."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        problem = None if client.is_server_live(client_timeout=5) else "not live"
+    except InferenceServerException as exc:
+        problem = exc.message()
+    if problem:
+        raise DeployError(f"no Triton server answers at {url} ({problem}); nothing was changed")
+    return client
+
+
+def switch_server(client, url: str, names: DetectorNames, version: int, timeout_s: float) -> str:
+    """Make the server serve `version`: load_model in explicit mode; in poll mode wait for its
+    rescan. Returns once the probe serves only that version and the detector is reloaded."""
+    from tritonclient.utils import InferenceServerException
+
+    how = "loaded"
+    for model in (names.probe, names.detector):
+        try:
+            client.load_model(model, client_timeout=timeout_s)
+        except InferenceServerException as exc:
+            message = (exc.message() or str(exc)).splitlines()[0]
+            if "not allowed" in message:  # poll (or none) model control: the server decides
+                how = "picked up by the server's repository poll"
+                break
+            raise DeployError(f"version {version} is selected in the repository, but the server at {url} could not "
+                              f"load {model} (it keeps serving the previous version; `equiprobe deploy --rollback` "
+                              f"selects that one again): {message}") from None
+    deadline = time.monotonic() + timeout_s
+    while not _serving(client, names, version):
+        if time.monotonic() > deadline:
+            raise DeployError(f"version {version} is in the repository, but the server at {url} did not serve it "
+                              f"within {timeout_s:.0f} s (a server started with --model-control none never "
+                              "reloads; use explicit or poll)")
+        time.sleep(0.25)
+    client.close()
+    return how
+
+
+def _serving(client, names: DetectorNames, version: int) -> bool:
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        index = client.get_model_repository_index(as_json=True).get("models", [])
+        ready = {m.get("version") for m in index if m["name"] == names.probe and m.get("state") == "READY"}
+        if ready != {str(version)} or not client.is_model_ready(names.detector):
+            return False
+        parameters = client.get_model_config(names.detector, as_json=True)["config"].get("parameters", {})
+        return parameters.get("probe_version", {}).get("string_value") == str(version)
+    except InferenceServerException:
+        return False
+
+
+# -- deploy and rollback ----------------------------------------------------------------------
+
+@dataclass
+class DeployResult:
+    action: str  # "deploy" or "rollback"
+    repo: Path
+    flavour: str
+    names: DetectorNames
+    version: int
+    replaced: Optional[int]
+    meta: dict
+    server: Optional[str] = None  # how the server took it, when --url was given
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def deploy(probe_dirs: list[Path], repo: Path, url: Optional[str] = None, timeout_s: float = 120.0) -> DeployResult:
+    """Export the probes, write them as the next NAME_probe version, select it, and (given a url) load it."""
+    repo = Path(repo)
+    if not repo.is_dir():
+        raise DeployError(f"model repository {repo} does not exist")
+    try:
+        fine, general = pick_probes([read_probe(p) for p in probe_dirs])
+    except ProbeError as exc:
+        raise DeployError(str(exc)) from None
+    served = served_encoder(repo, fine.record["encoder"])
+    for probe in (fine, general):
+        if probe is not None:
+            check_probe(probe.record, str(probe.path), probe.task, served)
+    client = connect(url) if url else None
+    names = DetectorNames(served.name)
+    model_dir = repo / names.probe
+    replaced = selected_version(model_dir)
+    version = max(versions_on_disk(model_dir), default=0) + 1
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp)
+        try:
+            exported = export_probes(fine, general, staged / "model.onnx")
+        except ProbeError as exc:
+            raise DeployError(str(exc)) from None
+        meta = {"model": names.probe, "version": version, "replaced": replaced, "deployed_at": now(),
+                "encoder": served.name, "dim": served.dim, "encoder_onnx_sha256": served.onnx_sha256,
+                "catalog_versions": {p.task: p.record["catalog_version"] for p in (fine, general) if p},
+                "classes": fine.classes, "categories": category_names(),
+                "category_source": exported.category_source, "parity_max_abs_diff": exported.max_abs_diff,
+                "probes": {p.task: {"path": str(p.path.resolve()), "record": p.record}
+                           for p in (fine, general) if p}}
+        meta["catalog_versions"].setdefault("general", served.catalog_versions["general"])
+        (staged / VERSION_RECORD).write_text(json.dumps(meta, indent=2))
+        if served.flavour == "portable":
+            from services.repository import PYTHON_MODELS
+
+            shutil.copy2(PYTHON_MODELS / "onnx_encoder.py", staged / "model.py")
+        model_dir.mkdir(exist_ok=True)
+        place_version(staged, model_dir, version)
+    log_event(model_dir, {"action": "deploy", "version": version, "replaced": replaced, "at": meta["deployed_at"],
+                          "probes": {task: p["path"] for task, p in meta["probes"].items()}})
+    select(served, names, meta)
+    result = DeployResult("deploy", repo, served.flavour, names, version, replaced, meta)
+    if client is not None:
+        result.server = switch_server(client, url, names, version, timeout_s)
+    return result
+
+
+def deployed_encoders(repo: Path) -> list[str]:
+    return sorted(p.parent.name[:-len("_probe")] for p in repo.glob(f"*_probe/{HISTORY}"))
+
+
+def rollback(repo: Path, encoder: Optional[str] = None, url: Optional[str] = None,
+             timeout_s: float = 120.0) -> DeployResult:
+    """Select the version the current one replaced, the same way a deploy selects a new one."""
+    repo = Path(repo)
+    encoders = deployed_encoders(repo) if repo.is_dir() else []
+    if encoder is None:
+        if len(encoders) != 1:
+            raise DeployError(f"repository {repo} has {len(encoders)} deployed detectors "
+                              f"({', '.join(encoders) or 'none'}); name one with --encoder")
+        encoder = encoders[0]
+    elif encoder not in encoders:
+        raise DeployError(f"repository {repo} has no deployed {encoder}_detector")
+    names = DetectorNames(encoder)
+    model_dir = repo / names.probe
+    current = selected_version(model_dir)
+    if current is None:
+        raise DeployError(f"{model_dir}/config.pbtxt selects no version; deploy a probe first")
+    target = version_record(model_dir, current).get("replaced")
+    if target is None:
+        raise DeployError(f"{names.probe} version {current} replaced no earlier version; there is nothing to roll "
+                          "back to")
+    meta = version_record(model_dir, target)
+    served = served_encoder(repo, encoder)
+    # The version was checked when it was deployed; the repository's encoder may have changed since.
+    for task, probe in meta["probes"].items():
+        check_probe(probe["record"], f"{names.probe} version {target}", task, served)
+    client = connect(url) if url else None
+    log_event(model_dir, {"action": "rollback", "version": target, "replaced": current, "at": now()})
+    select(served, names, meta)
+    result = DeployResult("rollback", repo, served.flavour, names, target, current, meta)
+    if client is not None:
+        result.server = switch_server(client, url, names, target, timeout_s)
+    return result

@@ -1,0 +1,198 @@
+"""Trained probes as one ONNX model, the detector's last step:
+
+    EMBEDDING FP32 [B, D] -> TRANSFORM_PROBS    FP32 [B, C]   softmax of the fine probe (C = 31)
+                             CATEGORY_PROBS     FP32 [B, 10]  softmax of the general probe, or, without
+                                                              one, TRANSFORM_PROBS summed per category
+                             MANIPULATION_SCORE FP32 [B, 1]   1 - P(identity) from the fine probe
+                             EMBEDDING_OUT      FP32 [B, D]   the input, passed through
+
+The pass-through is for the detector ensemble: Triton (2.51) prunes the steps behind an ensemble
+output a request did not ask for, even when a later step consumes that tensor, so an EMBEDDING
+taken straight from the encoder would deadlock requests that ask only for the scores. Taken from
+the probe's last step instead, every output subset works.
+
+A probe directory is what `equiprobe train` (or a deployable baseline) writes: probe.pt, the
+state dict of a `trainer.probes.Probe` (standardization buffers and a linear or MLP head), and
+probe.json (task, dim, classes, catalog version, encoder and its ONNX hash). The ten categories
+are the general catalog's classes; every fine transformation's `category` is one of them, and a
+user's neural style network (a `neural_style_*` row) counts as style.
+
+The export runs torch's exporter as services/export.py does (dynamic batch axis, its default
+opset) and is checked against torch with ONNX Runtime before anything is deployed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+EMBEDDING = "EMBEDDING"
+TRANSFORM_PROBS, CATEGORY_PROBS, MANIPULATION_SCORE = "TRANSFORM_PROBS", "CATEGORY_PROBS", "MANIPULATION_SCORE"
+OUTPUTS = (TRANSFORM_PROBS, CATEGORY_PROBS, MANIPULATION_SCORE)
+EMBEDDING_OUT = "EMBEDDING_OUT"
+IDENTITY = "identity"
+# Probabilities are at most 1; float32 kernels summing in another order differ by a few ulps.
+PARITY_TOLERANCE = 1e-5
+
+
+class ProbeError(ValueError):
+    """A probe directory that cannot be deployed; the message says why in one line."""
+
+
+@dataclass
+class SavedProbe:
+    path: Path
+    record: dict  # probe.json
+
+    @property
+    def task(self) -> str:
+        return self.record["task"]
+
+    @property
+    def dim(self) -> int:
+        return int(self.record["dim"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.record["classes"])
+
+    def describe(self) -> str:
+        return f"{self.record['kind']} {self.task} probe {self.path}"
+
+    def load(self):
+        """The trained torch Probe, in eval mode; its architecture read from the state dict."""
+        import torch
+
+        from .probes import Probe, ProbeConfig
+
+        state = torch.load(self.path / "probe.pt", map_location="cpu")
+        if "head.weight" in state:
+            config = ProbeConfig(kind="linear")
+        elif "head.0.weight" in state:
+            config = ProbeConfig(kind="mlp", hidden=state["head.0.weight"].shape[0])
+        else:
+            raise ProbeError(f"{self.path}/probe.pt is not a linear or MLP probe (keys: {', '.join(list(state)[:4])})")
+        mean, std = state["mean"].numpy(), state["std"].numpy()
+        if mean.shape != (self.dim,):
+            raise ProbeError(f"{self.path}: probe.json says dim {self.dim} but probe.pt takes {mean.shape[0]}")
+        probe = Probe(self.dim, len(self.classes), config, mean, std)
+        try:
+            probe.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ProbeError(f"{self.path}/probe.pt does not match probe.json: {str(exc).splitlines()[0]}") from None
+        return probe.eval()
+
+
+REQUIRED = ("task", "kind", "dim", "classes", "catalog", "catalog_version", "encoder", "encoder_onnx_sha256")
+
+
+def read_probe(path: Path) -> SavedProbe:
+    """probe.json read and checked for what deployment needs; probe.pt is loaded later."""
+    path = Path(path)
+    if not (path / "probe.json").is_file():
+        raise ProbeError(f"{path} is not a probe directory (no probe.json); train one with `equiprobe train`")
+    try:
+        record = json.loads((path / "probe.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ProbeError(f"{path}/probe.json is not readable JSON: {exc}") from None
+    missing = [key for key in REQUIRED if key not in record]
+    if missing:
+        raise ProbeError(f"{path}/probe.json lacks {', '.join(missing)}")
+    if record.get("deployable") is False or not (path / "probe.pt").is_file():
+        raise ProbeError(f"{path} holds no deployable probe.pt (a {record['kind']} probe)")
+    if record["task"] not in ("fine", "general"):
+        raise ProbeError(f"{path} is a {record['task']} probe; the detector takes a fine probe and optionally "
+                         "a general one")
+    return SavedProbe(path, record)
+
+
+def category_of(fine_classes: list[str]) -> list[str]:
+    """The general-catalog category of every fine class."""
+    from services.transforms import get_catalog
+
+    by_name = {t.name: t.category for t in get_catalog("fine").transforms}
+    categories = []
+    for name in fine_classes:
+        category = by_name.get(name) or ("style" if name.startswith("neural_style_") else None)
+        if category is None:
+            raise ProbeError(f"fine class {name!r} is not in the fine catalog")
+        categories.append(category)
+    return categories
+
+
+def category_names() -> list[str]:
+    from services.transforms import get_catalog
+
+    return list(get_catalog("general").classes)
+
+
+def detector_head(fine, general, fine_classes: list[str]):
+    """The torch module the ONNX model is exported from (and checked against)."""
+    import torch
+    from torch import nn
+
+    names = category_names()
+    membership = np.zeros((len(fine_classes), len(names)), np.float32)
+    for k, category in enumerate(category_of(fine_classes)):
+        membership[k, names.index(category)] = 1.0
+    identity = fine_classes.index(IDENTITY)
+
+    class DetectorHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fine, self.general = fine, general
+            self.register_buffer("membership", torch.from_numpy(membership))
+
+        def forward(self, embeddings: torch.Tensor):
+            transforms = torch.softmax(self.fine(embeddings), dim=1)
+            if self.general is not None:
+                categories = torch.softmax(self.general(embeddings), dim=1)
+            else:  # P(category) = sum of its transformations' probabilities
+                categories = transforms @ self.membership
+            return transforms, categories, 1.0 - transforms[:, identity:identity + 1], embeddings
+
+    return DetectorHead().eval()
+
+
+@dataclass
+class ProbeExport:
+    path: Path
+    max_abs_diff: float  # ONNX Runtime against torch, over every output
+    category_source: str  # "general probe" or "fine probe"
+
+
+def export_probes(fine: SavedProbe, general: Optional[SavedProbe], out: Path, check_batch: int = 16) -> ProbeExport:
+    """Write the probe model to `out` and check it with ONNX Runtime; raises ProbeError on a mismatch."""
+    import onnx
+    import torch
+
+    from services.runtime import ort_session
+
+    if IDENTITY not in fine.classes:
+        raise ProbeError(f"{fine.path}: the fine probe has no {IDENTITY!r} class to score manipulation against")
+    fine_model = fine.load()
+    head = detector_head(fine_model, general.load() if general else None, fine.classes)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    # Embeddings as the encoder gives them: around the training mean, at the training scale.
+    rng = np.random.default_rng(0)
+    mean, std = fine_model.mean.numpy(), fine_model.std.numpy()
+    x = (mean + std * rng.normal(size=(check_batch, fine.dim))).astype(np.float32)
+    # The exporter prints its progress to stdout even with verbose=False; keep CLI output clean.
+    with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        torch.onnx.export(head, (torch.from_numpy(x[:2]),), str(out), input_names=[EMBEDDING],
+                          output_names=[*OUTPUTS, EMBEDDING_OUT], dynamic_shapes=({0: batch},), external_data=False,
+                          dynamo=True, verbose=False)
+        reference = [t.numpy() for t in head(torch.from_numpy(x))]
+    onnx.checker.check_model(str(out))
+    served = ort_session(out).run([*OUTPUTS, EMBEDDING_OUT], {EMBEDDING: x})
+    diff = max(float(np.abs(s - r).max()) if s.shape == r.shape else np.inf for s, r in zip(served, reference))
+    if not diff <= PARITY_TOLERANCE:
+        raise ProbeError(f"the exported probe model differs from torch by {diff:.3g} (tolerance "
+                         f"{PARITY_TOLERANCE:g}); nothing was deployed")
+    return ProbeExport(Path(out), diff, "general probe" if general else "fine probe")
