@@ -3,7 +3,8 @@
 Build the portable repository for squeezenet1_1; start the real Triton server (explicit model
 control, so the detector can be deployed into it live); check one served embedding against the
 in-process pipeline and send a corrupt file; bulk-embed a few hundred built-in photos in all
-their versions (fine catalog 31x, generalization catalog 47x) into memory-mapped stores; train
+their versions (fine catalog 31x, generalization catalog 47x, the rotation/flip groups 5x)
+into memory-mapped stores; train
 the fine-grained and generalization MLP probes; write the report (tables, G-EED, plots); deploy
 both probes as NAME_detector; score held-out photos and their transformed versions over gRPC;
 stop the server cleanly.
@@ -28,6 +29,7 @@ from services.server import TritonServer, loopback_config
 ENCODER = "squeezenet1_1"
 FINE_IMAGES = 300  # x 31 versions
 GENERAL_IMAGES = 150  # x 47 versions: 28 seen sub-transformations and 19 held out
+GROUPS_IMAGES = 100  # x 5 versions: identity, three rotations, a flip (exact group G-EED)
 SEEDS = [0, 1]  # the study repeats 5 seeds (equiprobe train's default); two keep the demo short
 MAX_EPOCHS = 60
 SHOWN_VERSIONS = ("identity", "gaussian_blur", "text_overlay", "reference_style")
@@ -53,12 +55,13 @@ def run_demo(workdir: str) -> None:
         console.rule("3. bulk-embed built-in photos into memory-mapped stores")
         stores = {"fine": bulk_embed(console, url, work / "store_fine", "fine", FINE_IMAGES),
                   "general": bulk_embed(console, url, work / "store_general", "general", GENERAL_IMAGES)}
+        groups = bulk_embed(console, url, work / "store_groups", "groups", GROUPS_IMAGES)
 
         console.rule(f"4. train the fine-grained and generalization MLP probes (seeds {SEEDS})")
         probes = train_demo_probes(console, work, stores)
 
         console.rule("5. report: tables, invariance (G-EED, copy detection), plots")
-        report = write_report(console, work, stores, probes)
+        report = write_report(console, work, [*stores.values(), groups], probes)
 
         console.rule("6. deploy the probes into the running server as the manipulation detector")
         deploy_detector(console, repo, url, probes)
@@ -123,11 +126,11 @@ def train_demo_probes(console: Console, work: Path, stores: dict[str, Path]) -> 
     return probes
 
 
-def write_report(console: Console, work: Path, stores: dict[str, Path], probes: dict[str, Path]) -> Path:
+def write_report(console: Console, work: Path, stores: list[Path], probes: dict[str, Path]) -> Path:
     from trainer.report import build_report
 
     out = work / "report"
-    results = build_report(list(stores.values()), list(probes.values()), out, max_images=500)
+    results = build_report(stores, list(probes.values()), out, max_images=500)
     row = results["table1"][0]
     cell = lambda s: f"{s['mean']:.3f} +- {s['std']:.3f}" if s else "-"  # noqa: E731
     table = Table("encoder", "probe", "fine-grained (31-way)", "generalization (10-way)", "held-out noise",
@@ -142,6 +145,9 @@ def write_report(console: Console, work: Path, stores: dict[str, Path], probes: 
     console.print(f"latent G-EED (cosine, / M): most moved by {most} {geed[most]['cosine']:.2f}, least by {least} "
                   f"{geed[least]['cosine']:.2f}; copy detection recall@1 "
                   f"{fine['copy_detection']['overall']['recall@1']:.2f}, @10 {fine['copy_detection']['overall']['recall@10']:.2f}")
+    groups = results["stores"][-1]["latent_geed"]["groups"]
+    console.print("exact group G-EED (euclidean, / M): " + ", ".join(
+        f"{name} {{{', '.join(g['members'])}}} {g['euclidean']:.2f}" for name, g in groups.items()))
     return out
 
 
