@@ -56,7 +56,6 @@ from torch import nn
 
 from clients.store import DONE, Store
 
-from .probes import load_probe  # noqa: F401 (probe.pt + probe.json -> (probe, record), for softmax_geed)
 
 DEFAULT_MAX_IMAGES = 5000  # flat faiss search is quadratic in images: keep it a few seconds
 DEFAULT_PAIRS = 2000
