@@ -185,16 +185,16 @@ async def refresh_record(client: AsyncTritonClient, model: str, record, seed: in
                          manifest: dict) -> Outcome:
     """One image of a refresh: the old store's valid columns, the server's for the rest. An image
     the old store does not hold done (failed, pending, or other bytes now) is embedded in full."""
+    width = manifest["params_width"]
     old_key = reuse.image_key(row, record)
-    if old_key is not None and not reuse.missing:
-        embeddings, params = reuse.assemble(row, None, None, manifest["params_width"])
-        return Outcome(embeddings, params, old_key)
     if old_key is not None:
+        if not reuse.missing:
+            return Outcome(*reuse.assemble(row, None, None, width), old_key)
         outcome = await embed_record(client, model, record, seed, reuse.missing)
-        if outcome.reason or outcome.image_key == old_key:
-            if not outcome.reason:
-                outcome.embeddings, outcome.params = reuse.assemble(row, outcome.embeddings, outcome.params,
-                                                                    manifest["params_width"])
+        if outcome.reason:
+            return outcome
+        if outcome.image_key == old_key:
+            outcome.embeddings, outcome.params = reuse.assemble(row, outcome.embeddings, outcome.params, width)
             return outcome
     outcome = await embed_record(client, model, record, seed)
     reuse.computed += 0 if outcome.reason else len(manifest["rows"])

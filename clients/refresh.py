@@ -16,11 +16,11 @@ from typing import Optional
 
 import numpy as np
 
-from .store import DONE, KEY_WIDTH, Store, StoreError
+from .store import DONE, IDENTITY_FIELDS, KEY_WIDTH, Store, StoreError, manifest_differences
 
-# What must match for an old store's rows to stand for the new store's rows.
-SAME_JOB_FIELDS = ("format_version", "encoder", "encoder_onnx_sha256", "dim", "dtype", "catalog", "dataset",
-                   "limit", "seed", "count", "shard")
+# What must match for an old store's rows to stand for the new store's rows: a store's identity
+# except its catalog version and rows (what a refresh changes), and the same images (limit).
+SAME_JOB_FIELDS = tuple(f for f in IDENTITY_FIELDS if f not in ("catalog_version", "rows")) + ("limit",)
 
 
 @dataclass
@@ -72,8 +72,7 @@ def open_reuse(old: Path, out: Path, manifest: dict) -> ReuseSource:
         raise StoreError(f"--reuse {old} is the --out store; write the refreshed store to a new directory")
     source = Store.open(old)
     found = source.manifest
-    differences = [f"{f}: {old} has {found.get(f)!r}, this run wants {manifest.get(f)!r}"
-                   for f in SAME_JOB_FIELDS if found.get(f) != manifest.get(f)]
+    differences = manifest_differences(found, manifest, SAME_JOB_FIELDS, str(old))
     if differences:
         raise StoreError(f"cannot reuse {old}: it was made by another job (" + "; ".join(differences) + ")")
     if not found.get("row_fingerprints"):

@@ -22,12 +22,13 @@ process, so a resumed store ends byte-identical to an uninterrupted one.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+from services.files import write_atomically
 
 FORMAT_VERSION = 1
 PENDING, DONE, FAILED = 0, 1, 2
@@ -39,15 +40,6 @@ class StoreError(ValueError):
     """A store that cannot be used as asked (mismatched manifest, missing files)."""
 
 
-def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _short(value, width: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= width else text[:width - 3] + "..."
@@ -56,6 +48,12 @@ def _short(value, width: int = 60) -> str:
 # Fields that must match for a run to resume (or merge into) an existing store.
 IDENTITY_FIELDS = ("format_version", "encoder", "encoder_onnx_sha256", "dim", "dtype", "catalog",
                    "catalog_version", "rows", "dataset", "seed", "count", "shard")
+
+
+def manifest_differences(found: dict, wanted: dict, fields, holder: str) -> list[str]:
+    """'field: HOLDER has X, this run wants Y' for each of `fields` where two manifests differ."""
+    return [f"{field}: {holder} has {_short(found.get(field))}, this run wants {_short(wanted.get(field))}"
+            for field in fields if found.get(field) != wanted.get(field)]
 
 
 @dataclass
@@ -74,8 +72,7 @@ class Store:
         existing = path / "manifest.json"
         if existing.exists():
             found = json.loads(existing.read_text())
-            differences = [f"{field}: store has {_short(found.get(field))}, this run wants {_short(manifest.get(field))}"
-                           for field in IDENTITY_FIELDS if found.get(field) != manifest.get(field)]
+            differences = manifest_differences(found, manifest, IDENTITY_FIELDS, "store")
             if differences:
                 raise StoreError(f"{path} holds a different store; refusing to overwrite it ("
                                  + "; ".join(differences) + ")")

@@ -14,7 +14,6 @@ Triton's own ModelConfig protobuf messages, so they follow its schema by constru
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from .encoders import EncoderSpec, get_encoder
 from .export import INPUT_NAME as PIXELS, OUTPUT_NAME as EMBEDDING, ExportResult, export_encoder
+from .files import write_atomically
 from .pipelines import INPUT_NAME as IMAGE, serialize_preprocess
 
 Flavour = Literal["portable", "native"]
@@ -185,10 +185,7 @@ def embed_config(spec: EncoderSpec, names: ModelNames, serving: ServingSpec) -> 
 def write_config(model_dir: Path, config: mc.ModelConfig) -> Path:
     model_dir.mkdir(parents=True, exist_ok=True)
     path = model_dir / "config.pbtxt"
-    # Written beside and renamed over it: a server rescanning the repository never reads half a config.
-    staged = model_dir / ".config.pbtxt.tmp"
-    staged.write_text(text_format.MessageToString(config))
-    os.replace(staged, path)
+    write_atomically(path, text_format.MessageToString(config))  # a rescanning server never reads half a config
     return path
 
 

@@ -35,7 +35,7 @@ import numpy as np
 from clients.store import Store
 
 from .data import ProbeData, Task
-from .probes import Probe, ProbeConfig
+from .probes import Probe, ProbeConfig, predict_with
 from .train import summarize, test_metrics
 
 BASELINES = ("logreg", "knn")
@@ -93,18 +93,6 @@ def gather(data: ProbeData, part: str, mean: np.ndarray, std: np.ndarray, max_ex
     x -= mean
     x /= std
     return Examples(x, y, versions)
-
-
-def stream_predictions(data: ProbeData, part: str, mean: np.ndarray, std: np.ndarray,
-                       classify: Callable[[np.ndarray], np.ndarray], batch_size: int
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(predicted, true labels, versions) over every example of a part, read in batches."""
-    predicted, truth, versions = [], [], []
-    for x, y, v in data.batches(part, batch_size):
-        predicted.append(classify((x - mean) / std))
-        truth.append(y)
-        versions.append(v)
-    return np.concatenate(predicted), np.concatenate(truth), np.concatenate(versions)
 
 
 # -- logistic regression ------------------------------------------------------------------------
@@ -261,8 +249,9 @@ def train_baseline(store_path: Path, task_name: str, config: BaselineConfig, out
             else:
                 selection = select_knn(train, val, config, classes, step)
             step(f"{config.kind}: testing")
-            metrics = test_metrics(data, *stream_predictions(data, "test", mean, std, selection.classify,
-                                                             config.batch_size))
+            # Test examples are streamed in batches, standardized like the training ones.
+            predictions = predict_with(lambda x: selection.classify((x - mean) / std), data, "test", config.batch_size)
+            metrics = test_metrics(data, *predictions)
     model = selection.extra.pop("model", None)
     runs = [{"seed": config.seed, "val_accuracy": selection.val_accuracy[selection.best], **metrics}]
     m = store.manifest

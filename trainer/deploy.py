@@ -39,6 +39,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
+from services.files import write_atomically
+
 from .probe_export import (CATEGORY_PROBS, EMBEDDING, EMBEDDING_OUT, MANIPULATION_SCORE, OUTPUTS, TRANSFORM_PROBS,
                            ProbeError, SavedProbe, category_names, export_probes, read_probe)
 
@@ -191,12 +193,6 @@ def detector_config(served: ServedEncoder, names: DetectorNames, meta: dict):
 
 
 # -- files ----------------------------------------------------------------------------------
-
-def write_atomically(path: Path, text: str) -> None:
-    staged = path.with_name(f".{path.name}.tmp")
-    staged.write_text(text)
-    os.replace(staged, path)
-
 
 def versions_on_disk(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit())

@@ -66,27 +66,14 @@ class SavedProbe:
         return f"{self.record['kind']} {self.task} probe {self.path}"
 
     def load(self):
-        """The trained torch Probe, in eval mode; its architecture read from the state dict."""
-        import torch
+        """The trained torch Probe, in eval mode (trainer.probes.load_probe)."""
+        from .probes import load_probe
 
-        from .probes import Probe, ProbeConfig
-
-        state = torch.load(self.path / "probe.pt", map_location="cpu")
-        if "head.weight" in state:
-            config = ProbeConfig(kind="linear")
-        elif "head.0.weight" in state:
-            config = ProbeConfig(kind="mlp", hidden=state["head.0.weight"].shape[0])
-        else:
-            raise ProbeError(f"{self.path}/probe.pt is not a linear or MLP probe (keys: {', '.join(list(state)[:4])})")
-        mean, std = state["mean"].numpy(), state["std"].numpy()
-        if mean.shape != (self.dim,):
-            raise ProbeError(f"{self.path}: probe.json says dim {self.dim} but probe.pt takes {mean.shape[0]}")
-        probe = Probe(self.dim, len(self.classes), config, mean, std)
         try:
-            probe.load_state_dict(state)
-        except RuntimeError as exc:
+            probe, _ = load_probe(self.path)
+        except RuntimeError as exc:  # probe.pt's tensors are not the shapes probe.json describes
             raise ProbeError(f"{self.path}/probe.pt does not match probe.json: {str(exc).splitlines()[0]}") from None
-        return probe.eval()
+        return probe
 
 
 REQUIRED = ("task", "kind", "dim", "classes", "catalog", "catalog_version", "encoder", "encoder_onnx_sha256")

@@ -83,19 +83,27 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-@torch.no_grad()
-def predict(model: nn.Module, data: ProbeData, part: str, batch_size: int = 4096) -> tuple[np.ndarray, ...]:
-    """(predicted labels, true labels, version indices) over a part; labels are [n, heads] for
-    a multitask probe, [n] otherwise."""
-    model.eval()
-    at = next(model.parameters()).device
+def predict_with(classify, data: ProbeData, part: str, batch_size: int = 4096) -> tuple[np.ndarray, ...]:
+    """(predicted labels, true labels, version indices) over every example of a part, read in
+    batches; `classify` maps a batch of raw embeddings to predicted labels."""
     predicted, truth, versions = [], [], []
     for x, y, v in data.batches(part, batch_size):
-        heads = [logits.argmax(1).cpu().numpy() for logits in _as_tuple(model(torch.from_numpy(x).to(at)))]
-        predicted.append(heads[0] if len(heads) == 1 else np.stack(heads, axis=1))
+        predicted.append(classify(x))
         truth.append(y)
         versions.append(v)
     return np.concatenate(predicted), np.concatenate(truth), np.concatenate(versions)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: ProbeData, part: str, batch_size: int = 4096) -> tuple[np.ndarray, ...]:
+    """predict_with a torch probe; labels are [n, heads] for a multitask probe, [n] otherwise."""
+    model.eval()
+    at = next(model.parameters()).device
+
+    def classify(x: np.ndarray) -> np.ndarray:
+        heads = [logits.argmax(1).cpu().numpy() for logits in _as_tuple(model(torch.from_numpy(x).to(at)))]
+        return heads[0] if len(heads) == 1 else np.stack(heads, axis=1)
+    return predict_with(classify, data, part, batch_size)
 
 
 def accuracy(model: nn.Module, data: ProbeData, part: str) -> float:

@@ -36,11 +36,12 @@ def _mean_over_runs(runs: list[dict], key: str) -> dict:
                               for r in runs])) for n in names}
 
 
-def _stat(summary: dict, key: str) -> Optional[dict]:
-    return summary.get(key)
+Outcomes = dict[tuple[str, str], bool]  # (image key, version name) -> correct?
 
 
-def probe_section(directory: Path, max_images: int) -> dict:
+def probe_section(directory: Path, max_images: int) -> tuple[dict, Optional[Outcomes]]:
+    """The probe's figures, and its per-example test outcomes where it can be run on its store
+    (a single-head probe with weights), for comparisons across catalog versions."""
     record = json.loads((directory / "probe.json").read_text())
     runs = record["runs"]
     section = {
@@ -53,20 +54,24 @@ def probe_section(directory: Path, max_images: int) -> dict:
         seen = {n: s["seen"] for n, s in runs[0]["per_style_accuracy"].items()}
         section["per_style_accuracy"] = {n: {"accuracy": a, "seen": seen[n]}
                                          for n, a in _mean_over_runs(runs, "per_style_accuracy").items()}
+    outcomes = None
     store_path = Path(record["store"]) if record.get("store") else None
     if (directory / "probe.pt").exists() and store_path and (store_path / "manifest.json").exists():
         model, _ = load_probe(directory)
         store = Store.open(store_path)
         data = ProbeData.from_store(store, Task.from_store(store, record["task"]), record.get("split", "store"))
-        predicted, truth, _ = predict(model, data, "test")
+        predicted, truth, versions = predict(model, data, "test")
         if predicted.ndim == 1:
             classes = len(data.task.classes)
             matrix = np.zeros((classes, classes), np.int64)
             np.add.at(matrix, (truth, predicted), 1)
             section["confusion"] = {"classes": data.task.classes, "matrix": matrix.tolist()}
+            rows, _ = data.examples("test")  # predict reads the examples in this order
+            keys, names = np.asarray(store.array("image_keys")), store.manifest["rows"]
+            outcomes = {(str(keys[r]), names[v]): bool(c) for r, v, c in zip(rows, versions, predicted == truth)}
         if record["task"] in ("fine", "general"):
             section["softmax_geed"] = invariance.softmax_geed(model, store, max_images=max_images)
-    return section
+    return section, outcomes
 
 
 def store_section(path: Path, max_images: int) -> dict:
@@ -79,24 +84,7 @@ def store_section(path: Path, max_images: int) -> dict:
     return section
 
 
-def test_outcomes(directory: Path) -> Optional[dict[tuple[str, str], bool]]:
-    """{(image key, version name): correct?} of a loadable single-head probe on its store's test images."""
-    record = json.loads((directory / "probe.json").read_text())
-    store_path = Path(record.get("store") or "")
-    if not (directory / "probe.pt").exists() or not (store_path / "manifest.json").exists():
-        return None
-    model, _ = load_probe(directory)
-    store = Store.open(store_path)
-    data = ProbeData.from_store(store, Task.from_store(store, record["task"]), record.get("split", "store"))
-    predicted, truth, versions = predict(model, data, "test")
-    if predicted.ndim != 1:
-        return None
-    rows, _ = data.examples("test")  # predict reads the examples in this order
-    keys, names = np.asarray(store.array("image_keys")), store.manifest["rows"]
-    return {(str(keys[r]), names[v]): bool(c) for r, v, c in zip(rows, versions, predicted == truth)}
-
-
-def compare_versions(probes: list[dict]) -> list[dict]:
+def compare_versions(probes: list[dict], outcomes_by_dir: dict[str, Optional[Outcomes]]) -> list[dict]:
     """Old and new detectors (same encoder and task, different catalog versions) on the same test
     images and the transformations both catalogs have: accuracy of each, per transformation."""
     comparisons = []
@@ -108,7 +96,7 @@ def compare_versions(probes: list[dict]) -> list[dict]:
         if len(by_version) < 2:
             continue
         old, new = (by_version[v] for v in sorted(by_version)[-2:])
-        outcomes = [test_outcomes(Path(p["dir"])) for p in (old, new)]
+        outcomes = [outcomes_by_dir[p["dir"]] for p in (old, new)]
         if None in outcomes:
             continue
         common = sorted(set(outcomes[0]) & set(outcomes[1]))
@@ -137,11 +125,11 @@ def table1(probes: list[dict]) -> list[dict]:
     for p in probes:
         row = rows.setdefault((p["encoder"], p["kind"]), {"encoder": p["encoder"], "probe": p["kind"]})
         if p["task"] == "fine":
-            row["fine"] = _stat(p["summary"], "test_accuracy")
+            row["fine"] = p["summary"].get("test_accuracy")
         elif p["task"] == "general":
-            row["general"] = _stat(p["summary"], "test_accuracy")
-            row["held_out_noise"] = _stat(p["summary"], "held_out_noise_accuracy")
-            row["held_out_style"] = _stat(p["summary"], "held_out_style_accuracy")
+            row["general"] = p["summary"].get("test_accuracy")
+            row["held_out_noise"] = p["summary"].get("held_out_noise_accuracy")
+            row["held_out_style"] = p["summary"].get("held_out_style_accuracy")
     return list(rows.values())
 
 
@@ -257,10 +245,14 @@ def markdown(results: dict, images: list[Path]) -> str:
 def build_report(stores: list[Path], probes: list[Path], out: Path, max_images: int = 2000) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     results = {"stores": [store_section(Path(s), max_images) for s in stores],
-               "probes": [probe_section(Path(p), max_images) for p in probes]}
+               "probes": []}
+    outcomes_by_dir = {}
+    for path in probes:
+        section, outcomes_by_dir[str(Path(path))] = probe_section(Path(path), max_images)
+        results["probes"].append(section)
     results["table1"] = table1(results["probes"])
     results["multitask"] = multitask_rows(results["probes"])
-    results["catalog_comparison"] = compare_versions(results["probes"])
+    results["catalog_comparison"] = compare_versions(results["probes"], outcomes_by_dir)
     images = render_plots(results, out)
     results["plots"] = [p.name for p in images]
     (out / "results.json").write_text(json.dumps(results, indent=1))
