@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+DEBIAN_DATA := dataset-fashion-mnist opencv-doc mate-backgrounds gnome-backgrounds plasma-workspace-wallpapers \
+	ukui-wallpapers lomiri-wallpapers lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 sway-backgrounds palapeli-data
 
 .PHONY: setup demo test bench clean
 
@@ -12,11 +14,14 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -e '.[cpu,dev]'
 	# Only the tritonserver binary and python backend are used; --no-deps keeps pytriton's pins out.
 	$(BIN)/python -m pip install --no-deps nvidia-pytriton==0.7.0
-	# Real labelled photos (fashion-mnist) come from a Debian package, where apt can install it.
-	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || ! command -v apt-get >/dev/null || \
-		apt-get install -y -q dataset-fashion-mnist >/dev/null || \
-		(apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null) || \
-		echo "note: could not install dataset-fashion-mnist; the fashion-mnist dataset will say so"
+	# Real labelled photos (fashion-mnist) and the built-in corpus's photographs, screenshots and
+	# illustrations (clients/corpus_manifest.json) come from Debian packages, where apt can install them.
+	@missing=$$(for p in $(DEBIAN_DATA); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		(command -v apt-get >/dev/null && (DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null || \
+		(apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null))) || \
+		echo "note: could not install $$missing (apt-get install $$missing); the corpus and fashion-mnist datasets will name what is missing"; \
+	fi
 	touch $(STAMP)
 
 setup: $(STAMP)

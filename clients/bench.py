@@ -118,20 +118,22 @@ def run_serve_bench(repo: Path, url: str, encoder: str, images: list[bytes],
     return rows
 
 
-def run_detector_bench(url: str, encoder: str, images: list[bytes], levels=(1, 16), repeats: int = 2) -> list[dict]:
-    """NAME_detector against NAME_embed alone, both through gRPC, at each concurrency: the probe's cost.
-    The two alternate `repeats` times and each keeps its fastest pass, so drift on a shared machine
-    does not land on one side."""
+def run_detector_bench(url: str, encoder: str, images: list[bytes], levels=(1, 16), repeats: int = 2,
+                       baseline: tuple[str, str] = ("", "embed")) -> list[dict]:
+    """NAME_detector against `baseline` ((encoder, model); default NAME_embed alone: the probe's cost;
+    or another detector, e.g. a single encoder's against a concatenated one), both through gRPC, at
+    each concurrency. The two alternate `repeats` times and each keeps its fastest pass, so drift
+    on a shared machine does not land on one side."""
+    sides = {"detector": (encoder, "detector"), "baseline": (baseline[0] or encoder, baseline[1])}
     rows = []
     for level in levels:
-        passes = {"embed": [], "detector": []}
+        passes = {side: [] for side in sides}
         for _ in range(repeats):
-            for model in passes:
-                passes[model].append(through_triton(url, encoder, images, level, model))
-        embed, detector = (min(passes[m], key=lambda r: r.seconds) for m in ("embed", "detector"))
-        rows.append({"level": level, "embed": asdict(embed) | {"images_per_s": embed.images_per_s},
-                     "detector": asdict(detector) | {"images_per_s": detector.images_per_s},
-                     "throughput_ratio": detector.images_per_s / embed.images_per_s})
+            for side, (name, model) in sides.items():
+                passes[side].append(through_triton(url, name, images, level, model))
+        best = {side: min(passes[side], key=lambda r: r.seconds) for side in sides}
+        rows.append({"level": level, **{side: asdict(m) | {"images_per_s": m.images_per_s} for side, m in best.items()},
+                     "throughput_ratio": best["detector"].images_per_s / best["baseline"].images_per_s})
     return rows
 
 

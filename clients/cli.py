@@ -68,24 +68,31 @@ def bench_detector(
                               "(make demo leaves one here; or equiprobe deploy --probe DIR --repo DIR)."),
     images: int = typer.Option(128, help="Images per measurement."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures here."),
+    versus: Optional[str] = typer.Option(None, help="Compare against this encoder's NAME_detector instead of "
+                                         "NAME_embed: e.g. --encoder squeezenet1_1+open_nsfw --versus squeezenet1_1 "
+                                         "gives the concatenated detector's cost against the single one."),
 ) -> None:
-    """NAME_detector p50/p99 at concurrency 1 and 16, and its throughput against NAME_embed alone."""
+    """NAME_detector p50/p99 at concurrency 1 and 16, and its throughput against NAME_embed alone
+    (or against another detector)."""
     from services.server import ServerError, TritonServer, loopback_config
 
     from .bench import bench_images, run_detector_bench
 
-    if not (repo / f"{encoder}_detector" / "config.pbtxt").exists():
-        raise fail(f"no {encoder}_detector in {repo}: run `make demo`, or train a probe and "
-                   f"`equiprobe deploy --probe DIR --repo {repo}`")
+    for name in [encoder] + ([versus] if versus else []):
+        if not (repo / f"{name}_detector" / "config.pbtxt").exists():
+            raise fail(f"no {name}_detector in {repo}: run `make demo`, or train a probe and "
+                       f"`equiprobe deploy --probe DIR --repo {repo}`")
+    baseline = (versus, "detector") if versus else (encoder, "embed")
+    other = f"{baseline[0]}_{baseline[1]}"
     data = bench_images(images)
     try:
         with TritonServer(loopback_config(repo)) as server:
-            rows = run_detector_bench(server.config.grpc_url, encoder, data)
+            rows = run_detector_bench(server.config.grpc_url, encoder, data, baseline=baseline)
     except ServerError as exc:
         raise fail(str(exc))
-    print_side_by_side(f"{encoder}_detector vs {encoder}_embed through gRPC: {images} JPEG photos per row", rows,
-                       ("detector", "embed"), ("in flight", "detector img/s", "p50 ms", "p99 ms", "embed img/s",
-                                               "p50 ms", "p99 ms", "detector/embed"), json_out)
+    print_side_by_side(f"{encoder}_detector vs {other} through gRPC: {images} JPEG photos per row", rows,
+                       ("detector", "baseline"), ("in flight", "detector img/s", "p50 ms", "p99 ms", f"{other} img/s",
+                                                  "p50 ms", "p99 ms", "ratio"), json_out)
 
 
 @bench_app.command("transforms")
@@ -130,7 +137,7 @@ def bench_transforms(
 
 
 def embed(
-    dataset: str = typer.Option(..., help="photos, fashion-mnist, folder:PATH, list:FILE or tar:GLOB."),
+    dataset: str = typer.Option(..., help="corpus, fashion-mnist, folder:PATH, list:FILE or tar:GLOB."),
     encoder: str = typer.Option(..., help="Encoder whose NAME_embed31 / NAME_embed_general / NAME_embed_groups "
                                 "the server has."),
     out: Path = typer.Option(..., help="Store directory (created, or resumed if it holds this same job)."),
@@ -156,6 +163,10 @@ def embed(
     reuse: Optional[Path] = typer.Option(None, help="Refresh: an older store of the same job (encoder, dataset, "
                                          "seed) for an older catalog version; its columns of unchanged "
                                          "transformations are copied and only the others computed."),
+    uploads: Optional[str] = typer.Option(None, help="jpeg: every version re-encoded as a JPEG of random quality "
+                                          "(60-95), as users' uploads are; none: versions as made (the study's "
+                                          "protocol). Default: jpeg for the fine and general catalogs (detector "
+                                          "training), none for groups (exact pixel operations)."),
 ) -> None:
     """Embed every image of a dataset in all its versions into a memory-mapped store."""
     import asyncio
@@ -176,7 +187,7 @@ def embed(
         raise fail("--reuse runs on one machine; leave out --ray")
     try:
         job = EmbedJob(dataset, encoder, out, url[0], catalog, limit, parse_shard(shard), seed, dtype, chunk_size,
-                       reuse=reuse,
+                       reuse=reuse, uploads=uploads or "",
                        client=ClientOptions(url[0], max_in_flight, timeout, retries, ssl=tls,
                                             root_certificates=root_certificates, headers=headers))
         if ray:
@@ -220,11 +231,49 @@ def score(
         else:
             top_t = ", ".join(f"{t['name']} {t['probability']:.2f}" for t in result["transformations"])
             top_c = ", ".join(f"{c['name']} {c['probability']:.2f}" for c in result["categories"])
-            console.print(f"[bold]{path}[/bold]  manipulation {result['manipulation_score']:.3f}  "
+            verdict = "yes" if result["manipulated"] else "no"
+            console.print(f"[bold]{path}[/bold]  manipulated: {verdict} (score {result['manipulation_score']:.3f}, "
+                          f"threshold {result['threshold']:.3f})  "
                           f"transformations: {top_t}  categories: {top_c}")
     scorer.close()
     if failed:
         raise typer.Exit(1)
+
+
+corpus_app = typer.Typer(no_args_is_help=True, help="The built-in corpus (clients/corpus_manifest.json).")
+
+
+@corpus_app.command("info")
+def corpus_info() -> None:
+    """Sources per package, kind and split, after checking that every file is installed."""
+    from collections import Counter
+
+    from .corpus import CorpusError, check_corpus, load_manifest, split_of
+
+    try:
+        entries = check_corpus()
+    except CorpusError as exc:
+        raise fail(str(exc))
+    table = Table("package", "licence", "photograph", "screenshot", "illustration", "train", "validation", "test",
+                  title=f"{len(entries)} colour sources in {len({e['group'] for e in entries})} groups "
+                        f"({sum(not e['colour'] for e in load_manifest()['entries'])} grayscale images excluded)")
+    for package in sorted({e["package"] for e in entries}):
+        mine = [e for e in entries if e["package"] == package]
+        kinds, splits = Counter(e["kind"] for e in mine), Counter(split_of(e["group"]) for e in mine)
+        table.add_row(package, ", ".join(sorted({e["licence"] for e in mine}))[:40],
+                      *(str(kinds[k]) for k in ("photograph", "screenshot", "illustration")),
+                      *(str(splits[k]) for k in ("train", "validation", "test")))
+    Console(width=160).print(table)
+
+
+@corpus_app.command("manifest")
+def corpus_manifest(out: Path = typer.Option(None, help="Where to write it (default: the committed manifest).")
+                    ) -> None:
+    """Rescan the installed packages and rewrite the manifest (file, package, licence, kind, group...)."""
+    from .corpus import MANIFEST, build_manifest, save_manifest
+
+    save_manifest(build_manifest(), out or MANIFEST)
+    print(f"wrote {out or MANIFEST}")
 
 
 store_app = typer.Typer(no_args_is_help=True, help="Embedding stores.")
@@ -253,6 +302,23 @@ def store_info(path: Path = typer.Argument(..., help="Store directory.")) -> Non
     Console(width=140).print(table)
     for error in store.errors()[:10]:
         print(f"  failed: {error['key']}: {error['reason']}")
+
+
+@store_app.command("concat")
+def store_concat(out: Path = typer.Option(..., help="Joined store to write."),
+                 stores: list[Path] = typer.Argument(..., help="Complete stores of the same images, one per encoder.")
+                 ) -> None:
+    """Join stores of several encoders over the same images: each embedding is the parts' concatenated
+    (encoder "A+B"); train and deploy it like any store, as one detector that runs every encoder."""
+    from .concat import concat_stores
+    from .store import StoreError
+
+    try:
+        joined = concat_stores(stores, out)
+    except StoreError as exc:
+        raise fail(str(exc))
+    print(json.dumps({**joined.summary(), "store": str(out), "encoder": joined.manifest["encoder"],
+                      "dim": joined.manifest["dim"]}))
 
 
 @store_app.command("merge")
@@ -288,15 +354,15 @@ def bench_embed(
     from .embed_job import EmbedJob, run_embed_job
 
     bench_repo(repo, encoder)
-    photos = open_dataset("photos")
+    photos = open_dataset("corpus")
     data = [photos.record(i).load() for i in range(images)]
     with tempfile.TemporaryDirectory() as tmp, TritonServer(loopback_config(repo)) as server:
         # Warm-up first (first ONNX Runtime and DALI runs), as the stage measurements do.
-        warm = EmbedJob("photos", encoder, Path(tmp) / "warm", server.config.grpc_url, limit=8)
+        warm = EmbedJob("corpus", encoder, Path(tmp) / "warm", server.config.grpc_url, limit=8)
         asyncio.run(run_embed_job(warm, progress=False))
         rates = []
         for attempt in range(2):  # the better of two runs: this machine's timings are noisy
-            job = EmbedJob("photos", encoder, Path(tmp) / f"store{attempt}", server.config.grpc_url, limit=images)
+            job = EmbedJob("corpus", encoder, Path(tmp) / f"store{attempt}", server.config.grpc_url, limit=images)
             start = time.perf_counter()
             asyncio.run(run_embed_job(job, progress=False))
             rates.append(images / (time.perf_counter() - start))

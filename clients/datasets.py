@@ -1,10 +1,12 @@
 """Dataset sources for bulk embedding, addressed by a SPEC string:
 
-    photos           crops of the real photographs packages ship, split by source photograph
+    corpus           crops of the built-in corpus (photographs, screenshots and illustrations that
+                     Debian and Python packages ship; clients/corpus_manifest.json), split by source
     fashion-mnist    Debian's dataset-fashion-mnist (70,000 labelled product photos)
     folder:PATH      an ImageFolder tree: class sub-folders are labels; PATH/train and PATH/test
-                     sub-trees, if present, give the split
-    list:FILE        a file list or CSV: path[,label] per line, paths relative to FILE
+                     sub-trees, if present, give the split; a folder below the class folder
+                     (CLASS/SOURCE/IMAGE) names the images' source (else each image is its own)
+    list:FILE        a file list or CSV: path[,label[,source]] per line, paths relative to FILE
     tar:GLOB         webdataset-style tar shards: members sharing a basename form a sample
                      (an image .jpg/.jpeg/.png/.bmp and an optional .cls or .txt label)
 
@@ -17,7 +19,6 @@ from __future__ import annotations
 import csv
 import glob
 import gzip
-import hashlib
 import io
 import tarfile
 from dataclasses import dataclass
@@ -42,8 +43,15 @@ class Record:
     index: int
     key: str
     label: int  # -1: none
-    split: Optional[str]  # "train", "test" or None
+    split: Optional[str]  # "train", "validation", "test" or None (the trainer splits by source)
     load: Callable[[], bytes]
+    # What the image was made from (a photograph, a semantic group): every image of one source
+    # lands on one side of every split, so no test source was ever seen in training.
+    source: str = ""
+
+    def __post_init__(self):
+        if not self.source:
+            object.__setattr__(self, "source", self.key)
 
 
 @dataclass
@@ -57,43 +65,12 @@ class Dataset:
         return self.count
 
 
-# -- built-in photos ----------------------------------------------------------------------------
+# -- the built-in corpus (clients/corpus.py) ----------------------------------------------------
 
-# Textures and photographs from scikit-image and scikit-learn (the colour wheel is synthetic).
-PHOTO_SOURCES = ("astronaut", "chelsea", "coffee", "rocket", "camera", "hubble_deep_field",
-                 "immunohistochemistry", "brick", "grass", "gravel", "retina", "moon", "coins", "china", "flower")
-# Whole photographs held out for test, so no photograph feeds both sides.
-TEST_PHOTOS = ("coffee", "gravel", "coins", "flower")
-CROPS_PER_PHOTO = 300
-CROP_SIZE = 224
+def corpus() -> Dataset:
+    from .corpus import corpus_dataset
 
-
-def _photo_crop(name: str, crop: int) -> bytes:
-    from PIL import Image
-
-    from services.photos import package_photos
-
-    photo = package_photos()[name]
-    h, w = photo.shape[:2]
-    seed = int.from_bytes(hashlib.blake2b(f"{name}/{crop}".encode(), digest_size=8).digest(), "little")
-    rng = np.random.default_rng(seed)
-    side = int(rng.integers(min(CROP_SIZE, h, w), min(h, w) + 1))
-    y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-    image = Image.fromarray(photo[y:y + side, x:x + side]).resize((CROP_SIZE, CROP_SIZE), Image.BILINEAR)
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=92)
-    return buffer.getvalue()
-
-
-def photos_dataset() -> Dataset:
-    """Crop j of photo p is image p + j * len(PHOTO_SOURCES): any prefix mixes every photograph."""
-    n = len(PHOTO_SOURCES)
-
-    def record(i: int) -> Record:
-        name, crop = PHOTO_SOURCES[i % n], i // n
-        return Record(i, f"photos/{name}/{crop:04d}", i % n, "test" if name in TEST_PHOTOS else "train",
-                      lambda: _photo_crop(name, crop))
-    return Dataset("photos", list(PHOTO_SOURCES), n * CROPS_PER_PHOTO, record)
+    return corpus_dataset()
 
 
 # -- fashion-mnist --------------------------------------------------------------------------------
@@ -132,9 +109,15 @@ def fashion_mnist_dataset(root: Path = FASHION_MNIST) -> Dataset:
 
 # -- user data ----------------------------------------------------------------------------------
 
-def _file_record(i: int, path: Path, root: Path, label: int, split: Optional[str]) -> Record:
+def _file_record(i: int, path: Path, root: Path, label: int, split: Optional[str], source: str = "") -> Record:
     return Record(i, str(path.relative_to(root)) if path.is_relative_to(root) else str(path), label, split,
-                  path.read_bytes)
+                  path.read_bytes, source)
+
+
+def _folder_source(path: Path, class_dir: Path) -> str:
+    """CLASS/SOURCE/.../IMAGE: the folder right below the class folder is the source."""
+    parts = path.relative_to(class_dir).parts
+    return f"{class_dir.name}/{parts[0]}" if len(parts) > 1 else ""
 
 
 def folder_dataset(root: Path) -> Dataset:
@@ -144,8 +127,8 @@ def folder_dataset(root: Path) -> Dataset:
     classes = sorted({d.name for _, tree in trees for d in tree.iterdir() if d.is_dir()})
     if not classes:
         raise DatasetError(f"{root} has no class sub-folders (expected ROOT/CLASS/IMAGE or ROOT/train/CLASS/IMAGE)")
-    items = [(path, classes.index(path.parent.name), split) for split, tree in trees for cls in classes
-             if (tree / cls).is_dir() for path in sorted((tree / cls).rglob("*"))
+    items = [(path, classes.index(cls), split, _folder_source(path, tree / cls)) for split, tree in trees
+             for cls in classes if (tree / cls).is_dir() for path in sorted((tree / cls).rglob("*"))
              if path.suffix.lower() in IMAGE_SUFFIXES]
     return Dataset(f"folder:{root}", classes, len(items), lambda i: _file_record(i, items[i][0], root, *items[i][1:]))
 
@@ -157,10 +140,10 @@ def list_dataset(file: Path) -> Dataset:
     if rows and rows[0][0].strip().lower() == "path":
         rows = rows[1:]  # a CSV header
     names = sorted({r[1].strip() for r in rows if len(r) > 1 and r[1].strip()})
-    items = [((file.parent / r[0].strip()), names.index(r[1].strip()) if len(r) > 1 and r[1].strip() else -1)
-             for r in rows]
+    items = [((file.parent / r[0].strip()), names.index(r[1].strip()) if len(r) > 1 and r[1].strip() else -1,
+              r[2].strip() if len(r) > 2 else "") for r in rows]
     return Dataset(f"list:{file}", names, len(items),
-                   lambda i: _file_record(i, items[i][0], file.parent, items[i][1], None))
+                   lambda i: _file_record(i, items[i][0], file.parent, items[i][1], None, items[i][2]))
 
 
 def tar_dataset(pattern: str) -> Dataset:
@@ -201,8 +184,8 @@ def tar_dataset(pattern: str) -> Dataset:
 
 def open_dataset(spec: str) -> Dataset:
     kind, _, arg = spec.partition(":")
-    if spec == "photos":
-        return photos_dataset()
+    if spec == "corpus":
+        return corpus()
     if spec == "fashion-mnist":
         return fashion_mnist_dataset()
     if kind == "folder" and arg:
@@ -211,4 +194,4 @@ def open_dataset(spec: str) -> Dataset:
         return list_dataset(Path(arg))
     if kind == "tar" and arg:
         return tar_dataset(arg)
-    raise DatasetError(f"unknown dataset {spec!r}; use photos, fashion-mnist, folder:PATH, list:FILE or tar:GLOB")
+    raise DatasetError(f"unknown dataset {spec!r}; use corpus, fashion-mnist, folder:PATH, list:FILE or tar:GLOB")

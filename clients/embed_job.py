@@ -28,6 +28,13 @@ from .refresh import ReuseSource, open_reuse
 from .store import FORMAT_VERSION, IDENTITY_FIELDS, PENDING, Store, StoreError, StoreWriter
 
 TOOL_VERSION = "equiprobe 0.1.0"
+UPLOADS = ("jpeg", "none")
+
+
+def default_uploads(catalog: str) -> str:
+    """Detector training stores (fine, general) see versions as uploads; the groups catalog's
+    exact pixel operations stay exact."""
+    return "none" if catalog == "groups" else "jpeg"
 
 
 @dataclass
@@ -43,6 +50,9 @@ class EmbedJob:
     dtype: str = "float16"
     chunk_size: int = 32
     reuse: Optional[Path] = None  # an older store of the same job: its still-valid columns are copied
+    # "jpeg": every version re-encoded as a JPEG of random quality, as uploads are (detector
+    # training); "none": versions as made (the study's protocol; exact groups); "": the catalog's default.
+    uploads: str = ""
     client: ClientOptions = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self):
@@ -52,6 +62,9 @@ class EmbedJob:
             raise ValueError(f"shard {self.shard[0]}/{self.shard[1]}: I must be in 0..N-1")
         if self.dtype not in ("float16", "float32"):
             raise ValueError(f"dtype {self.dtype!r}: use float16 or float32")
+        self.uploads = self.uploads or default_uploads(self.catalog)
+        if self.uploads not in UPLOADS:
+            raise ValueError(f"uploads {self.uploads!r}: use {' or '.join(UPLOADS)}")
 
 
 def parse_shard(text: Optional[str]) -> Optional[tuple[int, int]]:
@@ -82,7 +95,7 @@ def job_manifest(job: EmbedJob, dataset: Dataset, server: dict[str, str], count:
         "format_version": FORMAT_VERSION, "tool_version": TOOL_VERSION,
         "encoder": job.encoder, "encoder_onnx_sha256": server["onnx_sha256"], "dim": int(server["dim"]),
         "dtype": job.dtype, "catalog": job.catalog, "catalog_version": catalog.version,
-        "rows": json.loads(server["rows"]), "params_width": catalog.width,
+        "rows": json.loads(server["rows"]), "params_width": catalog.params_width, "uploads": job.uploads,
         "row_labels": catalog.labels.tolist(), "classes": list(catalog.classes),
         "row_splits": [t.split for t in catalog.transforms],
         "dataset": dataset.spec, "label_names": dataset.label_names, "limit": job.limit,
@@ -130,9 +143,10 @@ async def run_embed_job(job: EmbedJob, progress: bool = True) -> dict:
         async def embed_row(row: int) -> None:
             record = dataset.record(int(indices[row]))
             if reuse:
-                outcome = await refresh_record(client, names.embed, record, job.seed, reuse, row, manifest)
+                outcome = await refresh_record(client, names.embed, record, job.seed, reuse, row, manifest,
+                                               job.uploads == "jpeg")
             else:
-                outcome = await embed_record(client, names.embed, record, job.seed)
+                outcome = await embed_record(client, names.embed, record, job.seed, uploads=job.uploads == "jpeg")
             write_outcome(writer, row, record, outcome)
 
         with bar.bar:
@@ -162,7 +176,7 @@ class Outcome:
 
 
 async def embed_record(client: AsyncTritonClient, model: str, record, seed: int,
-                       rows: Optional[list[int]] = None) -> Outcome:
+                       rows: Optional[list[int]] = None, uploads: bool = False) -> Outcome:
     """Load one record and have the server expand and embed it (only `rows` if given). A bad file
     is an Outcome with a reason; a server problem raises (the run stops; committed chunks stay)."""
     try:
@@ -172,6 +186,8 @@ async def embed_record(client: AsyncTritonClient, model: str, record, seed: int,
     inputs = {"IMAGE": np.frombuffer(data, np.uint8).reshape(1, -1), "SEED": np.array([[seed]], np.int64)}
     if rows is not None:
         inputs["ROWS"] = np.array([rows], np.int32)
+    if uploads:
+        inputs["UPLOADS"] = np.array([[True]])
     try:
         out = await client.infer(model, inputs, ["EMBEDDINGS", "PARAMS", "KEY"])
     except RequestError as exc:
@@ -182,7 +198,7 @@ async def embed_record(client: AsyncTritonClient, model: str, record, seed: int,
 
 
 async def refresh_record(client: AsyncTritonClient, model: str, record, seed: int, reuse: ReuseSource, row: int,
-                         manifest: dict) -> Outcome:
+                         manifest: dict, uploads: bool = False) -> Outcome:
     """One image of a refresh: the old store's valid columns, the server's for the rest. An image
     the old store does not hold done (failed, pending, or other bytes now) is embedded in full."""
     width = manifest["params_width"]
@@ -190,19 +206,19 @@ async def refresh_record(client: AsyncTritonClient, model: str, record, seed: in
     if old_key is not None:
         if not reuse.missing:
             return Outcome(*reuse.assemble(row, None, None, width), old_key)
-        outcome = await embed_record(client, model, record, seed, reuse.missing)
+        outcome = await embed_record(client, model, record, seed, reuse.missing, uploads)
         if outcome.reason:
             return outcome
         if outcome.image_key == old_key:
             outcome.embeddings, outcome.params = reuse.assemble(row, outcome.embeddings, outcome.params, width)
             return outcome
-    outcome = await embed_record(client, model, record, seed)
+    outcome = await embed_record(client, model, record, seed, uploads=uploads)
     reuse.computed += 0 if outcome.reason else len(manifest["rows"])
     return outcome
 
 
 def write_outcome(writer: StoreWriter, row: int, record, outcome: Outcome) -> None:
-    where = dict(key=record.key, label=record.label, split=record.split, index=record.index)
+    where = dict(key=record.key, label=record.label, split=record.split, index=record.index, source=record.source)
     if outcome.reason:
         writer.fail(row, reason=outcome.reason, **where)
     else:

@@ -25,9 +25,11 @@ from .store import Store, StoreWriter
 class EmbedActor:
     """One Ray actor: a gRPC client to one server, embedding the rows of each batch it is given."""
 
-    def __init__(self, dataset: str, model: str, seed: int, urls: list[str], chunk_size: int, client: dict):
+    def __init__(self, dataset: str, model: str, seed: int, urls: list[str], chunk_size: int, client: dict,
+                 uploads: bool = False):
         self.dataset = open_dataset(dataset)
         self.model, self.seed, self.urls, self.chunk_size, self.client = model, seed, urls, chunk_size, client
+        self.uploads = uploads
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return asyncio.run(self._embed(batch))
@@ -35,7 +37,8 @@ class EmbedActor:
     async def _embed(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         url = self.urls[int(batch["position"].min()) // self.chunk_size % len(self.urls)]
         async with AsyncTritonClient(ClientOptions(**{**self.client, "url": url})) as client:
-            outcomes = await asyncio.gather(*(embed_record(client, self.model, self.dataset.record(int(i)), self.seed)
+            outcomes = await asyncio.gather(*(embed_record(client, self.model, self.dataset.record(int(i)), self.seed,
+                                                           uploads=self.uploads)
                                               for i in batch["index"]))
         shape = next((o.embeddings.shape for o in outcomes if o.embeddings is not None), (0,))
         width = next((o.params.shape for o in outcomes if o.params is not None), (0,))
@@ -77,7 +80,8 @@ def run_ray_embed(job: EmbedJob, urls: list[str], actors: int = 2, address: Opti
         embedded = rows.map_batches(
             EmbedActor, batch_size=job.chunk_size, concurrency=actors,
             fn_constructor_kwargs=dict(dataset=job.dataset, model=ExpansionNames(job.encoder, job.catalog).embed,
-                                       seed=job.seed, urls=urls, chunk_size=job.chunk_size, client=client))
+                                       seed=job.seed, urls=urls, chunk_size=job.chunk_size, client=client,
+                                       uploads=job.uploads == "jpeg"))
         with bar.bar:
             for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
                 for j, row in enumerate(batch["row"]):

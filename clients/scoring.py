@@ -18,11 +18,14 @@ from tritonclient.utils import InferenceServerException
 from .embedding import ServiceError, as_image_input, check_model
 
 SCORE, TRANSFORMS, CATEGORIES, EMBEDDING = "MANIPULATION_SCORE", "TRANSFORM_PROBS", "CATEGORY_PROBS", "EMBEDDING"
+MANIPULATED = "MANIPULATED"
 
 
 @dataclass
 class Score:
     manipulation_score: float
+    manipulated: bool  # the served model's verdict: score >= threshold
+    threshold: float  # the deployed operating threshold (chosen on validation sources)
     transformations: list[tuple[str, float]]  # top-k (name, probability), most likely first
     categories: list[tuple[str, float]]
     model_version: str = ""
@@ -57,8 +60,19 @@ class Scorer:
     def check(self) -> None:
         check_model(self.client, self.url, self.model)
 
+    @property
+    def threshold(self) -> float:
+        """The operating threshold the served detector applies, from its model config (read once)."""
+        if not hasattr(self, "_threshold"):
+            try:
+                config = self.client.get_model_config(self.model, as_json=True)["config"]
+            except InferenceServerException as exc:
+                raise ServiceError(f"{self.model}: {exc.message()}") from None
+            self._threshold = float(config.get("parameters", {}).get("threshold", {}).get("string_value", "nan"))
+        return self._threshold
+
     def score(self, data: Union[bytes, np.ndarray]) -> Score:
-        outputs = [grpcclient.InferRequestedOutput(SCORE),
+        outputs = [grpcclient.InferRequestedOutput(SCORE), grpcclient.InferRequestedOutput(MANIPULATED),
                    grpcclient.InferRequestedOutput(TRANSFORMS, class_count=self.top),
                    grpcclient.InferRequestedOutput(CATEGORIES, class_count=self.top)]
         if self.with_embedding:
@@ -68,7 +82,8 @@ class Scorer:
                                        client_timeout=self.timeout_s)
         except InferenceServerException as exc:
             raise ServiceError(f"{self.model}: {exc.message()}") from None
-        return Score(float(result.as_numpy(SCORE).reshape(-1)[0]),
+        return Score(float(result.as_numpy(SCORE).reshape(-1)[0]), bool(result.as_numpy(MANIPULATED).reshape(-1)[0]),
+                     self.threshold,
                      parse_classification(result.as_numpy(TRANSFORMS).reshape(-1)),
                      parse_classification(result.as_numpy(CATEGORIES).reshape(-1)),
                      result.get_response().model_version,

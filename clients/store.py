@@ -6,8 +6,10 @@
     params.npy       [N, K, W] float32: each version's drawn transformation parameters
     keys.npy         [N] unicode: the dataset's key of each image (path, or source/crop id)
     image_keys.npy   [N] unicode: SHA-256 prefix of the image bytes (parameters depend on it)
+    sources.npy      [N] unicode: what each image was made from (a photograph, a semantic group);
+                     splits go by source, so no source is on two sides
     labels.npy       [N] int32: semantic label, -1 where the dataset has none
-    split.npy        [N] int8: 0 train, 1 test, -1 unspecified
+    split.npy        [N] int8: 0 train, 1 test, 2 validation, -1 unspecified (the trainer splits by source)
     index.npy        [N] int64: each row's position in the whole dataset (shards merge by it)
     status.npy       [N] uint8: the completion record: 0 pending, 1 done, 2 failed
     errors.jsonl     one line per failed row: index, key, reason (rewritten at each commit)
@@ -30,9 +32,9 @@ import numpy as np
 
 from services.files import write_atomically
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sources.npy and the validation split
 PENDING, DONE, FAILED = 0, 1, 2
-SPLITS = {"train": 0, "test": 1, None: -1}
+SPLITS = {"train": 0, "test": 1, "validation": 2, None: -1}
 KEY_WIDTH = 96
 
 
@@ -47,7 +49,7 @@ def _short(value, width: int = 60) -> str:
 
 # Fields that must match for a run to resume (or merge into) an existing store.
 IDENTITY_FIELDS = ("format_version", "encoder", "encoder_onnx_sha256", "dim", "dtype", "catalog",
-                   "catalog_version", "rows", "dataset", "seed", "count", "shard")
+                   "catalog_version", "rows", "dataset", "seed", "count", "shard", "uploads")
 
 
 def manifest_differences(found: dict, wanted: dict, fields, holder: str) -> list[str]:
@@ -62,7 +64,7 @@ class Store:
     manifest: dict
     mode: str = "r"
 
-    FILES = ("embeddings", "params", "keys", "image_keys", "labels", "split", "index", "status")
+    FILES = ("embeddings", "params", "keys", "image_keys", "sources", "labels", "split", "index", "status")
 
     # -- creation and opening ---------------------------------------------------------------
     @classmethod
@@ -83,7 +85,8 @@ class Store:
         n, k, d, w = manifest["count"], len(manifest["rows"]), manifest["dim"], manifest["params_width"]
         shapes = {
             "embeddings": ((n, k, d), manifest["dtype"]), "params": ((n, k, w), "float32"),
-            "keys": ((n,), f"<U{KEY_WIDTH}"), "image_keys": ((n,), "<U16"), "labels": ((n,), "int32"),
+            "keys": ((n,), f"<U{KEY_WIDTH}"), "image_keys": ((n,), "<U16"), "sources": ((n,), f"<U{KEY_WIDTH}"),
+            "labels": ((n,), "int32"),
             "split": ((n,), "int8"), "index": ((n,), "int64"), "status": ((n,), "uint8"),
         }
         for name, (shape, dtype) in shapes.items():
@@ -105,6 +108,13 @@ class Store:
     def array(self, name: str) -> np.memmap:
         """A memory map of one of the store's files (never loaded whole)."""
         return np.load(self.path / f"{name}.npy", mmap_mode=self.mode)
+
+    def sources(self) -> np.ndarray:
+        """Each row's source; a store written before sources were recorded (format 1) has none,
+        and each image is then its own source."""
+        if not (self.path / "sources.npy").exists():
+            return np.asarray(self.array("keys"))
+        return np.asarray(self.array("sources"))
 
     # -- state --------------------------------------------------------------------------------
     def status(self) -> np.ndarray:
@@ -136,23 +146,25 @@ class StoreWriter:
         return np.flatnonzero(np.asarray(self.arrays["status"]) == PENDING)
 
     def put(self, row: int, *, embeddings: np.ndarray, params: np.ndarray, key: str, image_key: str,
-            label: int, split: Optional[str], index: int) -> None:
+            label: int, split: Optional[str], index: int, source: str = "") -> None:
         a = self.arrays
         a["embeddings"][row] = embeddings.astype(a["embeddings"].dtype)
         a["params"][row] = params
-        self._describe(row, key, image_key, label, split, index)
+        self._describe(row, key, image_key, label, split, index, source)
 
-    def fail(self, row: int, *, key: str, label: int, split: Optional[str], index: int, reason: str) -> None:
+    def fail(self, row: int, *, key: str, label: int, split: Optional[str], index: int, reason: str,
+             source: str = "") -> None:
         a = self.arrays
         a["embeddings"][row] = 0
         a["params"][row] = 0
-        self._describe(row, key, "", label, split, index)
+        self._describe(row, key, "", label, split, index, source)
         self.failures[row] = {"row": row, "index": index, "key": key, "reason": reason}
 
-    def _describe(self, row, key, image_key, label, split, index) -> None:
+    def _describe(self, row, key, image_key, label, split, index, source) -> None:
         a = self.arrays
         a["keys"][row] = key[-KEY_WIDTH:]
         a["image_keys"][row] = image_key
+        a["sources"][row] = (source or key)[-KEY_WIDTH:]
         a["labels"][row] = label
         a["split"][row] = SPLITS[split]
         a["index"][row] = index

@@ -5,7 +5,12 @@ For an encoder NAME and a catalog (fine -> suffix "31", general -> "_general", g
     CATALOG_inputs     python:    IMAGE, SEED -> PARAMS, KEY, host-rendered inputs (kernels, glyphs...)
     NAME_expandK       DALI:      IMAGE, PARAMS, inputs -> VERSIONS uint8 [K, S, S, 3]
     NAME_encoderK      ONNX:      PIXELS uint8 [K, S, S, 3] -> normalize -> encoder -> EMBEDDINGS [K, D]
-    NAME_embedK        ensemble:  IMAGE, SEED (optional) -> EMBEDDINGS [K, D], PARAMS [K, W], KEY
+    NAME_embedK        ensemble:  IMAGE, SEED, UPLOADS (optional) -> EMBEDDINGS [K, D], PARAMS [K, W + 1], KEY
+
+Uploads as they arrive: with UPLOADS true, each catalog version is re-encoded as a JPEG of a
+quality drawn per (image, version) before the encoder sees it, as users' uploads are; the
+quality is PARAMS' last column (0 without UPLOADS: the study's protocol). Style-network rows are
+not re-encoded.
 
 User-provided fast-neural-style networks add rows after the catalog's K: the expansion also
 emits the untouched canvas, each `style_NET` model (ONNX) styles it, `NAME_style_resize`
@@ -46,7 +51,7 @@ from .transforms.catalog import AUX_DIMS, AUX_TYPES, Catalog
 from .transforms.expand import PARAMS, serialize_expand, serialize_resize
 
 SUFFIX = {"fine": "31", "general": "_general", "groups": "_groups"}
-SEED, KEY, VERSIONS, CANVAS = "SEED", "KEY", "VERSIONS", "CANVAS"
+SEED, KEY, VERSIONS, CANVAS, UPLOADS = "SEED", "KEY", "VERSIONS", "CANVAS", "UPLOADS"
 MANIFEST = "versions.json"
 _TRITON_TYPE = {types.FLOAT: mc.TYPE_FP32, types.UINT8: mc.TYPE_UINT8}
 
@@ -87,7 +92,13 @@ def _aux_tensors(catalog: Catalog, is_input: bool) -> list:
 
 
 def _params_tensor(catalog: Catalog, is_input: bool):
-    return tensor(PARAMS, mc.TYPE_FP32, [len(catalog.transforms), catalog.width], is_input=is_input)
+    return tensor(PARAMS, mc.TYPE_FP32, [len(catalog.transforms), catalog.params_width], is_input=is_input)
+
+
+def uploads_tensor():
+    uploads = tensor(UPLOADS, mc.TYPE_BOOL, [1])
+    uploads.optional = True  # default: versions as made (the study's protocol)
+    return uploads
 
 
 def seed_tensor():
@@ -106,7 +117,7 @@ def rows_tensor(is_input: bool = True):
 def inputs_config(catalog: Catalog, names: ExpansionNames, serving: ServingSpec, rows: int) -> mc.ModelConfig:
     config = mc.ModelConfig(
         name=names.inputs, max_batch_size=serving.max_batch_size,
-        input=[tensor(IMAGE, mc.TYPE_UINT8, [-1], ragged=True), seed_tensor(), rows_tensor()],
+        input=[tensor(IMAGE, mc.TYPE_UINT8, [-1], ragged=True), seed_tensor(), rows_tensor(), uploads_tensor()],
         output=[_params_tensor(catalog, False), tensor(KEY, mc.TYPE_STRING, [1], is_input=False),
                 *_aux_tensors(catalog, False), rows_tensor(is_input=False)],
         dynamic_batching=dynamic_batching(serving, preferred=False),
@@ -167,7 +178,7 @@ def embed_versions_config(spec: EncoderSpec, catalog: Catalog, names: ExpansionN
                           serving: ServingSpec, nets: list[str]) -> mc.ModelConfig:
     aux_map = {name: name.lower() for name, _, _ in catalog.aux_inputs}
     expand_out = {VERSIONS: "versions", **({CANVAS: "canvas"} if nets else {})}
-    steps = [(names.inputs, {IMAGE: IMAGE, SEED: SEED, ROWS: ROWS},
+    steps = [(names.inputs, {IMAGE: IMAGE, SEED: SEED, ROWS: ROWS, UPLOADS: UPLOADS},
               {PARAMS: PARAMS, KEY: KEY, ROWS: "rows", **aux_map}),
              (names.expand, {IMAGE: IMAGE, PARAMS: PARAMS, **aux_map}, expand_out)]
     encoder_in = {PIXELS: "versions", ROWS: "rows"}
@@ -180,7 +191,7 @@ def embed_versions_config(spec: EncoderSpec, catalog: Catalog, names: ExpansionN
     steps.append((names.onnx, encoder_in, {EMBEDDINGS: EMBEDDINGS}))
     return ensemble_config(
         names.embed, max(1, serving.max_batch_size // 4),
-        inputs=[tensor(IMAGE, mc.TYPE_UINT8, [-1]), seed_tensor(), rows_tensor()],
+        inputs=[tensor(IMAGE, mc.TYPE_UINT8, [-1]), seed_tensor(), rows_tensor(), uploads_tensor()],
         outputs=[tensor(EMBEDDINGS, mc.TYPE_FP32, [-1, spec.dim], is_input=False),
                  _params_tensor(catalog, False), tensor(KEY, mc.TYPE_STRING, [1], is_input=False)],
         steps=steps,

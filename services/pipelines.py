@@ -1,5 +1,11 @@
 """DALI preprocessing: encoded image bytes in, the encoder's normalized tensor out.
 
+There is one preprocessing path, used by every served model and every store: decode as RGB,
+put the image on the 224x224 canvas (shorter side to 224, centre crop; the study's images),
+then resize and crop for the encoder. A store's identity version and what NAME_embed and
+NAME_detector compute for the same file are therefore the same pixels (tests/test_parity.py);
+resizing straight to the encoder's size instead gave embeddings only 0.988 cosine apart.
+
 One decorated function per pipeline, as in Triton's dali_backend examples. `device="gpu"`
 renders the native flavour (mixed decoding on the GPU, the rest on the GPU); `device="cpu"`
 is the portable flavour that runs inside a python-backend model here. Both serialize: no
@@ -19,6 +25,7 @@ if TYPE_CHECKING:  # the python-backend stub imports this module; keep torch out
     from .encoders import Preprocess
 
 INPUT_NAME = "IMAGE"
+CANVAS = 224  # every image is first put on a 224x224 RGB canvas, as in the study
 
 _INTERP = {"linear": types.INTERP_LINEAR, "cubic": types.INTERP_CUBIC}
 _ORDER = {"RGB": types.RGB, "BGR": types.BGR}
@@ -27,6 +34,16 @@ _ORDER = {"RGB": types.RGB, "BGR": types.BGR}
 def decode(encoded, channel_order: str, device: str):
     decoder = "mixed" if device == "gpu" else "cpu"
     return fn.decoders.image(encoded, device=decoder, output_type=_ORDER[channel_order])
+
+
+def to_canvas(images):
+    """Shorter side to the canvas size, centre crop."""
+    resized = fn.resize(images, resize_shorter=CANVAS, antialias=True)
+    return fn.crop(resized, crop=(CANVAS, CANVAS), crop_pos_x=0.5, crop_pos_y=0.5)
+
+
+def decode_to_canvas(encoded, device: str):
+    return to_canvas(decode(encoded, "RGB", device))
 
 
 def _resize(images, pre: Preprocess, input_order: str):
@@ -58,7 +75,7 @@ def resize_and_crop(images, pre: Preprocess, input_order: str = ""):
 @pipeline_def
 def preprocess_pipeline(pre: Preprocess, device: str = "cpu"):
     encoded = fn.external_source(name=INPUT_NAME, device="cpu", dtype=types.UINT8, ndim=1)
-    return resize_and_normalize(decode(encoded, pre.channel_order, device), pre)
+    return resize_and_normalize(decode_to_canvas(encoded, device), pre, input_order="RGB")
 
 
 def serialize_preprocess(pre: Preprocess, path: Path, device: str, max_batch_size: int,

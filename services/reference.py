@@ -24,8 +24,22 @@ def decode_rgb(data: bytes) -> Image.Image:
         return image.convert("RGB")
 
 
-def reference_preprocess(data: bytes, pre: "Preprocess") -> np.ndarray:
+def canvas(data: bytes) -> np.ndarray:
+    """Decode and place on the 224x224 canvas as the DALI pipeline does (shorter side, centre)."""
+    from .pipelines import CANVAS
+
     image = decode_rgb(data)
+    w, h = image.size
+    scale = CANVAS / min(w, h)
+    image = image.resize((max(CANVAS, round(w * scale)), max(CANVAS, round(h * scale))), Image.BILINEAR)
+    w, h = image.size
+    left, top = int((w - CANVAS) / 2 + 0.5), int((h - CANVAS) / 2 + 0.5)
+    return np.asarray(image.crop((left, top, left + CANVAS, top + CANVAS)))
+
+
+def reference_preprocess(data: bytes, pre: "Preprocess") -> np.ndarray:
+    """The one preprocessing path (see services/pipelines.py): canvas, then the encoder's resize."""
+    image = Image.fromarray(canvas(data))
     if pre.resize_mode == "square":
         size = (pre.resize, pre.resize)
     else:

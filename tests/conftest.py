@@ -43,8 +43,12 @@ def server(repo):
 LIMIT, CHUNK = 16, 2
 
 
+def embed_bin() -> str:
+    return str(Path(sys.executable).parent / "equiprobe")
+
+
 def embed_cli(server, out: Path, *extra: str) -> list[str]:
-    return [str(Path(sys.executable).parent / "equiprobe"), "embed", "--dataset", "photos", "--encoder", ENCODER,
+    return [embed_bin(), "embed", "--dataset", "corpus", "--encoder", ENCODER,
             "--out", str(out), "--url", server.config.grpc_url, "--limit", str(LIMIT), "--chunk-size", str(CHUNK),
             "--quiet", *extra]
 

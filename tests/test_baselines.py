@@ -154,18 +154,21 @@ def test_baseline_store_has_the_source_images_versions_and_splits(store, encoder
 
 
 def test_pixel_store_identity_row_is_a_downsample_of_the_dataset_image(pixel_store):
-    from PIL import Image
+    from services.reference import canvas
 
     built = Store.open(pixel_store)
     identity = built.manifest["rows"].index("identity")
     dataset = open_dataset(built.manifest["dataset"])
     embeddings, index = built.array("embeddings"), np.asarray(built.array("index"))
+    expected = {}
     for row in (0, 7):
-        image = np.asarray(Image.open(io.BytesIO(dataset.record(int(index[row])).load())).convert("RGB"))
-        assert image.shape == (224, 224, 3)  # the photo crops are the canvas size: no resize
-        expected = image.reshape(16, 14, 16, 14, 3).astype(np.float64).mean(axis=(1, 3)).reshape(-1)
-        # float16 rounding (<= 0.0625 near 255; measured 0.061), with room for JPEG decoders that differ
-        np.testing.assert_allclose(embeddings[row, identity].astype(np.float64), expected, atol=0.25)
+        # The one preprocessing path puts the crop on the 224 canvas (here in Pillow), then the
+        # store's identity version is an upload: JPEG noise that 14x14 box averages mostly cancel.
+        image = canvas(dataset.record(int(index[row])).load())
+        expected[row] = image.reshape(16, 14, 16, 14, 3).astype(np.float64).mean(axis=(1, 3)).reshape(-1)
+        diff = np.abs(embeddings[row, identity].astype(np.float64) - expected[row])
+        assert diff.mean() <= 1.0 and diff.max() <= 8.0, (diff.mean(), diff.max())
+    assert np.abs(embeddings[0, identity].astype(np.float64) - expected[7]).mean() > 10  # another image
 
 
 def test_random_encoder_store_uses_seeded_random_weights(random_encoder_store, photo_store):

@@ -16,7 +16,7 @@ from clients.aio import ClientOptions
 from clients.datasets import open_dataset
 from clients.embed_job import EmbedJob, merge_stores, run_embed_job
 from clients.photos import encode
-from clients.store import DONE, FAILED, Store, StoreError
+from clients.store import DONE, FAILED, SPLITS, Store, StoreError
 from services.transforms import get_catalog
 
 from .conftest import CHUNK, ENCODER, LIMIT, embed_cli
@@ -42,22 +42,23 @@ def test_store_rows_are_the_servers_embeddings_and_parameters(server, reference_
     store = Store.open(reference_store)
     m = store.manifest
     assert m["count"] == LIMIT and m["catalog_version"] == "fine-1" and m["dtype"] == "float16"
+    assert m["uploads"] == "jpeg"
     assert len(m["rows"]) == 31 and m["encoder"] == ENCODER and len(m["encoder_onnx_sha256"]) == 64
     assert store.complete and store.summary()["done"] == LIMIT
     embeddings = store.array("embeddings")
     assert isinstance(embeddings, np.memmap) and embeddings.shape == (LIMIT, 31, 512)
     assert embeddings.dtype == np.float16
-    photos = open_dataset("photos")
+    photos = open_dataset("corpus")
     catalog = get_catalog("fine")
     for row in (0, 7, 15):
         record = photos.record(row)
-        served, params, key = infer(server, f"{ENCODER}_embed31", record.load(), seed=0)
+        served, params, key = infer(server, f"{ENCODER}_embed31", record.load(), seed=0, uploads=True)
         np.testing.assert_array_equal(embeddings[row], served.astype(np.float16))
         np.testing.assert_array_equal(store.array("params")[row], params)
-        np.testing.assert_array_equal(params, catalog.params(key, 0))
+        np.testing.assert_array_equal(params, catalog.params(key, 0, uploads=True))  # fine stores: as uploads
         assert store.array("keys")[row] == record.key and store.array("image_keys")[row] == key
-        assert store.array("labels")[row] == record.label
-        assert store.array("split")[row] == {"train": 0, "test": 1}[record.split]
+        assert store.array("labels")[row] == record.label and store.sources()[row] == record.source
+        assert store.array("split")[row] == SPLITS[record.split]
 
 
 def test_killed_run_resumes_to_a_byte_identical_store(server, reference_store, tmp_path):

@@ -5,29 +5,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clients.datasets import (CROPS_PER_PHOTO, PHOTO_SOURCES, TEST_PHOTOS, DatasetError, open_dataset)
+from clients.datasets import DatasetError, open_dataset
 from clients.photos import encode
 
 
-def test_photos_are_distinct_224_crops_split_by_source_photograph():
-    photos = open_dataset("photos")
-    assert len(photos) == len(PHOTO_SOURCES) * CROPS_PER_PHOTO >= 3000
-    records = [photos.record(i) for i in range(0, len(photos), 97)]
-    for r in records:
-        source = r.key.split("/")[1]
-        assert r.split == ("test" if source in TEST_PHOTOS else "train")
-        assert photos.label_names[r.label] == source
-    # No source photograph feeds both sides.
-    sides = {}
-    for i in range(len(photos)):
-        r = photos.record(i)
-        sides.setdefault(r.key.split("/")[1], set()).add(r.split)
-    assert all(len(s) == 1 for s in sides.values())
-    data = [photos.record(i).load() for i in range(30)]
-    assert len({d for d in data}) == 30  # distinct images
-    assert Image.open(io.BytesIO(data[0])).size == (224, 224)
-    assert photos.record(5).load() == data[5]  # deterministic
-    assert {photos.record(i).key.split("/")[1] for i in range(len(PHOTO_SOURCES))} == set(PHOTO_SOURCES)
+def test_corpus_crops_are_split_by_source():
+    corpus = open_dataset("corpus")
+    sources = {corpus.record(i).source for i in range(corpus.count)}
+    assert len(sources) >= 200 and corpus.label_names == ["photograph", "screenshot", "illustration"]
+    sides: dict[str, set] = {}
+    for i in range(0, corpus.count, 7):
+        r = corpus.record(i)
+        sides.setdefault(r.source, set()).add(r.split)
+    assert all(len(s) == 1 for s in sides.values())  # no source on two sides
+    assert {next(iter(s)) for s in sides.values()} == {"train", "validation", "test"}
+    data = [corpus.record(i).load() for i in range(12)]
+    assert len(set(data)) == 12 and corpus.record(5).load() == data[5]  # distinct, deterministic
+    assert min(min(Image.open(io.BytesIO(d)).size) for d in data) >= 224  # shorter side: a whole canvas
 
 
 def test_fashion_mnist_from_the_debian_package():
@@ -51,11 +45,20 @@ def test_folder_list_and_tar_sources(tmp_path, photos):
     assert len(folder) == 4 and folder.label_names == ["cat", "rocket"]
     assert [folder.record(i).split for i in range(4)] == ["train", "train", "test", "test"]
     assert folder.record(1).label == 1 and folder.record(1).load()[:2] == b"\xff\xd8"
+    assert folder.record(0).source == folder.record(0).key  # an image directly in its class folder
+    # CLASS/SOURCE/IMAGE: the folder below the class names the source of every image in it.
+    (tmp_path / "tree" / "train" / "cat" / "shoot1").mkdir()
+    for crop in range(2):
+        (tmp_path / "tree" / "train" / "cat" / "shoot1" / f"{crop}.jpg").write_bytes(encode(photos["chelsea"][crop:]))
+    nested = open_dataset(f"folder:{tmp_path / 'tree'}")
+    assert [nested.record(i).source for i in range(len(nested)) if "shoot1" in nested.record(i).key] == ["cat/shoot1"] * 2
 
-    (tmp_path / "list.csv").write_text("path,label\ntree/train/cat/chelsea.jpg,cat\ntree/test/rocket/rocket.jpg,\n")
+    (tmp_path / "list.csv").write_text("path,label,source\ntree/train/cat/chelsea.jpg,cat,cat-photo\n"
+                                       "tree/test/rocket/rocket.jpg,\n")
     listed = open_dataset(f"list:{tmp_path / 'list.csv'}")
     assert len(listed) == 2 and listed.label_names == ["cat"]
     assert listed.record(0).label == 0 and listed.record(1).label == -1
+    assert listed.record(0).source == "cat-photo" and listed.record(1).source == listed.record(1).key
 
     for shard in range(2):
         with tarfile.open(tmp_path / f"shard-{shard}.tar", "w") as tar:

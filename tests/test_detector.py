@@ -22,9 +22,10 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 from typer.testing import CliRunner
 
-from clients.datasets import PHOTO_SOURCES, TEST_PHOTOS, photos_dataset
+from clients.datasets import open_dataset
 from clients.embedding import as_image_input
 from clients.photos import encode
+from clients.store import Store
 from services.export import ExportResult, sha256_of
 from services.repository import ModelNames, build_repo, read_config
 from services.server import ServerConfig, TritonServer, loopback_config
@@ -35,7 +36,7 @@ from trainer.deploy import DetectorNames, deploy
 from trainer.probes import Probe, ProbeConfig
 from trainer.train import train_probes
 
-from .conftest import ENCODER
+from .conftest import ENCODER, LIMIT
 from .test_trainer import synthetic_store
 
 EQUIPROBE = str(Path(sys.executable).parent / "equiprobe")
@@ -170,6 +171,43 @@ def test_detector_outputs_are_distributions_that_match_torch(client, jpegs, prob
         assert out["MANIPULATION_SCORE"][0] == pytest.approx(1 - out["TRANSFORM_PROBS"][0], abs=1e-6)
 
 
+def test_threshold_is_chosen_on_validation_stored_and_applied_by_the_served_model(client, deployed_repo, probes):
+    from trainer.detector_card import operating_threshold
+    from trainer.detector_scores import load_scores
+
+    val = load_scores(probes["mlp"])["val"]
+    expected = operating_threshold(val["score"], val["manipulated"], 0.05)
+    config = read_config(deployed_repo / NAMES.detector / "config.pbtxt")
+    assert float(config.parameters["threshold"].string_value) == expected
+    assert config.parameters["target_fpr"].string_value == "0.05"
+    # The verdict is the served model's own: MANIPULATED == (MANIPULATION_SCORE >= threshold).
+    crops = unseen_crops()[:2]
+    with tempfile.TemporaryDirectory() as tmp:
+        expander = Expander(serialize_expand(FINE, Path(tmp) / "expand.dali", "cpu", len(crops), 2), FINE, len(crops), 2)
+    versions, _ = expander.expand([np.frombuffer(c, np.uint8) for c in crops], [image_key(c) for c in crops], 0)
+    for image_versions in versions:
+        for version in image_versions[::5]:
+            result = client.infer(NAMES.detector, [as_image_input(encode(version))], outputs=[
+                grpcclient.InferRequestedOutput("MANIPULATION_SCORE"), grpcclient.InferRequestedOutput("MANIPULATED")])
+            score, verdict = result.as_numpy("MANIPULATION_SCORE")[0, 0], result.as_numpy("MANIPULATED")[0, 0]
+            assert result.as_numpy("MANIPULATED").dtype == np.bool_ and verdict == (score >= expected)
+
+
+def test_a_given_threshold_splits_the_scores(tmp_path, repo, probes, photo_store):
+    import onnxruntime as ort
+
+    x = np.asarray(Store.open(photo_store).array("embeddings")[:4], np.float32).reshape(-1, 512)  # real versions
+    scores = np.unique(1 - softmax_of(torch_probe(probes["mlp"]), x)[:, 0])
+    threshold = float((scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2)  # between two scores
+    path = base_copy(repo, tmp_path / "repo")
+    result = deploy([probes["mlp"]], path, threshold=threshold)
+    assert result.meta["threshold"] == threshold and result.meta["target_fpr"] is None
+    session = ort.InferenceSession(str(path / NAMES.probe / "1" / "model.onnx"))
+    score, manipulated = session.run(["MANIPULATION_SCORE", "MANIPULATED"], {"EMBEDDING": x})
+    np.testing.assert_array_equal(manipulated[:, 0], score[:, 0] >= threshold)
+    assert 0 < manipulated.sum() < len(x)
+
+
 def test_any_subset_of_outputs_can_be_requested(client, jpegs):
     full = detect(client, jpegs["astronaut"])
     for name in OUTPUTS:
@@ -195,13 +233,13 @@ def test_classification_extension_names_the_top_classes(client, jpegs):
 
 
 def unseen_crops() -> list[bytes]:
-    """Crop 2 of eight training photographs: images the store never held (it has crop 0 of every
-    photograph and crop 1 of one). Not crops of the test photographs: a store of 16 images holds
-    only 11 training photographs, and what identity looks like does not carry over to a new
-    photograph (measured: P(identity) about 0.02 there, for originals and transformed alike)."""
-    dataset, n = photos_dataset(), len(PHOTO_SOURCES)
-    training = [p for p in PHOTO_SOURCES if p not in TEST_PHOTOS][:8]
-    return [dataset.record(PHOTO_SOURCES.index(p) + 2 * n).load() for p in training]
+    """A second crop of eight training sources of the 16-image store (which holds crop 0 of the
+    first 16 sources): images the store never held. Not test sources: 16 images are far too few
+    for what identity looks like to carry over to a new source (the demo's corpus store is for that)."""
+    corpus = open_dataset("corpus")
+    n = next(i for i in range(corpus.count) if corpus.record(i).key.endswith("/0001"))  # crop 1 of source 0
+    training = [s for s in range(LIMIT) if corpus.record(s).split == "train"][:8]
+    return [corpus.record(s + n).load() for s in training]
 
 
 def test_detector_scores_transformed_images_above_their_originals(client):
@@ -216,7 +254,12 @@ def test_detector_scores_transformed_images_above_their_originals(client):
     scores = np.array(answers).reshape(len(crops), len(FINE.transforms))  # version 0 is the identity
     assert FINE.class_names[0] == "identity"
     original, transformed = scores[:, 0], scores[:, 1:].mean(axis=1)
-    assert transformed.mean() > original.mean() + 0.03, (original, transformed)
+    # Ranking is what a score is for (16 training images leave it poorly calibrated): ROC AUC of
+    # originals against every transformed version.
+    from sklearn.metrics import roc_auc_score
+
+    auc = roc_auc_score(np.r_[np.zeros(len(crops)), np.ones(scores[:, 1:].size)], np.r_[original, scores[:, 1:].ravel()])
+    assert auc >= 0.75, (auc, original, transformed)
     assert (transformed > original).mean() >= 0.75, (original, transformed)
     assert (scores[:, 1:] > scores[:, :1]).mean() >= 0.75  # most versions score above their own original
 

@@ -16,7 +16,7 @@ from services.transforms.expand import Expander
 from .conftest import ENCODER
 
 
-def infer(server, model, data: bytes, seed=None):
+def infer(server, model, data: bytes, seed=None, uploads=None):
     client = grpcclient.InferenceServerClient(server.config.grpc_url)
     array = np.frombuffer(data, np.uint8).reshape(1, -1)
     inputs = [grpcclient.InferInput("IMAGE", list(array.shape), "UINT8")]
@@ -24,6 +24,9 @@ def infer(server, model, data: bytes, seed=None):
     if seed is not None:
         inputs.append(grpcclient.InferInput("SEED", [1, 1], "INT64"))
         inputs[1].set_data_from_numpy(np.array([[seed]], np.int64))
+    if uploads is not None:
+        inputs.append(grpcclient.InferInput("UPLOADS", [1, 1], "BOOL"))
+        inputs[-1].set_data_from_numpy(np.array([[uploads]]))
     result = client.infer(model, inputs)
     return result.as_numpy("EMBEDDINGS")[0], result.as_numpy("PARAMS")[0], result.as_numpy("KEY")[0, 0].decode()
 
@@ -31,10 +34,10 @@ def infer(server, model, data: bytes, seed=None):
 @pytest.fixture(scope="module")
 def in_process(repo):
     """The repository's own expansion pipeline and K-version encoder, run in this process."""
-    def run(catalog_name, data, seed):
+    def run(catalog_name, data, seed, uploads=False):
         catalog, names = get_catalog(catalog_name), ExpansionNames(ENCODER, catalog_name)
         expander = Expander(repo / names.expand / "1" / "model.dali", catalog, 1, 2)
-        versions, params = expander.expand([np.frombuffer(data, np.uint8)], [image_key(data)], seed)
+        versions, params = expander.expand([np.frombuffer(data, np.uint8)], [image_key(data)], seed, uploads)
         session = ort_session(repo / names.onnx / "1" / "model.onnx", 2)
         return session.run(None, {"PIXELS": versions})[0][0], params[0]
     return run
@@ -55,6 +58,21 @@ def test_served_expansion_equals_in_process_pipeline(server, jpegs, in_process, 
     # Every transformation moves the embedding away from the identity version's.
     distance = np.linalg.norm(embeddings[1:] - embeddings[0], axis=1)
     assert (distance > 0.05 * np.linalg.norm(embeddings[0])).all()
+
+
+def test_uploads_re_encode_every_version_as_a_jpeg_of_drawn_quality(server, jpegs, in_process):
+    model, data = ExpansionNames(ENCODER, "fine").embed, jpegs["astronaut"]
+    made, made_params, _ = infer(server, model, data, seed=1, uploads=False)
+    uploaded, params, key = infer(server, model, data, seed=1, uploads=True)
+    np.testing.assert_array_equal(params, get_catalog("fine").params(key, 1, uploads=True))
+    quality = params[:, -1]
+    assert ((60 <= quality) & (quality <= 95)).all() and len(set(quality)) > 5 and not made_params[:, -1].any()
+    np.testing.assert_array_equal(params[:, :-1], made_params[:, :-1])  # the same transformations
+    expected, _ = in_process("fine", data, 1, uploads=True)
+    np.testing.assert_allclose(uploaded, expected, rtol=1e-5, atol=1e-4)
+    # The upload's compression moves the embedding, less than a transformation does.
+    moved = np.linalg.norm(uploaded - made, axis=1) / np.linalg.norm(made, axis=1)
+    assert (moved > 1e-3).all() and moved[0] < np.linalg.norm(made[1:] - made[0], axis=1).mean() / np.linalg.norm(made[0])
 
 
 def test_seed_is_optional_and_changes_parameters(server, jpegs):

@@ -45,7 +45,7 @@ def test_dali_versions_are_exactly_the_numpy_rotations_and_flip(photos, tmp_path
     versions, params = Expander(path, GROUPS_CATALOG, batch, 2).expand(
         [np.frombuffer(d, np.uint8) for d in data], [image_key(d) for d in data], seed=0)
     assert versions.shape == (batch, 5, 224, 224, 3) and versions.dtype == np.uint8
-    assert params.shape == (batch, 5, 1) and not params.any()
+    assert params.shape == (batch, 5, GROUPS_CATALOG.params_width) and not params.any()
     for i in range(batch):
         canvas = versions[i, 0]
         for k, name in enumerate(GROUPS_CATALOG.class_names):
@@ -71,7 +71,7 @@ def test_served_groups_embeddings_match_embed31_identity_and_in_process(server, 
     data = jpegs["chelsea"]
     embeddings, params, key = infer(server, model, data, seed=3)
     assert embeddings.shape == (5, get_encoder(ENCODER).dim) and key == image_key(data)
-    np.testing.assert_array_equal(params, np.zeros((5, 1), np.float32))
+    np.testing.assert_array_equal(params, np.zeros((5, GROUPS_CATALOG.params_width), np.float32))
     fine, _, _ = infer(server, ExpansionNames(ENCODER, "fine").embed, data, seed=3)
     np.testing.assert_allclose(embeddings[0], fine[0], rtol=1e-5, atol=1e-4)
     expected, _ = in_process("groups", data, 3)
@@ -91,11 +91,11 @@ def test_embed_writes_a_groups_store(server, tmp_path):
     m = store.manifest
     assert m["catalog"] == "groups" and m["catalog_version"] == "groups-1"
     assert m["rows"] == m["classes"] == GROUPS_CATALOG.class_names and m["row_labels"] == [0, 1, 2, 3, 4]
-    assert m["params_width"] == 1 and m["row_splits"] == ["both"] * 5
+    assert m["params_width"] == 2 and m["row_splits"] == ["both"] * 5 and m["uploads"] == "none"
     assert store.complete and store.summary()["done"] == 3
     embeddings = store.array("embeddings")
     assert embeddings.shape == (3, 5, 512) and embeddings.dtype == np.float16
-    photos = open_dataset("photos")
+    photos = open_dataset("corpus")
     for row in range(3):
         served, _, _ = infer(server, f"{ENCODER}_embed_groups", photos.record(row).load())
         np.testing.assert_array_equal(embeddings[row], served.astype(np.float16))

@@ -8,10 +8,12 @@ from services.encoders import get_encoder
 from services.pipelines import CpuPreprocessor, preprocess_pipeline, serialize_preprocess
 from services.reference import reference_preprocess
 
-# Tolerances in 8-bit pixel units. Square resizes (squeezenet, open_nsfw) differ only by filter
-# rounding: mean <= 0.3, 99th percentile <= 1.5. Shorter-side resizes keep a fractional scale
-# in DALI where Pillow rounds the size to whole pixels, a sub-pixel shift: mean <= 1.0.
-TOLERANCE = {"square": (0.3, 1.5), "shorter": (1.0, 12.0)}
+# Tolerances in 8-bit pixel units. Every image is first put on the 224 canvas (a shorter-side
+# resize), then resized for the encoder. Square encoder resizes (squeezenet, open_nsfw) differ
+# only by filter rounding, twice: mean <= 0.5, 99th percentile <= 3 (measured up to 0.41 / 3).
+# Shorter-side resizes keep a fractional scale in DALI where Pillow rounds the size to whole
+# pixels, a sub-pixel shift: mean <= 1.0.
+TOLERANCE = {"square": (0.5, 3.0), "shorter": (1.0, 12.0)}
 PHOTOS = ["astronaut", "chelsea", "rocket", "coins", "china"]
 
 

@@ -154,7 +154,7 @@ def test_refresh_computes_only_changed_columns_and_equals_a_full_embed(server, p
 def test_a_store_of_another_job_is_refused_and_nothing_is_written(server, photo_store, tmp_path, field, value):
     old = make_old_store(photo_store, tmp_path / "old", **{field: value})
     out = tmp_path / "new"
-    job = EmbedJob("photos", ENCODER, out, server.config.grpc_url, limit=LIMIT, reuse=old,
+    job = EmbedJob("corpus", ENCODER, out, server.config.grpc_url, limit=LIMIT, reuse=old,
                    client=ClientOptions(server.config.grpc_url))
     with pytest.raises(StoreError, match=f"cannot reuse .*another job .*{field}: "):
         asyncio.run(run_embed_job(job, progress=False))

@@ -18,14 +18,15 @@ EQUIPROBE = str(Path(sys.executable).parent / "equiprobe")
 
 
 def synthetic_store(path: Path, catalog_name: str, images: int = 60, dim: int = 32, noise: float = 0.6,
-                    semantic: int = 0) -> Path:
+                    semantic: int = 0, split=lambda r: "test" if r % 4 == 0 else "train",
+                    source=lambda r: "") -> Path:
     """A store whose version k embeddings sit around a version-specific point, plus per-image content
     (around one of `semantic` class centres when the store has semantic labels)."""
     catalog = get_catalog(catalog_name)
     k = len(catalog.transforms)
     manifest = {"format_version": 1, "tool_version": "test", "encoder": "synthetic", "encoder_onnx_sha256": "0" * 64,
                 "dim": dim, "dtype": "float16", "catalog": catalog.name, "catalog_version": catalog.version,
-                "rows": catalog.class_names, "params_width": catalog.width, "row_labels": catalog.labels.tolist(),
+                "rows": catalog.class_names, "params_width": catalog.params_width, "row_labels": catalog.labels.tolist(),
                 "classes": list(catalog.classes), "row_splits": [t.split for t in catalog.transforms],
                 "dataset": "synthetic", "label_names": [f"class{c}" for c in range(semantic)], "limit": None, "seed": 0, "count": images, "shard": None}
     store = Store.create_or_resume(path, manifest)
@@ -39,8 +40,8 @@ def synthetic_store(path: Path, catalog_name: str, images: int = 60, dim: int = 
         label = r % semantic if semantic else -1
         content = rng.normal(size=dim) + (2.0 * centres[label] if semantic else 0.0)
         embeddings = version + 0.3 * content + noise * rng.normal(size=(k, dim))
-        writer.put(r, embeddings=embeddings, params=np.zeros((k, catalog.width)), key=f"img{r:03d}",
-                   image_key=f"{r:016x}", label=label, split="test" if r % 4 == 0 else "train", index=r)
+        writer.put(r, embeddings=embeddings, params=np.zeros((k, catalog.params_width)), key=f"img{r:03d}",
+                   image_key=f"{r:016x}", label=label, split=split(r), index=r, source=source(r))
     writer.commit(list(range(images)))
     return path
 
@@ -63,6 +64,23 @@ def test_examples_split_by_image_and_read_by_memory_map(tmp_path):
     assert seen == len(rows)
     x, _, v = next(data.batches("test", 31))
     np.testing.assert_array_equal(x, embeddings[data.test_rows[0]].astype(np.float32)[v])
+
+
+@pytest.mark.parametrize("store_split", [True, False])
+def test_train_validation_and_test_never_share_a_source(store_split, tmp_path):
+    """Five crops per source; the store's split (train / validation / test by source) is kept, and
+    without one the trainer splits by a hash of the source, not of the image."""
+    sides = ("train", "train", "validation", "test")
+    store = Store.open(synthetic_store(tmp_path / "s", "fine", images=200, source=lambda r: f"photo{r // 5}",
+                                       split=(lambda r: sides[(r // 5) % 4]) if store_split else (lambda r: None)))
+    data = ProbeData.from_store(store, Task.from_store(store, "fine"))
+    sources = store.sources()
+    parts = [set(sources[rows]) for rows in (data.train_rows, data.val_rows, data.test_rows)]
+    assert all(parts) and not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert sum(map(len, parts)) == 40
+    if store_split:
+        assert parts[1] == {f"photo{s}" for s in range(40) if s % 4 == 2}  # the store's validation sources
+        assert parts[2] == {f"photo{s}" for s in range(40) if s % 4 == 3}
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp"])

@@ -42,7 +42,8 @@ def test_catalog_has_identity_and_thirty_named_transformations_with_stable_ids()
 def test_every_version_keeps_shape_and_dtype(expanded):
     versions, params = expanded
     assert versions.shape == (len(PHOTOS), 31, 224, 224, 3) and versions.dtype == np.uint8
-    assert params.shape == (len(PHOTOS), 31, FINE.width) and params.dtype == np.float32
+    assert params.shape == (len(PHOTOS), 31, FINE.params_width) and params.dtype == np.float32
+    assert (params[..., -1] == 0).all()  # not re-encoded as uploads unless asked
 
 
 @pytest.mark.parametrize("k", range(1, 31))

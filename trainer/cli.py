@@ -23,6 +23,7 @@ app.add_typer(service_commands.transforms_app, name="transforms")
 app.command()(client_commands.embed)
 app.command()(client_commands.score)
 app.add_typer(client_commands.store_app, name="store")
+app.add_typer(client_commands.corpus_app, name="corpus")
 app.add_typer(client_commands.bench_app, name="bench")
 
 
@@ -101,15 +102,25 @@ def report(
     probes: list[Path] = typer.Option([], help="Probe directories (equiprobe train) to tabulate and plot."),
     out: Path = typer.Option(..., help="Directory for report.md, results.json and the PNG plots."),
     max_images: int = typer.Option(2000, help="Images per store for the invariance metrics (fixed-seed subsample)."),
+    url: str = typer.Option(None, help="gRPC HOST:PORT of a server with the deployed NAME_detector: the detector "
+                            "card is also computed on Pillow-made versions of the first store's test sources."),
+    encoder: str = typer.Option("squeezenet1_1", help="With --url: whose NAME_detector to score with."),
+    reference_images: int = typer.Option(40, help="With --url: test images whose Pillow-made versions are scored."),
 ) -> None:
-    """Tables, invariance metrics and plots for stores and trained probes."""
+    """Tables, detector card, invariance metrics and plots for stores and trained probes."""
+    from clients.embedding import ServiceError
     from clients.store import StoreError
     from services.cli import fail
     from trainer.report import build_report
 
     try:
-        results = build_report(store, probes, out, max_images=max_images)
-    except (StoreError, ValueError, FileNotFoundError) as exc:
+        cards = None
+        if url:
+            from trainer.reference_card import reference_card
+
+            cards = {f"{encoder}_detector": reference_card(url, encoder, store[0], reference_images)}
+        results = build_report(store, probes, out, max_images=max_images, reference_cards=cards)
+    except (StoreError, ServiceError, ValueError, FileNotFoundError) as exc:
         raise fail(str(exc))
     print(f"wrote {out / 'report.md'}, {out / 'results.json'} and {len(results['plots'])} plots in {out}")
 
@@ -156,9 +167,12 @@ def deploy(
     rollback: bool = typer.Option(False, help="Return to the version the current one replaced (kept on disk)."),
     encoder: str = typer.Option(None, help="With --rollback: which detector, if REPO has several."),
     timeout: float = typer.Option(120.0, help="Seconds to wait for the server to serve the version."),
+    target_fpr: float = typer.Option(0.05, help="False-positive rate on the probe's validation sources that "
+                                     "chooses the MANIPULATED threshold."),
+    threshold: float = typer.Option(None, help="Use this MANIPULATED threshold instead of choosing one."),
 ) -> None:
     """Deploy probes as NAME_detector (IMAGE -> TRANSFORM_PROBS, CATEGORY_PROBS, MANIPULATION_SCORE,
-    EMBEDDING), a new NAME_probe version; or roll back to the previous one."""
+    MANIPULATED, EMBEDDING), a new NAME_probe version; or roll back to the previous one."""
     from services.cli import fail
     from trainer.deploy import DeployError, deploy as run_deploy, rollback as run_rollback
 
@@ -166,7 +180,7 @@ def deploy(
         raise fail("--rollback returns to the previous version; it takes no --probe")
     try:
         result = (run_rollback(repo, encoder, url, timeout) if rollback
-                  else run_deploy(probe, repo, url, timeout))
+                  else run_deploy(probe, repo, url, timeout, target_fpr, threshold))
     except DeployError as exc:
         raise fail(str(exc))
     meta, names = result.meta, result.names
@@ -176,7 +190,10 @@ def deploy(
           f"categories from the {meta['category_source']}; ONNX Runtime vs torch max abs diff "
           f"{meta['parity_max_abs_diff']:.2g}")
     print(f"{names.detector}: IMAGE -> TRANSFORM_PROBS [{len(meta['classes'])}], CATEGORY_PROBS "
-          f"[{len(meta['categories'])}], MANIPULATION_SCORE [1], EMBEDDING [{meta['dim']}]")
+          f"[{len(meta['categories'])}], MANIPULATION_SCORE [1], MANIPULATED [1], EMBEDDING [{meta['dim']}]")
+    chosen = (f"chosen for FPR {meta['target_fpr']:g} on validation sources" if meta.get("target_fpr") is not None
+              else "given")
+    print(f"operating threshold {meta['threshold']:.4f} ({chosen}): MANIPULATED = MANIPULATION_SCORE >= threshold")
     if result.server:
         print(f"server {url} serves {names.probe} version {result.version} ({result.server})")
     else:

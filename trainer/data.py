@@ -2,10 +2,11 @@
 
 An example is one version k of one image r: its embedding emb[r, k] and the task's labels:
 the label of version k (fine: the transformation; general: its category), the image's semantic
-label (semantic), or both (multitask: one column each). Splits are by source image, so every
-version of an image is on one side: the store's split where it has one (or, with
-split="hash", a hash of the image key, 80/20). A fixed part of the training images (by hash
-of the key, 10%) is held out for early stopping.
+label (semantic), or both (multitask: one column each). Splits are by source (the photograph
+or group an image was made from), so every version of an image, and every image of a source,
+is on one side: train, validation (early stopping) and test come from the store's split where
+it has one, else from a hash of the source (test 20%, validation 10% of the rest). With
+split="hash" the unit is the image instead (for semantic tasks whose classes are the sources).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from clients.store import DONE, Store
+from clients.store import DONE, SPLITS, Store
 
 VALIDATION_FRACTION = 0.1
 TEST_FRACTION = 0.2  # only where the store has no split
@@ -95,19 +96,23 @@ class ProbeData:
 
     @classmethod
     def from_store(cls, store: Store, task: Task, split_by: str = "store") -> "ProbeData":
-        """split_by "store": the store's split where it has one; "hash": by image key, 80/20."""
+        """split_by "store": the store's split by source where it has one (else a hash of the
+        source); "hash": by a hash of the image key, 80/20 (images of one source on both sides)."""
         if split_by not in ("store", "hash"):
             raise ValueError(f"unknown split {split_by!r}; use store or hash")
         status = np.asarray(store.array("status"))
         split = np.asarray(store.array("split"))
-        keys = np.asarray(store.array("keys"))
         rows = np.flatnonzero(status == DONE)  # failed rows have no embeddings
-        if split_by == "hash" or split[rows].min(initial=0) < 0:  # by image key
-            test = np.array([_unit_hash(k, "test") < TEST_FRACTION for k in keys[rows]])
+        units = np.asarray(store.array("keys")) if split_by == "hash" else store.sources()
+        if split_by == "hash" or split[rows].min(initial=0) < 0:
+            test = np.array([_unit_hash(u, "test") < TEST_FRACTION for u in units[rows]], bool)
         else:
-            test = split[rows] == 1
+            test = split[rows] == SPLITS["test"]
         train = rows[~test]
-        val = np.array([_unit_hash(k, "validation") < VALIDATION_FRACTION for k in keys[train]], bool)
+        if split_by == "store" and (split[train] == SPLITS["validation"]).any():
+            val = split[train] == SPLITS["validation"]
+        else:
+            val = np.array([_unit_hash(u, "validation") < VALIDATION_FRACTION for u in units[train]], bool)
         if not val.any() and len(train) > 1:
             val[-1] = True  # tiny stores: at least one validation image
         data = cls(store, task, train[~val], train[val], rows[test])

@@ -1,13 +1,15 @@
-"""`make demo`: the main job end to end on the embedded default.
+"""`make demo`: the main job end to end on the built-in corpus.
 
-Build the portable repository for squeezenet1_1; start the real Triton server (explicit model
-control, so the detector can be deployed into it live); check one served embedding against the
-in-process pipeline and send a corrupt file; bulk-embed a few hundred built-in photos in all
-their versions (fine catalog 31x, generalization catalog 47x, the rotation/flip groups 5x)
-into memory-mapped stores; train
-the fine-grained and generalization MLP probes; write the report (tables, G-EED, plots); deploy
-both probes as NAME_detector; score held-out photos and their transformed versions over gRPC;
-stop the server cleanly.
+Build the portable repository for the candidate encoders (squeezenet1_1, open_nsfw); start the
+real Triton server (explicit model control, so the detector can be deployed into it live);
+check one served embedding against the in-process pipeline and send a corrupt file; bulk-embed
+one crop of every corpus source in all 31 versions per encoder (and smaller generalization and
+rotation/flip group stores) into memory-mapped stores, split by source; train the fine-grained
+MLP probe of every candidate (each encoder alone, and both concatenated: the stores joined) and
+the generalization probe; pick the detector by validation AUC
+(never test data) and deploy it with its threshold for 5% FPR on validation sources; write the
+report with the detector card, on DALI-made and on Pillow-made versions of test sources; score
+new crops of test sources; stop the server cleanly.
 """
 
 from __future__ import annotations
@@ -22,53 +24,69 @@ from rich.console import Console
 from rich.table import Table
 
 from clients.embedding import EmbeddingClient, ServiceError
-from clients.photos import encode, package_photos
+from clients.photos import encode
 from services.repository import InProcessEmbed, build_repo
 from services.server import TritonServer, loopback_config
 
-ENCODER = "squeezenet1_1"
-FINE_IMAGES = 300  # x 31 versions
+DATASET = "corpus"
+ENCODER = "squeezenet1_1"  # the embedded default: also the generalization and groups stores
+CANDIDATES = ("squeezenet1_1", "open_nsfw")  # each alone, and both concatenated (COMPOSITE)
+COMPOSITE = "+".join(CANDIDATES)  # the detector is the candidate with the best validation AUC
+FINE_IMAGES = 0  # x 31 versions; 0: one crop of every corpus source
 GENERAL_IMAGES = 150  # x 47 versions: 28 seen sub-transformations and 19 held out
 GROUPS_IMAGES = 100  # x 5 versions: identity, three rotations, a flip (exact group G-EED)
 SEEDS = [0, 1]  # the study repeats 5 seeds (equiprobe train's default); two keep the demo short
 MAX_EPOCHS = 60
+REFERENCE_IMAGES = 40  # test sources whose Pillow-made versions the served detector scores
 SHOWN_VERSIONS = ("identity", "gaussian_blur", "text_overlay", "reference_style")
 
 
 def run_demo(workdir: str) -> None:
+    from clients.datasets import open_dataset
+
     console = Console(width=130)
     work = Path(workdir)
     repo = work / "model_repository"
     t0 = time.perf_counter()
+    dataset = open_dataset(DATASET)
+    # Crop 0 of every corpus image comes first (clients/corpus.py), then crop 1 of each...
+    fine_images = FINE_IMAGES or next(i for i in range(dataset.count) if dataset.record(i).key.endswith("/0001"))
+    sources = len({dataset.record(i).source for i in range(fine_images)})
     console.rule("1. build the model repository")
     shutil.rmtree(repo, ignore_errors=True)  # the demo's own repository: fresh, so the detector starts at v1
-    result = build_repo(ENCODER, repo)
-    console.print(f"{result.flavour} repository [bold]{repo}[/bold]: {len(result.models)} models; "
-                  f"ONNX export max abs diff vs torch {result.export_max_abs_diff:.2g}")
+    for encoder in CANDIDATES:
+        catalogs = ("fine", "general", "groups") if encoder == ENCODER else ("fine",)
+        result = build_repo(encoder, repo, catalogs=catalogs)
+        console.print(f"{result.flavour} repository [bold]{repo}[/bold]: {encoder}, {len(result.models)} models; "
+                      f"ONNX export max abs diff vs torch {result.export_max_abs_diff:.2g}")
 
     console.rule("2. serve with Triton (explicit model control) and embed over gRPC")
     with TritonServer(loopback_config(repo, model_control_mode="explicit")) as server:
         url = server.config.grpc_url
         console.print(f"tritonserver ready on gRPC {url} (pid {server.process.pid})")
-        check_service(console, repo, url)
+        check_service(console, repo, url, dataset.record(0).load())
 
-        console.rule("3. bulk-embed built-in photos into memory-mapped stores")
-        stores = {"fine": bulk_embed(console, url, work / "store_fine", "fine", FINE_IMAGES),
-                  "general": bulk_embed(console, url, work / "store_general", "general", GENERAL_IMAGES)}
+        console.rule(f"3. bulk-embed the built-in corpus ({fine_images} images, {sources} sources) into stores")
+        fine = {e: bulk_embed(console, url, work / f"store_fine_{e}", "fine", fine_images, e) for e in CANDIDATES}
+        fine[COMPOSITE] = join_stores(console, work, fine)
+        general = bulk_embed(console, url, work / "store_general", "general", GENERAL_IMAGES)
         groups = bulk_embed(console, url, work / "store_groups", "groups", GROUPS_IMAGES)
 
-        console.rule(f"4. train the fine-grained and generalization MLP probes (seeds {SEEDS})")
-        probes = train_demo_probes(console, work, stores)
+        console.rule(f"4. train the fine-grained MLP probe of every candidate and the generalization probe "
+                     f"(seeds {SEEDS})")
+        probes = {f"fine_{e}": train_demo_probe(console, work, store, "fine", e) for e, store in fine.items()}
+        probes["general"] = train_demo_probe(console, work, general, "general", ENCODER)
+        chosen = pick_detector(console, probes)
 
-        console.rule("5. report: tables, invariance (G-EED, copy detection), plots")
-        report = write_report(console, work, [*stores.values(), groups], probes)
+        console.rule("5. deploy the chosen detector into the running server")
+        deploy_detector(console, repo, url, probes, chosen)
 
-        console.rule("6. deploy the probes into the running server as the manipulation detector")
-        deploy_detector(console, repo, url, probes)
+        console.rule("6. report: detector card, tables, invariance (G-EED, copy detection), plots")
+        report = write_report(console, work, url, chosen, fine, [general, groups], probes)
 
-        console.rule("7. score new photos and transformed versions of them through the detector")
-        score_held_out(console, url)
-    grid = render_grid_for(work / "transforms_fine.png", encode(package_photos()["chelsea"]))
+        console.rule("7. score new crops of test sources and transformed versions of them")
+        score_held_out(console, url, chosen, dataset, fine_images)
+    grid = render_grid_for(work / "transforms_fine.png", dataset.record(0).load())
     console.rule("8. stopped")
     console.print(f"server stopped; processes left in its group: {len(server.group_pids())}; "
                   f"shared-memory files left: {len(server.shared_memory_files())}")
@@ -76,14 +94,13 @@ def run_demo(workdir: str) -> None:
                   f"PNG plots in {report}); preview grid {grid}; total {time.perf_counter() - t0:.0f} s")
 
 
-def check_service(console: Console, repo: Path, url: str) -> None:
+def check_service(console: Console, repo: Path, url: str, encoded: bytes) -> None:
     """One photo served vs in-process, and a truncated JPEG refused while the server keeps answering."""
-    encoded = encode(package_photos()["astronaut"])
     client = EmbeddingClient(url, ENCODER)
     client.check()
     served = client.embed(encoded)
     local = InProcessEmbed(repo, ENCODER)([np.frombuffer(encoded, np.uint8)])[0]
-    console.print(f"'astronaut': embedding [{len(served)}], served vs in-process max abs diff "
+    console.print(f"a corpus crop: embedding [{len(served)}], served vs in-process max abs diff "
                   f"{np.abs(local - served).max():.2g}")
     try:
         client.embed(encoded[: len(encoded) // 3])
@@ -93,53 +110,93 @@ def check_service(console: Console, repo: Path, url: str) -> None:
     client.close()
 
 
-def bulk_embed(console: Console, url: str, out: Path, catalog: str, images: int) -> Path:
+def bulk_embed(console: Console, url: str, out: Path, catalog: str, images: int, encoder: str = ENCODER) -> Path:
     from clients.embed_job import EmbedJob, run_embed_job
-    from clients.store import Store
+    from clients.store import SPLITS, Store
 
     shutil.rmtree(out, ignore_errors=True)  # the demo's own store: rebuilt with the repository
     t0 = time.perf_counter()
-    summary = asyncio.run(run_embed_job(EmbedJob("photos", ENCODER, out, url, catalog, limit=images)))
+    summary = asyncio.run(run_embed_job(EmbedJob(DATASET, encoder, out, url, catalog, limit=images)))
     elapsed = time.perf_counter() - t0
     store = Store.open(out)
-    split = np.asarray(store.array("split"))
+    split, sources = np.asarray(store.array("split")), store.sources()
+    count = {name: len(set(sources[split == code])) for name, code in SPLITS.items() if name}
     shape = store.array("embeddings").shape
-    console.print(f"{catalog} store [bold]{out}[/bold]: {summary['done']} images x {shape[1]} versions, "
-                  f"{summary['failed']} failed, {(split == 0).sum()} train / {(split == 1).sum()} test (by source "
-                  f"photograph); {summary['done'] / elapsed:.1f} images/s, "
+    console.print(f"{encoder} {catalog} store [bold]{out}[/bold]: {summary['done']} images x {shape[1]} versions, "
+                  f"{summary['failed']} failed; sources {count['train']} train / {count['validation']} validation / "
+                  f"{count['test']} test; {summary['done'] / elapsed:.1f} images/s, "
                   f"{summary['done'] * shape[1] / elapsed:.0f} embeddings/s")
     return out
 
 
-def train_demo_probes(console: Console, work: Path, stores: dict[str, Path]) -> dict[str, Path]:
+def join_stores(console: Console, work: Path, fine: dict[str, Path]) -> Path:
+    from clients.concat import concat_stores
+
+    out = work / f"store_fine_{COMPOSITE}"
+    shutil.rmtree(out, ignore_errors=True)
+    joined = concat_stores([fine[e] for e in CANDIDATES], out)
+    console.print(f"{COMPOSITE} fine store [bold]{out}[/bold]: the two stores joined, {joined.manifest['dim']}-d "
+                  "embeddings")
+    return out
+
+
+def train_demo_probe(console: Console, work: Path, store: Path, task: str, encoder: str) -> Path:
     from trainer.probes import ProbeConfig
     from trainer.train import train_probes
 
-    probes = {}
-    for task, store in stores.items():
-        out = work / f"probe_{task}_mlp"
-        t0 = time.perf_counter()
-        record = train_probes(store, task, ProbeConfig(kind="mlp", max_epochs=MAX_EPOCHS), SEEDS, out)
-        console.print(f"{task}: {record['images']['train']} train / {record['images']['test']} test images, "
-                      f"{time.perf_counter() - t0:.0f} s -> {out}")
-        probes[task] = out
-    return probes
+    out = work / f"probe_{task}_{encoder}_mlp"
+    t0 = time.perf_counter()
+    record = train_probes(store, task, ProbeConfig(kind="mlp", max_epochs=MAX_EPOCHS), SEEDS, out)
+    images = record["images"]
+    console.print(f"{encoder} {task}: {images['train']} train / {images['val']} validation / {images['test']} test "
+                  f"images, test accuracy {record['summary']['test_accuracy']['mean']:.3f}, "
+                  f"{time.perf_counter() - t0:.0f} s -> {out}")
+    return out
 
 
-def write_report(console: Console, work: Path, stores: list[Path], probes: dict[str, Path]) -> Path:
-    from trainer.report import build_report
+def pick_detector(console: Console, probes: dict[str, Path]) -> str:
+    """The candidate with the best validation AUC; test figures are printed, never used to choose."""
+    import json
+
+    table = Table("encoder", "validation AUC", "test AUC", "TPR @ FPR 5% (test)", "top category (test)",
+                  "fine-grained acc. (test)", title="detector candidates: originals vs manipulated versions")
+    cards = {}
+    for name, path in probes.items():
+        if name.startswith("fine_"):
+            record = json.loads((path / "probe.json").read_text())
+            cards[name[len("fine_"):]] = c = record["detector"]
+            table.add_row(name[len("fine_"):], f"{c['validation_auc']:.3f}", f"{c['auc']:.3f}",
+                          f"{c['tpr_at_fpr_0.05']:.3f}", f"{c['top_category_accuracy']:.3f}",
+                          f"{record['summary']['test_accuracy']['mean']:.3f}")
+    console.print(table)
+    chosen = max(cards, key=lambda e: cards[e]["validation_auc"])
+    console.print(f"chosen by validation AUC: [bold]{chosen}[/bold]")
+    return chosen
+
+
+def write_report(console: Console, work: Path, url: str, chosen: str, fine: dict[str, Path], others: list[Path],
+                 probes: dict[str, Path]) -> Path:
+    from trainer.detector_card import format_card
+    from trainer.reference_card import reference_card
+    from trainer.report import build_report, detector_cards
 
     out = work / "report"
-    results = build_report(stores, list(probes.values()), out, max_images=500)
-    row = results["table1"][0]
+    reference = {f"{chosen}_detector": reference_card(url, chosen, fine[chosen], REFERENCE_IMAGES)}
+    stores = [fine[e] for e in CANDIDATES] + others  # the joined store's invariance is its parts'
+    results = build_report(stores, list(probes.values()), out, max_images=500, reference_cards=reference)
+    for name, card in detector_cards(results).items():
+        console.print(f"[bold]detector card, {name}[/bold] (test sources)")
+        for line in format_card(card):
+            console.print("  " + line)
+    row = next(r for r in results["table1"] if r["encoder"] == ENCODER)
     cell = lambda s: f"{s['mean']:.3f} +- {s['std']:.3f}" if s else "-"  # noqa: E731
     table = Table("encoder", "probe", "fine-grained (31-way)", "generalization (10-way)", "held-out noise",
-                  "held-out style", title="Table 1 layout: test accuracy on held-out photographs "
+                  "held-out style", title="Table 1 layout: test accuracy on held-out sources "
                   "(chance 0.032 and 0.100)")
     table.add_row(row["encoder"], row["probe"], cell(row.get("fine")), cell(row.get("general")),
                   cell(row.get("held_out_noise")), cell(row.get("held_out_style")))
     console.print(table)
-    fine = results["stores"][0]
+    fine = results["stores"][list(CANDIDATES).index(ENCODER)]
     geed = fine["latent_geed"]["per_transformation"]
     most, least = max(geed, key=lambda n: geed[n]["cosine"]), min(geed, key=lambda n: geed[n]["cosine"])
     console.print(f"latent G-EED (cosine, / M): most moved by {most} {geed[most]['cosine']:.2f}, least by {least} "
@@ -151,61 +208,55 @@ def write_report(console: Console, work: Path, stores: list[Path], probes: dict[
     return out
 
 
-def deploy_detector(console: Console, repo: Path, url: str, probes: dict[str, Path]) -> None:
+def deploy_detector(console: Console, repo: Path, url: str, probes: dict[str, Path], chosen: str) -> None:
     from trainer.deploy import deploy
 
-    result = deploy([probes["fine"], probes["general"]], repo, url)
+    given = [probes[f"fine_{chosen}"]] + ([probes["general"]] if chosen == ENCODER else [])
+    result = deploy(given, repo, url)
+    meta = result.meta
     console.print(f"{result.names.probe} version {result.version} serving ({result.server}); "
                   f"{result.names.detector}: IMAGE -> TRANSFORM_PROBS [31], CATEGORY_PROBS [10], "
-                  f"MANIPULATION_SCORE [1], EMBEDDING [{result.meta['dim']}]")
+                  f"MANIPULATION_SCORE [1], MANIPULATED [1], EMBEDDING [{meta['dim']}]; threshold "
+                  f"{meta['threshold']:.4f} for FPR {meta['target_fpr']:g} on validation sources")
 
 
-def unseen_crops(per_side: int = 2) -> list[tuple[str, str, bytes]]:
-    """(photograph, side, JPEG) for crops that no store of the demo holds: of test photographs
-    (held out from training entirely) and of training photographs (new crops of seen scenes)."""
-    from clients.datasets import photos_dataset
-
-    dataset = photos_dataset()
-    picked: dict[str, list] = {"test": [], "train": []}
-    for i in range(max(FINE_IMAGES, GENERAL_IMAGES), len(dataset)):
+def unseen_crops(dataset, stored: int, count: int = 4) -> list[tuple[str, bytes]]:
+    """(source, JPEG) for new crops of test sources: crops no store of the demo holds."""
+    picked: dict[str, bytes] = {}
+    for i in range(stored, dataset.count):
         record = dataset.record(i)
-        name = record.key.split("/")[1]
-        side = picked[record.split]
-        if len(side) < per_side and name not in [n for n, _, _ in side]:
-            side.append((name, "held out" if record.split == "test" else "seen", record.load()))
-        if all(len(v) == per_side for v in picked.values()):
+        if record.split == "test" and record.source not in picked:
+            picked[record.source] = record.load()
+        if len(picked) == count:
             break
-    return picked["test"] + picked["train"]
+    return list(picked.items())
 
 
-def score_held_out(console: Console, url: str) -> None:
+def score_held_out(console: Console, url: str, encoder: str, dataset, stored: int) -> None:
     from clients.scoring import Scorer
     from services.transforms import get_catalog
     from services.transforms.preview import expand_one
 
     catalog = get_catalog("fine")
-    scorer = Scorer(url, ENCODER, top=1)
-    table = Table("photo", "photograph in training", "version", "manipulation score", "top transformation", "top category")
-    scores: dict[tuple[str, bool], list[float]] = {}
+    scorer = Scorer(url, encoder, top=1)
+    table = Table("source (test)", "version", "manipulated?", "score", "top transformation", "top category")
+    verdicts: dict[bool, list[bool]] = {False: [], True: []}
     top1 = []
-    for name, side, data in unseen_crops():
+    for source, data in unseen_crops(dataset, stored):
         versions, _ = expand_one(catalog, data, seed=0)
         for k, t in enumerate(catalog.transforms):
-            score = scorer.score(encode(versions[k], quality=95))
-            scores.setdefault((side, k > 0), []).append(score.manipulation_score)
+            score = scorer.score(encode(versions[k], quality=90))
+            verdicts[k > 0].append(score.manipulated)
             top1.append(score.transformations[0][0] == t.name)
             if t.name in SHOWN_VERSIONS:
                 (tn, tp), (cn, cp) = score.transformations[0], score.categories[0]
-                table.add_row(name, side, t.name, f"{score.manipulation_score:.3f}", f"{tn} {tp:.2f}",
-                              f"{cn} {cp:.2f}")
-    scorer.close()
+                table.add_row(source[-28:], t.name, "yes" if score.manipulated else "no",
+                              f"{score.manipulation_score:.3f}", f"{tn} {tp:.2f}", f"{cn} {cp:.2f}")
     console.print(table)
-    for side in dict.fromkeys(s for s, _ in scores):
-        what = "crops of held-out photographs" if side == "held out" else "new crops of training photographs"
-        console.print(f"{what}: mean manipulation score of the originals {np.mean(scores[side, False]):.3f}, of "
-                      f"their 30 transformed versions {np.mean(scores[side, True]):.3f}")
-    console.print(f"top transformation right for {np.mean(top1):.0%} of {len(top1)} uploads (each version "
-                  "re-encoded as JPEG, as a user would upload it)")
+    console.print(f"threshold {scorer.threshold:.4f}: originals flagged {np.mean(verdicts[False]):.0%} of "
+                  f"{len(verdicts[False])}, transformed versions flagged {np.mean(verdicts[True]):.0%} of "
+                  f"{len(verdicts[True])}; top transformation right for {np.mean(top1):.0%} (JPEG uploads)")
+    scorer.close()
 
 
 def render_grid_for(out: Path, data: bytes) -> Path:

@@ -6,7 +6,11 @@
                    answers "score:index:label"
     NAME_detector  ensemble: IMAGE -> NAME_preprocess -> NAME_encoder -> NAME_probe, the steps of the
                    served NAME_embed plus the probe; outputs TRANSFORM_PROBS, CATEGORY_PROBS,
-                   MANIPULATION_SCORE and EMBEDDING [D], any subset of them per request
+                   MANIPULATION_SCORE, MANIPULATED and EMBEDDING [D], any subset of them per request
+
+A probe of a composite encoder "A+B" (a joined store, clients/concat.py) is served as
+A+B_detector: the steps of A_embed and B_embed side by side on the same IMAGE, both embeddings
+into the probe, which concatenates them.
 
 Both follow the repository's flavour (read from NAME_encoder's config): portable runs the probe
 on ONNX Runtime in a python-backend model, native on the onnxruntime backend with TensorRT.
@@ -41,8 +45,10 @@ from typing import Optional
 
 from services.files import write_atomically
 
-from .probe_export import (CATEGORY_PROBS, EMBEDDING, EMBEDDING_OUT, MANIPULATION_SCORE, OUTPUTS, TRANSFORM_PROBS,
-                           ProbeError, SavedProbe, category_names, export_probes, read_probe)
+from .detector_scores import DEFAULT_TARGET_FPR, load_scores
+from .probe_export import (CATEGORY_PROBS, EMBEDDING, EMBEDDING_OUT, MANIPULATED, MANIPULATION_SCORE, OUTPUTS,
+                           TRANSFORM_PROBS, ProbeError, SavedProbe, category_names, export_probes, probe_inputs,
+                           read_probe)
 
 HISTORY = "deploy_history.json"
 VERSION_RECORD = "deployed.json"
@@ -77,9 +83,25 @@ class ServedEncoder:
     flavour: str
     catalog_versions: dict[str, str]  # task -> catalog version of the repo's expansion (else this code's)
     embed_config: object  # NAME_embed's ModelConfig: the detector repeats its steps
+    parts: list["ServedEncoder"] = None  # type: ignore[assignment]  # a composite's encoders, else [self]
+
+    def __post_init__(self):
+        if self.parts is None:
+            self.parts = [self]
 
 
 def served_encoder(repo: Path, encoder: str) -> ServedEncoder:
+    """What the repository serves for `encoder`, or for each part of a composite "A+B"."""
+    from clients.concat import COMPOSITE, part_names
+
+    if COMPOSITE not in encoder:
+        return served_part(repo, encoder)
+    parts = [served_part(repo, name) for name in part_names(encoder)]
+    return ServedEncoder(repo, encoder, sum(p.dim for p in parts), COMPOSITE.join(p.onnx_sha256 for p in parts),
+                         parts[0].flavour, parts[0].catalog_versions, parts[0].embed_config, parts)
+
+
+def served_part(repo: Path, encoder: str) -> ServedEncoder:
     from services.expansion_repo import ExpansionNames
     from services.export import sha256_of
     from services.repository import ModelNames, read_config
@@ -140,10 +162,10 @@ def _outputs(meta: dict, embedding: str) -> list:
     from services.repository import tensor
 
     sizes = {TRANSFORM_PROBS: len(meta["classes"]), CATEGORY_PROBS: len(meta["categories"]), MANIPULATION_SCORE: 1,
-             embedding: meta["dim"]}
+             MANIPULATED: 1, embedding: meta["dim"]}
     outputs = []
     for name in (*OUTPUTS, embedding):
-        output = tensor(name, mc.TYPE_FP32, [sizes[name]], is_input=False)
+        output = tensor(name, mc.TYPE_BOOL if name == MANIPULATED else mc.TYPE_FP32, [sizes[name]], is_input=False)
         if name in LABEL_FILES:  # read from the model directory, next to config.pbtxt
             output.label_filename = LABEL_FILES[name]
         outputs.append(output)
@@ -154,7 +176,8 @@ def _parameters(meta: dict) -> dict:
     """What clients can read over gRPC (get_model_config) about the deployed probes."""
     return {"encoder": meta["encoder"], "dim": meta["dim"], "onnx_sha256": meta["encoder_onnx_sha256"],
             "catalog_version": meta["catalog_versions"]["fine"], "category_source": meta["category_source"],
-            "probe_model": meta["model"], "probe_version": meta["version"]}
+            "probe_model": meta["model"], "probe_version": meta["version"],
+            "threshold": repr(meta["threshold"]), "target_fpr": meta["target_fpr"]}
 
 
 def probe_config(served: ServedEncoder, meta: dict):
@@ -164,7 +187,8 @@ def probe_config(served: ServedEncoder, meta: dict):
 
     # A tiny model beside the encoder on the same cores: one thread, no spinning.
     serving = ServingSpec(max_batch_size=served.embed_config.max_batch_size, ort_threads=1)
-    inputs = [tensor(EMBEDDING, mc.TYPE_FP32, [meta["dim"]])]
+    dims = [p.dim for p in served.parts]
+    inputs = [tensor(name, mc.TYPE_FP32, [dim]) for name, dim in zip(probe_inputs(dims), dims)]
     config = onnx_config(meta["model"], inputs, _outputs(meta, EMBEDDING_OUT), served.flavour, serving,
                          spinning=False)  # type: ignore[arg-type]
     if served.flavour == "portable":
@@ -174,18 +198,33 @@ def probe_config(served: ServedEncoder, meta: dict):
     return config
 
 
+def _internal(tensor_name: str, ensemble_inputs: set[str], suffix: str) -> str:
+    """A NAME_embed tensor inside the detector: inputs stay; the embedding becomes internal (the
+    probe passes it on as EMBEDDING); a composite's parts get a suffix, so they share no tensor."""
+    if tensor_name in ensemble_inputs:
+        return tensor_name
+    return ("embedding" if tensor_name == EMBEDDING else tensor_name) + suffix
+
+
 def detector_config(served: ServedEncoder, names: DetectorNames, meta: dict):
-    """NAME_embed's ensemble (same IMAGE input, same steps) with the probe as a last step. The
-    encoder's embedding goes to the probe, and EMBEDDING comes back from the probe's pass-through
-    (see trainer/probe_export.py: Triton prunes the steps behind an unrequested ensemble output)."""
+    """NAME_embed's ensemble (same IMAGE input, same steps; for a composite, every part's side by
+    side) with the probe as a last step. The encoders' embeddings go to the probe, and EMBEDDING
+    comes back from the probe's pass-through (see trainer/probe_export.py: Triton prunes the steps
+    behind an unrequested ensemble output)."""
     from services.repository import ensemble_config, string_parameters
 
     embed = served.embed_config
-    internal = {EMBEDDING: "embedding"}
-    steps = [(s.model_name, dict(s.input_map), {k: internal.get(v, v) for k, v in s.output_map.items()})
-             for s in embed.ensemble_scheduling.step]
+    composite = len(served.parts) > 1
+    steps, probe_in = [], {}
+    for i, (part, name) in enumerate(zip(served.parts, probe_inputs([p.dim for p in served.parts]))):
+        inputs = {t.name for t in part.embed_config.input}
+        suffix = f"_{i}" if composite else ""
+        steps += [(s.model_name, {k: _internal(v, inputs, suffix) for k, v in s.input_map.items()},
+                   {k: _internal(v, inputs, suffix) for k, v in s.output_map.items()})
+                  for s in part.embed_config.ensemble_scheduling.step]
+        probe_in[name] = _internal(EMBEDDING, inputs, suffix)
     probe_outputs = {**{name: name for name in OUTPUTS}, EMBEDDING_OUT: EMBEDDING}
-    steps.append((names.probe, {EMBEDDING: "embedding"}, probe_outputs))
+    steps.append((names.probe, probe_in, probe_outputs))
     config = ensemble_config(names.detector, embed.max_batch_size, inputs=list(embed.input),
                              outputs=_outputs(meta, EMBEDDING), steps=steps)
     string_parameters(config, **_parameters(meta))
@@ -329,8 +368,23 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def deploy(probe_dirs: list[Path], repo: Path, url: Optional[str] = None, timeout_s: float = 120.0) -> DeployResult:
-    """Export the probes, write them as the next NAME_probe version, select it, and (given a url) load it."""
+def operating_point(fine: SavedProbe, target_fpr: float, threshold: Optional[float]) -> tuple[float, Optional[float]]:
+    """(threshold, target FPR): chosen on the probe's validation sources, or as given."""
+    from .detector_card import operating_threshold
+
+    if threshold is not None:
+        return float(threshold), None
+    try:
+        val = load_scores(fine.path)["val"]
+        return operating_threshold(val["score"], val["manipulated"], target_fpr), target_fpr
+    except (FileNotFoundError, ValueError) as exc:
+        raise DeployError(f"no operating threshold for {fine.path}: {exc}; or pass --threshold T") from None
+
+
+def deploy(probe_dirs: list[Path], repo: Path, url: Optional[str] = None, timeout_s: float = 120.0,
+           target_fpr: float = DEFAULT_TARGET_FPR, threshold: Optional[float] = None) -> DeployResult:
+    """Export the probes, write them as the next NAME_probe version, select it, and (given a url) load it.
+    MANIPULATED = score >= `threshold`, by default the one that gives `target_fpr` on validation sources."""
     repo = Path(repo)
     if not repo.is_dir():
         raise DeployError(f"model repository {repo} does not exist")
@@ -342,6 +396,7 @@ def deploy(probe_dirs: list[Path], repo: Path, url: Optional[str] = None, timeou
     for probe in (fine, general):
         if probe is not None:
             check_probe(probe.record, str(probe.path), probe.task, served)
+    threshold, target_fpr = operating_point(fine, target_fpr, threshold)
     client = connect(url) if url else None
     names = DetectorNames(served.name)
     model_dir = repo / names.probe
@@ -350,7 +405,7 @@ def deploy(probe_dirs: list[Path], repo: Path, url: Optional[str] = None, timeou
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp)
         try:
-            exported = export_probes(fine, general, staged / "model.onnx")
+            exported = export_probes(fine, general, staged / "model.onnx", threshold, [p.dim for p in served.parts])
         except ProbeError as exc:
             raise DeployError(str(exc)) from None
         meta = {"model": names.probe, "version": version, "replaced": replaced, "deployed_at": now(),
@@ -358,6 +413,7 @@ def deploy(probe_dirs: list[Path], repo: Path, url: Optional[str] = None, timeou
                 "catalog_versions": {p.task: p.record["catalog_version"] for p in (fine, general) if p},
                 "classes": fine.classes, "categories": category_names(),
                 "category_source": exported.category_source, "parity_max_abs_diff": exported.max_abs_diff,
+                "threshold": threshold, "target_fpr": target_fpr,
                 "probes": {p.task: {"path": str(p.path.resolve()), "record": p.record}
                            for p in (fine, general) if p}}
         meta["catalog_versions"].setdefault("general", served.catalog_versions["general"])

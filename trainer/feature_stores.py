@@ -186,7 +186,8 @@ def build_baseline_store(source_path: Path, features: str, out: Path, seed: int 
             if done:
                 encoded = [rows.image_bytes(r) for r in done]
                 try:
-                    versions, params = expander.expand(encoded, [rows.image_keys[r] for r in done], m["seed"])
+                    versions, params = expander.expand(encoded, [rows.image_keys[r] for r in done], m["seed"],
+                                                       m.get("uploads") == "jpeg")
                 except Exception as exc:  # the server expanded these images; this pipeline is the same one
                     raise StoreError(f"rows {done[0]}..{done[-1]} could not be expanded here: "
                                      f"{str(exc).splitlines()[0]}") from None
@@ -208,6 +209,7 @@ class RowSource:
     def __init__(self, source: Store, dataset):
         self.source, self.dataset = source, dataset
         self.keys = np.asarray(source.array("keys"))
+        self.sources = source.sources()
         self.image_keys = np.asarray(source.array("image_keys"))
         self.labels = np.asarray(source.array("labels"))
         self.split = np.asarray(source.array("split"))
@@ -217,7 +219,7 @@ class RowSource:
 
     def describe(self, row: int) -> dict:
         return dict(key=str(self.keys[row]), label=int(self.labels[row]), split=SPLIT_NAMES[int(self.split[row])],
-                    index=int(self.index[row]))
+                    index=int(self.index[row]), source=str(self.sources[row]))
 
     def failure_reason(self, row: int) -> str:
         return self.errors.get(row, "failed in the source store")

@@ -4,7 +4,13 @@
                              CATEGORY_PROBS     FP32 [B, 10]  softmax of the general probe, or, without
                                                               one, TRANSFORM_PROBS summed per category
                              MANIPULATION_SCORE FP32 [B, 1]   1 - P(identity) from the fine probe
+                             MANIPULATED        BOOL [B, 1]   MANIPULATION_SCORE >= the deployed threshold
+                                                              (chosen on validation sources for a target FPR)
                              EMBEDDING_OUT      FP32 [B, D]   the input, passed through
+
+A probe of a composite encoder "A+B" (trained on a joined store, clients/concat.py) takes one
+input per part, EMBEDDING_0 [B, DA] and EMBEDDING_1 [B, DB], and concatenates them first, as the
+store did; EMBEDDING_OUT is the concatenation.
 
 The pass-through is for the detector ensemble: Triton (2.51) prunes the steps behind an ensemble
 output a request did not ask for, even when a later step consumes that tensor, so an EMBEDDING
@@ -34,7 +40,8 @@ import numpy as np
 
 EMBEDDING = "EMBEDDING"
 TRANSFORM_PROBS, CATEGORY_PROBS, MANIPULATION_SCORE = "TRANSFORM_PROBS", "CATEGORY_PROBS", "MANIPULATION_SCORE"
-OUTPUTS = (TRANSFORM_PROBS, CATEGORY_PROBS, MANIPULATION_SCORE)
+MANIPULATED = "MANIPULATED"
+OUTPUTS = (TRANSFORM_PROBS, CATEGORY_PROBS, MANIPULATION_SCORE, MANIPULATED)
 EMBEDDING_OUT = "EMBEDDING_OUT"
 IDENTITY = "identity"
 # Probabilities are at most 1; float32 kernels summing in another order differ by a few ulps.
@@ -119,7 +126,12 @@ def category_names() -> list[str]:
     return list(get_catalog("general").classes)
 
 
-def detector_head(fine, general, fine_classes: list[str]):
+def probe_inputs(part_dims: list[int]) -> list[str]:
+    """The probe model's input names: EMBEDDING, or one per part of a composite encoder."""
+    return [EMBEDDING] if len(part_dims) == 1 else [f"{EMBEDDING}_{i}" for i in range(len(part_dims))]
+
+
+def detector_head(fine, general, fine_classes: list[str], threshold: float = 0.5):
     """The torch module the ONNX model is exported from (and checked against)."""
     import torch
     from torch import nn
@@ -136,13 +148,15 @@ def detector_head(fine, general, fine_classes: list[str]):
             self.fine, self.general = fine, general
             self.register_buffer("membership", torch.from_numpy(membership))
 
-        def forward(self, embeddings: torch.Tensor):
+        def forward(self, *parts: torch.Tensor):
+            embeddings = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
             transforms = torch.softmax(self.fine(embeddings), dim=1)
             if self.general is not None:
                 categories = torch.softmax(self.general(embeddings), dim=1)
             else:  # P(category) = sum of its transformations' probabilities
                 categories = transforms @ self.membership
-            return transforms, categories, 1.0 - transforms[:, identity:identity + 1], embeddings
+            score = 1.0 - transforms[:, identity:identity + 1]
+            return transforms, categories, score, score >= threshold, embeddings
 
     return DetectorHead().eval()
 
@@ -154,7 +168,8 @@ class ProbeExport:
     category_source: str  # "general probe" or "fine probe"
 
 
-def export_probes(fine: SavedProbe, general: Optional[SavedProbe], out: Path, check_batch: int = 16) -> ProbeExport:
+def export_probes(fine: SavedProbe, general: Optional[SavedProbe], out: Path, threshold: float,
+                  part_dims: Optional[list[int]] = None, check_batch: int = 16) -> ProbeExport:
     """Write the probe model to `out` and check it with ONNX Runtime; raises ProbeError on a mismatch."""
     import onnx
     import torch
@@ -164,21 +179,27 @@ def export_probes(fine: SavedProbe, general: Optional[SavedProbe], out: Path, ch
     if IDENTITY not in fine.classes:
         raise ProbeError(f"{fine.path}: the fine probe has no {IDENTITY!r} class to score manipulation against")
     fine_model = fine.load()
-    head = detector_head(fine_model, general.load() if general else None, fine.classes)
+    head = detector_head(fine_model, general.load() if general else None, fine.classes, threshold)
     batch = torch.export.Dim("batch", min=1, max=4096)
     # Embeddings as the encoder gives them: around the training mean, at the training scale.
     rng = np.random.default_rng(0)
     mean, std = fine_model.mean.numpy(), fine_model.std.numpy()
     x = (mean + std * rng.normal(size=(check_batch, fine.dim))).astype(np.float32)
+    part_dims = part_dims or [fine.dim]
+    if sum(part_dims) != fine.dim:
+        raise ProbeError(f"{fine.path}: the encoder parts give {sum(part_dims)} dims, the probe takes {fine.dim}")
+    xs = np.split(x, np.cumsum(part_dims)[:-1], axis=1)
+    names = probe_inputs(part_dims)
     # The exporter prints its progress to stdout even with verbose=False; keep CLI output clean.
     with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
-        torch.onnx.export(head, (torch.from_numpy(x[:2]),), str(out), input_names=[EMBEDDING],
-                          output_names=[*OUTPUTS, EMBEDDING_OUT], dynamic_shapes=({0: batch},), external_data=False,
-                          dynamo=True, verbose=False)
-        reference = [t.numpy() for t in head(torch.from_numpy(x))]
+        torch.onnx.export(head, tuple(torch.from_numpy(p[:2]) for p in xs), str(out), input_names=names,
+                          output_names=[*OUTPUTS, EMBEDDING_OUT], dynamic_shapes=(tuple({0: batch} for _ in xs),),  # forward(*parts)
+                          external_data=False, dynamo=True, verbose=False)
+        reference = [t.numpy() for t in head(*(torch.from_numpy(p) for p in xs))]
     onnx.checker.check_model(str(out))
-    served = ort_session(out).run([*OUTPUTS, EMBEDDING_OUT], {EMBEDDING: x})
-    diff = max(float(np.abs(s - r).max()) if s.shape == r.shape else np.inf for s, r in zip(served, reference))
+    served = ort_session(out).run([*OUTPUTS, EMBEDDING_OUT], dict(zip(names, xs)))
+    diff = max(float(np.abs(s.astype(np.float32) - r.astype(np.float32)).max()) if s.shape == r.shape else np.inf
+               for s, r in zip(served, reference))
     if not diff <= PARITY_TOLERANCE:
         raise ProbeError(f"the exported probe model differs from torch by {diff:.3g} (tolerance "
                          f"{PARITY_TOLERANCE:g}); nothing was deployed")

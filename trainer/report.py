@@ -1,6 +1,10 @@
 """`equiprobe report`: stores and trained probes in, numbers, tables and plots out.
 
 results.json holds every figure; report.md shows the tables and links the PNG plots:
+  - the detector card of each fine probe: ROC (detector_roc.png), AUC, TPR at FPR 1% and 5%,
+    FPR and identity recall at the threshold chosen on validation sources, recall per category,
+    on the store's test sources; and, given `reference_cards`, the same figures on versions
+    made by the Pillow/numpy implementation and scored by the served detector;
   - the study's Table 1 layout, one row per (encoder, probe): fine-grained accuracy, and the
     generalization task's overall, held-out-noise and held-out-style accuracy (mean +- std
     over seeds), baselines included (logreg / knn probes, pixel and random-weight stores);
@@ -26,6 +30,8 @@ from clients.store import Store
 
 from . import invariance, plots
 from .data import ProbeData, Task
+from .detector_card import plot_roc
+from .detector_scores import SCORES, card_for, load_scores
 from .probes import load_probe, predict
 
 
@@ -50,6 +56,8 @@ def probe_section(directory: Path, max_images: int) -> tuple[dict, Optional[Outc
         "images": record.get("images"), "seeds": record.get("seeds"),
         "per_version_accuracy": _mean_over_runs(runs, "per_version_accuracy"),
     }
+    if record["task"] == "fine" and (directory / SCORES).is_file():  # threshold on validation, figures on test
+        section["detector_card"] = card_for(load_scores(directory))
     if record["task"] == "general" and runs[0].get("per_style_accuracy"):
         seen = {n: s["seen"] for n, s in runs[0]["per_style_accuracy"].items()}
         section["per_style_accuracy"] = {n: {"accuracy": a, "seen": seen[n]}
@@ -143,8 +151,21 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text).strip("_")
 
 
+def detector_cards(results: dict) -> dict[str, dict]:
+    """name -> card: every fine probe's (DALI-made versions of its store's test sources), and
+    the cards of Pillow-made versions scored by the served detector, where the report has them."""
+    cards = {f"{p['encoder']} {p['kind']} (DALI-made)": p["detector_card"] for p in results["probes"]
+             if "detector_card" in p}
+    cards.update({f"{name} (Pillow-made)": card for name, card in results.get("reference_cards", {}).items()})
+    return cards
+
+
 def render_plots(results: dict, out: Path) -> list[Path]:
     written = []
+    cards = detector_cards(results)
+    if cards:
+        written.append(plot_roc(cards, out / "detector_roc.png", "Detector ROC on test sources: originals vs "
+                                "manipulated versions"))
     fine = [p for p in results["probes"] if p["task"] in ("fine", "multitask")]
     if fine:
         names = fine[0]["per_version_accuracy"].keys()
@@ -181,6 +202,25 @@ def render_plots(results: dict, out: Path) -> list[Path]:
 
 def markdown(results: dict, images: list[Path]) -> str:
     lines = ["# equiprobe report", ""]
+    cards = detector_cards(results)
+    if cards:
+        lines += ["## Detector card (test sources; threshold chosen on validation sources)", "",
+                  "| detector | AUC | TPR @ FPR 1% | TPR @ FPR 5% | threshold | FPR at threshold | identity recall | "
+                  "top category right |", "|---|---|---|---|---|---|---|---|"]
+        for name, c in cards.items():
+            f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+            at = c["at_threshold"]
+            lines.append(f"| {name} | {f(c['auc'])} | {f(c['tpr_at_fpr_0.01'])} | {f(c['tpr_at_fpr_0.05'])} | "
+                         f"{c['threshold']:.4f} | {f(at['fpr'])} | {f(at['identity_recall'])} | "
+                         f"{f(c['top_category_accuracy'])} |")
+        lines += ["", "Recall per category (manipulated versions scored at or above the threshold / named "
+                  "with the right category):", "", "| detector | " + " | ".join(next(iter(cards.values()))[
+                      "per_category"]) + " |", "|---" * (1 + len(next(iter(cards.values()))["per_category"])) + "|"]
+        for name, c in cards.items():
+            cells = [("-" if v["detected"] is None else f"{v['detected']:.2f} / {v['named']:.2f}")
+                     for v in c["per_category"].values()]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
     lines += ["## Table 1: probe accuracy (test images; mean +- std over seeds)", "",
               "| encoder | probe | fine-grained (31-way) | generalization (10-way) | held-out noise | held-out style |",
               "|---|---|---|---|---|---|"]
@@ -242,10 +282,12 @@ def markdown(results: dict, images: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_report(stores: list[Path], probes: list[Path], out: Path, max_images: int = 2000) -> dict:
+def build_report(stores: list[Path], probes: list[Path], out: Path, max_images: int = 2000,
+                 reference_cards: Optional[dict[str, dict]] = None) -> dict:
+    """`reference_cards`: detector cards of Pillow-made versions (trainer.reference_card), by detector."""
     out.mkdir(parents=True, exist_ok=True)
     results = {"stores": [store_section(Path(s), max_images) for s in stores],
-               "probes": []}
+               "probes": [], "reference_cards": reference_cards or {}}
     outcomes_by_dir = {}
     for path in probes:
         section, outcomes_by_dir[str(Path(path))] = probe_section(Path(path), max_images)

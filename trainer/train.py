@@ -2,7 +2,9 @@
 
 Saved in OUT: `probe.pt` (the state dict of the seed with the best validation accuracy; it takes
 raw embeddings), `probe.json` (kind, embedding dim, class names, catalog version, encoder and
-its ONNX hash, task, hyperparameters, "deployable", and metrics per seed with their mean and std).
+its ONNX hash, task, hyperparameters, "deployable", and metrics per seed with their mean and std);
+for the fine task also `scores.npz` (the detector's outputs on validation and test sources) and
+probe.json's "detector" card (threshold for 5% FPR chosen on validation, figures on test).
 The baselines (trainer.baselines: logreg, knn) write the same record.
 """
 
@@ -19,6 +21,8 @@ from clients.store import Store
 from services.transforms import get_catalog
 
 from .data import ProbeData, Task
+from .detector_scores import card_for, save_scores
+from .probe_export import IDENTITY
 from .probes import ProbeConfig, config_dict, fit, predict
 
 
@@ -107,6 +111,8 @@ def train_probes(store_path: Path, task_name: str, config: ProbeConfig, seeds: l
         "summary": summarize(runs), "runs": runs,
     }
     out.mkdir(parents=True, exist_ok=True)
+    if task.name == "fine" and IDENTITY in task.classes:  # the detector's figures, threshold on validation
+        record["detector"] = card_for(save_scores(best.model, data, out))
     torch.save(best.model.cpu().state_dict(), out / "probe.pt")
     (out / "probe.json").write_text(json.dumps(record, indent=2))
     return record

@@ -48,10 +48,12 @@ class TritonPythonModel:
             return invalid_argument(f"send one image per request to the expansion ({len(images)} were sent)")
         seed_tensor = pb_utils.get_input_tensor_by_name(request, "SEED")
         seed = int(seed_tensor.as_numpy().reshape(-1)[0]) if seed_tensor is not None else 0
+        uploads_tensor = pb_utils.get_input_tensor_by_name(request, "UPLOADS")
+        uploads = bool(uploads_tensor.as_numpy().reshape(-1)[0]) if uploads_tensor is not None else False
         rows = self._rows(request)
         check_encoded_image(images[0])
         key = image_key(images[0].tobytes())
-        values = self.catalog.host_inputs(key, seed)
+        values = self.catalog.host_inputs(key, seed, uploads)
         values["KEY"] = np.array([key.encode()], dtype=object)
         values["ROWS"] = rows
         return pb_utils.InferenceResponse([pb_utils.Tensor(n, values[n][None]) for n in self.outputs])

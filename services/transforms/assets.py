@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-CANVAS = 224  # every transformation works on a 224x224 RGB canvas, as in the study
+from ..pipelines import CANVAS  # noqa: F401  every transformation works on the 224x224 canvas
 
 
 def _mpl_data() -> Path:

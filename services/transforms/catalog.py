@@ -8,7 +8,7 @@ import numpy as np
 from nvidia.dali import types
 
 from . import fine, general, groups
-from .spec import Transform, fingerprint, sample_params
+from .spec import Transform, fingerprint, sample_params, upload_quality
 
 # DALI type and rank of every host-rendered auxiliary input a transformation may ask for.
 AUX_TYPES = {
@@ -69,13 +69,21 @@ class Catalog:
         Each transformation gets inputs of its own, so two styles can feed two references."""
         return [(f"{local}_{t.id}", local, k) for k, t in enumerate(self.transforms) for local, _ in t.aux]
 
-    def params(self, key: str, seed: int) -> np.ndarray:
-        """float32 [K, width]: every transformation's drawn parameters for one image."""
-        return np.stack([sample_params(t, key, seed, self.width) for t in self.transforms])
+    @property
+    def params_width(self) -> int:
+        """PARAMS columns: the parameters, then the upload JPEG quality (0: the version as made)."""
+        return self.width + 1
 
-    def host_inputs(self, key: str, seed: int) -> dict[str, np.ndarray]:
+    def params(self, key: str, seed: int, uploads: bool = False) -> np.ndarray:
+        """float32 [K, params_width]: every transformation's drawn parameters for one image, and the
+        quality each version is re-encoded at as an upload (with `uploads`; else 0)."""
+        drawn = np.stack([sample_params(t, key, seed, self.width) for t in self.transforms])
+        quality = [[upload_quality(t, key, seed) if uploads else 0] for t in self.transforms]
+        return np.concatenate([drawn, np.array(quality, np.float32)], axis=1)
+
+    def host_inputs(self, key: str, seed: int, uploads: bool = False) -> dict[str, np.ndarray]:
         """PARAMS and every auxiliary input for one image, all from (key, transform id, seed)."""
-        params = self.params(key, seed)
+        params = self.params(key, seed, uploads)
         inputs = {"PARAMS": params}
         for k, t in enumerate(self.transforms):
             for local, render in t.aux:

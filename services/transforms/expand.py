@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali import fn, math as dmath, pipeline_def, types
 
-from ..pipelines import INPUT_NAME, SerializedPipeline, decode, resize_and_crop
-from .assets import CANVAS
+from ..pipelines import INPUT_NAME, SerializedPipeline, decode_to_canvas, resize_and_crop
 from .catalog import AUX_TYPES, Catalog
 
 if TYPE_CHECKING:
@@ -24,10 +23,13 @@ if TYPE_CHECKING:
 PARAMS = "PARAMS"
 
 
-def to_canvas(images):
-    """Shorter side to the canvas size, centre crop: the study's 224x224 images."""
-    resized = fn.resize(images, resize_shorter=CANVAS, antialias=True)
-    return fn.crop(resized, crop=(CANVAS, CANVAS), crop_pos_x=0.5, crop_pos_y=0.5)
+def as_upload(image, quality):
+    """The version re-encoded as a JPEG of `quality` (a per-sample scalar), as a user's upload is;
+    quality 0 keeps it as made (the study's protocol). Both are computed and one is kept: DALI
+    has no per-sample branch that Triton's dali backend can load."""
+    compressed = fn.jpeg_compression_distortion(image, quality=fn.cast(dmath.max(quality, 1.0), dtype=types.INT32))
+    keep = fn.cast(quality <= 0.0, dtype=types.UINT8)
+    return compressed * (types.Constant(1, dtype=types.UINT8) - keep) + image * keep
 
 
 @pipeline_def
@@ -46,8 +48,9 @@ def expand_pipeline(catalog: Catalog, device: str = "cpu", pre: Optional["Prepro
         # Inputs used as image data must live where the images are; kernels and matrices stay
         # on the CPU as operator arguments.
         aux[k][local] = node.gpu() if device == "gpu" and dtype == types.UINT8 else node
-    canvas = to_canvas(decode(encoded, "RGB", device))
-    versions = [t.apply(canvas, params[k], aux[k]) for k, t in enumerate(catalog.transforms)]
+    canvas = decode_to_canvas(encoded, device)
+    versions = [as_upload(t.apply(canvas, params[k], aux[k]), params[k][catalog.width])
+                for k, t in enumerate(catalog.transforms)]
     if pre is not None:
         versions = [resize_and_crop(v, pre, input_order="RGB") for v in versions]
     # The untouched canvas feeds user-provided style networks that run as later ensemble steps.
@@ -89,15 +92,17 @@ class Expander(SerializedPipeline):
         super().__init__(serialized, max_batch_size, num_threads)
         self.catalog = catalog
 
-    def feeds(self, encoded: list[np.ndarray], keys: list[str], seed: int) -> dict[str, list[np.ndarray]]:
-        per_image = [self.catalog.host_inputs(key, seed) for key in keys]
+    def feeds(self, encoded: list[np.ndarray], keys: list[str], seed: int,
+              uploads: bool = False) -> dict[str, list[np.ndarray]]:
+        per_image = [self.catalog.host_inputs(key, seed, uploads) for key in keys]
         feeds = {INPUT_NAME: encoded}
         for name in per_image[0]:
             feeds[name] = [inputs[name] for inputs in per_image]
         return feeds
 
-    def expand(self, encoded: list[np.ndarray], keys: list[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """(versions [B, K, ...], params [B, K, width])."""
-        feeds = self.feeds(encoded, keys, seed)
+    def expand(self, encoded: list[np.ndarray], keys: list[str], seed: int,
+               uploads: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(versions [B, K, ...], params [B, K, params_width])."""
+        feeds = self.feeds(encoded, keys, seed, uploads)
         versions = self.run(feeds)[0]
         return versions, np.stack(feeds[PARAMS])

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from scipy import ndimage
 
+from ..reference import canvas
 from .assets import CANVAS
 from .catalog import Catalog
 
@@ -174,17 +175,6 @@ def implementation(name: str) -> Callable:
     if name.startswith("style_"):
         return style
     return IMPLEMENTATIONS[name.replace("_unseen_fonts", "").replace("_unseen_icons", "")]
-
-
-def canvas(data: bytes) -> np.ndarray:
-    """Decode and place on the 224x224 canvas as the DALI pipeline does (shorter side, centre)."""
-    image = Image.open(io.BytesIO(data)).convert("RGB")
-    w, h = image.size
-    scale = CANVAS / min(w, h)
-    image = image.resize((max(CANVAS, round(w * scale)), max(CANVAS, round(h * scale))), Image.BILINEAR)
-    w, h = image.size
-    left, top = int((w - CANVAS) / 2 + 0.5), int((h - CANVAS) / 2 + 0.5)
-    return np.asarray(image.crop((left, top, left + CANVAS, top + CANVAS)))
 
 
 def expand_reference(catalog: Catalog, data: bytes, inputs: dict[str, np.ndarray]) -> np.ndarray:

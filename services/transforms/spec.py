@@ -69,6 +69,17 @@ def sample_params(transform: Transform, key: str, seed: int, width: int) -> np.n
     return values
 
 
+# Uploads as they arrive: each version re-encoded as a JPEG of a quality drawn in this range,
+# as users' uploads are (phones, browsers and sites recompress at about these qualities).
+UPLOAD_QUALITY = (60, 95)
+
+
+def upload_quality(transform: Transform, key: str, seed: int) -> int:
+    """The JPEG quality one version of one image is re-encoded at: a pure function, like its parameters."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, transform.id, _key_entropy(key), 1]))
+    return int(rng.integers(UPLOAD_QUALITY[0], UPLOAD_QUALITY[1] + 1))
+
+
 def _code(function: Callable) -> str:
     """A function's own source and the values its closure captured (a renderer's font list)."""
     captured = inspect.getclosurevars(function).nonlocals

@@ -1,0 +1,384 @@
+"""The built-in corpus: distinct colour source images that installed Debian and Python packages ship.
+
+Real uploads are mostly photographs, with screenshots and illustrations mixed in, so the corpus takes
+the photographs of desktop-wallpaper packages and of OpenCV's samples, the illustrations those
+packages ship too, and a capped share of the screenshots and diagrams of OpenCV's HTML tutorials.
+`build_manifest()` scans the packages once; its output is committed as corpus_manifest.json and the
+dataset reads only that file, so every machine with the packages cuts the same crops.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+from collections import OrderedDict
+from functools import lru_cache
+from importlib import metadata, resources
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from clients.datasets import Dataset, Record
+
+DEBIAN_PACKAGES = ("opencv-doc", "mate-backgrounds", "gnome-backgrounds", "plasma-workspace-wallpapers",
+                   "ukui-wallpapers", "lomiri-wallpapers", "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04",
+                   "sway-backgrounds", "palapeli-data")
+# (distribution, import name, folder): sample images stored inside the wheels, readable offline.
+PYTHON_SOURCES = (("scikit-image", "skimage", "data"), ("scikit-learn", "sklearn", "datasets/images"),
+                  ("matplotlib", "matplotlib", "mpl-data/sample_data"))
+KINDS = ("photograph", "screenshot", "illustration")
+MANIFEST = Path(__file__).with_name("corpus_manifest.json")
+SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+# Not uploads: icons, previews of other files, handbook screenshots, palapeli's tiling textures.
+SKIP = re.compile(r"/icons/|screenshot|thumbnail|/previews?/|/doc/HTML/|/palapeli/backgrounds/", re.I)
+HTML = "/usr/share/doc/opencv-doc/opencv4/html/"
+MIN_SIDE = 200  # shorter side: smaller images give no 224-pixel crop without heavy upscaling
+# Mean chroma (max - min channel, of 255) of a thumbnail under which an image is grayscale: gray
+# JPEGs measure under 2 (chroma noise), the faintest tinted photographs here over 5.
+GRAY_CHROMA = 4.0
+# Colour tutorial images kept: the pages hold ~150 photographs (most with drawings on them) and ~270
+# screenshots and diagrams; the caps keep the packages' own photographs a large share.
+HTML_PHOTOGRAPHS, HTML_RENDERED = 90, 60
+# Of 256 difference-hash bits: resizes, re-encodes, crops of a few percent and the figures that draw
+# on a sample image stay within it; unrelated pictures differ in ~128.
+HASH_DISTANCE = 40
+MAX_SIDE = 1024  # longest side of the cached copies that crops are cut from
+SPLITS = ((0.60, "train"), (0.75, "validation"), (1.0, "test"))  # cumulative shares of source groups
+# Where the pixel rule of kind_of errs (smooth bokeh or sky photographs, grainy renders, a painting,
+# synthetic test images), checked by eye.
+REVIEWED = {
+    **dict.fromkeys(("lomiri-bridge-by-sander-klootwijk", "lomiri-free-by-peter-nerlich", "mate-aqua",
+                     "lomiri-greentock-by-peter-nerlich", "mate-freshflower", "mate-yellowflower", "plasma-milkyway",
+                     "plasma-summer-1am", "skimage-rocket", "opencv-pca-test1"), "photograph"),
+    **dict.fromkeys(("gnome-licorice-l", "gnome-wood-d", "gnome-wood-l", "mate-ubuntu-mate-cold-no-logo",
+                     "plasma-autumn", "plasma-patak", "plasma-patak-dark", "plasma-safelanding", "ukui-string",
+                     "opencv-input", "opencv-pic2", "opencv-pic4", "opencv-starry-night"), "illustration"),
+    "opencv-stanford": "screenshot"}
+
+
+class CorpusError(ValueError):
+    """The corpus cannot be read; the message names the packages to install."""
+
+
+# -- measuring an image -------------------------------------------------------------------------
+
+def _rgb(image: Image.Image) -> Image.Image:
+    """RGB, with transparency flattened onto white as a viewer shows it."""
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+    return image.convert("RGB")
+
+
+def thumbnail(image: Image.Image, side: int = 256) -> np.ndarray:
+    small = _rgb(image)
+    small.thumbnail((side, side), Image.BOX)
+    return np.asarray(small, np.float32)
+
+
+def is_grayscale(rgb: np.ndarray) -> bool:
+    return float((rgb.max(-1) - rgb.min(-1)).mean()) < GRAY_CHROMA
+
+
+def kind_of(image: Image.Image, rgb: np.ndarray, path: str) -> str:
+    """A camera in the EXIF data makes a photograph. Otherwise photographs have texture everywhere
+    (detail, sensor noise) where renders have flat or smoothly shaded areas: a photograph has few
+    thumbnail pixels with no step (<= 1 of 255) to a neighbour and few pixels in a full-resolution
+    512 px centre crop without second-derivative texture (|Laplacian| <= 2): under 40% and 60% for
+    the packages of photographs and wallpapers, under 35% and 35% on the tutorial pages, which are
+    mostly renders. A rendered tutorial image that is mostly neutral (window chrome, text, plots on
+    white) is a screenshot; other rendered images are illustrations."""
+    exif = image.getexif()
+    if exif.get(0x010F) and exif.get_ifd(0x8769).get(0x829A):  # camera make and exposure time
+        return "photograph"
+    gray = rgb.mean(-1)
+    step = np.maximum(np.abs(np.diff(gray, axis=0))[:, :-1], np.abs(np.diff(gray, axis=1))[:-1])
+    w, h = image.size
+    s = min(512, w, h)
+    a = np.asarray(_rgb(image.crop(((w - s) // 2, (h - s) // 2, (w + s) // 2, (h + s) // 2))), np.float32)
+    laplace = np.abs(4 * a[1:-1, 1:-1] - a[:-2, 1:-1] - a[2:, 1:-1] - a[1:-1, :-2] - a[1:-1, 2:]).max(-1)
+    flat_max, smooth_max = (0.35, 0.35) if path.startswith(HTML) else (0.4, 0.6)
+    if (step <= 1).mean() < flat_max and (laplace <= 2).mean() < smooth_max:
+        return "photograph"
+    neutral = ((rgb.max(-1) - rgb.min(-1)) < 16).mean()
+    return "screenshot" if path.startswith(HTML) and neutral > 0.6 else "illustration"
+
+
+def dhash(rgb: np.ndarray) -> np.ndarray | None:
+    """256-bit difference hash (is each pixel of a 17x16 gray thumbnail brighter than its left
+    neighbour?), or None for images too flat to hash (mean step under 2 of 255: plain colours)."""
+    small = np.asarray(Image.fromarray(rgb.mean(-1).astype(np.uint8)).resize((17, 16), Image.BOX), np.int16)
+    step = small[:, 1:] - small[:, :-1]
+    return np.packbits(step > 0) if np.abs(step).mean() >= 2 else None
+
+
+# -- package facts --------------------------------------------------------------------------------
+
+def _dpkg(*args: str) -> str:
+    return subprocess.run(["dpkg-query", *args], capture_output=True, text=True).stdout
+
+
+def dep5_licence(text: str, path: str) -> str:
+    """License of the last Files stanza (DEP-5: the last match wins) whose glob matches the path's
+    tail; a glob naming the file itself wins over wildcards, also when its folder differs (lomiri
+    lists 16.04/NAME.jpg, installed as /usr/share/backgrounds/NAME.jpg)."""
+    parts, name, found, named = path.split("/"), path.rsplit("/", 1)[-1], "", ""
+    for stanza in re.split(r"\n[ \t]*\n", text):
+        files = re.search(r"^Files:(.*(?:\n[ \t].*)*)", stanza, re.M)
+        licence_line = re.search(r"^License:[ \t]*(\S.*)", stanza, re.M)
+        for glob in (files.group(1).split() if files and licence_line else ()):
+            if fnmatch.fnmatch("/".join(parts[-len(glob.split("/")):]), glob):
+                found = licence_line.group(1).strip()
+            if glob.rsplit("/", 1)[-1] == name:
+                named = licence_line.group(1).strip()
+    return named or found
+
+
+@lru_cache(maxsize=None)
+def _copyright(package: str) -> str:
+    file = Path("/usr/share/doc") / package / "copyright"
+    return file.read_text(errors="replace") if file.exists() else ""
+
+
+def licence(package: str, path: str) -> str:
+    """The DEP-5 License for the file, else the first License or "Licensed under" line."""
+    text, file = _copyright(package), Path("/usr/share/doc") / package / "copyright"
+    line = re.search(r"^\s*(?:License:|Licen[cs]ed under)[ \t]*(\S.*)", text, re.M | re.I)
+    return ((text.startswith("Format:") and dep5_licence(text, path))
+            or (line.group(1).strip().rstrip(".") if line else f"unknown (see {file})"))
+
+
+def python_licence(dist: str) -> str:
+    meta = metadata.metadata(dist)
+    text = re.sub(r"\n ", "\n", meta.get("License") or "")  # unfold the metadata's continuation lines
+    classifiers = [c.rsplit(" :: ", 1)[-1] for c in meta.get_all("Classifier") or [] if c.startswith("License")]
+    return (meta.get("License-Expression") or (text.startswith("Files:") and dep5_licence(text, "*"))
+            or (classifiers[0] if classifiers else "") or text.split("\n", 1)[0] or "unknown (see package metadata)")
+
+
+def resolve(path: str) -> str:
+    """A file path; python sources are written module:path/in/package (the venv differs per machine)."""
+    if ":" in path:
+        module, rel = path.split(":", 1)
+        return str(resources.files(module) / rel)
+    return path
+
+
+def _candidates():
+    """(package, version, licence, path) of every image file the packages ship."""
+    for package in DEBIAN_PACKAGES:
+        version = _dpkg("-W", "-f=${Version}", package)
+        for path in sorted(_dpkg("-L", package).splitlines()):
+            if path.lower().endswith(SUFFIXES) and not SKIP.search(path) and os.path.isfile(path):
+                yield package, version, licence(package, path), path
+    for dist, module, folder in PYTHON_SOURCES:
+        for file in sorted((resources.files(module) / folder).iterdir(), key=lambda f: f.name):
+            if file.name.lower().endswith(SUFFIXES):
+                yield f"python:{dist}", metadata.version(dist), python_licence(dist), f"{module}:{folder}/{file.name}"
+
+
+def _picture_key(path: str) -> str:
+    """One key for one picture at several sizes or orientations: plasma's WALLPAPER/contents/images/
+    WxH.ext (and images_dark/, a variant), mate's Elephants_3840x2160.jpg, sway's *_Portrait.png."""
+    if "/contents/images" in path:
+        return path.rsplit("/", 1)[0]
+    return re.sub(r"([_-]?\d+x\d+|[_-]portrait)+$", "", path.rpartition(".")[0], flags=re.I)
+
+
+def _name_stem(path: str) -> str:
+    """Files of one scene or design: aloeL/aloeR, rubberwhale1/2, motorcycle_left/right, left/right,
+    ela_original/ela_modified, gnome's NAME-d/NAME-l, plasma's light and dark variants."""
+    if "/contents/images" in path:
+        return path.split("/contents/")[0]
+    folder, name = path.rsplit("/", 1)
+    stem = re.sub(r"(?<=[a-z])[LRAB]$", "", name.rpartition(".")[0])
+    stem = re.sub(r"(?:[_-]?(?:left|right|original|modified|\d+)|-[dl])+$", "", stem, flags=re.I)
+    return path if not stem and path.startswith(HTML) else f"{folder}/{stem.lower()}"  # 01.jpg, 02.jpg: unrelated
+
+
+def _slug(package: str, path: str) -> str:
+    """plasma-altai, mate-elephants, opencv-aloel, opencv-doc-NAME (tutorial pages), skimage-astronaut."""
+    tag = package.removeprefix("python:").replace("scikit-", "sk").split("-")[0] + ("-doc" * path.startswith(HTML))
+    name = _picture_key(path).replace("/contents/images_dark", "-dark").replace("/contents/images", "")
+    return f"{tag}-" + re.sub(r"[^a-z0-9]+", "-", name.rsplit("/", 1)[-1].lower()).strip("-")
+
+
+def build_manifest() -> dict:
+    """Scan the packages: one entry per distinct picture, near duplicates sharing a group."""
+    largest: dict[str, tuple] = {}
+    for package, version, licence_text, path in _candidates():
+        try:
+            with Image.open(resolve(path)) as image:  # reads the header only
+                quarter_turn = image.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientation
+                size = image.size[::-1] if quarter_turn else image.size
+        except OSError:
+            continue
+        key = _picture_key(path)
+        if min(size) >= MIN_SIDE and (key not in largest or size[0] * size[1] > np.prod(largest[key][1])):
+            largest[key] = ((package, version, licence_text, path), size)
+    entries, seen = [], set()
+    for (package, version, licence_text, path), (width, height) in sorted(largest.values(),
+                                                                          key=lambda c: (c[0][0], c[0][3])):
+        data = Path(resolve(path)).read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        if sha in seen:  # the same file in two packages
+            continue
+        seen.add(sha)
+        with Image.open(io.BytesIO(data)) as image:
+            rgb = thumbnail(image)
+            entries.append(dict(path=path, package=package, package_version=version, licence=licence_text,
+                                width=width, height=height, sha256=sha, colour=not is_grayscale(rgb),
+                                kind=kind_of(image, rgb, path), hash=dhash(rgb)))
+    # A fixed sample of the tutorial images, by file hash.
+    html = sorted((e for e in entries if e["path"].startswith(HTML) and e["colour"]), key=lambda e: e["sha256"])
+    keep = {e["sha256"] for e in [e for e in html if e["kind"] == "photograph"][:HTML_PHOTOGRAPHS]}
+    keep |= {e["sha256"] for e in [e for e in html if e["kind"] != "photograph"][:HTML_RENDERED]}
+    entries = [e for e in entries if e["sha256"] in keep or not (e["path"].startswith(HTML) and e["colour"])]
+    ids: dict[str, int] = {}
+    for entry in entries:
+        slug = _slug(entry["package"], entry["path"])
+        ids[slug] = ids.get(slug, 0) + 1
+        entry["id"] = slug if ids[slug] == 1 else f"{slug}-{ids[slug]}"
+        entry["kind"] = REVIEWED.get(entry["id"], entry["kind"])
+        if not entry["colour"]:
+            entry["reason"] = f"grayscale: mean chroma under {GRAY_CHROMA} of 255 (excluded from the dataset)"
+    _group(entries)
+    return {"entries": entries}
+
+
+def _group(entries: list[dict]) -> None:
+    """group = id of the first entry of each connected set of near-identical hashes or shared stems."""
+    parent = list(range(len(entries)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def join(i: int, j: int) -> None:
+        a, b = sorted((root(i), root(j)))
+        parent[b] = a  # the root stays the first entry
+    hashes = [e.pop("hash") for e in entries]
+    hashed = [i for i, h in enumerate(hashes) if h is not None]
+    bits = np.array([hashes[i] for i in hashed]).reshape(len(hashed), -1)
+    for n, i in enumerate(hashed):
+        distance = np.unpackbits(bits[:n] ^ bits[n], axis=1).sum(1)
+        for m in np.flatnonzero(distance <= HASH_DISTANCE):
+            join(hashed[m], i)
+    stems: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        join(stems.setdefault(_name_stem(entry["path"]), i), i)
+    for i, entry in enumerate(entries):
+        entry["group"] = entries[root(i)]["id"]
+
+
+def save_manifest(manifest: dict, path: Path = MANIFEST) -> None:
+    path.write_text(json.dumps(manifest, sort_keys=True, indent=1) + "\n")
+
+
+def load_manifest(path: Path = MANIFEST) -> dict:
+    return json.loads(path.read_text())
+
+
+def check_corpus(manifest: dict | None = None) -> list[dict]:
+    """The colour entries, sorted by id, once every file is present; else a CorpusError naming the
+    packages to install and the command that does it."""
+    entries = sorted((e for e in (manifest or load_manifest())["entries"] if e["colour"]), key=lambda e: e["id"])
+    missing = sorted({e["package"] for e in entries if not os.path.isfile(resolve(e["path"]))})
+    if missing:
+        debian = [p for p in missing if not p.startswith("python:")]
+        python = [p.removeprefix("python:") for p in missing if p.startswith("python:")]
+        fixes = ([f"apt-get install -y {' '.join(debian)}"] if debian else []) + (
+            [f"pip install {' '.join(python)}"] if python else [])
+        raise CorpusError(f"corpus images are missing (packages {', '.join(missing)}); run: {' and '.join(fixes)}")
+    return entries
+
+
+# -- reading sources and cutting crops ----------------------------------------------------------
+
+# id -> reduced RGB copy, most recent last. Reads in dataset order cycle through every source, so the
+# disk cache does the heavy lifting; this serves the crops of one source that a shuffle brings close.
+_memory: OrderedDict[str, np.ndarray] = OrderedDict()
+MEMORY = 32
+
+
+def _reduce(entry: dict) -> bytes:
+    """A copy with the longest side at most MAX_SIDE, upright (EXIF orientation applied): photographs
+    as JPEG quality 95, rendered images as PNG (exact flat colours). It decodes in a few ms, where a
+    5K wallpaper PNG takes 100+ ms."""
+    with Image.open(resolve(entry["path"])) as image:
+        image.draft("RGB", (MAX_SIDE, MAX_SIDE))  # JPEG: decode at 1/2..1/8 scale directly
+        rgb = _rgb(ImageOps.exif_transpose(image))
+    rgb.thumbnail((MAX_SIDE, MAX_SIDE), Image.LANCZOS)
+    buffer = io.BytesIO()
+    photograph = entry["kind"] == "photograph"
+    rgb.save(buffer, "JPEG" if photograph else "PNG", **({"quality": 95} if photograph else {"compress_level": 1}))
+    return buffer.getvalue()
+
+
+def source_image(entry: dict) -> np.ndarray:
+    """The entry's picture, reduced, as RGB uint8; always decoded from the cached file's bytes, so
+    every process, with the cache warm or cold, cuts identical crops."""
+    if entry["id"] in _memory:
+        _memory.move_to_end(entry["id"])
+        return _memory[entry["id"]]
+    cache = Path(os.environ.get("EQUIPROBE_CACHE") or Path.home() / ".cache" / "equiprobe") / "corpus"
+    suffix = "jpeg" if entry["kind"] == "photograph" else "png"
+    file = cache / f"{entry['id']}-{entry['sha256'][:12]}-{MAX_SIDE}.{suffix}"
+    if file.exists():
+        data = file.read_bytes()
+    else:
+        data = _reduce(entry)
+        cache.mkdir(parents=True, exist_ok=True)
+        temporary = file.with_name(f"{file.name}.{os.getpid()}.tmp")
+        temporary.write_bytes(data)
+        os.replace(temporary, file)  # atomic: concurrent workers never read half a file
+    rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    rgb.setflags(write=False)
+    _memory[entry["id"]] = rgb
+    while len(_memory) > MEMORY:
+        _memory.popitem(last=False)
+    return rgb
+
+
+def corpus_crop(entry: dict, crop: int) -> bytes:
+    """Crop number `crop` of a source: side 0.35..1 of the source's shorter side, aspect ratio 1:2..2:1
+    (log-uniform), resized so its shorter side is 224..384 px, JPEG quality 90..95; all drawn from a
+    hash of (id, crop), so the bytes never change."""
+    seed = hashlib.blake2b(f"{entry['id']}/{crop}".encode(), digest_size=8).digest()
+    rng = np.random.default_rng(int.from_bytes(seed, "little"))
+    rgb = source_image(entry)
+    h, w = rgb.shape[:2]
+    side, aspect = rng.uniform(0.35, 1.0) * min(h, w), np.exp(rng.uniform(np.log(0.5), np.log(2.0)))
+    cw, ch = min(w, round(side * np.sqrt(aspect))), min(h, round(side / np.sqrt(aspect)))
+    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    short = int(rng.integers(224, 385))
+    size = (short, round(short * ch / cw)) if cw <= ch else (round(short * cw / ch), short)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb[y:y + ch, x:x + cw]).resize(size, Image.LANCZOS).save(
+        buffer, "JPEG", quality=int(rng.integers(90, 96)))
+    return buffer.getvalue()
+
+
+def split_of(group: str) -> str:
+    """Fixed split of a source group: blake2b(group)'s first 8 bytes as a fraction of 2**64 against SPLITS."""
+    u = int.from_bytes(hashlib.blake2b(group.encode(), digest_size=8).digest(), "big") / 2 ** 64
+    return next(name for limit, name in SPLITS if u < limit)
+
+
+def corpus_dataset(crops_per_source: int = 20) -> Dataset:
+    """Crop j of source s is image s + j * S, so any prefix covers every source; labels are kinds."""
+    entries = check_corpus()
+    n = len(entries)
+
+    def record(i: int) -> Record:
+        entry, crop = entries[i % n], i // n
+        return Record(i, f"corpus/{entry['id']}/{crop:04d}", KINDS.index(entry["kind"]), split_of(entry["group"]),
+                      lambda: corpus_crop(entry, crop), entry["group"])
+    return Dataset("corpus", list(KINDS), n * crops_per_source, record)

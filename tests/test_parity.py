@@ -1,0 +1,79 @@
+"""Train/serve parity: a store's identity version is what NAME_embed returns for the same file.
+
+Both go through the one preprocessing path (services/pipelines.py: canvas, then the encoder's
+resize), so they agree at any size and aspect ratio. The detector's side of the contract
+(NAME_detector's EMBEDDING for the same files) is in tests/test_detector.py.
+"""
+
+import io
+import subprocess
+
+import numpy as np
+import pytest
+
+from clients.embedding import EmbeddingClient
+from clients.photos import encode
+from clients.store import Store
+
+from .conftest import ENCODER, embed_bin
+
+MIN_COSINE = 0.9999
+
+
+def odd_sizes(photos) -> dict[str, bytes]:
+    """Non-square (both orientations), small, large and square files, as users upload them."""
+    from PIL import Image
+
+    big = np.asarray(Image.fromarray(photos["astronaut"]).resize((2400, 1800), Image.BICUBIC))
+    return {"wide.jpg": encode(photos["chelsea"][:, :]),  # 451 x 300
+            "tall.png": encode(photos["rocket"][:, 100:380], "PNG"),  # 280 x 427
+            "small.jpg": encode(photos["coffee"][100:180, 200:300]),  # 100 x 80: upscaled to the canvas
+            "large.jpg": encode(big),
+            "square.bmp": encode(photos["astronaut"][:300, :300], "BMP")}
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+@pytest.fixture(scope="module")
+def files(photos, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("uploads") / "uploads"
+    (folder / "mixed").mkdir(parents=True)
+    images = odd_sizes(photos)
+    for name, data in images.items():
+        (folder / "mixed" / name).write_bytes(data)
+    return folder, images
+
+
+def test_store_identity_equals_served_embedding_at_any_size(server, files, tmp_path):
+    folder, images = files
+    out = tmp_path / "store"
+    proc = subprocess.run([embed_bin(), "embed", "--dataset", f"folder:{folder}", "--encoder", ENCODER, "--out",
+                           str(out), "--url", server.config.grpc_url, "--quiet", "--dtype", "float32"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    store = Store.open(out)
+    identity = list(store.manifest["rows"]).index("identity")
+    keys = [str(k).rsplit("/", 1)[-1] for k in store.array("keys")]
+    client = EmbeddingClient(server.config.grpc_url, ENCODER)
+    try:
+        for row, key in enumerate(keys):
+            stored = np.asarray(store.array("embeddings")[row, identity], np.float32)
+            assert cosine(stored, client.embed(images[key])) >= MIN_COSINE, key
+    finally:
+        client.close()
+
+
+def test_parity_check_can_fail(server, files):
+    """The same comparison notices the old two-resize path's skew (canvas vs a direct resize)."""
+    from PIL import Image
+
+    _, images = files
+    client = EmbeddingClient(server.config.grpc_url, ENCODER)
+    try:
+        direct = encode(np.asarray(Image.open(io.BytesIO(images["large.jpg"])).convert("RGB")
+                                   .resize((227, 227), Image.BILINEAR)))
+        assert cosine(client.embed(images["large.jpg"]), client.embed(direct)) < MIN_COSINE
+    finally:
+        client.close()
