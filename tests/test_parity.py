@@ -2,7 +2,9 @@
 
 Both go through the one preprocessing path (services/pipelines.py: canvas, then the encoder's
 resize), so they agree at any size and aspect ratio. The detector's side of the contract
-(NAME_detector's EMBEDDING for the same files) is in tests/test_detector.py.
+(NAME_detector's EMBEDDING for the same files) is in tests/test_detector.py: it is NAME_embed's.
+Detector-training stores re-encode every version as a JPEG upload on purpose (a served input
+is an upload already); this test embeds with --uploads none to compare the preprocessing alone.
 """
 
 import io
@@ -50,7 +52,8 @@ def test_store_identity_equals_served_embedding_at_any_size(server, files, tmp_p
     folder, images = files
     out = tmp_path / "store"
     proc = subprocess.run([embed_bin(), "embed", "--dataset", f"folder:{folder}", "--encoder", ENCODER, "--out",
-                           str(out), "--url", server.config.grpc_url, "--quiet", "--dtype", "float32"],
+                           str(out), "--url", server.config.grpc_url, "--quiet", "--dtype", "float32",
+                           "--uploads", "none"],  # uploads re-encode every version, identity included
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     store = Store.open(out)
