@@ -233,7 +233,7 @@ def score(
             top_c = ", ".join(f"{c['name']} {c['probability']:.2f}" for c in result["categories"])
             verdict = "yes" if result["manipulated"] else "no"
             console.print(f"[bold]{path}[/bold]  manipulated: {verdict} (score {result['manipulation_score']:.3f}, "
-                          f"threshold {result['threshold']:.3f})  "
+                          f"threshold {result['threshold']:.6f})  "
                           f"transformations: {top_t}  categories: {top_c}")
     scorer.close()
     if failed:

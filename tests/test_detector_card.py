@@ -152,7 +152,7 @@ def test_single_class_test_set_has_no_auc():
 def test_format_card():
     lines = format_card(_card(*TOY, threshold=0.4))
     assert lines[0] == "AUC 0.875  TPR@1% 0.500  TPR@5% 0.500"
-    assert lines[1] == "threshold 0.4000: FPR 0.250 TPR 1.000 identity recall 0.750 precision 0.800"
+    assert lines[1] == "threshold 0.400000: FPR 0.250 TPR 1.000 identity recall 0.750 precision 0.800"
     assert lines[2] == "top category accuracy 1.000 (4 originals, 4 manipulated)"
     assert lines[3] == "per category detected/named: blur=1.00/1.00 crop=n/a/n/a color=n/a/n/a"
 

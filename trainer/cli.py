@@ -193,7 +193,7 @@ def deploy(
           f"[{len(meta['categories'])}], MANIPULATION_SCORE [1], MANIPULATED [1], EMBEDDING [{meta['dim']}]")
     chosen = (f"chosen for FPR {meta['target_fpr']:g} on validation sources" if meta.get("target_fpr") is not None
               else "given")
-    print(f"operating threshold {meta['threshold']:.4f} ({chosen}): MANIPULATED = MANIPULATION_SCORE >= threshold")
+    print(f"operating threshold {meta['threshold']:.6f} ({chosen}): MANIPULATED = MANIPULATION_SCORE >= threshold")
     if result.server:
         print(f"server {url} serves {names.probe} version {result.version} ({result.server})")
     else:

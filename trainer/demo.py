@@ -217,7 +217,7 @@ def deploy_detector(console: Console, repo: Path, url: str, probes: dict[str, Pa
     console.print(f"{result.names.probe} version {result.version} serving ({result.server}); "
                   f"{result.names.detector}: IMAGE -> TRANSFORM_PROBS [31], CATEGORY_PROBS [10], "
                   f"MANIPULATION_SCORE [1], MANIPULATED [1], EMBEDDING [{meta['dim']}]; threshold "
-                  f"{meta['threshold']:.4f} for FPR {meta['target_fpr']:g} on validation sources")
+                  f"{meta['threshold']:.6f} for FPR {meta['target_fpr']:g} on validation sources")
 
 
 def unseen_crops(dataset, stored: int, count: int = 4) -> list[tuple[str, bytes]]:
@@ -253,7 +253,7 @@ def score_held_out(console: Console, url: str, encoder: str, dataset, stored: in
                 table.add_row(source[-28:], t.name, "yes" if score.manipulated else "no",
                               f"{score.manipulation_score:.3f}", f"{tn} {tp:.2f}", f"{cn} {cp:.2f}")
     console.print(table)
-    console.print(f"threshold {scorer.threshold:.4f}: originals flagged {np.mean(verdicts[False]):.0%} of "
+    console.print(f"threshold {scorer.threshold:.6f}: originals flagged {np.mean(verdicts[False]):.0%} of "
                   f"{len(verdicts[False])}, transformed versions flagged {np.mean(verdicts[True]):.0%} of "
                   f"{len(verdicts[True])}; top transformation right for {np.mean(top1):.0%} (JPEG uploads)")
     scorer.close()

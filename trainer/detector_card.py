@@ -141,7 +141,7 @@ def format_card(card: dict) -> list[str]:
     per_cat = " ".join(f"{c}={_fmt(v['detected'], 2)}/{_fmt(v['named'], 2)}" for c, v in card["per_category"].items())
     return [
         f"AUC {_fmt(card['auc'])}  TPR@1% {_fmt(card['tpr_at_fpr_0.01'])}  TPR@5% {_fmt(card['tpr_at_fpr_0.05'])}",
-        f"threshold {card['threshold']:.4f}: FPR {_fmt(op['fpr'])} TPR {_fmt(op['tpr'])} "
+        f"threshold {card['threshold']:.6f}: FPR {_fmt(op['fpr'])} TPR {_fmt(op['tpr'])} "
         f"identity recall {_fmt(op['identity_recall'])} precision {_fmt(op['precision'])}",
         f"top category accuracy {_fmt(card['top_category_accuracy'])} "
         f"({counts['originals']} originals, {counts['manipulated']} manipulated)",

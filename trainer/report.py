@@ -211,7 +211,7 @@ def markdown(results: dict, images: list[Path]) -> str:
             f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
             at = c["at_threshold"]
             lines.append(f"| {name} | {f(c['auc'])} | {f(c['tpr_at_fpr_0.01'])} | {f(c['tpr_at_fpr_0.05'])} | "
-                         f"{c['threshold']:.4f} | {f(at['fpr'])} | {f(at['identity_recall'])} | "
+                         f"{c['threshold']:.6f} | {f(at['fpr'])} | {f(at['identity_recall'])} | "
                          f"{f(c['top_category_accuracy'])} |")
         lines += ["", "Recall per category (manipulated versions scored at or above the threshold / named "
                   "with the right category):", "", "| detector | " + " | ".join(next(iter(cards.values()))[
