@@ -50,6 +50,18 @@ def test_report_tables_match_the_probe_records(tmp_path):
     assert set(sections["general_mlp"]["per_style_accuracy"]) == set(probes["general_mlp"]["runs"][0]["per_style_accuracy"])
     assert len(sections["fine_mlp"]["softmax_geed"]["per_transformation"]) == 30
 
+    # The detector card: computed from the saved probe's predictions on test sources.
+    from sklearn.metrics import roc_auc_score
+
+    from trainer.detector_scores import load_scores
+
+    card, test = sections["fine_mlp"]["detector_card"], load_scores(tmp_path / "fine_mlp")["test"]
+    images = probes["fine_mlp"]["images"]["test"]
+    assert card["counts"] == {"originals": images, "manipulated": 30 * images} and len(test["score"]) == 31 * images
+    assert card["auc"] == roc_auc_score(test["manipulated"], test["score"])
+    assert card == probes["fine_mlp"]["detector"]  # the same card as probe.json's
+    assert "detector_roc.png" in results["plots"] and "## Detector card" in (out / "report.md").read_text()
+
     store = results["stores"][0]
     assert len(store["latent_geed"]["per_transformation"]) == 30 and "overall" in store["copy_detection"]
 

@@ -164,8 +164,8 @@ def render_plots(results: dict, out: Path) -> list[Path]:
     written = []
     cards = detector_cards(results)
     if cards:
-        written.append(plot_roc(cards, out / "detector_roc.png", "Detector ROC on test sources: originals vs "
-                                "manipulated versions"))
+        written.append(plot_roc(cards, out / "detector_roc.png", "Detector ROC, test sources: originals vs "
+                                "manipulated"))
     fine = [p for p in results["probes"] if p["task"] in ("fine", "multitask")]
     if fine:
         names = fine[0]["per_version_accuracy"].keys()
@@ -213,12 +213,14 @@ def markdown(results: dict, images: list[Path]) -> str:
             lines.append(f"| {name} | {f(c['auc'])} | {f(c['tpr_at_fpr_0.01'])} | {f(c['tpr_at_fpr_0.05'])} | "
                          f"{c['threshold']:.6f} | {f(at['fpr'])} | {f(at['identity_recall'])} | "
                          f"{f(c['top_category_accuracy'])} |")
+        manipulations = [n for n in next(iter(cards.values()))["per_category"] if n != "identity"]
         lines += ["", "Recall per category (manipulated versions scored at or above the threshold / named "
-                  "with the right category):", "", "| detector | " + " | ".join(next(iter(cards.values()))[
-                      "per_category"]) + " |", "|---" * (1 + len(next(iter(cards.values()))["per_category"])) + "|"]
+                  "with the right category):", "", "| detector | " + " | ".join(manipulations) + " |",
+                  "|---" * (1 + len(manipulations)) + "|"]
         for name, c in cards.items():
-            cells = [("-" if v["detected"] is None else f"{v['detected']:.2f} / {v['named']:.2f}")
-                     for v in c["per_category"].values()]
+            cells = [("-" if c["per_category"][n]["detected"] is None else
+                      f"{c['per_category'][n]['detected']:.2f} / {c['per_category'][n]['named']:.2f}")
+                     for n in manipulations]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["## Table 1: probe accuracy (test images; mean +- std over seeds)", "",
