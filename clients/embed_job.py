@@ -66,6 +66,11 @@ class EmbedJob:
         if self.uploads not in UPLOADS:
             raise ValueError(f"uploads {self.uploads!r}: use {' or '.join(UPLOADS)}")
 
+    @property
+    def as_uploads(self) -> bool:
+        """What the server's UPLOADS input gets."""
+        return self.uploads == "jpeg"
+
 
 def parse_shard(text: Optional[str]) -> Optional[tuple[int, int]]:
     if not text:
@@ -144,9 +149,9 @@ async def run_embed_job(job: EmbedJob, progress: bool = True) -> dict:
             record = dataset.record(int(indices[row]))
             if reuse:
                 outcome = await refresh_record(client, names.embed, record, job.seed, reuse, row, manifest,
-                                               job.uploads == "jpeg")
+                                               job.as_uploads)
             else:
-                outcome = await embed_record(client, names.embed, record, job.seed, uploads=job.uploads == "jpeg")
+                outcome = await embed_record(client, names.embed, record, job.seed, uploads=job.as_uploads)
             write_outcome(writer, row, record, outcome)
 
         with bar.bar:

@@ -81,7 +81,7 @@ def run_ray_embed(job: EmbedJob, urls: list[str], actors: int = 2, address: Opti
             EmbedActor, batch_size=job.chunk_size, concurrency=actors,
             fn_constructor_kwargs=dict(dataset=job.dataset, model=ExpansionNames(job.encoder, job.catalog).embed,
                                        seed=job.seed, urls=urls, chunk_size=job.chunk_size, client=client,
-                                       uploads=job.uploads == "jpeg"))
+                                       uploads=job.as_uploads))
         with bar.bar:
             for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
                 for j, row in enumerate(batch["row"]):

@@ -8,7 +8,6 @@ photograph, and no implementation of the transformations, was seen in training.
 
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,18 +20,10 @@ from clients.scoring import Scorer
 from clients.store import DONE, SPLITS, Store
 from services.transforms import get_catalog, image_key
 from services.transforms.reference import expand_reference
+from services.transforms.spec import upload_quality
 
 from .detector_card import detector_card
 from .probe_export import IDENTITY, category_names
-
-UPLOAD_QUALITY = (70, 95)  # JPEG quality of the uploads, drawn per version
-
-
-def upload_quality(key: str, k: int) -> int:
-    digest = hashlib.blake2b(f"upload/{key}/{k}".encode(), digest_size=4).digest()
-    low, high = UPLOAD_QUALITY
-    return low + int.from_bytes(digest, "little") % (high - low + 1)
-
 
 def test_images(store: Store, images: int) -> list[int]:
     """Rows of test sources, one per source first, then further crops."""
@@ -57,9 +48,10 @@ def reference_card(url: str, encoder: str, store_path: Path, images: int = 40, w
     for row in track(test_images(store, images), description="Pillow-made versions"):
         data = dataset.record(int(index[row])).load()
         key = image_key(data)
-        versions = expand_reference(catalog, data, catalog.host_inputs(key, int(m.get("seed", 0))))
-        for k, (t, version) in enumerate(zip(catalog.transforms, versions)):
-            uploads.append(encode(version, quality=upload_quality(key, k)))
+        seed = int(m.get("seed", 0))
+        versions = expand_reference(catalog, data, catalog.host_inputs(key, seed))
+        for t, version in zip(catalog.transforms, versions):  # the qualities the server's uploads draw
+            uploads.append(encode(version, quality=upload_quality(t, key, seed)))
             manipulated.append(t.name != IDENTITY)
             true_category.append(t.category)
     with ThreadPoolExecutor(workers) as pool:

@@ -31,7 +31,6 @@ from clients.store import Store
 from . import invariance, plots
 from .data import ProbeData, Task
 from .detector_card import plot_roc
-from .detector_scores import SCORES, card_for, load_scores
 from .probes import load_probe, predict
 
 
@@ -56,8 +55,8 @@ def probe_section(directory: Path, max_images: int) -> tuple[dict, Optional[Outc
         "images": record.get("images"), "seeds": record.get("seeds"),
         "per_version_accuracy": _mean_over_runs(runs, "per_version_accuracy"),
     }
-    if record["task"] == "fine" and (directory / SCORES).is_file():  # threshold on validation, figures on test
-        section["detector_card"] = card_for(load_scores(directory))
+    if "detector" in record:  # train's card: threshold on validation sources, figures on test sources
+        section["detector_card"] = record["detector"]
     if record["task"] == "general" and runs[0].get("per_style_accuracy"):
         seen = {n: s["seen"] for n, s in runs[0]["per_style_accuracy"].items()}
         section["per_style_accuracy"] = {n: {"accuracy": a, "seen": seen[n]}

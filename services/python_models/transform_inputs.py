@@ -19,6 +19,12 @@ class RowsRejected(ValueError):
     """ROWS that name no row, or a row twice."""
 
 
+def _optional(request, name: str, default):
+    """The first value of an optional [1] input, or `default` when the request leaves it out."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return tensor.as_numpy().reshape(-1)[0] if tensor is not None else default
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config, params, _ = model_parameters(args)
@@ -46,10 +52,7 @@ class TritonPythonModel:
         images = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
         if len(images) != 1:
             return invalid_argument(f"send one image per request to the expansion ({len(images)} were sent)")
-        seed_tensor = pb_utils.get_input_tensor_by_name(request, "SEED")
-        seed = int(seed_tensor.as_numpy().reshape(-1)[0]) if seed_tensor is not None else 0
-        uploads_tensor = pb_utils.get_input_tensor_by_name(request, "UPLOADS")
-        uploads = bool(uploads_tensor.as_numpy().reshape(-1)[0]) if uploads_tensor is not None else False
+        seed, uploads = int(_optional(request, "SEED", 0)), bool(_optional(request, "UPLOADS", False))
         rows = self._rows(request)
         check_encoded_image(images[0])
         key = image_key(images[0].tobytes())
