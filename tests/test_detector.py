@@ -22,6 +22,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 from typer.testing import CliRunner
 
+from clients.corpus import check_corpus
 from clients.datasets import open_dataset
 from clients.embedding import as_image_input
 from clients.photos import encode
@@ -193,6 +194,18 @@ def test_threshold_is_chosen_on_validation_stored_and_applied_by_the_served_mode
             assert result.as_numpy("MANIPULATED").dtype == np.bool_ and verdict == (score >= expected)
 
 
+def test_reference_card_scores_pillow_made_versions_of_test_sources_through_the_server(detector_server, photo_store,
+                                                                                     deployed_repo):
+    from trainer.reference_card import reference_card, test_images
+
+    rows = test_images(Store.open(photo_store), 2)
+    assert all(Store.open(photo_store).array("split")[r] == 1 for r in rows)  # test sources only
+    card = reference_card(detector_server.config.grpc_url, ENCODER, photo_store, images=2)
+    assert card["counts"] == {"originals": 2, "manipulated": 60} and card["uploads"] == 62
+    threshold = float(read_config(deployed_repo / NAMES.detector / "config.pbtxt").parameters["threshold"].string_value)
+    assert card["threshold"] == threshold and 0 <= card["auc"] <= 1
+
+
 def test_a_given_threshold_splits_the_scores(tmp_path, repo, probes, photo_store):
     import onnxruntime as ort
 
@@ -237,7 +250,7 @@ def unseen_crops() -> list[bytes]:
     first 16 sources): images the store never held. Not test sources: 16 images are far too few
     for what identity looks like to carry over to a new source (the demo's corpus store is for that)."""
     corpus = open_dataset("corpus")
-    n = next(i for i in range(corpus.count) if corpus.record(i).key.endswith("/0001"))  # crop 1 of source 0
+    n = len(check_corpus())  # image n + s is crop 1 of image s
     training = [s for s in range(LIMIT) if corpus.record(s).split == "train"][:8]
     return [corpus.record(s + n).load() for s in training]
 
