@@ -17,6 +17,7 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from .connection import refusal
 from .embedding import ServiceError
 
 RETRYABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
@@ -63,19 +64,27 @@ class AsyncTritonClient:
     async def __aexit__(self, *exc) -> None:
         await self.client.close()
 
+    def _refusal(self, exc: InferenceServerException):
+        """A call refused for a missing or wrong key, as one clear line (else None)."""
+        return refusal(exc.message(), self.options.headers, self.options.url)
+
     async def model_config(self, model: str) -> dict:
-        """The model's config, or a ServiceError saying whether the server or the model is missing."""
+        """The model's config, or a ServiceError saying whether the server, the model or a key is missing."""
         headers = self.options.headers or None
         try:
             live = await self.client.is_server_live(headers=headers, client_timeout=10)
         except InferenceServerException as exc:
-            raise ServiceError(f"no Triton server answers at {self.options.url}: {exc.message()}") from None
+            raise ServiceError(self._refusal(exc) or
+                               f"no Triton server answers at {self.options.url}: {exc.message()}") from None
         if not live:
             raise ServiceError(f"the Triton server at {self.options.url} is not live")
-        if not await self.client.is_model_ready(model, headers=headers, client_timeout=10):
-            raise ServiceError(f"model '{model}' is not loaded on the server at {self.options.url}")
-        return (await self.client.get_model_config(model, headers=headers, as_json=True,
-                                                   client_timeout=10))["config"]
+        try:
+            if not await self.client.is_model_ready(model, headers=headers, client_timeout=10):
+                raise ServiceError(f"model '{model}' is not loaded on the server at {self.options.url}")
+            return (await self.client.get_model_config(model, headers=headers, as_json=True,
+                                                       client_timeout=10))["config"]
+        except InferenceServerException as exc:
+            raise ServiceError(self._refusal(exc) or f"{model}: {exc.message()}") from None
 
     async def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         tensors = []
@@ -94,6 +103,9 @@ class AsyncTritonClient:
                     return {name: result.as_numpy(name) for name in outputs}
                 except InferenceServerException as exc:
                     status = str(exc.status())
+                    refused = self._refusal(exc)  # UNAVAILABLE too, but no retry brings a key
+                    if refused:
+                        raise RequestError(f"{model}: {refused}", status) from None
                     if status not in RETRYABLE or attempt == self.options.retries:
                         raise RequestError(f"{model}: {exc.message()}", status) from None
                     self.retried += 1

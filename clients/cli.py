@@ -12,6 +12,8 @@ from rich.table import Table
 
 from services.cli import fail
 
+from .connection import api_key_option, root_certificates_option, tls_option
+
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print side-by-side ratios.")
 
 
@@ -152,8 +154,9 @@ def embed(
     max_in_flight: int = typer.Option(8, help="Requests in flight at once."),
     timeout: float = typer.Option(120.0, help="Deadline of each request, seconds."),
     retries: int = typer.Option(5, help="Retries on UNAVAILABLE / DEADLINE_EXCEEDED."),
-    tls: bool = typer.Option(False, help="Use TLS (system root certificates unless --root-certificates)."),
-    root_certificates: Optional[Path] = typer.Option(None, help="PEM file of the server's CA."),
+    tls: bool = tls_option(),
+    root_certificates: Optional[Path] = root_certificates_option(),
+    api_key: Optional[str] = api_key_option(),
     header: list[str] = typer.Option([], help="KEY=VALUE header sent with every request (auth). Repeatable."),
     chunk_size: int = typer.Option(32, help="Rows committed to the store at a time."),
     quiet: bool = typer.Option(False, help="No progress bar."),
@@ -171,7 +174,7 @@ def embed(
     """Embed every image of a dataset in all its versions into a memory-mapped store."""
     import asyncio
 
-    from .aio import ClientOptions
+    from .connection import Connection
     from .datasets import DatasetError
     from .embed_job import EmbedJob, parse_shard, run_embed_job
     from .embedding import ServiceError
@@ -186,10 +189,11 @@ def embed(
     if reuse and ray:
         raise fail("--reuse runs on one machine; leave out --ray")
     try:
+        connection = Connection(url[0], tls, root_certificates, api_key or None, extra_headers=tuple(headers.items()))
         job = EmbedJob(dataset, encoder, out, url[0], catalog, limit, parse_shard(shard), seed, dtype, chunk_size,
                        reuse=reuse, uploads=uploads or "",
-                       client=ClientOptions(url[0], max_in_flight, timeout, retries, ssl=tls,
-                                            root_certificates=root_certificates, headers=headers))
+                       client=connection.client_options(max_in_flight=max_in_flight, timeout_s=timeout,
+                                                        retries=retries))
         if ray:
             from .ray_runner import run_ray_embed
 
@@ -207,15 +211,19 @@ def score(
     encoder: str = typer.Option("squeezenet1_1", help="Encoder whose NAME_detector the server has."),
     top: int = typer.Option(3, help="Most likely transformations and categories to show."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line (file, scores or error)."),
+    tls: bool = tls_option(),
+    root_certificates: Optional[Path] = root_certificates_option(),
+    api_key: Optional[str] = api_key_option(),
 ) -> None:
     """Score images: how likely each was manipulated, and how."""
+    from .connection import Connection
     from .embedding import ServiceError
     from .scoring import Scorer
 
-    scorer = Scorer(url, encoder, top=top)
     try:
+        scorer = Scorer(Connection(url, tls, root_certificates, api_key or None), encoder, top=top)
         scorer.check()
-    except ServiceError as exc:
+    except (ServiceError, ValueError) as exc:
         raise fail(str(exc))
     console, failed = Console(width=140), 0
     for path in files:

@@ -3,12 +3,15 @@
     corpus           crops of the built-in corpus (photographs, screenshots and illustrations that
                      Debian and Python packages ship; clients/corpus_manifest.json), split by source
     fashion-mnist    Debian's dataset-fashion-mnist (70,000 labelled product photos)
-    folder:PATH      an ImageFolder tree: class sub-folders are labels; PATH/train and PATH/test
-                     sub-trees, if present, give the split; a folder below the class folder
+    folder:PATH      a flat folder of images (no labels), or an ImageFolder tree: class
+                     sub-folders are labels; PATH/train and PATH/test sub-trees, if present, give
+                     the split (each flat or with classes); a folder below the class folder
                      (CLASS/SOURCE/IMAGE) names the images' source (else each image is its own)
     list:FILE        a file list or CSV: path[,label[,source]] per line, paths relative to FILE
     tar:GLOB         webdataset-style tar shards: members sharing a basename form a sample
-                     (an image .jpg/.jpeg/.png/.bmp and an optional .cls or .txt label)
+                     (an image of any accepted format and an optional .cls or .txt label)
+
+Image files are those with a suffix of a format the server accepts (`equiprobe formats`).
 
 Every dataset has a fixed order, so "image i" means the same everywhere (shards, resumes).
 Records load lazily: nothing is read until a worker asks for the bytes.
@@ -28,7 +31,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+from services.uploads import IMAGE_SUFFIXES
+
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                    "ankle boot")
@@ -120,16 +124,29 @@ def _folder_source(path: Path, class_dir: Path) -> str:
     return f"{class_dir.name}/{parts[0]}" if len(parts) > 1 else ""
 
 
+def _images(folder: Path, recursive: bool) -> list[Path]:
+    paths = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
 def folder_dataset(root: Path) -> Dataset:
+    """ROOT/IMAGE (flat, no labels), ROOT/CLASS/IMAGE, or either under ROOT/train and ROOT/test."""
     if not root.is_dir():
         raise DatasetError(f"folder {root} does not exist")
     trees = [(s, root / s) for s in ("train", "test") if (root / s).is_dir()] or [(None, root)]
-    classes = sorted({d.name for _, tree in trees for d in tree.iterdir() if d.is_dir()})
-    if not classes:
-        raise DatasetError(f"{root} has no class sub-folders (expected ROOT/CLASS/IMAGE or ROOT/train/CLASS/IMAGE)")
-    items = [(path, classes.index(cls), split, _folder_source(path, tree / cls)) for split, tree in trees
-             for cls in classes if (tree / cls).is_dir() for path in sorted((tree / cls).rglob("*"))
-             if path.suffix.lower() in IMAGE_SUFFIXES]
+    classes = sorted({d.name for _, tree in trees for d in tree.iterdir() if d.is_dir() and _images(d, True)})
+    items = []
+    for split, tree in trees:
+        loose = _images(tree, recursive=False)
+        if loose and classes:
+            raise DatasetError(f"{tree} mixes images ({loose[0].name}, ...) with class sub-folders "
+                               f"({', '.join(classes[:3])}); put every image in a class folder, or none")
+        items += [(path, -1, split, "") for path in loose]
+        items += [(path, classes.index(cls), split, _folder_source(path, tree / cls)) for cls in classes
+                  if (tree / cls).is_dir() for path in _images(tree / cls, recursive=True)]
+    if not items:
+        raise DatasetError(f"{root} holds no image files ({', '.join(IMAGE_SUFFIXES)}), directly or in "
+                           "class sub-folders")
     return Dataset(f"folder:{root}", classes, len(items), lambda i: _file_record(i, items[i][0], root, *items[i][1:]))
 
 
@@ -161,7 +178,7 @@ def tar_dataset(pattern: str) -> Dataset:
                         members.setdefault(stem, {})[ext.lower()] = m
                 for stem in sorted(members):
                     parts = members[stem]
-                    image = next((parts[e] for e in ("jpg", "jpeg", "png", "bmp") if e in parts), None)
+                    image = next((parts[e] for e in sorted(parts) if "." + e in IMAGE_SUFFIXES), None)
                     if image is None:
                         continue
                     label_member = parts.get("cls") or parts.get("txt")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -23,34 +23,48 @@ def as_image_input(data: Union[bytes, np.ndarray]) -> grpcclient.InferInput:
     return tensor
 
 
-def check_model(client: grpcclient.InferenceServerClient, url: str, model: str) -> None:
-    """Raise a ServiceError that says what is missing: the server, or the model."""
+def check_model(client: grpcclient.InferenceServerClient, url: str, model: str,
+                headers: Optional[dict] = None) -> None:
+    """Raise a ServiceError that says what is missing: the server, the model, or a key."""
+    from .connection import explain
+
     try:
-        live = client.is_server_live(client_timeout=5)
+        live = client.is_server_live(headers=headers, client_timeout=5)
     except InferenceServerException as exc:
-        raise ServiceError(f"no Triton server answers at {url}: {exc.message()}") from None
+        raise ServiceError(explain(f"no Triton server answers at {url}: {exc.message()}", headers, url)) from None
     if not live:
         raise ServiceError(f"the Triton server at {url} is not live")
-    if not client.is_model_ready(model, client_timeout=5):
+    try:
+        ready = client.is_model_ready(model, headers=headers, client_timeout=5)
+    except InferenceServerException as exc:
+        raise ServiceError(explain(f"{model}: {exc.message()}", headers, url)) from None
+    if not ready:
         raise ServiceError(f"model '{model}' is not loaded on the server at {url}")
 
 
 class EmbeddingClient:
-    def __init__(self, url: str, encoder: str, timeout_s: float = 60.0):
-        self.url = url
+    """`url`: gRPC HOST:PORT, or a clients.connection.Connection (TLS, keys)."""
+
+    def __init__(self, url, encoder: str, timeout_s: float = 60.0):
+        from .connection import as_connection
+
+        self.connection = as_connection(url)
+        self.url = self.connection.url
+        self.headers = self.connection.grpc_headers() or None
         self.model = f"{encoder}_embed"
         self.timeout_s = timeout_s
-        self.client = grpcclient.InferenceServerClient(url)
+        self.client = self.connection.grpc_client()
 
     def check(self) -> None:
-        check_model(self.client, self.url, self.model)
+        check_model(self.client, self.url, self.model, self.headers)
 
     def embed(self, data: Union[bytes, np.ndarray]) -> np.ndarray:
         """Embed one encoded image (JPEG/PNG/BMP file bytes); returns a float32 [D] vector."""
         try:
-            result = self.client.infer(self.model, [as_image_input(data)], client_timeout=self.timeout_s)
+            result = self.client.infer(self.model, [as_image_input(data)], client_timeout=self.timeout_s,
+                                       headers=self.headers)
         except InferenceServerException as exc:
-            raise ServiceError(f"{self.model}: {exc.message()}") from None
+            raise ServiceError(f"{self.model}: {self.connection.explain(exc.message())}") from None
         return result.as_numpy(EMBEDDING)[0]
 
     def embed_files(self, paths: list[Path]) -> np.ndarray:

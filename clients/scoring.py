@@ -15,6 +15,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from .connection import Connection, as_connection
 from .embedding import ServiceError, as_image_input, check_model
 
 SCORE, TRANSFORMS, CATEGORIES, EMBEDDING = "MANIPULATION_SCORE", "TRANSFORM_PROBS", "CATEGORY_PROBS", "EMBEDDING"
@@ -50,24 +51,28 @@ def parse_classification(entries: np.ndarray) -> list[tuple[str, float]]:
 
 
 class Scorer:
-    """`Scorer(url, encoder).score(jpeg_bytes)`; one gRPC round trip per image."""
+    """`Scorer(url, encoder).score(jpeg_bytes)`; one gRPC round trip per image. `url`: gRPC
+    HOST:PORT, or a clients.connection.Connection (TLS, keys)."""
 
-    def __init__(self, url: str, encoder: str, top: int = 3, with_embedding: bool = False, timeout_s: float = 60.0):
-        self.url, self.model, self.top = url, f"{encoder}_detector", top
+    def __init__(self, url: Union[str, Connection], encoder: str, top: int = 3, with_embedding: bool = False,
+                 timeout_s: float = 60.0):
+        self.connection = as_connection(url)
+        self.url, self.model, self.top = self.connection.url, f"{encoder}_detector", top
+        self.headers = self.connection.grpc_headers() or None
         self.with_embedding, self.timeout_s = with_embedding, timeout_s
-        self.client = grpcclient.InferenceServerClient(url)
+        self.client = self.connection.grpc_client()
 
     def check(self) -> None:
-        check_model(self.client, self.url, self.model)
+        check_model(self.client, self.url, self.model, self.headers)
 
     @property
     def threshold(self) -> float:
         """The operating threshold the served detector applies, from its model config (read once)."""
         if not hasattr(self, "_threshold"):
             try:
-                config = self.client.get_model_config(self.model, as_json=True)["config"]
+                config = self.client.get_model_config(self.model, as_json=True, headers=self.headers)["config"]
             except InferenceServerException as exc:
-                raise ServiceError(f"{self.model}: {exc.message()}") from None
+                raise ServiceError(f"{self.model}: {self.connection.explain(exc.message())}") from None
             self._threshold = float(config.get("parameters", {}).get("threshold", {}).get("string_value", "nan"))
         return self._threshold
 
@@ -79,9 +84,9 @@ class Scorer:
             outputs.append(grpcclient.InferRequestedOutput(EMBEDDING))
         try:
             result = self.client.infer(self.model, [as_image_input(data)], outputs=outputs,
-                                       client_timeout=self.timeout_s)
+                                       client_timeout=self.timeout_s, headers=self.headers)
         except InferenceServerException as exc:
-            raise ServiceError(f"{self.model}: {exc.message()}") from None
+            raise ServiceError(f"{self.model}: {self.connection.explain(exc.message())}") from None
         return Score(float(result.as_numpy(SCORE).reshape(-1)[0]), bool(result.as_numpy(MANIPULATED).reshape(-1)[0]),
                      self.threshold,
                      parse_classification(result.as_numpy(TRANSFORMS).reshape(-1)),

@@ -32,6 +32,26 @@ def encoders() -> None:
     Console().print(table)
 
 
+def formats() -> None:
+    """List the upload formats each flavour takes, who decodes them and what is checked."""
+    from .uploads import FORMATS, MAX_PIXELS, MAX_REQUEST_MB
+
+    table = Table("format", "suffixes", "portable flavour", "native flavour", "checked before decoding",
+                  title="Uploads (EXIF orientation is applied for every format)")
+    for f in FORMATS:
+        if f.decoder == "dali":
+            # nvImageCodec has GPU codecs for these three; DALI's mixed decoder falls back to its CPU codecs otherwise.
+            gpu = f.name in ("JPEG", "JPEG 2000", "TIFF")
+            portable, native = "DALI (CPU)", f"DALI mixed decoder ({'GPU' if gpu else 'CPU codec'})"
+        else:
+            portable = native = "Pillow -> lossless PPM -> DALI"
+        table.add_row(f.name, " ".join(f.suffixes), portable, native, f.checks)
+    Console(width=160).print(table)
+    print(f"Both flavours: requests over {MAX_REQUEST_MB} MB or images over {MAX_PIXELS:,} pixels are refused "
+          "(build-repo --max-request-mb, --max-pixels). Portable only: an image the DALI decoder only partly "
+          "understood (its warnings) is refused too; Triton's dali backend gives no such hook.")
+
+
 def export(
     encoder: str = typer.Option(..., help="Registered encoder name (see `equiprobe encoders`)."),
     out: Path = typer.Option(None, help="ONNX file to write (default: build/onnx/NAME.onnx)."),
@@ -64,11 +84,13 @@ def build_repo(
     random_weights: bool = typer.Option(False, help="Random weights, for pipeline tests only."),
     style_net: list[str] = typer.Option([], help="NAME=PATH of a fast-neural-style ONNX network (float RGB "
                                         "[N,3,H,W] 0..255 in and out), added as an extra style version. Repeatable."),
+    max_request_mb: int = typer.Option(64, min=1, help="image_gate refuses uploads larger than this (MB)."),
+    max_pixels: int = typer.Option(144_000_000, min=1, help="image_gate refuses images with more pixels."),
 ) -> None:
     """Render NAME_embed (DALI -> ONNX ensemble) and the server-side expansions NAME_embed31,
     NAME_embed_general and NAME_embed_groups."""
     from .encoders import EncoderError
-    from .repository import build_repo as build
+    from .repository import ServingSpec, build_repo as build
 
     nets = {}
     for item in style_net:
@@ -79,7 +101,9 @@ def build_repo(
             raise fail(f"style network {path} does not exist")
         nets[name] = Path(path)
     try:
-        result = build(encoder, repo, flavour, weights, random_weights, style_nets=nets)  # type: ignore[arg-type]
+        serving = ServingSpec(max_request_mb=max_request_mb, max_pixels=max_pixels)
+        result = build(encoder, repo, flavour, weights, random_weights, serving=serving,  # type: ignore[arg-type]
+                       style_nets=nets)
     except (EncoderError, ValueError) as exc:
         raise fail(str(exc))
     except Exception as exc:  # an unreadable ONNX file, for example: name it, no traceback
@@ -97,8 +121,26 @@ def serve(
         help="none (load everything at start), explicit (load everything at start, then what clients ask "
              "for: `equiprobe deploy --url` switches versions this way) or poll (rescan the repository)."),
     repository_poll_secs: int = typer.Option(5, help="With --model-control poll: seconds between rescans."),
+    tls_cert: Optional[Path] = typer.Option(None, help="PEM certificate (chain) for gRPC TLS, with --tls-key. "
+                                            "Needed for a --host that is not loopback, unless --insecure."),
+    tls_key: Optional[Path] = typer.Option(None, help="PEM private key of --tls-cert."),
+    insecure: bool = typer.Option(False, help="Serve a non-loopback --host in plaintext (a proxy or mesh in front "
+                                  "terminates TLS). Keys still apply."),
+    admin_key: Optional[str] = typer.Option(None, envvar="EQUIPROBE_ADMIN_KEY", show_envvar=True,
+                                            help="Key for model control (load, unload, repository index), shared "
+                                            "memory, trace and logging; needed off loopback with model control "
+                                            "explicit or poll. Prefer the environment variable."),
+    api_key: Optional[str] = typer.Option(None, envvar="EQUIPROBE_API_KEY", show_envvar=True,
+                                          help="Key for inference, model config, metadata and statistics (health "
+                                          "stays open). Prefer the environment variable."),
+    metrics_host: Optional[str] = typer.Option(None, help="Address for Prometheus metrics (plaintext, no auth in "
+                                               "Triton; default --host); 127.0.0.1 keeps them local."),
 ) -> None:
-    """Run the real Triton server on this repository until SIGINT/SIGTERM."""
+    """Run the real Triton server on this repository until SIGINT/SIGTERM.
+
+    Off loopback: gRPC with TLS (or --insecure), HTTP for health probes only, keys through
+    Triton's restricted protocols (README "Exposing the server")."""
+    from .security import http_health_only
     from .server import MODEL_CONTROL_MODES, ServerConfig, ServerError, TritonServer
 
     if model_control not in MODEL_CONTROL_MODES:
@@ -107,7 +149,13 @@ def serve(
         raise fail(f"--repository-poll-secs must be at least 1, not {repository_poll_secs}")
     config = ServerConfig(repo=repo, host=host, grpc_port=grpc_port, http_port=http_port,
                           metrics_port=metrics_port, model_control_mode=model_control,
-                          repository_poll_secs=repository_poll_secs)
+                          repository_poll_secs=repository_poll_secs, tls_cert=tls_cert, tls_key=tls_key,
+                          insecure=insecure, admin_key=admin_key or None, api_key=api_key or None,
+                          metrics_host=metrics_host)
+    try:
+        config.check()  # before anything starts: a server that must not be exposed never binds
+    except ServerError as exc:
+        raise fail(str(exc))
     server = TritonServer(config, echo=lambda line: print(line, file=sys.stderr, flush=True))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -116,8 +164,11 @@ def serve(
         server.start()
     except ServerError as exc:
         raise fail(str(exc))
-    console.print(f"[green]ready[/green]: gRPC {config.grpc_url}, HTTP {config.http_url}, "
-                  f"metrics {host}:{metrics_port}; Ctrl-C stops", highlight=False)
+    grpc = f"gRPC {config.grpc_url}" + (" (TLS)" if tls_cert else "")
+    http = f"HTTP {config.http_url}" + (" (health only)" if http_health_only(host, tls_cert) else "")
+    keys = ", ".join(k for k, v in (("admin key", config.admin_key), ("api key", config.api_key)) if v)
+    console.print(f"[green]ready[/green]: {grpc}, {http}, metrics {metrics_host or host}:{metrics_port}"
+                  f"{'; ' + keys + ' required' if keys else ''}; Ctrl-C stops", highlight=False)
     while not stop.is_set() and server.process.poll() is None:
         stop.wait(0.5)
     died = server.process.poll() is not None
@@ -147,25 +198,22 @@ def transforms_list(catalog: str = typer.Option("fine", help="fine, general or g
 
 @transforms_app.command("preview")
 def transforms_preview(
-    image: Path = typer.Argument(..., help="A JPEG, PNG or BMP file."),
+    image: Path = typer.Argument(..., help="An image file (see `equiprobe formats`)."),
     out: Path = typer.Option(Path("grid.png"), help="PNG to write."),
     catalog: str = typer.Option("fine", help="fine, general or groups."),
     seed: int = typer.Option(0, help="Dataset seed: parameters are a function of (image, transform, seed)."),
 ) -> None:
     """Render a labelled grid of every version of IMAGE."""
-    import numpy as np
-
-    from .runtime import check_encoded_image
     from .transforms import get_catalog
     from .transforms.preview import expand_one, render_grid
+    from .uploads import admit
 
     if not image.is_file():
         raise fail(f"{image} does not exist")
     data = image.read_bytes()
     try:
         cat = get_catalog(catalog)
-        check_encoded_image(np.frombuffer(data, np.uint8))
-        versions, params = expand_one(cat, data, seed)
+        versions, params = expand_one(cat, admit(data).data, seed)
     except (ValueError, RuntimeError) as exc:
         raise fail(f"{image}: {exc}")
     print(f"wrote {render_grid(cat, versions, params, out)} ({len(versions)} versions)")

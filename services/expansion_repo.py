@@ -2,6 +2,7 @@
 
 For an encoder NAME and a catalog (fine -> suffix "31", general -> "_general", groups -> "_groups"):
 
+    image_gate         python:    IMAGE -> checked bytes (services/uploads.py), shared with NAME_embed
     CATALOG_inputs     python:    IMAGE, SEED -> PARAMS, KEY, host-rendered inputs (kernels, glyphs...)
     NAME_expandK       DALI:      IMAGE, PARAMS, inputs -> VERSIONS uint8 [K, S, S, 3]
     NAME_encoderK      ONNX:      PIXELS uint8 [K, S, S, 3] -> normalize -> encoder -> EMBEDDINGS [K, D]
@@ -43,7 +44,7 @@ from .encoders import EncoderSpec
 from .export import (EXTRA_INPUT, INPUT_NAME as PIXELS, ROWS_INPUT as ROWS, STYLE_INPUT, STYLE_OUTPUT,
                      VERSIONS_OUTPUT as EMBEDDINGS, sha256_of, wrap_for_versions, wrap_style_network)
 from .pipelines import INPUT_NAME as IMAGE
-from .repository import (Flavour, ModelNames, ServingSpec, dali_config, dynamic_batching, encoder_config,
+from .repository import (CHECKED, GATE, Flavour, ModelNames, ServingSpec, dali_config, dynamic_batching, encoder_config,
                          ensemble_config, instances, onnx_config, python_model, string_parameters, tensor,
                          write_config)
 from .transforms import get_catalog
@@ -178,9 +179,10 @@ def embed_versions_config(spec: EncoderSpec, catalog: Catalog, names: ExpansionN
                           serving: ServingSpec, nets: list[str]) -> mc.ModelConfig:
     aux_map = {name: name.lower() for name, _, _ in catalog.aux_inputs}
     expand_out = {VERSIONS: "versions", **({CANVAS: "canvas"} if nets else {})}
-    steps = [(names.inputs, {IMAGE: IMAGE, SEED: SEED, ROWS: ROWS, UPLOADS: UPLOADS},
+    steps = [(GATE, {IMAGE: IMAGE}, {IMAGE: CHECKED}),
+             (names.inputs, {IMAGE: CHECKED, SEED: SEED, ROWS: ROWS, UPLOADS: UPLOADS},
               {PARAMS: PARAMS, KEY: KEY, ROWS: "rows", **aux_map}),
-             (names.expand, {IMAGE: IMAGE, PARAMS: PARAMS, **aux_map}, expand_out)]
+             (names.expand, {IMAGE: CHECKED, PARAMS: PARAMS, **aux_map}, expand_out)]
     encoder_in = {PIXELS: "versions", ROWS: "rows"}
     if nets:
         steps += [(names.style(net), {STYLE_INPUT: "canvas"}, {STYLE_OUTPUT: f"styled_{j}"})

@@ -20,8 +20,13 @@ _FILTERS = {"linear": Image.BILINEAR, "cubic": Image.BICUBIC}
 
 
 def decode_rgb(data: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(data)) as image:
-        return image.convert("RGB")
+    """RGB, upright: EXIF orientation applied, as DALI's decoder does."""
+    from PIL import ImageOps
+
+    from .uploads import admit
+
+    with Image.open(io.BytesIO(admit(data).data)) as image:
+        return ImageOps.exif_transpose(image).convert("RGB")
 
 
 def canvas(data: bytes) -> np.ndarray:

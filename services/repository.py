@@ -1,8 +1,9 @@
 """Render a Triton model repository for one encoder, in either flavour, from one spec.
 
+    image_gate       python:        upload -> checked bytes DALI can decode (services/uploads.py)
     NAME_preprocess  DALI pipeline: encoded bytes -> normalized pixels
     NAME_encoder     ONNX model:    pixels -> embedding
-    NAME_embed       ensemble:      IMAGE (bytes) -> EMBEDDING
+    NAME_embed       ensemble:      IMAGE (bytes) -> image_gate -> NAME_preprocess -> NAME_encoder -> EMBEDDING
 
 `portable` runs both steps in python-backend models (DALI and ONNX Runtime on the CPU), which
 is what this machine and CI serve. `native` is for NVIDIA's Triton container on GPUs: the dali
@@ -27,8 +28,11 @@ from .encoders import EncoderSpec, get_encoder
 from .export import INPUT_NAME as PIXELS, OUTPUT_NAME as EMBEDDING, ExportResult, export_encoder
 from .files import write_atomically
 from .pipelines import INPUT_NAME as IMAGE, serialize_preprocess
+from .uploads import MAX_PIXELS, MAX_REQUEST_MB
 
 Flavour = Literal["portable", "native"]
+GATE = "image_gate"  # one per repository, in front of every model that takes an upload
+CHECKED = "image"  # the ensemble tensor the gate hands on
 PYTHON_MODELS = Path(__file__).parent / "python_models"
 MANIFEST = "equiprobe.json"
 
@@ -43,6 +47,9 @@ class ServingSpec:
     ort_threads: int = 2
     preferred_batch_sizes: tuple[int, ...] = (8, 16, 32)
     trt_cache_path: str = "/tmp/equiprobe_trt_cache"
+    # Uploads over these are refused by image_gate with an error that names the cap.
+    max_request_mb: int = MAX_REQUEST_MB
+    max_pixels: int = MAX_PIXELS
 
 
 @dataclass
@@ -76,8 +83,11 @@ class InProcessEmbed:
         self.session = ort_session(Path(repo) / names.onnx / "1" / "model.onnx", serving.ort_threads)
 
     def __call__(self, encoded: list[np.ndarray]) -> np.ndarray:
-        """Encoded images (uint8 byte arrays) -> embeddings [B, D]."""
-        return self.session.run(None, {PIXELS: self.preprocess.run(encoded)})[0]
+        """Encoded images (uint8 byte arrays) -> embeddings [B, D], through the gate as served."""
+        from .uploads import admit
+
+        checked = [np.frombuffer(admit(np.asarray(e).tobytes()).data, np.uint8) for e in encoded]
+        return self.session.run(None, {PIXELS: self.preprocess.run(checked)})[0]
 
 
 # -- config pieces --------------------------------------------------------------------------
@@ -123,8 +133,28 @@ def dali_config(name: str, inputs: list, outputs: list, flavour: Flavour, servin
         config.default_model_filename = "model.dali"
         string_parameters(config, num_threads=serving.dali_threads)
     else:
-        string_parameters(config, pipeline="model.dali", num_threads=serving.dali_threads)
+        string_parameters(config, pipeline="model.dali", num_threads=serving.dali_threads,
+                          max_pixels=serving.max_pixels)
     return config
+
+
+def gate_config(serving: ServingSpec) -> mc.ModelConfig:
+    """image_gate: python in both flavours (Pillow reads headers and converts what DALI cannot)."""
+    config = mc.ModelConfig(name=GATE, max_batch_size=serving.max_batch_size,
+                            input=[tensor(IMAGE, mc.TYPE_UINT8, [-1], ragged=True)],
+                            output=[tensor(IMAGE, mc.TYPE_UINT8, [-1], is_input=False)],
+                            dynamic_batching=dynamic_batching(serving, preferred=False),
+                            instance_group=instances("portable"))
+    string_parameters(config, max_request_bytes=serving.max_request_mb << 20, max_pixels=serving.max_pixels)
+    return config
+
+
+def write_gate(repo: Path, serving: ServingSpec) -> str:
+    config = gate_config(serving)
+    (repo / GATE / "1").mkdir(parents=True, exist_ok=True)
+    python_model(config, "image_gate.py", repo / GATE / "1")
+    write_config(repo / GATE, config)
+    return GATE
 
 
 def onnx_config(name: str, inputs: list, outputs: list, flavour: Flavour, serving: ServingSpec,
@@ -177,7 +207,8 @@ def embed_config(spec: EncoderSpec, names: ModelNames, serving: ServingSpec) -> 
         names.embed, serving.max_batch_size,
         inputs=[tensor(IMAGE, mc.TYPE_UINT8, [-1])],
         outputs=[tensor(EMBEDDING, mc.TYPE_FP32, [spec.dim], is_input=False)],
-        steps=[(names.preprocess, {IMAGE: IMAGE}, {PIXELS: "pixels"}),
+        steps=[(GATE, {IMAGE: IMAGE}, {IMAGE: CHECKED}),
+               (names.preprocess, {IMAGE: CHECKED}, {PIXELS: "pixels"}),
                (names.onnx, {PIXELS: "pixels"}, {EMBEDDING: EMBEDDING})],
     )
 
@@ -238,7 +269,7 @@ def build_repo(encoder: str, repo: Path, flavour: Flavour = "portable", weights:
     write_config(repo / names.preprocess, pre)
     write_config(repo / names.onnx, enc)
     write_config(repo / names.embed, embed_config(spec, names, serving))
-    models = [names.preprocess, names.onnx, names.embed]
+    models = [write_gate(repo, serving), names.preprocess, names.onnx, names.embed]
     from .expansion_repo import build_expansion  # the expansion builds on the models above
 
     for catalog in catalogs:

@@ -21,7 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -90,8 +90,27 @@ class ServerConfig:
     repository_poll_secs: int = 5
     log_verbose: int = 0
     startup_timeout_s: float = 120.0
-    # More tritonserver flags, e.g. TLS (--grpc-use-ssl ...) or --grpc-restricted-protocol.
+    # Exposure (services/security.py): gRPC TLS, keys on Triton's restricted protocols. A host
+    # that is not loopback refuses to start without TLS (or insecure), and with model control
+    # explicit/poll without an admin key.
+    tls_cert: Optional[Path] = None
+    tls_key: Optional[Path] = None
+    insecure: bool = False
+    admin_key: Optional[str] = field(default=None, repr=False)
+    api_key: Optional[str] = field(default=None, repr=False)
+    metrics_host: Optional[str] = None  # default: host
+    # More tritonserver flags.
     extra_args: tuple[str, ...] = ()
+
+    def check(self) -> None:
+        """Raise a ServerError if this configuration must not start (one line saying why)."""
+        from .security import ExposureError, check_exposure
+
+        try:
+            check_exposure(self.host, self.model_control_mode, self.tls_cert, self.tls_key, self.insecure,
+                           self.admin_key, self.api_key)
+        except ExposureError as exc:
+            raise ServerError(str(exc)) from None
 
     @property
     def grpc_url(self) -> str:
@@ -138,6 +157,8 @@ class TritonServer:
 
     # -- lifecycle -------------------------------------------------------------------------
     def command(self) -> list[str]:
+        from .security import exposure_args
+
         root = _pytriton_root()
         c = self.config
         return [
@@ -147,12 +168,13 @@ class TritonServer:
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             f"--grpc-address={c.host}", f"--grpc-port={c.grpc_port}",
             f"--http-address={c.host}", f"--http-port={c.http_port}",
-            f"--metrics-address={c.host}", f"--metrics-port={c.metrics_port}",
+            f"--metrics-address={c.metrics_host or c.host}", f"--metrics-port={c.metrics_port}",
             f"--model-control-mode={c.model_control_mode}",
             *([f"--load-model={m}" for m in c.startup_models] if c.model_control_mode == "explicit" else []),
             *([f"--repository-poll-secs={c.repository_poll_secs}"] if c.model_control_mode == "poll" else []),
             f"--log-verbose={c.log_verbose}",
             "--exit-on-error=true",
+            *exposure_args(c.host, c.tls_cert, c.tls_key, c.admin_key, c.api_key),
             *c.extra_args,
         ]
 
@@ -162,6 +184,7 @@ class TritonServer:
         if self.config.model_control_mode not in MODEL_CONTROL_MODES:
             raise ServerError(f"unknown model control mode {self.config.model_control_mode!r}; "
                               f"use {', '.join(MODEL_CONTROL_MODES)}")
+        self.config.check()
         self.process = subprocess.Popen(
             self.command(), env=server_environment(), stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True,
@@ -184,8 +207,10 @@ class TritonServer:
                 self.echo(line)
 
     def is_ready(self) -> bool:
-        # Readiness over HTTP, which TLS and restricted gRPC protocols leave plain.
-        url = f"http://{self.config.http_url}/v2/health/ready"
+        # Readiness over HTTP, which TLS and the keys leave plain and open (services/security.py).
+        from .security import probe_host
+
+        url = f"http://{probe_host(self.config.host)}:{self.config.http_port}/v2/health/ready"
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 return response.status == 200

@@ -78,10 +78,10 @@ def giant_bmp(photos) -> bytes:
 
 BAD = {
     "empty": (lambda p, j: b"", "empty"),
-    "truncated": (lambda p, j: j["astronaut"][: len(j["astronaut"]) // 3], "could not be decoded"),
-    "not an image": (lambda p, j: b"<html>certainly not a photo</html>", "not a JPEG, PNG or BMP"),
-    "giant": (lambda p, j: giant_bmp(p), "over the limit"),
-    "corrupt body": (lambda p, j: j["rocket"][:600] + bytes(len(j["rocket"]) - 600), "could not be decoded"),
+    "truncated": (lambda p, j: j["astronaut"][: len(j["astronaut"]) // 3], "JPEG is truncated"),
+    "not an image": (lambda p, j: b"<html>certainly not a photo</html>", "not an image file of an accepted format"),
+    "giant": (lambda p, j: giant_bmp(p), "over the pixel cap of 144,000,000"),
+    "corrupt body": (lambda p, j: j["rocket"][:600] + bytes(len(j["rocket"]) - 600), "JPEG .*corrupt at byte"),
 }
 
 

@@ -5,7 +5,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from services.expansion_repo import ExpansionNames
-from services.repository import ModelNames, build_repo, read_config
+from services.repository import GATE, ModelNames, build_repo, read_config
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def test_portable_configs_parse_and_use_python_backend(repo):
     names = ModelNames("squeezenet1_1")
     parsed = configs(repo)
     expansions = [ExpansionNames("squeezenet1_1", c) for c in ("fine", "general", "groups")]
-    assert set(parsed) == {names.preprocess, names.onnx, names.embed,
+    assert set(parsed) == {GATE, names.preprocess, names.onnx, names.embed,
                            *[m for e in expansions for m in (e.inputs, e.expand, e.onnx, e.embed)]}
     assert parsed[names.preprocess].backend == "python" and parsed[names.onnx].backend == "python"
     assert (repo / names.preprocess / "1" / "model.dali").stat().st_size > 0
@@ -32,7 +32,9 @@ def test_portable_configs_parse_and_use_python_backend(repo):
     assert image.data_type == mc.TYPE_UINT8 and list(image.dims) == [-1] and image.allow_ragged_batch
     embed = parsed[names.embed]
     assert embed.platform == "ensemble"
-    assert [s.model_name for s in embed.ensemble_scheduling.step] == [names.preprocess, names.onnx]
+    assert [s.model_name for s in embed.ensemble_scheduling.step] == [GATE, names.preprocess, names.onnx]
+    gate = parsed[GATE]
+    assert gate.backend == "python" and gate.parameters["max_request_bytes"].string_value == str(64 << 20)
     assert embed.output[0].name == "EMBEDDING" and list(embed.output[0].dims) == [512]
 
 
@@ -50,6 +52,8 @@ def test_native_configs_parse_and_target_gpu_backends(native_repo):
     fine = ExpansionNames("squeezenet1_1", "fine")
     assert parsed[fine.expand].backend == "dali" and parsed[fine.onnx].backend == "onnxruntime"
     assert parsed[fine.inputs].backend == "python"  # host work (hashing, glyphs) in both flavours
+    assert parsed[GATE].backend == "python"  # Pillow reads headers and converts GIF/AVIF/HEIC in both
+    assert [s.model_name for s in parsed[fine.embed].ensemble_scheduling.step][:2] == [GATE, fine.inputs]
     assert list(parsed[fine.embed].output[0].dims) == [-1, 512]  # 31 rows, or the R rows ROWS asks for
     rows_in = {i.name: i for i in parsed[fine.onnx].input}["ROWS"]
     assert rows_in.data_type == mc.TYPE_INT32 and not rows_in.optional  # the inputs model always sends it

@@ -7,16 +7,19 @@ It lives in the trainer package because the trainer is the top of the dependency
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
 from clients import cli as client_commands
+from clients.connection import admin_key_option, api_key_option, root_certificates_option, tls_option
 from services import cli as service_commands
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Image-manipulation probing on frozen embeddings served by Triton.")
 app.command()(service_commands.encoders)
 app.command()(service_commands.export)
+app.command()(service_commands.formats)
 app.command("build-repo")(service_commands.build_repo)
 app.command()(service_commands.serve)
 app.add_typer(service_commands.transforms_app, name="transforms")
@@ -106,8 +109,12 @@ def report(
                             "card is also computed on Pillow-made versions of the first store's test sources."),
     encoder: str = typer.Option("squeezenet1_1", help="With --url: whose NAME_detector to score with."),
     reference_images: int = typer.Option(40, help="With --url: test images whose Pillow-made versions are scored."),
+    tls: bool = tls_option(),
+    root_certificates: Optional[Path] = root_certificates_option(),
+    api_key: Optional[str] = api_key_option(),
 ) -> None:
     """Tables, detector card, invariance metrics and plots for stores and trained probes."""
+    from clients.connection import Connection
     from clients.embedding import ServiceError
     from clients.store import StoreError
     from services.cli import fail
@@ -118,7 +125,8 @@ def report(
         if url:
             from trainer.reference_card import reference_card
 
-            cards = {f"{encoder}_detector": reference_card(url, encoder, store[0], reference_images)}
+            connection = Connection(url, tls, root_certificates, api_key or None)
+            cards = {f"{encoder}_detector": reference_card(connection, encoder, store[0], reference_images)}
         results = build_report(store, probes, out, max_images=max_images, reference_cards=cards)
     except (StoreError, ServiceError, ValueError, FileNotFoundError) as exc:
         raise fail(str(exc))
@@ -170,18 +178,24 @@ def deploy(
     target_fpr: float = typer.Option(0.05, help="False-positive rate on the probe's validation sources that "
                                      "chooses the MANIPULATED threshold."),
     threshold: float = typer.Option(None, help="Use this MANIPULATED threshold instead of choosing one."),
+    admin_key: Optional[str] = admin_key_option(),
+    api_key: Optional[str] = api_key_option(),
+    tls: bool = tls_option(),
+    root_certificates: Optional[Path] = root_certificates_option(),
 ) -> None:
     """Deploy probes as NAME_detector (IMAGE -> TRANSFORM_PROBS, CATEGORY_PROBS, MANIPULATION_SCORE,
     MANIPULATED, EMBEDDING), a new NAME_probe version; or roll back to the previous one."""
+    from clients.connection import Connection
     from services.cli import fail
     from trainer.deploy import DeployError, deploy as run_deploy, rollback as run_rollback
 
     if rollback and probe:
         raise fail("--rollback returns to the previous version; it takes no --probe")
     try:
-        result = (run_rollback(repo, encoder, url, timeout) if rollback
-                  else run_deploy(probe, repo, url, timeout, target_fpr, threshold))
-    except DeployError as exc:
+        server = Connection(url, tls, root_certificates, api_key or None, admin_key or None) if url else None
+        result = (run_rollback(repo, encoder, server, timeout) if rollback
+                  else run_deploy(probe, repo, server, timeout, target_fpr, threshold))
+    except (DeployError, ValueError) as exc:
         raise fail(str(exc))
     meta, names = result.meta, result.names
     action = "rolled back to" if rollback else "deployed"

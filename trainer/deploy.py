@@ -293,32 +293,59 @@ def select(served: ServedEncoder, names: DetectorNames, meta: dict) -> None:
 
 # -- the server -----------------------------------------------------------------------------
 
-def connect(url: str):
-    """A client for the server at `url`, checked before anything in the repository changes."""
-    import tritonclient.grpc as grpcclient
+class _Server:
+    """A synchronous gRPC client that sends the connection's headers (TLS, keys) on every call."""
+
+    def __init__(self, connection):
+        self.connection, self.client = connection, connection.grpc_client()
+        self.headers = connection.grpc_headers() or None
+
+    def __getattr__(self, name):
+        import functools
+
+        call = getattr(self.client, name)
+        return call if name == "close" else functools.partial(call, headers=self.headers)
+
+
+def connect(url) -> _Server:
+    """A client for the server at `url` (HOST:PORT or a clients.connection.Connection), checked
+    before anything in the repository changes: it answers, and it lets this client use model
+    control (an exposed server needs the admin key for it)."""
     from tritonclient.utils import InferenceServerException
 
-    client = grpcclient.InferenceServerClient(url)
+    from clients.connection import as_connection
+
+    connection = as_connection(url)
+    client = _Server(connection)
     try:
         problem = None if client.is_server_live(client_timeout=5) else "not live"
     except InferenceServerException as exc:
         problem = exc.message()
     if problem:
-        raise DeployError(f"no Triton server answers at {url} ({problem}); nothing was changed")
+        raise DeployError(connection.explain(f"no Triton server answers at {connection.url} ({problem})") +
+                          "; nothing was changed")
+    try:
+        client.get_model_repository_index(client_timeout=10)  # model control: the admin key's protocol
+    except InferenceServerException as exc:
+        raise DeployError(f"{connection.explain(exc.message())}; nothing was changed") from None
     return client
 
 
-def switch_server(client, url: str, names: DetectorNames, version: int, timeout_s: float) -> str:
+def switch_server(client, url, names: DetectorNames, version: int, timeout_s: float) -> str:
     """Make the server serve `version`: load_model in explicit mode; in poll mode wait for its
     rescan. Returns once the probe serves only that version and the detector is reloaded."""
     from tritonclient.utils import InferenceServerException
 
+    from clients.connection import refusal
+
+    url = getattr(url, "url", url)
     how = "loaded"
     for model in (names.probe, names.detector):
         try:
             client.load_model(model, client_timeout=timeout_s)
         except InferenceServerException as exc:
             message = (exc.message() or str(exc)).splitlines()[0]
+            message = refusal(message, getattr(client, "headers", None), url) or message
             if "not allowed" in message:  # poll (or none) model control: the server decides
                 how = "picked up by the server's repository poll"
                 break
@@ -339,6 +366,8 @@ def switch_server(client, url: str, names: DetectorNames, version: int, timeout_
 def _serving(client, names: DetectorNames, version: int) -> bool:
     from tritonclient.utils import InferenceServerException
 
+    from clients.connection import refusal
+
     try:
         index = client.get_model_repository_index(as_json=True).get("models", [])
         ready = {m.get("version") for m in index if m["name"] == names.probe and m.get("state") == "READY"}
@@ -346,7 +375,10 @@ def _serving(client, names: DetectorNames, version: int) -> bool:
             return False
         parameters = client.get_model_config(names.detector, as_json=True)["config"].get("parameters", {})
         return parameters.get("probe_version", {}).get("string_value") == str(version)
-    except InferenceServerException:
+    except InferenceServerException as exc:
+        refused = refusal(exc.message(), getattr(client, "headers", None))
+        if refused:  # waiting will not bring a key
+            raise DeployError(f"version {version} is selected in the repository, but {refused}") from None
         return False
 
 
@@ -381,7 +413,7 @@ def operating_point(fine: SavedProbe, target_fpr: float, threshold: Optional[flo
         raise DeployError(f"no operating threshold for {fine.path}: {exc}; or pass --threshold T") from None
 
 
-def deploy(probe_dirs: list[Path], repo: Path, url: Optional[str] = None, timeout_s: float = 120.0,
+def deploy(probe_dirs: list[Path], repo: Path, url=None, timeout_s: float = 120.0,
            target_fpr: float = DEFAULT_TARGET_FPR, threshold: Optional[float] = None) -> DeployResult:
     """Export the probes, write them as the next NAME_probe version, select it, and (given a url) load it.
     MANIPULATED = score >= `threshold`, by default the one that gives `target_fpr` on validation sources."""
@@ -437,7 +469,7 @@ def deployed_encoders(repo: Path) -> list[str]:
     return sorted(p.parent.name[:-len("_probe")] for p in repo.glob(f"*_probe/{HISTORY}"))
 
 
-def rollback(repo: Path, encoder: Optional[str] = None, url: Optional[str] = None,
+def rollback(repo: Path, encoder: Optional[str] = None, url=None,
              timeout_s: float = 120.0) -> DeployResult:
     """Select the version the current one replaced, the same way a deploy selects a new one."""
     repo = Path(repo)

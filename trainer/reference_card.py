@@ -36,7 +36,7 @@ def test_images(store: Store, images: int) -> list[int]:
     return [int(r) for r in ordered[:images]]
 
 
-def reference_card(url: str, encoder: str, store_path: Path, images: int = 40, workers: int = 4) -> dict:
+def reference_card(url, encoder: str, store_path: Path, images: int = 40, workers: int = 4) -> dict:
     store = Store.open(store_path)
     m = store.manifest
     catalog, dataset = get_catalog(m["catalog"]), open_dataset(m["dataset"])

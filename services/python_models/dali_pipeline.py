@@ -1,33 +1,58 @@
 """Portable DALI model: a serialized pipeline run on the CPU, fed by the config's inputs.
 
-All requests that the dynamic batcher hands over go through one DALI run. A bad image would
-fail the whole run, so on failure each request is retried alone and only the bad ones get an
-INVALID_ARGUMENT error: other requests in the same batch still succeed.
+All requests that the dynamic batcher hands over go through one DALI run, with the decoders'
+messages caught (services/decode_log.py). If the run fails, or a decoder complained, each
+request is run again alone: only the requests whose image failed or was only partly decoded get
+an INVALID_ARGUMENT error (strict decoding) and a structured log line naming the request; the
+others in the batch still succeed.
 """
+
+import hashlib
+import json
 
 import triton_python_backend_utils as pb_utils
 
+from services.decode_log import DecoderMessages, decode_error_message, partial_decode_message
 from services.pipelines import INPUT_NAME, SerializedPipeline
 from services.python_models.common import invalid_argument, model_parameters
-from services.runtime import ImageRejected, check_encoded_image, decode_error_message
+from services.uploads import ImageRejected, Limits, read_header
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config, params, version_dir = model_parameters(args)
+        self.model = args["model_name"]
         self.inputs = [i["name"] for i in config["input"]]
         self.outputs = [o["name"] for o in config["output"]]
         self.pipeline = SerializedPipeline(version_dir / params["pipeline"], config["max_batch_size"],
                                            int(params["num_threads"]))
+        self.messages = DecoderMessages()
+        self.logger = pb_utils.Logger
 
     def _read(self, request) -> dict:
         feeds = {name: list(pb_utils.get_input_tensor_by_name(request, name).as_numpy()) for name in self.inputs}
         for row in feeds.get(INPUT_NAME, []):
-            check_encoded_image(row)
+            read_header(row.tobytes(), Limits())  # the pixel cap, for callers that skip image_gate
         return feeds
 
     def _respond(self, outputs):
         return pb_utils.InferenceResponse([pb_utils.Tensor(n, a) for n, a in zip(self.outputs, outputs)])
+
+    def _run(self, feeds):
+        """(outputs or the exception, decoder messages) of one DALI run."""
+        with self.messages:
+            try:
+                outputs = self.pipeline.run(feeds)
+            except Exception as exc:
+                outputs = exc
+        return outputs, self.messages.lines
+
+    def _log(self, request, feeds, event: str, messages: list[str]) -> None:
+        images = [row.tobytes() for row in feeds.get(INPUT_NAME, [])]
+        self.logger.log_warn(json.dumps({
+            "event": event, "model": self.model, "request_id": request.request_id(),
+            "image_bytes": [len(b) for b in images],
+            "image_sha256": [hashlib.sha256(b).hexdigest()[:16] for b in images], "decoder": messages}))
 
     def execute(self, requests):
         responses = [None] * len(requests)
@@ -42,17 +67,22 @@ class TritonPythonModel:
         if not accepted:
             return responses
         merged = {name: [row for feeds in accepted.values() for row in feeds[name]] for name in self.inputs}
-        try:
-            outputs = self.pipeline.run(merged)
+        outputs, messages = self._run(merged)
+        if not isinstance(outputs, Exception) and not messages:
             start = 0
             for i, feeds in accepted.items():
                 rows = len(feeds[self.inputs[0]])
                 responses[i] = self._respond([o[start:start + rows] for o in outputs])
                 start += rows
-        except Exception:
-            for i, feeds in accepted.items():  # isolate the request(s) that broke the batch
-                try:
-                    responses[i] = self._respond(self.pipeline.run(feeds))
-                except Exception as exc:
-                    responses[i] = invalid_argument(decode_error_message(exc))
+            return responses
+        for i, feeds in accepted.items():  # find the request(s) that failed or made the decoder complain
+            outputs, messages = self._run(feeds)
+            if isinstance(outputs, Exception):
+                self._log(requests[i], feeds, "decode_failed", messages)
+                responses[i] = invalid_argument(decode_error_message(outputs, messages))
+            elif messages:
+                self._log(requests[i], feeds, "partly_decoded", messages)
+                responses[i] = invalid_argument(partial_decode_message(messages))
+            else:
+                responses[i] = self._respond(outputs)
         return responses

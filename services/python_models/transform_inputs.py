@@ -1,6 +1,6 @@
 """`CATALOG_inputs`: everything the expansion needs that is not pixels, per image.
 
-From the image bytes and the optional SEED: the image key (a hash of the bytes), every
+From the image bytes (already admitted by image_gate) and the optional SEED: the image key (a hash of the bytes), every
 transformation's drawn parameters (PARAMS) and the host-rendered inputs (blur kernels, glyphs,
 style references). Parameters are a pure function of (key, transformation id, seed).
 The optional ROWS (which rows the encoder computes, for a refresh) is checked here and passed on,
@@ -11,7 +11,6 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from services.python_models.common import internal_error, invalid_argument, model_parameters
-from services.runtime import ImageRejected, check_encoded_image
 from services.transforms import get_catalog, image_key
 
 
@@ -54,7 +53,6 @@ class TritonPythonModel:
             return invalid_argument(f"send one image per request to the expansion ({len(images)} were sent)")
         seed, uploads = int(_optional(request, "SEED", 0)), bool(_optional(request, "UPLOADS", False))
         rows = self._rows(request)
-        check_encoded_image(images[0])
         key = image_key(images[0].tobytes())
         values = self.catalog.host_inputs(key, seed, uploads)
         values["KEY"] = np.array([key.encode()], dtype=object)
@@ -66,7 +64,7 @@ class TritonPythonModel:
         for request in requests:
             try:
                 responses.append(self._one(request))
-            except (ImageRejected, RowsRejected) as exc:
+            except RowsRejected as exc:
                 responses.append(invalid_argument(str(exc)))
             except Exception as exc:  # our fault, not the image's: clients must not log it as a bad image
                 responses.append(internal_error(f"{self.catalog.name} transform inputs failed: "
