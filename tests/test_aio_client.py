@@ -1,7 +1,6 @@
 """The asyncio client against real servers: retries, errors, TLS and auth headers."""
 
 import asyncio
-import shutil
 import subprocess
 import threading
 
@@ -13,18 +12,15 @@ from clients.embedding import ServiceError
 from services.repository import ModelNames
 from services.server import ServerConfig, TritonServer, free_port
 
-from .conftest import ENCODER
+from .conftest import ENCODER, copy_models
 
 NAMES = ModelNames(ENCODER)
 
 
 @pytest.fixture(scope="module")
 def small_repo(repo, tmp_path_factory):
-    """Only NAME_embed and its two steps: quick to start."""
-    small = tmp_path_factory.mktemp("small_repo")
-    for model in (NAMES.preprocess, NAMES.onnx, NAMES.embed):
-        shutil.copytree(repo / model, small / model)
-    return small
+    """Only NAME_embed and its steps: quick to start."""
+    return copy_models(repo, tmp_path_factory.mktemp("small_repo"), NAMES.embed)
 
 
 def image(data: bytes) -> dict:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 import urllib.error
@@ -22,12 +21,12 @@ from clients.aio import AsyncTritonClient, RequestError
 from clients.connection import Connection, refusal
 from clients.embedding import EmbeddingClient, ServiceError
 from services.expansion_repo import ExpansionNames
-from services.repository import ModelNames, read_config
+from services.repository import ModelNames
 from services.security import ADMIN_KEY_HEADER, API_KEY_HEADER, exposure_args, is_loopback
 from services.server import ServerConfig, ServerError, TritonServer, free_port, loopback_config
 from trainer.deploy import DeployError, connect
 
-from .conftest import ENCODER
+from .conftest import ENCODER, copy_models
 
 NAMES, FINE = ModelNames(ENCODER), ExpansionNames(ENCODER, "fine")
 EQUIPROBE = str(Path(sys.executable).parent / "equiprobe")
@@ -43,19 +42,6 @@ def cert(tmp_path_factory) -> tuple[Path, Path]:
                     str(cert), "-days", "1", "-subj", "/CN=localhost",
                     "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"], check=True, capture_output=True)
     return cert, key
-
-
-def copy_models(repo: Path, out: Path, *ensembles: str) -> Path:
-    """The ensembles and every model their steps use (recursively), copied from `repo`: a quick start."""
-    todo, seen = list(ensembles), set()
-    while todo:
-        model = todo.pop()
-        if model in seen:
-            continue
-        seen.add(model)
-        todo += [step.model_name for step in read_config(repo / model / "config.pbtxt").ensemble_scheduling.step]
-        shutil.copytree(repo / model, out / model)
-    return out
 
 
 @pytest.fixture(scope="module")
