@@ -19,6 +19,7 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from clients.datasets import DatasetError, folder_dataset
+from clients.soak import BAD_OTHER, BAD_REFUSED, GOOD_FAILED, GOOD_OK, run_soak
 from clients.upload_corpus import EMBED, REFUSE, upload_corpus
 from services.decode_log import structured_entries
 from services.repository import InProcessEmbed, ModelNames
@@ -227,3 +228,28 @@ def test_request_over_the_size_cap_is_refused_naming_it(server):
     status, message = outcome(server.config.grpc_url, NAMES.embed, bytes(65 << 20))
     assert status == "StatusCode.INVALID_ARGUMENT" and "over the request size cap of 67,108,864 bytes (64 MB)" in message
     assert isinstance(outcome(server.config.grpc_url, NAMES.embed, CORPUS["rocket/baseline.jpg"].data), np.ndarray)
+
+
+def test_short_soak_of_mixed_uploads_fails_no_good_request(server):
+    report = run_soak(server.config.grpc_url, NAMES.embed, server.group_pids, minutes=0.25, concurrency=16,
+                      interval_s=5, warmup_s=5)
+    assert report.totals[GOOD_FAILED] == 0 and report.totals[BAD_OTHER] == 0, report.failures
+    assert report.totals[GOOD_OK] > 50 and report.totals[BAD_REFUSED] > 50
+    assert len(report.intervals) >= 3 and sum(r["requests_per_s"] > 0 for r in report.intervals) >= 3
+    names = " ".join(report.rss_end_mb)
+    assert "tritonserver" in names and "image_gate (stub" in names and NAMES.preprocess in names
+    assert server.is_ready()
+
+
+def test_decode_failures_past_the_gate_carry_the_decoders_words(server):
+    """NAME_preprocess called directly (no gate): DALI's bare "Failed to decode sample #0 :" or
+    "nvImageCodec failure: '#17'" comes back with what the decoder said."""
+    for name, words in (("coffee/png-cut-at-half", "end of stream|truncated|Premature|error"),
+                        ("coffee/jpeg-cut-at-half", "Premature end of JPEG data")):
+        with pytest.raises(InferenceServerException) as info:
+            infer(server.config.grpc_url, NAMES.preprocess, CORPUS[name].data, outputs=())
+        message = info.value.message()
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT" and re.search(words, message), (name, message)
+        assert "#17" not in message and not message.rstrip().endswith(":"), message
+    entries = structured_entries(list(server.log), "decode_failed")
+    assert any(e["model"] == NAMES.preprocess and e["decoder"] for e in entries)
