@@ -48,12 +48,14 @@ from .repository import (CHECKED, GATE, Flavour, ModelNames, ServingSpec, dali_c
                          ensemble_config, instances, onnx_config, python_model, string_parameters, tensor,
                          write_config)
 from .transforms import get_catalog
+from .transforms.assets import write_bundle
 from .transforms.catalog import AUX_DIMS, AUX_TYPES, Catalog
 from .transforms.expand import PARAMS, serialize_expand, serialize_resize
 
 SUFFIX = {"fine": "31", "general": "_general", "groups": "_groups"}
 SEED, KEY, VERSIONS, CANVAS, UPLOADS = "SEED", "KEY", "VERSIONS", "CANVAS", "UPLOADS"
 MANIFEST = "versions.json"
+BUNDLE = "assets"  # in CATALOG_inputs' version directory; the model reads its assets from here
 _TRITON_TYPE = {types.FLOAT: mc.TYPE_FP32, types.UINT8: mc.TYPE_UINT8}
 
 
@@ -221,6 +223,7 @@ def build_expansion(spec: EncoderSpec, catalog_name: str, repo: Path, flavour: F
     for model in configs:
         version(model).mkdir(parents=True, exist_ok=True)
     python_model(configs[names.inputs], "transform_inputs.py", version(names.inputs))
+    write_bundle(version(names.inputs) / BUNDLE)  # fonts, icons, style references: no matplotlib/skimage at serve time
     serialize_expand(catalog, version(names.expand) / "model.dali", device, serving.max_batch_size,
                      serving.dali_threads, pre=spec.preprocess, emit_canvas=bool(nets))
     dali_models, onnx_models = [names.expand], [names.onnx]

@@ -178,3 +178,33 @@ def test_every_font_icon_and_style_reference_renders():
     assert not set(assets.SEEN_FONTS) & set(assets.HELD_OUT_FONTS)
     assert not set(assets.SEEN_ICONS) & set(assets.HELD_OUT_ICONS)
     assert not set(assets.SEEN_STYLES) & set(assets.HELD_OUT_STYLES)
+
+
+def test_catalog_inputs_from_the_bundle_equal_the_packages_and_need_none_of_them(tmp_path):
+    """What build-repo bundles into CATALOG_inputs gives the same host inputs as the packages,
+    with matplotlib, scikit-image and scikit-learn unimportable (as in the server image)."""
+    import subprocess
+    import sys
+
+    from services.transforms import assets
+
+    assets.write_bundle(tmp_path / "assets")
+    script = f"""
+import sys, numpy as np
+from services.transforms import get_catalog, assets
+cats = [get_catalog(c) for c in ("fine", "general", "groups")]
+keys = [f"{{i:040x}}" for i in range(40)]
+packages = [[c.host_inputs(k, 1, True) for k in keys] for c in cats]
+for m in ("matplotlib", "skimage", "sklearn"):
+    for name in [n for n in sys.modules if n == m or n.startswith(m + ".")]:
+        del sys.modules[name]
+    sys.modules[m] = None  # import now fails
+assets.use_bundle({str(tmp_path / "assets")!r})
+for c, before in zip(cats, packages):
+    for k, b in zip(keys, before):
+        after = c.host_inputs(k, 1, True)
+        assert b.keys() == after.keys() and all(np.array_equal(b[n], after[n]) for n in b), (c.name, k)
+print("same")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "same", done.stderr[-2000:]

@@ -11,7 +11,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from services.python_models.common import internal_error, invalid_argument, model_parameters
-from services.transforms import get_catalog, image_key
+from services.transforms import assets, get_catalog, image_key
 
 
 class RowsRejected(ValueError):
@@ -26,7 +26,9 @@ def _optional(request, name: str, default):
 
 class TritonPythonModel:
     def initialize(self, args):
-        config, params, _ = model_parameters(args)
+        config, params, version_dir = model_parameters(args)
+        if (version_dir / "assets").is_dir():  # written by build-repo (services/transforms/assets.py)
+            assets.use_bundle(version_dir / "assets")
         self.catalog = get_catalog(params["catalog"])
         if self.catalog.version != params["catalog_version"]:
             raise ValueError(f"repository was built for catalog {params['catalog_version']}, "

@@ -4,6 +4,11 @@ All come from files that installed packages ship (matplotlib's DejaVu/STIX/Compu
 fonts and toolbar icons, scikit-image and scikit-learn photographs) and are rendered from the
 transform's drawn parameters, so they are as deterministic as the parameters themselves.
 The pipeline receives them as DALI external inputs; DALI does the blending.
+
+`build-repo` copies those files into each CATALOG_inputs model (`write_bundle`; style references
+already on the canvas), and the model reads them from there (`use_bundle`): the server needs
+neither matplotlib nor scikit-image nor scikit-learn, and a server with other versions of them
+still sees the very files the repository was built with.
 """
 
 from __future__ import annotations
@@ -21,6 +26,16 @@ def _mpl_data() -> Path:
     import matplotlib
 
     return Path(matplotlib.get_data_path())
+
+
+_bundle: list[Path] = []  # set by use_bundle: the directory write_bundle wrote
+
+
+def use_bundle(directory: Path) -> None:
+    """Read fonts, icons and style references from a bundle instead of the packages."""
+    _bundle[:] = [Path(directory)]
+    for cached in (_font, _icon, style_reference):
+        cached.cache_clear()
 
 
 # Fonts and icons: the first group is used in training, the second is held out for the
@@ -61,7 +76,11 @@ def disk_kernel(radius: float) -> np.ndarray:
 
 @lru_cache(maxsize=None)
 def _font(name: str, size: int) -> ImageFont.FreeTypeFont:
-    return ImageFont.truetype(str(_mpl_data() / "fonts" / "ttf" / name), size)
+    return ImageFont.truetype(str(_font_file(name)), size)
+
+
+def _font_file(name: str) -> Path:
+    return _bundle[0] / "fonts" / name if _bundle else _mpl_data() / "fonts" / "ttf" / name
 
 
 def render_text(text: str, font: str, size: int, rgb: tuple[int, int, int]) -> np.ndarray:
@@ -76,9 +95,15 @@ def render_text(text: str, font: str, size: int, rgb: tuple[int, int, int]) -> n
 
 @lru_cache(maxsize=None)
 def _icon(name: str) -> Image.Image:
+    return Image.open(_icon_file(name)).convert("RGBA")
+
+
+def _icon_file(name: str) -> Path:
+    if _bundle:
+        return _bundle[0] / "icons" / f"{name}.png"
     images = _mpl_data() / "images"
     large = images / f"{name}_large.png"  # not every icon has a large version
-    return Image.open(large if large.exists() else images / f"{name}.png").convert("RGBA")
+    return large if large.exists() else images / f"{name}.png"
 
 
 def render_icon(name: str, size: int, rgb: tuple[int, int, int]) -> np.ndarray:
@@ -101,6 +126,8 @@ def colour(hue: float) -> tuple[int, int, int]:
 @lru_cache(maxsize=None)
 def style_reference(name: str) -> np.ndarray:
     """The reference photograph as a CANVAS x CANVAS RGB uint8 array (centre square, resized)."""
+    if _bundle:
+        return np.asarray(Image.open(_bundle[0] / "styles" / f"{name}.png").convert("RGB"))
     from ..photos import package_photos
 
     photo = package_photos()[name]
@@ -109,3 +136,19 @@ def style_reference(name: str) -> np.ndarray:
     top, left = (h - side) // 2, (w - side) // 2
     square = Image.fromarray(photo[top:top + side, left:left + side])
     return np.asarray(square.resize((CANVAS, CANVAS), Image.BILINEAR))
+
+
+def write_bundle(directory: Path) -> Path:
+    """Copy every font, icon and (canvas-sized, lossless) style reference the catalogs use."""
+    import shutil
+
+    directory = Path(directory)
+    for sub in ("fonts", "icons", "styles"):
+        (directory / sub).mkdir(parents=True, exist_ok=True)
+    for name in SEEN_FONTS + HELD_OUT_FONTS:
+        shutil.copy2(_font_file(name), directory / "fonts" / name)
+    for name in SEEN_ICONS + HELD_OUT_ICONS:
+        shutil.copy2(_icon_file(name), directory / "icons" / f"{name}.png")
+    for name in SEEN_STYLES + HELD_OUT_STYLES:
+        Image.fromarray(style_reference(name)).save(directory / "styles" / f"{name}.png")
+    return directory
