@@ -2,12 +2,15 @@
 
 A bounded number of requests in flight, a deadline on every request, retries with exponential
 backoff on UNAVAILABLE and DEADLINE_EXCEEDED only (a server restarting, a slow moment; every
-other error is the request's own fault and is reported at once), optional TLS and auth headers.
+other error is the request's own fault and is reported at once) for up to `retry_for_s` after a
+request's first failure, optional TLS and auth headers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -36,7 +39,11 @@ class ClientOptions:
     url: str
     max_in_flight: int = 8
     timeout_s: float = 120.0
-    retries: int = 5
+    # A request that fails with UNAVAILABLE or DEADLINE_EXCEEDED is retried, with exponential
+    # backoff, until `retry_for_s` seconds after its first failure: long enough for a server to
+    # be restarted (seconds here, a minute for a pod); `retries` (None: no count) also caps it.
+    retries: Optional[int] = None
+    retry_for_s: float = 60.0
     backoff_s: float = 0.25
     max_backoff_s: float = 4.0
     # TLS: PEM files; `ssl` alone uses the system's root certificates.
@@ -56,7 +63,7 @@ class AsyncTritonClient:
         self.client = grpcaio.InferenceServerClient(
             options.url, ssl=options.ssl or bool(options.root_certificates),
             root_certificates=_path(options.root_certificates), private_key=_path(options.private_key),
-            certificate_chain=_path(options.certificate_chain))
+            certificate_chain=_path(options.certificate_chain), channel_args=_channel_args(options))
 
     async def __aenter__(self) -> "AsyncTritonClient":
         return self
@@ -94,7 +101,8 @@ class AsyncTritonClient:
             tensors.append(tensor)
         requested = [InferRequestedOutput(name) for name in outputs]
         async with self._slots:
-            for attempt in range(self.options.retries + 1):
+            first_failure = None  # when this request first failed with a retryable status
+            for attempt in itertools.count():
                 self.attempts += 1
                 try:
                     result = await self.client.infer(model, tensors, outputs=requested,
@@ -106,11 +114,36 @@ class AsyncTritonClient:
                     refused = self._refusal(exc)  # UNAVAILABLE too, but no retry brings a key
                     if refused:
                         raise RequestError(f"{model}: {refused}", status) from None
-                    if status not in RETRYABLE or attempt == self.options.retries:
+                    if status not in RETRYABLE:
                         raise RequestError(f"{model}: {exc.message()}", status) from None
+                    first_failure = first_failure or time.monotonic()
+                    waited = time.monotonic() - first_failure
+                    if waited >= self.options.retry_for_s or attempt == self.options.retries:
+                        raise RequestError(f"{model}: {status.split('.')[-1]} after {attempt + 1} attempts in "
+                                           f"{waited:.0f} s (retry limit: {self.options.retry_for_s:g} s"
+                                           + (f", {self.options.retries} retries" if self.options.retries is not None
+                                              else "") + f"): {exc.message()}", status) from None
                     self.retried += 1
-                    await asyncio.sleep(min(self.options.max_backoff_s, self.options.backoff_s * 2 ** attempt))
+                    backoff = self.options.backoff_s * 2 ** min(attempt, 30)
+                    await asyncio.sleep(min(self.options.max_backoff_s, backoff, self.options.retry_for_s - waited))
         raise AssertionError("unreachable")
+
+
+def _channel_args(options: ClientOptions) -> list[tuple[str, int]]:
+    """tritonclient's own channel arguments, and reconnects at most `max_backoff_s` apart: gRPC's
+    default backoff grows to 120 s, so a channel whose server was down for 15 s only tried again
+    about 10 s after the server was back (measured)."""
+    keepalive = grpcaio.KeepAliveOptions()
+    reconnect_ms = int(max(options.max_backoff_s, 0.1) * 1000)
+    return [("grpc.max_send_message_length", grpcaio.MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.max_receive_message_length", grpcaio.MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+            ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+            ("grpc.initial_reconnect_backoff_ms", min(1000, reconnect_ms)),
+            ("grpc.min_reconnect_backoff_ms", min(1000, reconnect_ms)),
+            ("grpc.max_reconnect_backoff_ms", reconnect_ms)]
 
 
 def _path(p: Optional[Path]) -> Optional[str]:

@@ -153,7 +153,11 @@ def embed(
     dtype: str = typer.Option("float16", help="float16 or float32 embeddings."),
     max_in_flight: int = typer.Option(8, help="Requests in flight at once."),
     timeout: float = typer.Option(120.0, help="Deadline of each request, seconds."),
-    retries: int = typer.Option(5, help="Retries on UNAVAILABLE / DEADLINE_EXCEEDED."),
+    retry_for: float = typer.Option(60.0, help="Seconds a request failing with UNAVAILABLE / DEADLINE_EXCEEDED "
+                                    "(a server restarting) is retried after its first failure; then the job "
+                                    "stops, and a rerun resumes it."),
+    retries: Optional[int] = typer.Option(None, help="At most this many retries of a request (default: as many "
+                                          "as --retry-for allows)."),
     tls: bool = tls_option(),
     root_certificates: Optional[Path] = root_certificates_option(),
     api_key: Optional[str] = api_key_option(),
@@ -193,7 +197,7 @@ def embed(
         job = EmbedJob(dataset, encoder, out, url[0], catalog, limit, parse_shard(shard), seed, dtype, chunk_size,
                        reuse=reuse, uploads=uploads or "",
                        client=connection.client_options(max_in_flight=max_in_flight, timeout_s=timeout,
-                                                        retries=retries))
+                                                        retries=retries, retry_for_s=retry_for))
         if ray:
             from .ray_runner import run_ray_embed
 

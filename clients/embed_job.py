@@ -157,13 +157,23 @@ async def run_embed_job(job: EmbedJob, progress: bool = True) -> dict:
         with bar.bar:
             # Chunks overlap: up to two are in flight so the server never waits on a commit.
             window: list[tuple[list[int], asyncio.Task]] = []
-            for start in range(0, len(pending), job.chunk_size):
-                rows = pending[start:start + job.chunk_size]
-                window.append((rows, asyncio.gather(*(embed_row(r) for r in rows))))
-                if len(window) > 1:
+            try:
+                for start in range(0, len(pending), job.chunk_size):
+                    rows = pending[start:start + job.chunk_size]
+                    window.append((rows, asyncio.gather(*(embed_row(r) for r in rows))))
+                    if len(window) > 1:
+                        await _commit(window.pop(0), writer, bar)
+                while window:
                     await _commit(window.pop(0), writer, bar)
-            for item in window:
-                await _commit(item, writer, bar)
+            except ServiceError as exc:  # the server gone for longer than the retries last, say
+                left = int((np.asarray(writer.arrays["status"]) == PENDING).sum())
+                raise ServiceError(f"{exc}; the job stopped with {left} of {len(indices)} images pending, and "
+                                   f"{job.out} keeps the rows committed so far: run the same command again to "
+                                   "resume") from None
+            finally:
+                for _, task in window:  # the chunk still in flight: stopped, its rows stay pending
+                    task.cancel()
+                await asyncio.gather(*(task for _, task in window), return_exceptions=True)
     summary = {**Store.open(job.out).summary(), "store": str(job.out), "rows_per_image": len(manifest["rows"])}
     if reuse:  # columns of the rows written by this run
         summary.update(reused_columns=reuse.reused, computed_columns=reuse.computed)

@@ -14,16 +14,22 @@
     status.npy       [N] uint8: the completion record: 0 pending, 1 done, 2 failed
     errors.jsonl     one line per failed row: index, key, reason (rewritten at each commit)
 
-Every file is created at full size when the store is created; rows are filled in chunks.
-A chunk is committed by flushing its data, then its status rows, then rewriting the error log
-atomically; a run killed at any point leaves the rows of uncommitted chunks (partly written or
-not) marked pending, and resuming rewrites exactly those rows. Nothing depends on time or
-process, so a resumed store ends byte-identical to an uninterrupted one.
+Every file is created at full size, its disk blocks reserved, when the store is created (a
+memory-mapped write into an unreserved block of a full disk kills the process with SIGBUS; a
+store that does not fit fails at creation with a message instead); rows are filled in chunks.
+A chunk is committed by flushing its data, then rewriting the error log atomically, then
+flushing its status rows; a run killed (or out of disk space) at any point leaves the rows of
+uncommitted chunks (partly written or not) marked pending, and resuming rewrites exactly those
+rows. Nothing depends on time or process, so a resumed store ends byte-identical to an
+uninterrupted one.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -39,7 +45,27 @@ KEY_WIDTH = 96
 
 
 class StoreError(ValueError):
-    """A store that cannot be used as asked (mismatched manifest, missing files)."""
+    """A store that cannot be used as asked (mismatched manifest, missing files, no disk space)."""
+
+
+# Writes that fail for want of space: a full disk, a quota, a file size limit (RLIMIT_FSIZE).
+SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def space_error(exc: OSError, path: Path, doing: str) -> StoreError:
+    free = shutil.disk_usage(path).free if path.exists() else 0
+    return StoreError(f"no disk space to {doing} in {path}: {exc.strerror} ({free / 1e6:.1f} MB free there); "
+                      "free some space and run the same command again: it resumes from the last committed rows")
+
+
+def reserve(path: Path) -> None:
+    """Allocate the disk blocks of a (sparse) store file now, where running out of space is an error."""
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem that cannot: as before
+                raise
 
 
 def _short(value, width: int = 60) -> str:
@@ -65,6 +91,9 @@ class Store:
     mode: str = "r"
 
     FILES = ("embeddings", "params", "keys", "image_keys", "sources", "labels", "split", "index", "status")
+    # What creating a store writes (and write_atomically's staged names), for cleaning up after one.
+    CREATED = (*(f"{name}.npy" for name in FILES), "errors.jsonl", "manifest.json", ".manifest.json.tmp",
+               ".errors.jsonl.tmp")
 
     # -- creation and opening ---------------------------------------------------------------
     @classmethod
@@ -78,10 +107,38 @@ class Store:
             if differences:
                 raise StoreError(f"{path} holds a different store; refusing to overwrite it ("
                                  + "; ".join(differences) + ")")
+            try:
+                for name in cls.FILES:  # a store written before blocks were reserved
+                    if (path / f"{name}.npy").is_file():
+                        reserve(path / f"{name}.npy")
+            except OSError as exc:
+                if exc.errno in SPACE_ERRNOS:
+                    raise space_error(exc, path, "resume the store") from None
+                raise
             return cls(path, found, "r+")
         if path.exists() and any(path.iterdir()):
-            raise StoreError(f"{path} exists, is not empty and has no manifest.json; refusing to write there")
+            if not cls._interrupted_creation(path):
+                raise StoreError(f"{path} exists, is not empty and has no manifest.json; refusing to write there")
+            for item in path.iterdir():  # a creation that was killed or ran out of space: start it again
+                item.unlink()
         path.mkdir(parents=True, exist_ok=True)
+        try:
+            cls._create_files(path, manifest)
+        except OSError as exc:
+            for name in cls.CREATED:  # nothing half-made stays behind
+                (path / name).unlink(missing_ok=True)
+            if exc.errno in SPACE_ERRNOS:
+                raise space_error(exc, path, f"create the store ({cls.size_of(manifest) / 1e6:.1f} MB)") from None
+            raise
+        return cls(path, manifest, "r+")
+
+    @classmethod
+    def _interrupted_creation(cls, path: Path) -> bool:
+        """Only files a creation makes, and no manifest: a creation that did not finish."""
+        return all(item.name in cls.CREATED and item.is_file() for item in path.iterdir())
+
+    @staticmethod
+    def _shapes(manifest: dict) -> dict[str, tuple[tuple[int, ...], str]]:
         n, k, d, w = manifest["count"], len(manifest["rows"]), manifest["dim"], manifest["params_width"]
         shapes = {
             "embeddings": ((n, k, d), manifest["dtype"]), "params": ((n, k, w), "float32"),
@@ -89,14 +146,22 @@ class Store:
             "labels": ((n,), "int32"),
             "split": ((n,), "int8"), "index": ((n,), "int64"), "status": ((n,), "uint8"),
         }
-        for name, (shape, dtype) in shapes.items():
+        return shapes
+
+    @classmethod
+    def size_of(cls, manifest: dict) -> int:
+        return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in cls._shapes(manifest).values())
+
+    @classmethod
+    def _create_files(cls, path: Path, manifest: dict) -> None:
+        for name, (shape, dtype) in cls._shapes(manifest).items():
             array = np.lib.format.open_memmap(path / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
             array.flush()
             del array
+            reserve(path / f"{name}.npy")
         (path / "errors.jsonl").write_text("")
         # The manifest is written last: a store without one was never complete enough to resume.
         write_atomically(path / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
-        return cls(path, manifest, "r+")
 
     @classmethod
     def open(cls, path: Path) -> "Store":
@@ -130,8 +195,10 @@ class Store:
         return self.summary()["pending"] == 0
 
     def errors(self) -> list[dict]:
+        """The failed rows' errors (the log can be ahead of the status: a commit writes it first)."""
         text = (self.path / "errors.jsonl").read_text()
-        return [json.loads(line) for line in text.splitlines() if line]
+        status = self.status()
+        return [e for e in (json.loads(line) for line in text.splitlines() if line) if status[e["row"]] == FAILED]
 
 
 class StoreWriter:
@@ -151,6 +218,7 @@ class StoreWriter:
         a["embeddings"][row] = embeddings.astype(a["embeddings"].dtype)
         a["params"][row] = params
         self._describe(row, key, image_key, label, split, index, source)
+        self.failures.pop(row, None)
 
     def fail(self, row: int, *, key: str, label: int, split: Optional[str], index: int, reason: str,
              source: str = "") -> None:
@@ -170,13 +238,19 @@ class StoreWriter:
         a["index"][row] = index
 
     def commit(self, rows: list[int]) -> None:
-        """Data first, then the completion record, then the error log."""
-        for name in Store.FILES:
-            if name != "status":
-                self.arrays[name].flush()
-        status = self.arrays["status"]
-        for row in rows:
-            status[row] = FAILED if row in self.failures else DONE
-        status.flush()
-        lines = [json.dumps(self.failures[r], sort_keys=True) for r in sorted(self.failures)]
-        write_atomically(self.store.path / "errors.jsonl", "".join(line + "\n" for line in lines))
+        """Data first, then the error log, then the completion record: a row is marked done or
+        failed only once everything about it is on disk."""
+        try:
+            for name in Store.FILES:
+                if name != "status":
+                    self.arrays[name].flush()
+            lines = [json.dumps(self.failures[r], sort_keys=True) for r in sorted(self.failures)]
+            write_atomically(self.store.path / "errors.jsonl", "".join(line + "\n" for line in lines))
+            status = self.arrays["status"]
+            for row in rows:
+                status[row] = FAILED if row in self.failures else DONE
+            status.flush()
+        except OSError as exc:
+            if exc.errno in SPACE_ERRNOS:
+                raise space_error(exc, self.store.path, f"commit {len(rows)} rows") from None
+            raise

@@ -10,8 +10,12 @@ from pathlib import Path
 def write_atomically(path: Path, text: str) -> None:
     """Write beside PATH (a hidden name, so no scan mistakes it for content), flush to disk, rename over."""
     staged = path.with_name(f".{path.name}.tmp")
-    with open(staged, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(staged, path)
+    try:
+        with open(staged, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(staged, path)
+    except BaseException:  # a full disk, say: no half-written staged file stays behind
+        staged.unlink(missing_ok=True)
+        raise

@@ -37,7 +37,7 @@ from trainer.deploy import DetectorNames, deploy
 from trainer.probes import Probe, ProbeConfig
 from trainer.train import train_probes
 
-from .conftest import ENCODER, LIMIT
+from .conftest import ENCODER, LIMIT, copy_models
 from .test_trainer import synthetic_store
 
 EQUIPROBE = str(Path(sys.executable).parent / "equiprobe")
@@ -101,9 +101,7 @@ def softmax_of(probe: Probe, embeddings: np.ndarray) -> np.ndarray:
 
 def base_copy(repo: Path, out: Path) -> Path:
     """The session repository's NAME_embed models only (what the detector needs), copied."""
-    for model in (BASE.preprocess, BASE.onnx, BASE.embed):
-        shutil.copytree(repo / model, out / model)
-    return out
+    return copy_models(repo, out, BASE.embed)
 
 
 def tree_digest(path: Path) -> str:

@@ -17,14 +17,21 @@ on ONNX Runtime in a python-backend model, native on the onnxruntime backend wit
 
 Versions. A deploy writes NAME_probe/<v>/ (model.onnx, the portable model.py, deployed.json)
 completely in a staging directory beside it and renames it into place, so no server ever sees
-half a version; then NAME_probe's config, rewritten atomically, selects it (version_policy
-specific [v]). The selected version is the served one: given --url, deploy asks a server in
-explicit model control to load NAME_probe, then NAME_detector; a server in poll mode finds the
-change by itself and deploy waits for it. Triton serves the old version until the new one is
-ready, then unloads it. `--rollback` selects, the same way, the version the current one replaced
-(versions stay on disk). NAME_probe/deploy_history.json logs each deploy and rollback. (The very
-first deploy creates the two model directories; a polling server that rescans in the instant
-between a directory and its config.pbtxt fails that model once and loads it on its next rescan.)
+half a version; then it selects it (version_policy specific [v]). The selected version is the
+served one: given --url, deploy asks a server in explicit model control to load NAME_probe, then
+NAME_detector; a server in poll mode finds the change by itself and deploy waits for it. Triton
+serves the old version until the new one is ready, then unloads it. `--rollback` selects, the
+same way, the version the current one replaced (versions stay on disk).
+NAME_probe/deploy_history.json logs each deploy and rollback.
+
+Selection, in one step. What a selection changes (both models' config.pbtxt and label files, the
+history) is written whole into a new hidden directory NAME_probe/.selection-<v>-*; those names in
+NAME_probe and NAME_detector are symbolic links through NAME_probe/.selected, and the selection
+is switched by renaming a new `.selected` link over the old one. A deploy or rollback killed at
+any moment leaves the repository serving the old selection or the new one, never a mix (Triton
+ignores hidden directories inside a model directory). The very first deploy builds both model
+directories whole in a hidden directory inside NAME_embed and renames them into the repository,
+NAME_probe first: killed in between, the repository has a complete probe model and no detector.
 
 Refusal. A probe trained for another encoder, encoder ONNX file, embedding size or catalog
 version than the repository serves is refused with one line naming both values, before anything
@@ -42,8 +49,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
-
-from services.files import write_atomically
 
 from .detector_scores import DEFAULT_TARGET_FPR, load_scores
 from .probe_export import (CATEGORY_PROBS, EMBEDDING, EMBEDDING_OUT, MANIPULATED, MANIPULATION_SCORE, OUTPUTS,
@@ -258,6 +263,7 @@ def place_version(staged: Path, model_dir: Path, version: int) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
     final = model_dir / str(version)
     try:
+        os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the version from a server running as another user
         for item in staged.iterdir():
             shutil.copy2(item, staging / item.name)
         os.rename(staging, final)
@@ -270,25 +276,147 @@ def place_version(staged: Path, model_dir: Path, version: int) -> Path:
     return final
 
 
-def log_event(model_dir: Path, event: dict) -> None:
-    path = model_dir / HISTORY
-    history = json.loads(path.read_text()) if path.is_file() else {"model": model_dir.name, "events": []}
-    history["events"].append(event)
-    write_atomically(path, json.dumps(history, indent=2))
+SELECTED = ".selected"  # NAME_probe/.selected -> .selection-<v>-*: the selection both models read
+SELECTION_PREFIX = ".selection-"
+# The names each model directory reads through NAME_probe/.selected: name there -> name in the selection.
+PROBE_LINKS = {"config.pbtxt": "probe.pbtxt", **{f: f for f in LABEL_FILES.values()}, HISTORY: HISTORY}
+DETECTOR_LINKS = {"config.pbtxt": "detector.pbtxt", **{f: f for f in LABEL_FILES.values()}}
 
 
-def select(served: ServedEncoder, names: DetectorNames, meta: dict) -> None:
-    """Point the repository at one probe version: label files, then NAME_probe's and NAME_detector's configs."""
-    from services.repository import write_config
+def select(served: ServedEncoder, names: DetectorNames, meta: dict, event: dict,
+           new_version: Optional[Path] = None) -> None:
+    """Make the repository serve `meta`'s version (placing `new_version`, a finished version
+    directory, first), and log `event` in the history, in one atomic switch (module docstring)."""
+    from services.repository import ModelNames
 
     probe_dir, detector_dir = served.repo / names.probe, served.repo / names.detector
-    (detector_dir / "1").mkdir(parents=True, exist_ok=True)  # an ensemble's (empty) version
+    history_file = probe_dir / HISTORY
+    history = (json.loads(history_file.read_text()) if history_file.is_file()
+               else {"model": names.probe, "events": []})
+    history["events"].append(event)
+    files = _selection_files(served, names, meta, history)
+    if probe_dir.is_dir():
+        if new_version is not None:
+            place_version(new_version, probe_dir, meta["version"])
+        _adopt(probe_dir, detector_dir)
+        previous = os.readlink(probe_dir / SELECTED)
+        selection = _write_selection(probe_dir, meta["version"], files)
+        _link(probe_dir / SELECTED, selection.name, selection)  # the switch
+        _fsync_dir(probe_dir)
+        if detector_dir.is_dir():
+            _link_all(probe_dir, detector_dir, selection)  # links an adopted selection had no file for
+        else:  # a first deploy killed between its two renames
+            _staged_model_dirs(served.repo / ModelNames(served.parts[0].name).embed, (names.detector,),
+                               lambda staging: _detector_dir(staging / names.detector, names), served.repo)
+        _prune(probe_dir, keep={previous, selection.name})
+        return
+
+    def build(staging: Path) -> None:
+        probe = staging / names.probe
+        probe.mkdir()
+        if new_version is not None:
+            place_version(new_version, probe, meta["version"])
+        os.symlink(_write_selection(probe, meta["version"], files).name, probe / SELECTED)
+        for name, target in PROBE_LINKS.items():
+            os.symlink(f"{SELECTED}/{target}", probe / name)
+        _detector_dir(staging / names.detector, names)
+
+    # The first deploy: both model directories made whole where Triton does not look (a hidden
+    # directory inside NAME_embed; a hidden one in the repository would be taken for a model).
+    _staged_model_dirs(served.repo / ModelNames(served.parts[0].name).embed,
+                       (names.probe, names.detector), build, served.repo)
+
+
+def _selection_files(served: ServedEncoder, names: DetectorNames, meta: dict, history: dict) -> dict[str, str]:
+    from google.protobuf import text_format
+
     labels = {TRANSFORM_PROBS: meta["classes"], CATEGORY_PROBS: meta["categories"]}
-    for model_dir in (probe_dir, detector_dir):
-        for output, filename in LABEL_FILES.items():
-            write_atomically(model_dir / filename, "\n".join(labels[output]) + "\n")
-    write_config(probe_dir, probe_config(served, meta))
-    write_config(detector_dir, detector_config(served, names, meta))
+    return {"probe.pbtxt": text_format.MessageToString(probe_config(served, meta)),
+            "detector.pbtxt": text_format.MessageToString(detector_config(served, names, meta)),
+            **{LABEL_FILES[output]: "\n".join(values) + "\n" for output, values in labels.items()},
+            HISTORY: json.dumps(history, indent=2)}
+
+
+def _write_selection(probe_dir: Path, version: int, files: dict[str, str]) -> Path:
+    selection = Path(tempfile.mkdtemp(prefix=f"{SELECTION_PREFIX}{version}-", dir=probe_dir))
+    os.chmod(selection, 0o755)  # mkdtemp's 0700 would hide it from a server running as another user
+    for name, text in files.items():
+        with open(selection / name, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    _fsync_dir(selection)
+    return selection
+
+
+def _detector_dir(path: Path, names: DetectorNames) -> None:
+    (path / "1").mkdir(parents=True)  # an ensemble's (empty) version
+    for name, target in DETECTOR_LINKS.items():
+        os.symlink(f"../{names.probe}/{SELECTED}/{target}", path / name)
+
+
+def _staged_model_dirs(staging_parent: Path, dirs: tuple[str, ...], build, repo: Path) -> None:
+    """Build model directories in a hidden staging directory, then rename each into `repo` (in
+    the order of `dirs`), so that each appears complete or not at all."""
+    staging = Path(tempfile.mkdtemp(prefix=".deploy-", dir=staging_parent))
+    try:
+        build(staging)
+        for name in dirs:
+            os.chmod(staging / name, 0o755)
+            os.rename(staging / name, repo / name)
+        _fsync_dir(repo)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _adopt(probe_dir: Path, detector_dir: Path) -> None:
+    """A repository deployed before selections: its selection's files, copied as they are into a
+    selection, become links to it one by one (each link shows the same content: no switch yet)."""
+    if (probe_dir / SELECTED).is_symlink():
+        return
+    files = {}
+    for model_dir, links in ((probe_dir, PROBE_LINKS), (detector_dir, DETECTOR_LINKS)):
+        for name, target in links.items():
+            if (model_dir / name).is_file():
+                files[target] = (model_dir / name).read_text()
+    selection = _write_selection(probe_dir, selected_version(probe_dir) or 0, files)
+    _link(probe_dir / SELECTED, selection.name, selection)
+    _link_all(probe_dir, detector_dir, selection, only=set(files))
+
+
+def _link_all(probe_dir: Path, detector_dir: Path, selection: Path, only: Optional[set] = None) -> None:
+    """Each name the two model directories read through `.selected` (of `only`) as a link there."""
+    for model_dir, links, prefix in ((probe_dir, PROBE_LINKS, ""),
+                                     (detector_dir, DETECTOR_LINKS, f"../{probe_dir.name}/")):
+        for name, target in links.items():
+            if (only is None or target in only) and not (model_dir / name).is_symlink():
+                _link(model_dir / name, f"{prefix}{SELECTED}/{target}", selection)
+
+
+def _link(path: Path, target: str, staging: Path) -> None:
+    """Make `path` a symbolic link to `target`, replacing whatever is there in one rename. The link
+    is made inside `staging` (a selection directory): Triton stats every entry of a model
+    directory, and fails the model on one that leads nowhere, as a killed deploy's leftover link
+    would once its selection is pruned; inside a selection it is never looked at, and goes with it."""
+    staged = staging / f".link-{path.name}"
+    staged.unlink(missing_ok=True)
+    os.symlink(target, staged)
+    os.replace(staged, path)
+
+
+def _prune(probe_dir: Path, keep: set[str]) -> None:
+    """Selections no longer selected (the one before is kept: a server may still be reading it)."""
+    for old in probe_dir.glob(f"{SELECTION_PREFIX}*"):
+        if old.name not in keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # -- the server -----------------------------------------------------------------------------
@@ -454,11 +582,9 @@ def deploy(probe_dirs: list[Path], repo: Path, url=None, timeout_s: float = 120.
             from services.repository import PYTHON_MODELS
 
             shutil.copy2(PYTHON_MODELS / "onnx_encoder.py", staged / "model.py")
-        model_dir.mkdir(exist_ok=True)
-        place_version(staged, model_dir, version)
-    log_event(model_dir, {"action": "deploy", "version": version, "replaced": replaced, "at": meta["deployed_at"],
-                          "probes": {task: p["path"] for task, p in meta["probes"].items()}})
-    select(served, names, meta)
+        select(served, names, meta, {"action": "deploy", "version": version, "replaced": replaced,
+                                     "at": meta["deployed_at"],
+                                     "probes": {task: p["path"] for task, p in meta["probes"].items()}}, staged)
     result = DeployResult("deploy", repo, served.flavour, names, version, replaced, meta)
     if client is not None:
         result.server = switch_server(client, url, names, version, timeout_s)
@@ -496,8 +622,7 @@ def rollback(repo: Path, encoder: Optional[str] = None, url=None,
     for task, probe in meta["probes"].items():
         check_probe(probe["record"], f"{names.probe} version {target}", task, served)
     client = connect(url) if url else None
-    log_event(model_dir, {"action": "rollback", "version": target, "replaced": current, "at": now()})
-    select(served, names, meta)
+    select(served, names, meta, {"action": "rollback", "version": target, "replaced": current, "at": now()})
     result = DeployResult("rollback", repo, served.flavour, names, target, current, meta)
     if client is not None:
         result.server = switch_server(client, url, names, target, timeout_s)
