@@ -19,9 +19,9 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print side-b
 
 def bench_repo(repo: Path, encoder: str) -> Path:
     """The benchmarks' repository: built once, reused by later runs."""
-    from services.repository import build_repo
+    from services.repository import GATE, build_repo
 
-    if not (repo / f"{encoder}_embed31" / "config.pbtxt").exists():
+    if not all((repo / m / "config.pbtxt").exists() for m in (f"{encoder}_embed31", GATE)):
         build_repo(encoder, repo)
     return repo
 
@@ -399,3 +399,54 @@ def bench_embed(
     table.add_row(f"naive loop: Pillow + torch eager, one at a time ({naive_images} images)", f"{naive:.3f}",
                   f"{naive * k:.1f}", f"embed is {end_to_end / naive:.1f}x")
     Console(width=150).print(table)
+
+
+@bench_app.command("soak")
+def bench_soak(
+    encoder: str = typer.Option("squeezenet1_1"),
+    repo: Path = typer.Option(Path("build/bench/model_repository"), help="Built if it has no NAME_embed31."),
+    minutes: float = typer.Option(10.0, min=0.1, max=120.0, help="How long to run (bounded)."),
+    concurrency: int = typer.Option(16, min=1, max=256, help="Requests in flight."),
+    interval_s: float = typer.Option(10.0, min=1.0, help="Seconds per reported interval."),
+    warmup_s: float = typer.Option(90.0, min=0.0, help="Seconds under the full load before the RSS growth baseline "
+                                   "(DALI's buffers reach their size in about a minute at concurrency 16)."),
+    json_out: Optional[Path] = typer.Option(Path("build/bench/soak.json"), "--json", help="Figures (JSON)."),
+    plot: Optional[Path] = typer.Option(Path("build/bench/soak.png"), help="Throughput and RSS plot (PNG)."),
+) -> None:
+    """Mixed good and bad uploads (clients/upload_corpus.py) to NAME_embed on a loopback server:
+    throughput over time, outcomes, and RSS of the server and every stub at start and end."""
+    from services.server import TritonServer, loopback_config
+
+    from .soak import GOOD_FAILED, plot_soak, run_soak
+
+    bench_repo(repo, encoder)
+    console = Console()
+    with TritonServer(loopback_config(repo)) as server:  # loopback only: a soak never leaves this machine
+        def show(row: dict) -> None:
+            console.print(f"{row['end_s']:7.1f} s  {row['requests_per_s']:6.1f} req/s  {row['good_per_s']:6.1f} good/s  "
+                          f"good ok {row['good_ok']}  good failed {row['good_failed']}  bad refused "
+                          f"{row['bad_refused']}  bad other {row['bad_other']}", highlight=False)
+        report = run_soak(server.config.grpc_url, f"{encoder}_embed", server.group_pids, minutes, concurrency,
+                          interval_s, warmup_s, progress=show)
+    table = Table("process", "RSS before load (MB)", f"after {warmup_s:g} s warm-up", "at end", "end / warm-up")
+    for name in sorted(report.rss_start_mb):
+        start, end = report.rss_start_mb[name], report.rss_end_mb.get(name, 0.0)
+        table.add_row(name, f"{report.rss_before_load_mb.get(name, 0.0):.1f}", f"{start:.1f}", f"{end:.1f}",
+                      f"{end / start:.3f}" if start else "-")
+    console.print(table)
+    console.print(f"totals {report.totals} in {report.seconds:.0f} s; RSS growth after warm-up (all processes) "
+                  f"{report.rss_growth:+.1%}, largest single process {report.largest_process_growth[0]} "
+                  f"{report.largest_process_growth[1]:+.1%}; target: 0 failed good requests, growth under 10%",
+                  highlight=False)
+    for failure in report.failures:
+        console.print(f"  {failure}", highlight=False)
+    for path in (json_out, plot):
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    if json_out:
+        json_out.write_text(json.dumps(report.as_json(), indent=2))
+    if plot:
+        plot_soak(report, plot)
+    print(f"wrote {json_out} {plot}")
+    if report.totals.get(GOOD_FAILED) or report.totals.get("bad_other"):
+        raise typer.Exit(code=1)

@@ -44,8 +44,15 @@ class SoakReport:
         start, end = sum(self.rss_start_mb.values()), sum(self.rss_end_mb.values())
         return end / start - 1 if start else 0.0
 
+    @property
+    def largest_process_growth(self) -> tuple[str, float]:
+        """The process whose RSS grew most after the warm-up, and by how much."""
+        growth = {n: self.rss_end_mb.get(n, 0.0) / mb - 1 for n, mb in self.rss_start_mb.items() if mb}
+        name = max(growth, key=growth.get, default="")
+        return name, growth.get(name, 0.0)
+
     def as_json(self) -> dict:
-        return {**asdict(self), "rss_growth": self.rss_growth}
+        return {**asdict(self), "rss_growth": self.rss_growth, "largest_process_growth": self.largest_process_growth}
 
 
 def process_name(pid: int) -> str:
@@ -79,7 +86,7 @@ def _send(client, model: str, data: bytes):
 
 
 def run_soak(url: str, model: str, pids, minutes: float, concurrency: int = 16, interval_s: float = 10.0,
-             warmup_s: float = 30.0, progress=None) -> SoakReport:
+             warmup_s: float = 90.0, progress=None) -> SoakReport:
     """`pids()` lists the server's processes (server and stubs), read at start and end."""
     uploads = [u for u in upload_corpus() if len(u.data) < 16 << 20]
     warm = grpcclient.InferenceServerClient(url)
@@ -134,12 +141,15 @@ def run_soak(url: str, model: str, pids, minutes: float, concurrency: int = 16, 
             report.rss_start_mb = rss_mb(pids())
         if now - last < interval_s and now < deadline:
             continue
+        if now - last < interval_s / 2 and report.intervals:
+            continue  # the sliver after the deadline: its counts are in the totals
         with lock:
             snapshot = Counter(counts)
         delta = snapshot - previous
         good = delta[GOOD_OK] + delta[GOOD_FAILED]
         row = {"end_s": round(now - start, 1), **{k: delta[k] for k in (GOOD_OK, GOOD_FAILED, BAD_REFUSED, BAD_OTHER)},
                "good_per_s": good / max(now - last, 1e-9), "requests_per_s": sum(delta.values()) / max(now - last, 1e-9)}
+        row["rss_mb"] = rss_mb(pids())  # per process, to tell a plateau from a leak
         report.intervals.append(row)
         if progress:
             progress(row)
@@ -159,21 +169,20 @@ def plot_soak(report: SoakReport, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
     t = [r["end_s"] for r in report.intervals]
     left.plot(t, [r["requests_per_s"] for r in report.intervals], label="all requests/s")
     left.plot(t, [r["good_per_s"] for r in report.intervals], label="good uploads/s")
     left.set_xlabel("seconds")
     left.set_title(f"{report.model}, concurrency {report.concurrency}")
     left.legend()
-    names = sorted(report.rss_start_mb)
-    y = np.arange(len(names))
-    right.barh(y - 0.2, [report.rss_start_mb[n] for n in names], 0.4, label="after warm-up")
-    right.barh(y + 0.2, [report.rss_end_mb.get(n, 0) for n in names], 0.4, label="end")
-    right.set_yticks(y, names, fontsize=7)
-    right.set_xlabel("RSS (MB)")
-    right.set_title(f"RSS growth {report.rss_growth:+.1%}")
-    right.legend()
+    for name in sorted(report.rss_end_mb, key=lambda n: -report.rss_end_mb[n])[:6]:  # the largest processes
+        right.plot(t, [r["rss_mb"].get(name, np.nan) for r in report.intervals], label=name)
+    right.axvline(report.warmup_s, color="gray", linestyle=":", label="end of warm-up")
+    right.set_xlabel("seconds")
+    right.set_ylabel("RSS (MB)")
+    right.set_title(f"RSS growth after warm-up {report.rss_growth:+.1%} (all processes)")
+    right.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)

@@ -125,9 +125,9 @@ def test_unreadable_files_are_skipped_logged_and_counted(server, photos, tmp_pat
     store = Store.open(tmp_path / "store")
     assert list(store.status()) == [DONE, FAILED, FAILED, FAILED, DONE]
     reasons = {e["key"]: e["reason"] for e in store.errors()}
-    assert "could not be decoded" in reasons["things/b_truncated.jpg"]
+    assert "JPEG is truncated" in reasons["things/b_truncated.jpg"]
     assert "empty" in reasons["things/c_empty.png"]
-    assert "not a JPEG, PNG or BMP" in reasons["things/d_text.bmp"]
+    assert "not an image file of an accepted format" in reasons["things/d_text.bmp"]
     assert not store.array("embeddings")[1].any() and store.array("embeddings")[0].any()
     info = subprocess.run([EQUIPROBE, "store", "info", str(tmp_path / "store")], capture_output=True, text=True)
     assert "2 done, 3 failed, 0 pending of 5" in info.stdout and "b_truncated.jpg" in info.stdout
