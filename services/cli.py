@@ -135,6 +135,8 @@ def serve(
                                           "stays open). Prefer the environment variable."),
     metrics_host: Optional[str] = typer.Option(None, help="Address for Prometheus metrics (plaintext, no auth in "
                                                "Triton; default --host); 127.0.0.1 keeps them local."),
+    restart_dead_stubs: bool = typer.Option(True, help="Restart the server when a python-backend stub dies (Triton "
+                                            "2.51 keeps such a model READY and fails its every request)."),
 ) -> None:
     """Run the real Triton server on this repository until SIGINT/SIGTERM.
 
@@ -151,7 +153,7 @@ def serve(
                           metrics_port=metrics_port, model_control_mode=model_control,
                           repository_poll_secs=repository_poll_secs, tls_cert=tls_cert, tls_key=tls_key,
                           insecure=insecure, admin_key=admin_key or None, api_key=api_key or None,
-                          metrics_host=metrics_host)
+                          metrics_host=metrics_host, restart_dead_stubs=restart_dead_stubs)
     try:
         config.check()  # before anything starts: a server that must not be exposed never binds
     except ServerError as exc:
@@ -169,9 +171,9 @@ def serve(
     keys = ", ".join(k for k, v in (("admin key", config.admin_key), ("api key", config.api_key)) if v)
     console.print(f"[green]ready[/green]: {grpc}, {http}, metrics {metrics_host or host}:{metrics_port}"
                   f"{'; ' + keys + ' required' if keys else ''}; Ctrl-C stops", highlight=False)
-    while not stop.is_set() and server.process.poll() is None:
+    while not stop.is_set() and (server.process.poll() is None or server.restarting):
         stop.wait(0.5)
-    died = server.process.poll() is not None
+    died = server.process.poll() is not None and not server.restarting
     server.stop()
     if died:
         raise fail(f"tritonserver exited unexpectedly with code {server.process.returncode}")

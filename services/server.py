@@ -9,6 +9,7 @@ demo; `equiprobe serve` runs it in the foreground.
 from __future__ import annotations
 
 import collections
+import contextlib
 import importlib.util
 import os
 import re
@@ -99,6 +100,10 @@ class ServerConfig:
     admin_key: Optional[str] = field(default=None, repr=False)
     api_key: Optional[str] = field(default=None, repr=False)
     metrics_host: Optional[str] = None  # default: host
+    # Triton 2.51 never restarts a python-backend stub that died (killed, out of memory): the model
+    # stays READY and fails every request. With this on, a dead stub restarts the whole server
+    # (clients see UNAVAILABLE for the few seconds it takes, which they retry).
+    restart_dead_stubs: bool = False
     # More tritonserver flags.
     extra_args: tuple[str, ...] = ()
 
@@ -154,6 +159,10 @@ class TritonServer:
         self.log: collections.deque[str] = collections.deque(maxlen=5000)
         self.shm_prefix = f"equiprobe_{os.getpid()}_{id(self) & 0xFFFF:x}_"
         self._reader: Optional[threading.Thread] = None
+        self._watchdog: Optional[threading.Thread] = None
+        self._closing = threading.Event()
+        self.restarting = False  # true while the watchdog replaces a server whose stub died
+        self.restarts = 0
 
     # -- lifecycle -------------------------------------------------------------------------
     def command(self) -> list[str]:
@@ -185,6 +194,14 @@ class TritonServer:
             raise ServerError(f"unknown model control mode {self.config.model_control_mode!r}; "
                               f"use {', '.join(MODEL_CONTROL_MODES)}")
         self.config.check()
+        self._closing.clear()
+        self._launch()
+        if self.config.restart_dead_stubs and self._watchdog is None:
+            self._watchdog = threading.Thread(target=self._watch_stubs, daemon=True)
+            self._watchdog.start()
+        return self
+
+    def _launch(self) -> None:
         self.process = subprocess.Popen(
             self.command(), env=server_environment(), stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True,
@@ -194,9 +211,54 @@ class TritonServer:
         try:
             self.wait_ready(self.config.startup_timeout_s)
         except BaseException:
-            self.stop()
+            self._terminate()
             raise
-        return self
+
+    def dead_stubs(self) -> list[int]:
+        """Children of the server that died and were not reaped: python-backend stubs killed under
+        it (Triton reaps the stubs it stops itself, on unload or shutdown)."""
+        if self.process is None:
+            return []
+        dead = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] == "Z" and int(fields[1]) == self.process.pid:  # state, parent pid
+                dead.append(int(stat.parent.name))
+        return dead
+
+    def _watch_stubs(self, every_s: float = 0.5) -> None:
+        seen: set[int] = set()
+        while not self._closing.wait(every_s):
+            if self.process is None or self.process.poll() is not None:
+                continue  # the server itself died: whoever runs it reports that
+            dead = set(self.dead_stubs())
+            if not dead & seen:  # dead on two looks in a row: not a stub Triton is about to reap
+                seen = dead
+                continue
+            message = (f'{{"event": "stub_died", "pids": {sorted(dead & seen)}, "action": "restarting '
+                       f'tritonserver", "restarts": {self.restarts + 1}}}')
+            self.log.append(message)
+            if self.echo:
+                self.echo(message)
+            self.restarting = True
+            try:
+                # No graceful shutdown: it unloads models while the endpoints still answer
+                # (NOT_FOUND to clients); killed, the ports refuse and clients see UNAVAILABLE.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self._terminate()
+                if not self._closing.is_set():
+                    self._launch()
+                    self.restarts += 1
+            except ServerError as exc:
+                if self.echo:
+                    self.echo(f"restart failed: {exc}")
+            finally:
+                self.restarting = False
+                seen = set()
 
     def _read_log(self) -> None:
         assert self.process and self.process.stdout
@@ -241,6 +303,13 @@ class TritonServer:
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM, wait, then SIGKILL the whole process group; remove leftover shared memory."""
+        self._closing.set()
+        if self._watchdog and self._watchdog is not threading.current_thread():
+            self._watchdog.join(timeout=timeout_s + 10)
+            self._watchdog = None
+        self._terminate(timeout_s)
+
+    def _terminate(self, timeout_s: float = 20.0) -> None:
         if self.process is None:
             return
         pgid = self.process.pid

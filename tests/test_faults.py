@@ -519,3 +519,32 @@ def test_a_repository_deployed_before_selections_is_taken_over_whole(repo, deplo
     assert deploy([deploy_probes[1]], target).replaced == 1
     assert state_of(target) == (2, 2) and (target / f"{ENCODER}_detector" / "config.pbtxt").is_symlink()
     assert rollback(target).version == 1 and state_of(target) == (1, 3)
+
+
+def test_with_restart_dead_stubs_a_killed_stub_restarts_the_server_and_requests_succeed_again(repo, jpegs, tmp_path):
+    """`equiprobe serve` (restart_dead_stubs): the watchdog sees the unreaped stub and restarts the
+    server on the same ports; requests meanwhile fail fast (the stub's INTERNAL, then UNAVAILABLE)."""
+    small = copy_models(repo, tmp_path / "repo", f"{ENCODER}_embed")
+    config = loopback_config(small, restart_dead_stubs=True)
+    image = jpegs["astronaut"]
+    with TritonServer(config) as server:
+        client = grpcclient.InferenceServerClient(config.grpc_url)
+        before = client.infer(f"{ENCODER}_embed", [as_image_input(image)], client_timeout=20).as_numpy("EMBEDDING")
+        victim = stub_of(server, "image_gate")
+        os.kill(victim, signal.SIGKILL)
+        statuses, deadline = [], time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                after = client.infer(f"{ENCODER}_embed", [as_image_input(image)], client_timeout=10)
+                if server.restarts:
+                    break
+            except InferenceServerException as exc:
+                statuses.append((str(exc.status()), exc.message()))
+            time.sleep(0.2)
+        assert server.restarts == 1 and server.is_ready()
+        np.testing.assert_array_equal(after.as_numpy("EMBEDDING"), before)
+        for status, message in statuses:  # fast, named failures only: never a hang
+            assert status == "StatusCode.UNAVAILABLE" or "is not healthy" in message, (status, message)
+        assert victim not in server.group_pids() and stub_of(server, "image_gate") != victim
+        assert any('"event": "stub_died"' in line for line in server.log)
+        client.close()
