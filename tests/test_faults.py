@@ -283,7 +283,12 @@ def test_a_full_disk_stops_the_job_with_a_clear_error_and_a_rerun_resumes_byte_i
         assert job.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
         assert f"error: no disk space to commit {CHUNK} rows in {out}: No space left on device" in stderr
         assert "run the same command again" in stderr
-        assert list(Store.open(out).status()) == [DONE] * 4 + [PENDING] * 2
+        # How many chunks landed before the disk filled depends on timing; never a half chunk,
+        # a failure recorded without its log, or a row after a pending one.
+        status = list(Store.open(out).status())
+        done = status.count(DONE)
+        assert status == [DONE] * done + [PENDING] * (len(status) - done) and done < len(status), status
+        assert done % CHUNK == 0, status
         assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in folder_store.iterdir())
 
         # Space again: the same command resumes and ends where an uninterrupted run ends.
