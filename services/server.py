@@ -219,15 +219,7 @@ class TritonServer:
         it (Triton reaps the stubs it stops itself, on unload or shutdown)."""
         if self.process is None:
             return []
-        dead = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if fields[0] == "Z" and int(fields[1]) == self.process.pid:  # state, parent pid
-                dead.append(int(stat.parent.name))
-        return dead
+        return [pid for pid, state, parent, _ in _processes() if state == "Z" and parent == self.process.pid]
 
     def _watch_stubs(self, every_s: float = 0.5) -> None:
         seen: set[int] = set()
@@ -341,19 +333,20 @@ class TritonServer:
         """Live processes in the server's process group (server and stubs)."""
         if self.process is None:
             return []
-        pids = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            # fields[0] is the state, fields[2] the process group id
-            if int(fields[2]) == self.process.pid and fields[0] != "Z":
-                pids.append(int(stat.parent.name))
-        return pids
+        return [pid for pid, state, _, group in _processes() if group == self.process.pid and state != "Z"]
 
     def shared_memory_files(self) -> list[Path]:
         return sorted(Path("/dev/shm").glob(self.shm_prefix + "*"))
+
+
+def _processes():
+    """(pid, state, parent pid, process group) of every process, from /proc/PID/stat."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, parent, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue
+        yield int(stat.parent.name), state, int(parent), int(group)
 
 
 def free_port() -> int:
