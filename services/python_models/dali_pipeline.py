@@ -26,13 +26,16 @@ class TritonPythonModel:
         self.outputs = [o["name"] for o in config["output"]]
         self.pipeline = SerializedPipeline(version_dir / params["pipeline"], config["max_batch_size"],
                                            int(params["num_threads"]))
+        # The pixel cap (build-repo --max-pixels), also here for callers that skip image_gate. No
+        # size cap: the gate caps the upload, and its PPM of a large HEIC may be bigger than that.
+        self.limits = Limits(max_request_bytes=1 << 62, max_pixels=int(params.get("max_pixels", Limits().max_pixels)))
         self.messages = DecoderMessages()
         self.logger = pb_utils.Logger
 
     def _read(self, request) -> dict:
         feeds = {name: list(pb_utils.get_input_tensor_by_name(request, name).as_numpy()) for name in self.inputs}
         for row in feeds.get(INPUT_NAME, []):
-            read_header(row.tobytes(), Limits())  # the pixel cap, for callers that skip image_gate
+            read_header(row.tobytes(), self.limits)
         return feeds
 
     def _respond(self, outputs):
