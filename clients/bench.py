@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from services.repository import InProcessEmbed, ServingSpec
-from services.runtime import ort_session
+from equiprobe.services.repository import InProcessEmbed, ServingSpec
+from equiprobe.services.runtime import ort_session
 
 from .embedding import EmbeddingClient
 from .photos import encode, package_photos
@@ -153,7 +153,7 @@ def server_side_expansion(url: str, encoder: str, catalog: str, images: list[byt
     """Images/s through NAME_embed31 (or _general): one upload per image."""
     import tritonclient.grpc as grpcclient
 
-    from services.expansion_repo import ExpansionNames
+    from equiprobe.services.expansion_repo import ExpansionNames
     from .embedding import as_image_input
 
     model = ExpansionNames(encoder, catalog).embed
@@ -171,7 +171,7 @@ def server_side_expansion(url: str, encoder: str, catalog: str, images: list[byt
 def client_side_expansion(url: str, encoder: str, expander, images: list[bytes], concurrency: int) -> float:
     """Images/s when the client expands each image (DALI, in-process), encodes every version as
     JPEG (quality 95) and uploads each one to NAME_embed."""
-    from services.transforms import image_key
+    from equiprobe.services.transforms import image_key
 
     local = threading.local()
 
@@ -195,9 +195,9 @@ def expansion_dali_vs_pillow(catalog, images: list[bytes], batch: int = 8) -> tu
     """Images/s of the 31x expansion alone (canvases, no encoder): DALI on the CPU vs Pillow/numpy."""
     import tempfile
 
-    from services.transforms import image_key
-    from services.transforms.expand import Expander, serialize_expand
-    from services.transforms.reference import expand_reference
+    from equiprobe.services.transforms import image_key
+    from equiprobe.services.transforms.expand import Expander, serialize_expand
+    from equiprobe.services.transforms.reference import expand_reference
 
     with tempfile.TemporaryDirectory() as tmp:
         expander = Expander(serialize_expand(catalog, Path(tmp) / "e.dali", "cpu", batch, 2), catalog, batch, 2)
@@ -223,9 +223,9 @@ def best_rate(measure, batch_sizes) -> tuple[float, int]:
 
 def expansion_stage_rate(repo: Path, encoder: str, images: list[bytes], batch: int) -> float:
     """DALI decoding + every transformation + resize/crop for the encoder, host inputs included."""
-    from services.expansion_repo import ExpansionNames
-    from services.transforms import get_catalog, image_key
-    from services.transforms.expand import Expander
+    from equiprobe.services.expansion_repo import ExpansionNames
+    from equiprobe.services.transforms import get_catalog, image_key
+    from equiprobe.services.transforms.expand import Expander
 
     names = ExpansionNames(encoder, "fine")
     expander = Expander(repo / names.expand / "1" / "model.dali", get_catalog("fine"), batch, 2)
@@ -239,7 +239,7 @@ def expansion_stage_rate(repo: Path, encoder: str, images: list[bytes], batch: i
 
 def encoder_stage_rate(repo: Path, encoder: str, images: int, batch: int) -> float:
     """The K-version encoder (normalization + ONNX) on ready uint8 crops, images/s."""
-    from services.expansion_repo import ExpansionNames
+    from equiprobe.services.expansion_repo import ExpansionNames
 
     session = ort_session(repo / ExpansionNames(encoder, "fine").onnx / "1" / "model.onnx", 2, spinning=False)
     shape = session.get_inputs()[0].shape[1:]
@@ -255,10 +255,10 @@ def naive_loop_rate(encoder: str, images: list[bytes]) -> float:
     """Pillow decode and transformations, then a torch eager forward per version, one at a time."""
     import torch
 
-    from services.encoders import get_encoder
-    from services.reference import reference_preprocess
-    from services.transforms import get_catalog, image_key
-    from services.transforms.reference import expand_reference
+    from equiprobe.services.encoders import get_encoder
+    from equiprobe.services.reference import reference_preprocess
+    from equiprobe.services.transforms import get_catalog, image_key
+    from equiprobe.services.transforms.reference import expand_reference
 
     catalog, spec = get_catalog("fine"), get_encoder(encoder)
     model = spec.build()

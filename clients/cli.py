@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from services.cli import fail
+from equiprobe.services.cli import fail
 
 from .connection import api_key_option, root_certificates_option, tls_option
 
@@ -19,7 +19,7 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print side-b
 
 def bench_repo(repo: Path, encoder: str) -> Path:
     """The benchmarks' repository: built once, reused by later runs."""
-    from services.repository import GATE, build_repo
+    from equiprobe.services.repository import GATE, build_repo
 
     if not all((repo / m / "config.pbtxt").exists() for m in (f"{encoder}_embed31", GATE)):
         build_repo(encoder, repo)
@@ -34,7 +34,7 @@ def bench_serve(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures here."),
 ) -> None:
     """Triton gRPC (concurrency 1, 8, 32) against in-process DALI + ONNX Runtime (batch 1, 8, 32)."""
-    from services.server import TritonServer, loopback_config
+    from equiprobe.services.server import TritonServer, loopback_config
 
     from .bench import bench_images, run_serve_bench
 
@@ -76,7 +76,7 @@ def bench_detector(
 ) -> None:
     """NAME_detector p50/p99 at concurrency 1 and 16, and its throughput against NAME_embed alone
     (or against another detector)."""
-    from services.server import ServerError, TritonServer, loopback_config
+    from equiprobe.services.server import ServerError, TritonServer, loopback_config
 
     from .bench import bench_images, run_detector_bench
 
@@ -108,9 +108,9 @@ def bench_transforms(
     through NAME_embed; and the DALI CPU expansion vs the same transformations in Pillow/numpy."""
     import tempfile
 
-    from services.server import TritonServer, loopback_config
-    from services.transforms import get_catalog
-    from services.transforms.expand import Expander, serialize_expand
+    from equiprobe.services.server import TritonServer, loopback_config
+    from equiprobe.services.transforms import get_catalog
+    from equiprobe.services.transforms.expand import Expander, serialize_expand
 
     from .bench import bench_images, client_side_expansion, expansion_dali_vs_pillow, server_side_expansion
 
@@ -359,7 +359,7 @@ def bench_embed(
     import tempfile
     import time
 
-    from services.server import TritonServer, loopback_config
+    from equiprobe.services.server import TritonServer, loopback_config
 
     from .bench import best_rate, encoder_stage_rate, expansion_stage_rate, naive_loop_rate
     from .datasets import open_dataset
@@ -415,7 +415,7 @@ def bench_soak(
 ) -> None:
     """Mixed good and bad uploads (clients/upload_corpus.py) to NAME_embed on a loopback server:
     throughput over time, outcomes, and RSS of the server and every stub at start and end."""
-    from services.server import TritonServer, loopback_config
+    from equiprobe.services.server import TritonServer, loopback_config
 
     from .soak import GOOD_FAILED, plot_soak, run_soak
 

@@ -16,7 +16,7 @@ from typing import Optional, Union
 
 import typer
 
-from services.security import (ADMIN_KEY_ENV, ADMIN_KEY_HEADER, API_KEY_ENV, API_KEY_HEADER, GRPC_HEADER_PREFIX,
+from equiprobe.services.security import (ADMIN_KEY_ENV, ADMIN_KEY_HEADER, API_KEY_ENV, API_KEY_HEADER, GRPC_HEADER_PREFIX,
                                LOCKED_HEADER)
 
 # Triton's answer to a call of a restricted protocol without the right header (gRPC UNAVAILABLE,

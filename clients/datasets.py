@@ -31,7 +31,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from services.uploads import IMAGE_SUFFIXES
+from equiprobe.services.uploads import IMAGE_SUFFIXES
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",

@@ -18,8 +18,8 @@ from typing import Optional
 
 import numpy as np
 
-from services.expansion_repo import ExpansionNames
-from services.transforms import get_catalog
+from equiprobe.services.expansion_repo import ExpansionNames
+from equiprobe.services.transforms import get_catalog
 
 from .aio import AsyncTritonClient, ClientOptions, RequestError
 from .datasets import Dataset, open_dataset

@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 
-from services.photos import package_photos
+from equiprobe.services.photos import package_photos
 
 __all__ = ["package_photos", "encode"]
 

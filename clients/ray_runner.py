@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from services.expansion_repo import ExpansionNames
+from equiprobe.services.expansion_repo import ExpansionNames
 
 from .aio import AsyncTritonClient, ClientOptions
 from .datasets import open_dataset

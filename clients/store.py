@@ -36,7 +36,7 @@ from typing import Optional
 
 import numpy as np
 
-from services.files import write_atomically
+from equiprobe.services.files import write_atomically
 
 FORMAT_VERSION = 2  # 2: sources.npy and the validation split
 PENDING, DONE, FAILED = 0, 1, 2

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.photos import encode, package_photos
-from services.repository import build_repo, read_config
-from services.server import TritonServer, loopback_config
+from equiprobe.clients.photos import encode, package_photos
+from equiprobe.services.repository import build_repo, read_config
+from equiprobe.services.server import TritonServer, loopback_config
 
 ENCODER = "squeezenet1_1"
 

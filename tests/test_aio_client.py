@@ -7,10 +7,10 @@ import threading
 import numpy as np
 import pytest
 
-from clients.aio import AsyncTritonClient, ClientOptions, RequestError
-from clients.embedding import ServiceError
-from services.repository import ModelNames
-from services.server import ServerConfig, TritonServer, free_port
+from equiprobe.clients.aio import AsyncTritonClient, ClientOptions, RequestError
+from equiprobe.clients.embedding import ServiceError
+from equiprobe.services.repository import ModelNames
+from equiprobe.services.server import ServerConfig, TritonServer, free_port
 
 from .conftest import ENCODER, copy_models
 

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from clients.datasets import open_dataset
-from clients.store import DONE, FAILED, Store
-from services.encoders import get_encoder
-from trainer.baselines import BaselineConfig, fit_logreg, gather, train_baseline
-from trainer.data import ProbeData, Task
-from trainer.feature_stores import weights_sha256
-from trainer.probes import Probe, load_probe
+from equiprobe.clients.datasets import open_dataset
+from equiprobe.clients.store import DONE, FAILED, Store
+from equiprobe.services.encoders import get_encoder
+from equiprobe.trainer.baselines import BaselineConfig, fit_logreg, gather, train_baseline
+from equiprobe.trainer.data import ProbeData, Task
+from equiprobe.trainer.feature_stores import weights_sha256
+from equiprobe.trainer.probes import Probe, load_probe
 
 from .test_trainer import synthetic_store
 
@@ -154,7 +154,7 @@ def test_baseline_store_has_the_source_images_versions_and_splits(store, encoder
 
 
 def test_pixel_store_identity_row_is_a_downsample_of_the_dataset_image(pixel_store):
-    from services.reference import canvas
+    from equiprobe.services.reference import canvas
 
     built = Store.open(pixel_store)
     identity = built.manifest["rows"].index("identity")

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.aio import ClientOptions
-from clients.datasets import open_dataset
-from clients.embed_job import EmbedJob, merge_stores, run_embed_job
-from clients.photos import encode
-from clients.store import DONE, FAILED, SPLITS, Store, StoreError
-from services.transforms import get_catalog
+from equiprobe.clients.aio import ClientOptions
+from equiprobe.clients.datasets import open_dataset
+from equiprobe.clients.embed_job import EmbedJob, merge_stores, run_embed_job
+from equiprobe.clients.photos import encode
+from equiprobe.clients.store import DONE, FAILED, SPLITS, Store, StoreError
+from equiprobe.services.transforms import get_catalog
 
 from .conftest import CHUNK, ENCODER, LIMIT, embed_cli
 from .test_expansion_service import infer
@@ -137,7 +137,7 @@ def test_unreadable_files_are_skipped_logged_and_counted(server, photos, tmp_pat
 def test_ray_runner_on_a_local_cluster_and_two_servers_writes_the_same_store(server, repo, reference_store, tmp_path):
     import tritonclient.grpc as grpcclient
 
-    from services.server import TritonServer, loopback_config
+    from equiprobe.services.server import TritonServer, loopback_config
 
     model = f"{ENCODER}_embed31"
     with TritonServer(loopback_config(repo)) as second:

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from clients.concat import concat_stores
-from clients.embedding import as_image_input
-from clients.store import Store, StoreError
-from services.export import sha256_of
-from services.repository import ModelNames, build_repo
-from services.server import TritonServer, loopback_config
-from trainer.deploy import deploy
-from trainer.probes import ProbeConfig
-from trainer.train import train_probes
+from equiprobe.clients.concat import concat_stores
+from equiprobe.clients.embedding import as_image_input
+from equiprobe.clients.store import Store, StoreError
+from equiprobe.services.export import sha256_of
+from equiprobe.services.repository import ModelNames, build_repo
+from equiprobe.services.server import TritonServer, loopback_config
+from equiprobe.trainer.deploy import deploy
+from equiprobe.trainer.probes import ProbeConfig
+from equiprobe.trainer.train import train_probes
 
 from .conftest import ENCODER, embed_bin
 from .test_detector import edit_record, one_torch_thread, softmax_of, torch_probe

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clients import corpus
-from clients.corpus import (KINDS, CorpusError, check_corpus, corpus_crop, corpus_dataset, dep5_licence,
+from equiprobe.clients import corpus
+from equiprobe.clients.corpus import (KINDS, CorpusError, check_corpus, corpus_crop, corpus_dataset, dep5_licence,
                             is_grayscale, kind_of, load_manifest, source_image, split_of, thumbnail)
 
 FIELDS = ("id", "path", "package", "package_version", "licence", "kind", "width", "height", "sha256", "colour",

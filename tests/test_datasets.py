@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clients.datasets import DatasetError, open_dataset
-from clients.photos import encode
+from equiprobe.clients.datasets import DatasetError, open_dataset
+from equiprobe.clients.photos import encode
 
 
 def test_corpus_crops_are_split_by_source():

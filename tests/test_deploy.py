@@ -9,7 +9,7 @@ import pydantic
 import yaml
 from typer.testing import CliRunner
 
-from trainer.cli import app
+from equiprobe.trainer.cli import app
 
 K8S = Path(__file__).parent.parent / "deploy" / "k8s"
 
@@ -158,7 +158,7 @@ def test_the_server_flags_are_the_ones_equiprobe_serve_passes():
     dependencies, which the image leaves out); its flags must be what `equiprobe serve --host
     0.0.0.0 --tls-cert --tls-key --admin-key --api-key` gives tritonserver, less the two that only
     the pytriton wheel's copy of the server needs here."""
-    from services.server import ServerConfig, TritonServer
+    from equiprobe.services.server import ServerConfig, TritonServer
 
     container = triton_container()
     args = container["args"][1:]

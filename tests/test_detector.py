@@ -22,20 +22,20 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 from typer.testing import CliRunner
 
-from clients.corpus import check_corpus
-from clients.datasets import open_dataset
-from clients.embedding import as_image_input
-from clients.photos import encode
-from clients.store import Store
-from services.export import ExportResult, sha256_of
-from services.repository import ModelNames, build_repo, read_config
-from services.server import ServerConfig, TritonServer, loopback_config
-from services.transforms import get_catalog, image_key
-from services.transforms.expand import Expander, serialize_expand
-from trainer.cli import app
-from trainer.deploy import DetectorNames, deploy
-from trainer.probes import Probe, ProbeConfig
-from trainer.train import train_probes
+from equiprobe.clients.corpus import check_corpus
+from equiprobe.clients.datasets import open_dataset
+from equiprobe.clients.embedding import as_image_input
+from equiprobe.clients.photos import encode
+from equiprobe.clients.store import Store
+from equiprobe.services.export import ExportResult, sha256_of
+from equiprobe.services.repository import ModelNames, build_repo, read_config
+from equiprobe.services.server import ServerConfig, TritonServer, loopback_config
+from equiprobe.services.transforms import get_catalog, image_key
+from equiprobe.services.transforms.expand import Expander, serialize_expand
+from equiprobe.trainer.cli import app
+from equiprobe.trainer.deploy import DetectorNames, deploy
+from equiprobe.trainer.probes import Probe, ProbeConfig
+from equiprobe.trainer.train import train_probes
 
 from .conftest import ENCODER, LIMIT, copy_models
 from .test_trainer import synthetic_store
@@ -171,8 +171,8 @@ def test_detector_outputs_are_distributions_that_match_torch(client, jpegs, prob
 
 
 def test_threshold_is_chosen_on_validation_stored_and_applied_by_the_served_model(client, deployed_repo, probes):
-    from trainer.detector_card import operating_threshold
-    from trainer.detector_scores import load_scores
+    from equiprobe.trainer.detector_card import operating_threshold
+    from equiprobe.trainer.detector_scores import load_scores
 
     val = load_scores(probes["mlp"])["val"]
     expected = operating_threshold(val["score"], val["manipulated"], 0.05)
@@ -194,7 +194,7 @@ def test_threshold_is_chosen_on_validation_stored_and_applied_by_the_served_mode
 
 def test_reference_card_scores_pillow_made_versions_of_test_sources_through_the_server(detector_server, photo_store,
                                                                                      deployed_repo):
-    from trainer.reference_card import reference_card, test_images
+    from equiprobe.trainer.reference_card import reference_card, test_images
 
     rows = test_images(Store.open(photo_store), 2)
     assert all(Store.open(photo_store).array("split")[r] == 1 for r in rows)  # test sources only
@@ -278,7 +278,7 @@ def test_detector_scores_transformed_images_above_their_originals(client):
 # -- scoring ---------------------------------------------------------------------------------------
 
 def test_scorer_api_agrees_with_the_raw_outputs(client, detector_server, jpegs):
-    from clients.scoring import Scorer
+    from equiprobe.clients.scoring import Scorer
 
     scorer = Scorer(detector_server.config.grpc_url, ENCODER, top=3, with_embedding=True)
     scorer.check()

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from trainer.detector_card import detector_card, format_card, operating_threshold, plot_roc
+from equiprobe.trainer.detector_card import detector_card, format_card, operating_threshold, plot_roc
 
 CATS = ["blur", "crop", "color"]
 

@@ -7,9 +7,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from clients.embedding import EmbeddingClient, ServiceError
-from clients.photos import encode
-from services.repository import InProcessEmbed, ModelNames
+from equiprobe.clients.embedding import EmbeddingClient, ServiceError
+from equiprobe.clients.photos import encode
+from equiprobe.services.repository import InProcessEmbed, ModelNames
 
 from .conftest import ENCODER
 
@@ -133,7 +133,7 @@ def test_bad_requests_fail_alone_while_good_ones_in_flight_succeed(server, photo
 
 
 def test_client_names_a_dead_server_and_a_missing_model(server):
-    from services.server import free_port
+    from equiprobe.services.server import free_port
 
     with pytest.raises(ServiceError, match="no Triton server answers"):
         EmbeddingClient(f"127.0.0.1:{free_port()}", ENCODER).check()

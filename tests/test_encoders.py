@@ -3,9 +3,9 @@ import onnx
 import pytest
 import torch
 
-from services.encoders import EncoderError, create_encoder, get_encoder, list_encoders
-from services.encoders.zoo import OPEN_NSFW_EMBEDDING, open_nsfw_path
-from services.runtime import ort_session
+from equiprobe.services.encoders import EncoderError, create_encoder, get_encoder, list_encoders
+from equiprobe.services.encoders.zoo import OPEN_NSFW_EMBEDDING, open_nsfw_path
+from equiprobe.services.runtime import ort_session
 
 STUDY = ["clip_vit_b32", "clip_vit_l14", "mae_vit_l16", "vit_l16_supervised", "resnet50_simclr"]
 

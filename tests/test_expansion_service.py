@@ -7,11 +7,11 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from services.encoders import get_encoder
-from services.expansion_repo import ExpansionNames
-from services.runtime import ort_session
-from services.transforms import get_catalog, image_key
-from services.transforms.expand import Expander
+from equiprobe.services.encoders import get_encoder
+from equiprobe.services.expansion_repo import ExpansionNames
+from equiprobe.services.runtime import ort_session
+from equiprobe.services.transforms import get_catalog, image_key
+from equiprobe.services.transforms.expand import Expander
 
 from .conftest import ENCODER
 

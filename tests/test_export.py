@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from services.encoders import get_encoder
-from services.export import INPUT_NAME, RELATIVE_TOLERANCE, export_encoder, random_normalized_batch
-from services.runtime import ort_session
+from equiprobe.services.encoders import get_encoder
+from equiprobe.services.export import INPUT_NAME, RELATIVE_TOLERANCE, export_encoder, random_normalized_batch
+from equiprobe.services.runtime import ort_session
 
 
 def export_and_check(name, tmp_path, **build):
@@ -35,7 +35,7 @@ def test_study_encoder_exports_with_random_weights(tmp_path):
 @pytest.mark.parametrize("name", ["squeezenet1_1", "open_nsfw"])
 def test_version_wrapper_normalizes_like_the_encoders_preprocessing(name, tmp_path):
     """uint8 crops through the K-version wrapper == normalized crops through the plain encoder."""
-    from services.export import wrap_for_versions
+    from equiprobe.services.export import wrap_for_versions
 
     spec = get_encoder(name)
     pre = spec.preprocess

@@ -26,12 +26,12 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from clients.aio import AsyncTritonClient, ClientOptions, RequestError
-from clients.embedding import as_image_input
-from clients.store import DONE, FAILED, PENDING, Store
-from services.expansion_repo import ExpansionNames
-from services.repository import ModelNames, read_config
-from services.server import TritonServer, loopback_config
+from equiprobe.clients.aio import AsyncTritonClient, ClientOptions, RequestError
+from equiprobe.clients.embedding import as_image_input
+from equiprobe.clients.store import DONE, FAILED, PENDING, Store
+from equiprobe.services.expansion_repo import ExpansionNames
+from equiprobe.services.repository import ModelNames, read_config
+from equiprobe.services.server import TritonServer, loopback_config
 
 from .conftest import CHUNK, ENCODER, LIMIT, copy_models, embed_bin, embed_cli
 from .test_bulk_embed import same_files
@@ -325,7 +325,7 @@ def test_a_file_size_limit_refuses_the_store_at_creation_and_a_rerun_resumes_byt
 DEPLOY_WORKER = """
 import sys
 from pathlib import Path
-from trainer.deploy import deploy
+from equiprobe.trainer.deploy import deploy
 deploy([Path(sys.argv[2])], Path(sys.argv[1]))  # a first deploy elsewhere: every import, a first export
 print("ready", flush=True)
 for line in sys.stdin:
@@ -395,7 +395,7 @@ def state_of(repo: Path) -> tuple:
     model loads as Triton would read it, every version complete, probe and detector agree."""
     import onnxruntime as ort
 
-    from trainer.deploy import DetectorNames
+    from equiprobe.trainer.deploy import DetectorNames
 
     names = DetectorNames(ENCODER)
     for model_dir in repo.iterdir():
@@ -432,9 +432,9 @@ def deploy_probes(repo, tmp_path_factory) -> list[Path]:
     """Two small fine probes (a synthetic store's), recorded as made for the repository's encoder."""
     import torch
 
-    from services.export import sha256_of
-    from trainer.probes import ProbeConfig
-    from trainer.train import train_probes
+    from equiprobe.services.export import sha256_of
+    from equiprobe.trainer.probes import ProbeConfig
+    from equiprobe.trainer.train import train_probes
 
     from .test_trainer import synthetic_store
 
@@ -508,7 +508,7 @@ def test_deploy_killed_at_any_moment_leaves_the_old_or_the_new_version(repo, dep
 def test_a_repository_deployed_before_selections_is_taken_over_whole(repo, deploy_probes, tmp_path):
     """An older deploy wrote its configs, labels and history as plain files: the next deploy
     moves them into a selection as they are, then switches, and a rollback still finds version 1."""
-    from trainer.deploy import deploy, rollback
+    from equiprobe.trainer.deploy import deploy, rollback
 
     target = copy_models(repo, tmp_path / "repo", BASE.embed)
     deploy([deploy_probes[0]], target)

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from clients.datasets import open_dataset
-from clients.photos import encode
-from clients.store import Store
-from services.encoders import get_encoder
-from services.expansion_repo import ExpansionNames
-from services.transforms import get_catalog, image_key
-from services.transforms.expand import Expander, serialize_expand
-from services.transforms.groups import GROUPS
-from trainer.cli import app
+from equiprobe.clients.datasets import open_dataset
+from equiprobe.clients.photos import encode
+from equiprobe.clients.store import Store
+from equiprobe.services.encoders import get_encoder
+from equiprobe.services.expansion_repo import ExpansionNames
+from equiprobe.services.transforms import get_catalog, image_key
+from equiprobe.services.transforms.expand import Expander, serialize_expand
+from equiprobe.services.transforms.groups import GROUPS
+from equiprobe.trainer.cli import app
 
 from .conftest import ENCODER, embed_cli
 from .test_expansion_service import in_process, infer  # noqa: F401 (in_process is a fixture)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from clients.store import Store, StoreWriter
-from trainer.invariance import (copy_detection_recall, distinct_pairs, latent_geed, mean_pair_distance, select_rows,
+from equiprobe.clients.store import Store, StoreWriter
+from equiprobe.trainer.invariance import (copy_detection_recall, distinct_pairs, latent_geed, mean_pair_distance, select_rows,
                                 softmax_geed)
-from trainer.probes import MultiTaskProbe, Probe, ProbeConfig, load_probe
-from trainer.train import train_probes
+from equiprobe.trainer.probes import MultiTaskProbe, Probe, ProbeConfig, load_probe
+from equiprobe.trainer.train import train_probes
 
 from .test_trainer import synthetic_store
 

@@ -13,9 +13,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from clients.embedding import EmbeddingClient
-from clients.photos import encode
-from clients.store import Store
+from equiprobe.clients.embedding import EmbeddingClient
+from equiprobe.clients.photos import encode
+from equiprobe.clients.store import Store
 
 from .conftest import ENCODER, embed_bin
 

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from clients.photos import encode
-from services.encoders import get_encoder
-from services.pipelines import CpuPreprocessor, preprocess_pipeline, serialize_preprocess
-from services.reference import reference_preprocess
+from equiprobe.clients.photos import encode
+from equiprobe.services.encoders import get_encoder
+from equiprobe.services.pipelines import CpuPreprocessor, preprocess_pipeline, serialize_preprocess
+from equiprobe.services.reference import reference_preprocess
 
 # Tolerances in 8-bit pixel units. Every image is first put on the 224 canvas (a shorter-side
 # resize), then resized for the encoder. Square encoder resizes (squeezenet, open_nsfw) differ

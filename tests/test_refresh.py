@@ -16,12 +16,12 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from clients.aio import ClientOptions
-from clients.embed_job import EmbedJob, run_embed_job
-from clients.store import PENDING, Store, StoreError
-from services.expansion_repo import ExpansionNames
-from services.transforms import get_catalog
-from services.transforms.spec import Param, fingerprint
+from equiprobe.clients.aio import ClientOptions
+from equiprobe.clients.embed_job import EmbedJob, run_embed_job
+from equiprobe.clients.store import PENDING, Store, StoreError
+from equiprobe.services.expansion_repo import ExpansionNames
+from equiprobe.services.transforms import get_catalog
+from equiprobe.services.transforms.spec import Param, fingerprint
 
 from .conftest import ENCODER, LIMIT, embed_cli
 from .test_bulk_embed import digest, same_files
@@ -137,9 +137,9 @@ def test_refresh_computes_only_changed_columns_and_equals_a_full_embed(server, p
           f"vs {per_image_full / 1e6:.1f} ms for all {K} rows")
 
     # Retrained on each catalog version, the report compares old and new probes on the same test images.
-    from trainer.probes import ProbeConfig
-    from trainer.report import build_report
-    from trainer.train import train_probes
+    from equiprobe.trainer.probes import ProbeConfig
+    from equiprobe.trainer.report import build_report
+    from equiprobe.trainer.train import train_probes
 
     records = [train_probes(store, "fine", ProbeConfig(kind="linear", max_epochs=5), [0], tmp_path / f"probe_{name}",
                             progress=False) for name, store in (("old", old), ("new", tmp_path / "new"))]

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from trainer.baselines import BaselineConfig, train_baseline
-from trainer.probes import ProbeConfig
-from trainer.report import build_report
-from trainer.train import train_probes
+from equiprobe.trainer.baselines import BaselineConfig, train_baseline
+from equiprobe.trainer.probes import ProbeConfig
+from equiprobe.trainer.report import build_report
+from equiprobe.trainer.train import train_probes
 
 from .test_trainer import synthetic_store
 
@@ -53,7 +53,7 @@ def test_report_tables_match_the_probe_records(tmp_path):
     # The detector card: computed from the saved probe's predictions on test sources.
     from sklearn.metrics import roc_auc_score
 
-    from trainer.detector_scores import load_scores
+    from equiprobe.trainer.detector_scores import load_scores
 
     card, test = sections["fine_mlp"]["detector_card"], load_scores(tmp_path / "fine_mlp")["test"]
     images = probes["fine_mlp"]["images"]["test"]

@@ -4,8 +4,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from services.expansion_repo import ExpansionNames
-from services.repository import GATE, ModelNames, build_repo, read_config
+from equiprobe.services.expansion_repo import ExpansionNames
+from equiprobe.services.repository import GATE, ModelNames, build_repo, read_config
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.aio import AsyncTritonClient, RequestError
-from clients.connection import Connection, refusal
-from clients.embedding import EmbeddingClient, ServiceError
-from services.expansion_repo import ExpansionNames
-from services.repository import ModelNames
-from services.security import ADMIN_KEY_HEADER, API_KEY_HEADER, exposure_args, is_loopback
-from services.server import ServerConfig, ServerError, TritonServer, free_port, loopback_config
-from trainer.deploy import DeployError, connect
+from equiprobe.clients.aio import AsyncTritonClient, RequestError
+from equiprobe.clients.connection import Connection, refusal
+from equiprobe.clients.embedding import EmbeddingClient, ServiceError
+from equiprobe.services.expansion_repo import ExpansionNames
+from equiprobe.services.repository import ModelNames
+from equiprobe.services.security import ADMIN_KEY_HEADER, API_KEY_HEADER, exposure_args, is_loopback
+from equiprobe.services.server import ServerConfig, ServerError, TritonServer, free_port, loopback_config
+from equiprobe.trainer.deploy import DeployError, connect
 
 from .conftest import ENCODER, copy_models
 

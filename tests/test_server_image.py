@@ -29,9 +29,9 @@ import yaml
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from services.repository import build_repo
-from services.security import GRPC_HEADER_PREFIX
-from services.server import TritonServer, _pytriton_root, _python_backend_ready, free_port, loopback_config
+from equiprobe.services.repository import build_repo
+from equiprobe.services.security import GRPC_HEADER_PREFIX
+from equiprobe.services.server import TritonServer, _pytriton_root, _python_backend_ready, free_port, loopback_config
 from tests.conftest import ENCODER
 
 ROOT = Path(__file__).parent.parent

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.server import ServerError, TritonServer, free_port, loopback_config
+from equiprobe.services.server import ServerError, TritonServer, free_port, loopback_config
 
 EQUIPROBE = str(Path(sys.executable).parent / "equiprobe")
 

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from services.expansion_repo import MANIFEST, ExpansionNames
-from services.pipelines import SerializedPipeline
-from services.repository import build_repo
-from services.runtime import ort_session
-from services.server import TritonServer, loopback_config
-from services.transforms import get_catalog, image_key
-from services.transforms.expand import Expander
+from equiprobe.services.expansion_repo import MANIFEST, ExpansionNames
+from equiprobe.services.pipelines import SerializedPipeline
+from equiprobe.services.repository import build_repo
+from equiprobe.services.runtime import ort_session
+from equiprobe.services.server import TritonServer, loopback_config
+from equiprobe.services.transforms import get_catalog, image_key
+from equiprobe.services.transforms.expand import Expander
 
 from .conftest import ENCODER
 from .style_nets import tiny_style_network

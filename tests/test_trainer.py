@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.store import Store, StoreWriter
-from services.transforms import get_catalog
-from trainer.data import ProbeData, Task
-from trainer.probes import ProbeConfig
-from trainer.train import train_probes
+from equiprobe.clients.store import Store, StoreWriter
+from equiprobe.services.transforms import get_catalog
+from equiprobe.trainer.data import ProbeData, Task
+from equiprobe.trainer.probes import ProbeConfig
+from equiprobe.trainer.train import train_probes
 
 EQUIPROBE = str(Path(sys.executable).parent / "equiprobe")
 

@@ -4,9 +4,9 @@ a pure function of (image, transformation, seed)."""
 import numpy as np
 import pytest
 
-from clients.photos import encode
-from services.transforms import get_catalog, image_key, sample_params
-from services.transforms.expand import Expander, serialize_expand
+from equiprobe.clients.photos import encode
+from equiprobe.services.transforms import get_catalog, image_key, sample_params
+from equiprobe.services.transforms.expand import Expander, serialize_expand
 
 FINE = get_catalog("fine")
 PHOTOS = ("astronaut", "chelsea", "coffee")
@@ -146,7 +146,7 @@ CLOSE = ("identity", "saturate", "grayscale", "tint", "invert", "solarize", "pos
 
 @pytest.mark.parametrize("catalog_name", ["fine", "general"])
 def test_pillow_reference_implements_every_transformation(catalog_name, photos, tmp_path):
-    from services.transforms.reference import expand_reference
+    from equiprobe.services.transforms.reference import expand_reference
 
     catalog = get_catalog(catalog_name)
     data = encode(photos["chelsea"])
@@ -165,7 +165,7 @@ def test_pillow_reference_implements_every_transformation(catalog_name, photos, 
 
 def test_every_font_icon_and_style_reference_renders():
     """Parameters pick among these; one that fails to load would fail whole images at random."""
-    from services.transforms import assets
+    from equiprobe.services.transforms import assets
 
     for font in assets.SEEN_FONTS + assets.HELD_OUT_FONTS:
         bitmap = assets.render_text("Sample 42", font, 32, (255, 0, 0))
@@ -186,12 +186,12 @@ def test_catalog_inputs_from_the_bundle_equal_the_packages_and_need_none_of_them
     import subprocess
     import sys
 
-    from services.transforms import assets
+    from equiprobe.services.transforms import assets
 
     assets.write_bundle(tmp_path / "assets")
     script = f"""
 import sys, numpy as np
-from services.transforms import get_catalog, assets
+from equiprobe.services.transforms import get_catalog, assets
 cats = [get_catalog(c) for c in ("fine", "general", "groups")]
 keys = [f"{{i:040x}}" for i in range(40)]
 packages = [[c.host_inputs(k, 1, True) for k in keys] for c in cats]

@@ -18,12 +18,12 @@ import tritonclient.grpc as grpcclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from clients.datasets import DatasetError, folder_dataset
-from clients.soak import BAD_OTHER, BAD_REFUSED, GOOD_FAILED, GOOD_OK, run_soak
-from clients.upload_corpus import EMBED, REFUSE, upload_corpus
-from services.decode_log import structured_entries
-from services.repository import InProcessEmbed, ModelNames
-from services.uploads import FORMATS, ImageRejected, Limits, admit
+from equiprobe.clients.datasets import DatasetError, folder_dataset
+from equiprobe.clients.soak import BAD_OTHER, BAD_REFUSED, GOOD_FAILED, GOOD_OK, run_soak
+from equiprobe.clients.upload_corpus import EMBED, REFUSE, upload_corpus
+from equiprobe.services.decode_log import structured_entries
+from equiprobe.services.repository import InProcessEmbed, ModelNames
+from equiprobe.services.uploads import FORMATS, ImageRejected, Limits, admit
 
 from .conftest import ENCODER, embed_bin
 

@@ -32,7 +32,7 @@ from typing import Callable
 
 import numpy as np
 
-from clients.store import Store
+from equiprobe.clients.store import Store
 
 from .data import ProbeData, Task
 from .probes import Probe, ProbeConfig, predict_with

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clients.store import Store
+from equiprobe.clients.store import Store
 
 from .baselines import BaselineConfig, train_baseline
 from .data import ProbeData, Task

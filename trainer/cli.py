@@ -11,9 +11,9 @@ from typing import Optional
 
 import typer
 
-from clients import cli as client_commands
-from clients.connection import admin_key_option, api_key_option, root_certificates_option, tls_option
-from services import cli as service_commands
+from equiprobe.clients import cli as client_commands
+from equiprobe.clients.connection import admin_key_option, api_key_option, root_certificates_option, tls_option
+from equiprobe.services import cli as service_commands
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Image-manipulation probing on frozen embeddings served by Triton.")
@@ -50,11 +50,11 @@ def train(
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
     """Train a probe that predicts how each stored version was transformed."""
-    from clients.store import StoreError
-    from services.cli import fail
-    from trainer.baselines import BASELINES, BaselineConfig, train_baseline
-    from trainer.probes import ProbeConfig
-    from trainer.train import train_probes
+    from equiprobe.clients.store import StoreError
+    from equiprobe.services.cli import fail
+    from equiprobe.trainer.baselines import BASELINES, BaselineConfig, train_baseline
+    from equiprobe.trainer.probes import ProbeConfig
+    from equiprobe.trainer.train import train_probes
 
     try:
         if probe in BASELINES:
@@ -84,10 +84,10 @@ def baseline_store(
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
     """A baseline feature store over the same images, versions and splits as an embedding store."""
-    from clients.datasets import DatasetError
-    from clients.store import StoreError
-    from services.cli import fail
-    from trainer.feature_stores import build_baseline_store
+    from equiprobe.clients.datasets import DatasetError
+    from equiprobe.clients.store import StoreError
+    from equiprobe.services.cli import fail
+    from equiprobe.trainer.feature_stores import build_baseline_store
 
     try:
         built = build_baseline_store(store, features, out, seed=seed, batch_size=batch_size, progress=not quiet)
@@ -114,16 +114,16 @@ def report(
     api_key: Optional[str] = api_key_option(),
 ) -> None:
     """Tables, detector card, invariance metrics and plots for stores and trained probes."""
-    from clients.connection import Connection
-    from clients.embedding import ServiceError
-    from clients.store import StoreError
-    from services.cli import fail
-    from trainer.report import build_report
+    from equiprobe.clients.connection import Connection
+    from equiprobe.clients.embedding import ServiceError
+    from equiprobe.clients.store import StoreError
+    from equiprobe.services.cli import fail
+    from equiprobe.trainer.report import build_report
 
     try:
         cards = None
         if url:
-            from trainer.reference_card import reference_card
+            from equiprobe.trainer.reference_card import reference_card
 
             connection = Connection(url, tls, root_certificates, api_key or None)
             cards = {f"{encoder}_detector": reference_card(connection, encoder, store[0], reference_images)}
@@ -143,9 +143,9 @@ def bench_train(
     from rich.console import Console
     from rich.table import Table
 
-    from clients.store import StoreError
-    from services.cli import fail
-    from trainer.bench import bench_train as run
+    from equiprobe.clients.store import StoreError
+    from equiprobe.services.cli import fail
+    from equiprobe.trainer.bench import bench_train as run
 
     try:
         results = run(store, task, max_epochs)
@@ -185,9 +185,9 @@ def deploy(
 ) -> None:
     """Deploy probes as NAME_detector (IMAGE -> TRANSFORM_PROBS, CATEGORY_PROBS, MANIPULATION_SCORE,
     MANIPULATED, EMBEDDING), a new NAME_probe version; or roll back to the previous one."""
-    from clients.connection import Connection
-    from services.cli import fail
-    from trainer.deploy import DeployError, deploy as run_deploy, rollback as run_rollback
+    from equiprobe.clients.connection import Connection
+    from equiprobe.services.cli import fail
+    from equiprobe.trainer.deploy import DeployError, deploy as run_deploy, rollback as run_rollback
 
     if rollback and probe:
         raise fail("--rollback returns to the previous version; it takes no --probe")
@@ -218,7 +218,7 @@ def deploy(
 @app.command()
 def demo(workdir: str = typer.Option("build/demo", help="Where the demo writes its files.")) -> None:
     """The main job end to end on the embedded default (squeezenet1_1, package photos)."""
-    from trainer.demo import run_demo
+    from equiprobe.trainer.demo import run_demo
 
     run_demo(workdir)
 

@@ -17,7 +17,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from clients.store import DONE, SPLITS, Store
+from equiprobe.clients.store import DONE, SPLITS, Store
 
 VALIDATION_FRACTION = 0.1
 TEST_FRACTION = 0.2  # only where the store has no split

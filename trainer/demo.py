@@ -23,10 +23,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from clients.embedding import EmbeddingClient, ServiceError
-from clients.photos import encode
-from services.repository import InProcessEmbed, build_repo
-from services.server import TritonServer, loopback_config
+from equiprobe.clients.embedding import EmbeddingClient, ServiceError
+from equiprobe.clients.photos import encode
+from equiprobe.services.repository import InProcessEmbed, build_repo
+from equiprobe.services.server import TritonServer, loopback_config
 
 DATASET = "corpus"
 ENCODER = "squeezenet1_1"  # the embedded default: also the generalization and groups stores
@@ -42,8 +42,8 @@ SHOWN_VERSIONS = ("identity", "gaussian_blur", "text_overlay", "reference_style"
 
 
 def run_demo(workdir: str) -> None:
-    from clients.corpus import check_corpus
-    from clients.datasets import open_dataset
+    from equiprobe.clients.corpus import check_corpus
+    from equiprobe.clients.datasets import open_dataset
 
     console = Console(width=130)
     work = Path(workdir)
@@ -112,8 +112,8 @@ def check_service(console: Console, repo: Path, url: str, encoded: bytes) -> Non
 
 
 def bulk_embed(console: Console, url: str, out: Path, catalog: str, images: int, encoder: str = ENCODER) -> Path:
-    from clients.embed_job import EmbedJob, run_embed_job
-    from clients.store import SPLITS, Store
+    from equiprobe.clients.embed_job import EmbedJob, run_embed_job
+    from equiprobe.clients.store import SPLITS, Store
 
     shutil.rmtree(out, ignore_errors=True)  # the demo's own store: rebuilt with the repository
     t0 = time.perf_counter()
@@ -131,7 +131,7 @@ def bulk_embed(console: Console, url: str, out: Path, catalog: str, images: int,
 
 
 def join_stores(console: Console, work: Path, fine: dict[str, Path]) -> Path:
-    from clients.concat import concat_stores
+    from equiprobe.clients.concat import concat_stores
 
     out = work / f"store_fine_{COMPOSITE}"
     shutil.rmtree(out, ignore_errors=True)
@@ -142,8 +142,8 @@ def join_stores(console: Console, work: Path, fine: dict[str, Path]) -> Path:
 
 
 def train_demo_probe(console: Console, work: Path, store: Path, task: str, encoder: str) -> Path:
-    from trainer.probes import ProbeConfig
-    from trainer.train import train_probes
+    from equiprobe.trainer.probes import ProbeConfig
+    from equiprobe.trainer.train import train_probes
 
     out = work / f"probe_{task}_{encoder}_mlp"
     t0 = time.perf_counter()
@@ -177,9 +177,9 @@ def pick_detector(console: Console, probes: dict[str, Path]) -> str:
 
 def write_report(console: Console, work: Path, url: str, chosen: str, fine: dict[str, Path], others: list[Path],
                  probes: dict[str, Path]) -> Path:
-    from trainer.detector_card import format_card
-    from trainer.reference_card import reference_card
-    from trainer.report import build_report, detector_cards
+    from equiprobe.trainer.detector_card import format_card
+    from equiprobe.trainer.reference_card import reference_card
+    from equiprobe.trainer.report import build_report, detector_cards
 
     out = work / "report"
     reference = {f"{chosen}_detector": reference_card(url, chosen, fine[chosen], REFERENCE_IMAGES)}
@@ -210,7 +210,7 @@ def write_report(console: Console, work: Path, url: str, chosen: str, fine: dict
 
 
 def deploy_detector(console: Console, repo: Path, url: str, probes: dict[str, Path], chosen: str) -> None:
-    from trainer.deploy import deploy
+    from equiprobe.trainer.deploy import deploy
 
     given = [probes[f"fine_{chosen}"]] + ([probes["general"]] if chosen == ENCODER else [])
     result = deploy(given, repo, url)
@@ -234,9 +234,9 @@ def unseen_crops(dataset, stored: int, count: int = 4) -> list[tuple[str, bytes]
 
 
 def score_held_out(console: Console, url: str, encoder: str, dataset, stored: int) -> None:
-    from clients.scoring import Scorer
-    from services.transforms import get_catalog
-    from services.transforms.preview import expand_one
+    from equiprobe.clients.scoring import Scorer
+    from equiprobe.services.transforms import get_catalog
+    from equiprobe.services.transforms.preview import expand_one
 
     catalog = get_catalog("fine")
     scorer = Scorer(url, encoder, top=1)
@@ -261,8 +261,8 @@ def score_held_out(console: Console, url: str, encoder: str, dataset, stored: in
 
 
 def render_grid_for(out: Path, data: bytes) -> Path:
-    from services.transforms import get_catalog
-    from services.transforms.preview import expand_one, render_grid
+    from equiprobe.services.transforms import get_catalog
+    from equiprobe.services.transforms.preview import expand_one, render_grid
 
     catalog = get_catalog("fine")
     versions, params = expand_one(catalog, data, seed=0)

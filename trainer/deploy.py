@@ -97,7 +97,7 @@ class ServedEncoder:
 
 def served_encoder(repo: Path, encoder: str) -> ServedEncoder:
     """What the repository serves for `encoder`, or for each part of a composite "A+B"."""
-    from clients.concat import COMPOSITE, part_names
+    from equiprobe.clients.concat import COMPOSITE, part_names
 
     if COMPOSITE not in encoder:
         return served_part(repo, encoder)
@@ -107,10 +107,10 @@ def served_encoder(repo: Path, encoder: str) -> ServedEncoder:
 
 
 def served_part(repo: Path, encoder: str) -> ServedEncoder:
-    from services.expansion_repo import ExpansionNames
-    from services.export import sha256_of
-    from services.repository import ModelNames, read_config
-    from services.transforms import get_catalog
+    from equiprobe.services.expansion_repo import ExpansionNames
+    from equiprobe.services.export import sha256_of
+    from equiprobe.services.repository import ModelNames, read_config
+    from equiprobe.services.transforms import get_catalog
 
     names = ModelNames(encoder)
     if not (repo / names.embed / "config.pbtxt").is_file():
@@ -164,7 +164,7 @@ def _outputs(meta: dict, embedding: str) -> list:
     """The probe's outputs (embedding = EMBEDDING_OUT) or the detector's (embedding = EMBEDDING)."""
     from tritonclient.grpc import model_config_pb2 as mc
 
-    from services.repository import tensor
+    from equiprobe.services.repository import tensor
 
     sizes = {TRANSFORM_PROBS: len(meta["classes"]), CATEGORY_PROBS: len(meta["categories"]), MANIPULATION_SCORE: 1,
              MANIPULATED: 1, embedding: meta["dim"]}
@@ -188,7 +188,7 @@ def _parameters(meta: dict) -> dict:
 def probe_config(served: ServedEncoder, meta: dict):
     from tritonclient.grpc import model_config_pb2 as mc
 
-    from services.repository import ServingSpec, onnx_config, string_parameters, tensor
+    from equiprobe.services.repository import ServingSpec, onnx_config, string_parameters, tensor
 
     # A tiny model beside the encoder on the same cores: one thread, no spinning.
     serving = ServingSpec(max_batch_size=served.embed_config.max_batch_size, ort_threads=1)
@@ -216,7 +216,7 @@ def detector_config(served: ServedEncoder, names: DetectorNames, meta: dict):
     side) with the probe as a last step. The encoders' embeddings go to the probe, and EMBEDDING
     comes back from the probe's pass-through (see trainer/probe_export.py: Triton prunes the steps
     behind an unrequested ensemble output)."""
-    from services.repository import ensemble_config, string_parameters
+    from equiprobe.services.repository import ensemble_config, string_parameters
 
     embed = served.embed_config
     composite = len(served.parts) > 1
@@ -243,7 +243,7 @@ def versions_on_disk(model_dir: Path) -> list[int]:
 
 
 def selected_version(model_dir: Path) -> Optional[int]:
-    from services.repository import read_config
+    from equiprobe.services.repository import read_config
 
     if not (model_dir / "config.pbtxt").is_file():
         return None
@@ -287,7 +287,7 @@ def select(served: ServedEncoder, names: DetectorNames, meta: dict, event: dict,
            new_version: Optional[Path] = None) -> None:
     """Make the repository serve `meta`'s version (placing `new_version`, a finished version
     directory, first), and log `event` in the history, in one atomic switch (module docstring)."""
-    from services.repository import ModelNames
+    from equiprobe.services.repository import ModelNames
 
     probe_dir, detector_dir = served.repo / names.probe, served.repo / names.detector
     history_file = probe_dir / HISTORY
@@ -441,7 +441,7 @@ def connect(url) -> _Server:
     control (an exposed server needs the admin key for it)."""
     from tritonclient.utils import InferenceServerException
 
-    from clients.connection import as_connection
+    from equiprobe.clients.connection import as_connection
 
     connection = as_connection(url)
     client = _Server(connection)
@@ -464,7 +464,7 @@ def switch_server(client, url, names: DetectorNames, version: int, timeout_s: fl
     rescan. Returns once the probe serves only that version and the detector is reloaded."""
     from tritonclient.utils import InferenceServerException
 
-    from clients.connection import refusal
+    from equiprobe.clients.connection import refusal
 
     url = getattr(url, "url", url)
     how = "loaded"
@@ -494,7 +494,7 @@ def switch_server(client, url, names: DetectorNames, version: int, timeout_s: fl
 def _serving(client, names: DetectorNames, version: int) -> bool:
     from tritonclient.utils import InferenceServerException
 
-    from clients.connection import refusal
+    from equiprobe.clients.connection import refusal
 
     try:
         index = client.get_model_repository_index(as_json=True).get("models", [])
@@ -579,7 +579,7 @@ def deploy(probe_dirs: list[Path], repo: Path, url=None, timeout_s: float = 120.
         meta["catalog_versions"].setdefault("general", served.catalog_versions["general"])
         (staged / VERSION_RECORD).write_text(json.dumps(meta, indent=2))
         if served.flavour == "portable":
-            from services.repository import PYTHON_MODELS
+            from equiprobe.services.repository import PYTHON_MODELS
 
             shutil.copy2(PYTHON_MODELS / "onnx_encoder.py", staged / "model.py")
         select(served, names, meta, {"action": "deploy", "version": version, "replaced": replaced,

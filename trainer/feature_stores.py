@@ -25,13 +25,13 @@ from typing import Optional, Protocol
 
 import numpy as np
 
-from clients.datasets import open_dataset
-from clients.embed_job import TOOL_VERSION
-from clients.store import DONE, FAILED, PENDING, SPLITS, Store, StoreError, StoreWriter
-from services.transforms import get_catalog
-from services.transforms.assets import CANVAS
-from services.transforms.expand import Expander, serialize_expand
-from services.transforms.spec import image_key
+from equiprobe.clients.datasets import open_dataset
+from equiprobe.clients.embed_job import TOOL_VERSION
+from equiprobe.clients.store import DONE, FAILED, PENDING, SPLITS, Store, StoreError, StoreWriter
+from equiprobe.services.transforms import get_catalog
+from equiprobe.services.transforms.assets import CANVAS
+from equiprobe.services.transforms.expand import Expander, serialize_expand
+from equiprobe.services.transforms.spec import image_key
 
 FEATURES = ("pixels", "random-encoder")
 PIXEL_GRID = 16
@@ -82,7 +82,7 @@ class RandomEncoderFeatures:
     def __init__(self, encoder: str, seed: int = 0, batch_size: int = 64):
         import torch
 
-        from services.encoders import get_encoder
+        from equiprobe.services.encoders import get_encoder
 
         spec = get_encoder(encoder)
         torch.manual_seed(seed)  # the random weights are a function of the seed

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from clients.store import DONE, Store
+from equiprobe.clients.store import DONE, Store
 
 
 DEFAULT_MAX_IMAGES = 5000  # flat faiss search is quadratic in images: keep it a few seconds
@@ -107,7 +107,7 @@ def store_groups(manifest: dict) -> dict[str, tuple[str, ...]]:
     """The finite groups among the store's versions (only the groups catalog has any)."""
     if manifest.get("catalog") != "groups":
         return {}
-    from services.transforms.groups import GROUPS
+    from equiprobe.services.transforms.groups import GROUPS
 
     return {name: members for name, members in GROUPS.items() if set(members) <= set(manifest["rows"])}
 

@@ -108,7 +108,7 @@ def read_probe(path: Path) -> SavedProbe:
 
 def category_of(fine_classes: list[str]) -> list[str]:
     """The general-catalog category of every fine class."""
-    from services.transforms import get_catalog
+    from equiprobe.services.transforms import get_catalog
 
     by_name = {t.name: t.category for t in get_catalog("fine").transforms}
     categories = []
@@ -121,7 +121,7 @@ def category_of(fine_classes: list[str]) -> list[str]:
 
 
 def category_names() -> list[str]:
-    from services.transforms import get_catalog
+    from equiprobe.services.transforms import get_catalog
 
     return list(get_catalog("general").classes)
 
@@ -174,7 +174,7 @@ def export_probes(fine: SavedProbe, general: Optional[SavedProbe], out: Path, th
     import onnx
     import torch
 
-    from services.runtime import ort_session
+    from equiprobe.services.runtime import ort_session
 
     if IDENTITY not in fine.classes:
         raise ProbeError(f"{fine.path}: the fine probe has no {IDENTITY!r} class to score manipulation against")

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 from rich.progress import track
 
-from clients.datasets import open_dataset
-from clients.photos import encode
-from clients.scoring import Scorer
-from clients.store import DONE, SPLITS, Store
-from services.transforms import get_catalog, image_key
-from services.transforms.reference import expand_reference
-from services.transforms.spec import upload_quality
+from equiprobe.clients.datasets import open_dataset
+from equiprobe.clients.photos import encode
+from equiprobe.clients.scoring import Scorer
+from equiprobe.clients.store import DONE, SPLITS, Store
+from equiprobe.services.transforms import get_catalog, image_key
+from equiprobe.services.transforms.reference import expand_reference
+from equiprobe.services.transforms.spec import upload_quality
 
 from .detector_card import detector_card
 from .probe_export import IDENTITY, category_names

@@ -26,7 +26,7 @@ from typing import Optional
 
 import numpy as np
 
-from clients.store import Store
+from equiprobe.clients.store import Store
 
 from . import invariance, plots
 from .data import ProbeData, Task

@@ -17,8 +17,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from clients.store import Store
-from services.transforms import get_catalog
+from equiprobe.clients.store import Store
+from equiprobe.services.transforms import get_catalog
 
 from .data import ProbeData, Task
 from .detector_scores import card_for, save_scores

@@ -12,10 +12,10 @@ import json
 
 import triton_python_backend_utils as pb_utils
 
-from services.decode_log import DecoderMessages, decode_error_message, partial_decode_message
-from services.pipelines import INPUT_NAME, SerializedPipeline
-from services.python_models.common import invalid_argument, model_parameters
-from services.uploads import ImageRejected, Limits, read_header
+from equiprobe.services.decode_log import DecoderMessages, decode_error_message, partial_decode_message
+from equiprobe.services.pipelines import INPUT_NAME, SerializedPipeline
+from equiprobe.services.python_models.common import invalid_argument, model_parameters
+from equiprobe.services.uploads import ImageRejected, Limits, read_header
 
 
 class TritonPythonModel:

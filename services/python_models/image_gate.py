@@ -10,8 +10,8 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from services.python_models.common import internal_error, invalid_argument, model_parameters
-from services.uploads import ImageRejected, Limits, admit
+from equiprobe.services.python_models.common import internal_error, invalid_argument, model_parameters
+from equiprobe.services.uploads import ImageRejected, Limits, admit
 
 IMAGE = "IMAGE"
 

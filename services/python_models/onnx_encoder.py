@@ -7,8 +7,8 @@ and every output is split again (a probe has three).
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from services.python_models.common import model_parameters
-from services.runtime import ort_session
+from equiprobe.services.python_models.common import model_parameters
+from equiprobe.services.runtime import ort_session
 
 
 class TritonPythonModel:

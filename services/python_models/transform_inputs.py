@@ -10,8 +10,8 @@ all rows when absent.
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from services.python_models.common import internal_error, invalid_argument, model_parameters
-from services.transforms import assets, get_catalog, image_key
+from equiprobe.services.python_models.common import internal_error, invalid_argument, model_parameters
+from equiprobe.services.transforms import assets, get_catalog, image_key
 
 
 class RowsRejected(ValueError):
