@@ -109,3 +109,14 @@ def test_report_compares_detectors_of_two_catalog_versions_on_the_same_images(tm
     assert comparison["old_accuracy"] == records[0]["summary"]["test_accuracy"]["mean"]
     assert comparison["new_accuracy"] == records[1]["summary"]["test_accuracy"]["mean"]
     assert "fine-0 vs fine-1" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_catalog_versions_are_ordered_as_numbers_when_detectors_are_compared():
+    from equiprobe.trainer.report import compare_versions
+
+    probes = [{"encoder": "e", "task": "fine", "kind": "linear", "catalog_version": v, "dir": v}
+              for v in ("fine-10", "fine-2", "fine-9")]
+    outcomes = {v: {("img", "blur"): v == "fine-10"} for v in ("fine-10", "fine-2", "fine-9")}
+    (comparison,) = compare_versions(probes, outcomes)
+    assert (comparison["old"], comparison["new"]) == ("fine-9", "fine-10")  # as text, fine-9 sorts last
+    assert (comparison["old_accuracy"], comparison["new_accuracy"]) == (0.0, 1.0)

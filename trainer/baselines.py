@@ -24,7 +24,6 @@ in batches and never capped. Both baselines are deterministic: one run, std 0.
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +35,8 @@ from equiprobe.clients.store import Store
 
 from .data import ProbeData, Task
 from .probes import Probe, ProbeConfig, predict_with
-from .train import summarize, test_metrics
+from .tasks import TASKS, spoken
+from .train import probe_record, test_metrics
 
 BASELINES = ("logreg", "knn")
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2)
@@ -229,7 +229,8 @@ def train_baseline(store_path: Path, task_name: str, config: BaselineConfig, out
     store = Store.open(store_path)
     task = Task.from_store(store, task_name)
     if len(task.heads) != 1:
-        raise ValueError(f"the {config.kind} baseline has one head; use it on the fine, general or semantic task, "
+        one_head = [t.name for t in TASKS.values() if len(t.heads) == 1]
+        raise ValueError(f"the {config.kind} baseline has one head; use it on the {spoken(one_head)} task, "
                          f"not {task_name}")
     data = ProbeData.from_store(store, task, split_by)
     if not len(data.val_rows):
@@ -254,23 +255,16 @@ def train_baseline(store_path: Path, task_name: str, config: BaselineConfig, out
             metrics = test_metrics(data, *predictions)
     model = selection.extra.pop("model", None)
     runs = [{"seed": config.seed, "val_accuracy": selection.val_accuracy[selection.best], **metrics}]
-    m = store.manifest
-    record = {
-        "kind": config.kind, "task": task_name, "dim": data.dim, "classes": task.classes,
-        "heads": [{"name": name, "classes": names} for name, names in task.heads], "split": split_by,
-        "catalog": m["catalog"], "catalog_version": m["catalog_version"], "rows": m["rows"],
-        "encoder": m["encoder"], "encoder_onnx_sha256": m["encoder_onnx_sha256"], "store": str(store_path),
-        "config": {**asdict(config), "c_grid": list(config.c_grid), "k_grid": list(config.k_grid)},
-        "seeds": [config.seed], "saved_seed": config.seed,
-        "images": {"train": len(data.train_rows), "val": len(data.val_rows), "test": len(data.test_rows)},
+    record = probe_record(
+        store_path, data, split_by, runs, kind=config.kind,
+        config={**asdict(config), "c_grid": list(config.c_grid), "k_grid": list(config.k_grid)},
+        seeds=[config.seed], saved_seed=config.seed,
         # logreg's probe.pt is a linear Probe (trainer.probes.load_probe reads it as one); knn saves none.
-        "deployable": model is not None,
-        "selection": selection.record(train, val), "summary": summarize(runs), "runs": runs,
-    }
+        deployable=model is not None, selection=selection.record(train, val))
     out.mkdir(parents=True, exist_ok=True)
     if model is not None:
         torch.save(logreg_probe(model, classes, mean, std).state_dict(), out / "probe.pt")
     elif (out / "probe.pt").exists():
         (out / "probe.pt").unlink()  # the record says deployable false: no stale probe beside it
-    (out / "probe.json").write_text(json.dumps(record, indent=2))
-    return record
+    record.write(out)
+    return record.as_dict()

@@ -19,6 +19,8 @@ import numpy as np
 
 from equiprobe.clients.store import DONE, SPLITS, Store
 
+from .tasks import TaskSpec, get_task
+
 VALIDATION_FRACTION = 0.1
 TEST_FRACTION = 0.2  # only where the store has no split
 
@@ -28,15 +30,12 @@ def _unit_hash(key: str, salt: str) -> float:
     return int.from_bytes(digest, "little") / 2 ** 64
 
 
-TASKS = ("fine", "general", "semantic", "multitask")
-
-
 @dataclass
 class Task:
     """Which versions are examples in training and in test, and what each example's labels are.
 
     `heads` lists (head name, class names): one head for fine, general and semantic, two for
-    multitask (transformation, then semantic)."""
+    multitask (transformation, then semantic). What each task reads is declared in trainer.tasks."""
 
     name: str
     classes: list[str]
@@ -51,38 +50,30 @@ class Task:
 
     @classmethod
     def from_store(cls, store: Store, name: str) -> "Task":
+        spec = get_task(name)
         m = store.manifest
         k = len(m["rows"])
-        if name in ("semantic", "multitask"):
-            names = list(m.get("label_names") or [])
-            if not names:
-                raise ValueError(f"the {name} task needs semantic labels; {store.path} was embedded from "
-                                 f"{m['dataset']}, which has none")
-            if name == "semantic":
-                return cls(name, names, np.zeros(k, np.int64), np.arange(k), np.arange(k))
-            if m["catalog"] != "fine":
-                raise ValueError(f"the multitask task needs a store of the fine catalog; {store.path} has "
-                                 f"{m['catalog']}")
-            rows = list(m["rows"])
-            return cls(name, rows, np.arange(k), np.arange(k), np.arange(k),
-                       heads=(("transformation", rows), ("semantic", names)))
-        if name == "fine":
-            if m["catalog"] != "fine":
-                raise ValueError(f"the fine-grained task needs a store of the fine catalog; {store.path} has "
-                                 f"{m['catalog']}")
-            return cls(name, list(m["rows"]), np.arange(k), np.arange(k), np.arange(k))
-        if name == "general":
-            if m["catalog"] != "general":
-                raise ValueError(f"the generalization task needs a store of the general catalog; {store.path} "
-                                 f"has {m['catalog']}")
-            labels = np.array(m["row_labels"])
-            seen = np.array([s == "train" for s in m["row_splits"]])
-            return cls(name, list(m["classes"]), labels, np.flatnonzero(seen), np.arange(k))
-        raise ValueError(f"unknown task {name!r}; use one of {', '.join(TASKS)}")
+        names = list(m.get("label_names") or [])
+        if spec.semantic and not names:
+            raise ValueError(f"the {name} task needs semantic labels; {store.path} was embedded from "
+                             f"{m['dataset']}, which has none")
+        if spec.catalog is not None and m["catalog"] != spec.catalog:
+            raise ValueError(f"{spec.title} needs a store of the {spec.catalog} catalog; {store.path} has "
+                             f"{m['catalog']}")
+        heads = tuple((h.name, names if h.semantic else list(m[h.source])) for h in spec.heads)
+        source = next((h.source for h in spec.heads if not h.semantic), None)  # the versions' labels
+        labels = (np.zeros(k, np.int64) if source is None else np.arange(k) if source == "rows"
+                  else np.array(m["row_labels"]))
+        train = np.flatnonzero([s == "train" for s in m["row_splits"]]) if spec.held_out else np.arange(k)
+        return cls(name, heads[0][1], labels, train, np.arange(k), heads=heads)
+
+    @property
+    def spec(self) -> TaskSpec:
+        return get_task(self.name)
 
     @property
     def semantic(self) -> bool:
-        return self.name in ("semantic", "multitask")
+        return self.spec.semantic
 
 
 @dataclass
@@ -157,12 +148,10 @@ class ProbeData:
             yield chunk, self.labels(rows[pick], versions[pick]), versions[pick]
 
     def labels(self, rows: np.ndarray, versions: np.ndarray) -> np.ndarray:
-        transformation = self.task.version_labels[versions].astype(np.int64)
-        if self.task.name == "semantic":
-            return self.image_labels[rows]
-        if self.task.name == "multitask":
-            return np.stack([transformation, self.image_labels[rows]], axis=1)
-        return transformation
+        """Labels [b], or [b, heads] for a task of several heads, in the task's head order."""
+        columns = [self.image_labels[rows] if head.semantic else self.task.version_labels[versions].astype(np.int64)
+                   for head in self.task.spec.heads]
+        return columns[0] if len(columns) == 1 else np.stack(columns, axis=1)
 
     def feature_statistics(self, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation of the training embeddings, streamed (never all in memory)."""

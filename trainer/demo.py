@@ -157,18 +157,18 @@ def train_demo_probe(console: Console, work: Path, store: Path, task: str, encod
 
 def pick_detector(console: Console, probes: dict[str, Path]) -> str:
     """The candidate with the best validation AUC; test figures are printed, never used to choose."""
-    import json
+    from equiprobe.trainer.probe_record import ProbeRecord
 
     table = Table("encoder", "validation AUC", "test AUC", "TPR @ FPR 5% (test)", "top category (test)",
                   "fine-grained acc. (test)", title="detector candidates: originals vs manipulated versions")
     cards = {}
     for name, path in probes.items():
         if name.startswith("fine_"):
-            record = json.loads((path / "probe.json").read_text())
-            cards[name[len("fine_"):]] = c = record["detector"]
+            record = ProbeRecord.read(path)
+            cards[name[len("fine_"):]] = c = record.detector
             table.add_row(name[len("fine_"):], f"{c['validation_auc']:.3f}", f"{c['auc']:.3f}",
                           f"{c['tpr_at_fpr_0.05']:.3f}", f"{c['top_category_accuracy']:.3f}",
-                          f"{record['summary']['test_accuracy']['mean']:.3f}")
+                          f"{record.summary['test_accuracy']['mean']:.3f}")
     console.print(table)
     chosen = max(cards, key=lambda e: cards[e]["validation_auc"])
     console.print(f"chosen by validation AUC: [bold]{chosen}[/bold]")

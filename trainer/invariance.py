@@ -104,12 +104,12 @@ def identity_index(manifest: dict) -> int:
 
 
 def store_groups(manifest: dict) -> dict[str, tuple[str, ...]]:
-    """The finite groups among the store's versions (only the groups catalog has any)."""
-    if manifest.get("catalog") != "groups":
-        return {}
-    from equiprobe.services.transforms.groups import GROUPS
+    """The finite groups among the store's versions: those its catalog declares (only groups has any)."""
+    from equiprobe.services.transforms import CATALOGS
 
-    return {name: members for name, members in GROUPS.items() if set(members) <= set(manifest["rows"])}
+    catalog = CATALOGS.get(manifest.get("catalog"))
+    groups = catalog.groups if catalog is not None else {}
+    return {name: members for name, members in groups.items() if set(members) <= set(manifest["rows"])}
 
 
 def batches(store: Store, rows: np.ndarray, batch_size: int) -> Iterator[tuple[slice, np.ndarray]]:

@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+from .probe_record import ProbeRecord, ProbeRecordError
+from .tasks import TASKS
 
 EMBEDDING = "EMBEDDING"
 TRANSFORM_PROBS, CATEGORY_PROBS, MANIPULATION_SCORE = "TRANSFORM_PROBS", "CATEGORY_PROBS", "MANIPULATION_SCORE"
@@ -55,22 +57,27 @@ class ProbeError(ValueError):
 @dataclass
 class SavedProbe:
     path: Path
-    record: dict  # probe.json
+    saved: ProbeRecord  # probe.json
+
+    @property
+    def record(self) -> dict:
+        """probe.json's content, as deploy checks and records it."""
+        return self.saved.as_dict()
 
     @property
     def task(self) -> str:
-        return self.record["task"]
+        return self.saved.task
 
     @property
     def dim(self) -> int:
-        return int(self.record["dim"])
+        return int(self.saved.dim)
 
     @property
     def classes(self) -> list[str]:
-        return list(self.record["classes"])
+        return list(self.saved.classes)
 
     def describe(self) -> str:
-        return f"{self.record['kind']} {self.task} probe {self.path}"
+        return f"{self.saved.kind} {self.task} probe {self.path}"
 
     def load(self):
         """The trained torch Probe, in eval mode (trainer.probes.load_probe)."""
@@ -83,25 +90,18 @@ class SavedProbe:
         return probe
 
 
-REQUIRED = ("task", "kind", "dim", "classes", "catalog", "catalog_version", "encoder", "encoder_onnx_sha256")
-
-
 def read_probe(path: Path) -> SavedProbe:
     """probe.json read and checked for what deployment needs; probe.pt is loaded later."""
     path = Path(path)
-    if not (path / "probe.json").is_file():
-        raise ProbeError(f"{path} is not a probe directory (no probe.json); train one with `equiprobe train`")
     try:
-        record = json.loads((path / "probe.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ProbeError(f"{path}/probe.json is not readable JSON: {exc}") from None
-    missing = [key for key in REQUIRED if key not in record]
-    if missing:
-        raise ProbeError(f"{path}/probe.json lacks {', '.join(missing)}")
-    if record.get("deployable") is False or not (path / "probe.pt").is_file():
-        raise ProbeError(f"{path} holds no deployable probe.pt (a {record['kind']} probe)")
-    if record["task"] not in ("fine", "general"):
-        raise ProbeError(f"{path} is a {record['task']} probe; the detector takes a fine probe and optionally "
+        record = ProbeRecord.read(path)
+    except ProbeRecordError as exc:
+        raise ProbeError(str(exc)) from None
+    if record.deployable is False or not (path / "probe.pt").is_file():
+        raise ProbeError(f"{path} holds no deployable probe.pt (a {record.kind} probe)")
+    spec = TASKS.get(record.task)
+    if spec is None or not spec.detector_part:
+        raise ProbeError(f"{path} is a {record.task} probe; the detector takes a fine probe and optionally "
                          "a general one")
     return SavedProbe(path, record)
 

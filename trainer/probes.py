@@ -163,21 +163,22 @@ def config_dict(config: ProbeConfig) -> dict:
 def load_probe(directory) -> tuple[nn.Module, dict]:
     """A saved probe (probe.pt + probe.json) on the CPU in eval mode, and its record.
     Baselines without weights (knn) have no probe.pt and cannot be loaded."""
-    import json
     from pathlib import Path
 
+    from .probe_record import ProbeRecord
+
     directory = Path(directory)
-    record = json.loads((directory / "probe.json").read_text())
+    record = ProbeRecord.read(directory)
     if not (directory / "probe.pt").exists():
-        raise ValueError(f"{directory}: a {record['kind']} probe has no weights to load")
-    fields = {k: v for k, v in record.get("config", {}).items() if k in ProbeConfig.__dataclass_fields__}
-    config = ProbeConfig(**{**fields, "kind": "linear" if record["kind"] == "logreg" else record["kind"]})
-    dim = record["dim"]
+        raise ValueError(f"{directory}: a {record.kind} probe has no weights to load")
+    fields = {k: v for k, v in (record.config or {}).items() if k in ProbeConfig.__dataclass_fields__}
+    config = ProbeConfig(**{**fields, "kind": "linear" if record.kind == "logreg" else record.kind})
+    dim = record.dim
     zeros, ones = np.zeros(dim, np.float32), np.ones(dim, np.float32)
-    heads = record.get("heads") or [{"classes": record["classes"]}]
+    heads = record.head_classes
     if len(heads) == 1:
-        model = Probe(dim, len(heads[0]["classes"]), config, zeros, ones)
+        model = Probe(dim, len(heads[0]), config, zeros, ones)
     else:
-        model = MultiTaskProbe(dim, [len(h["classes"]) for h in heads], config, zeros, ones)
+        model = MultiTaskProbe(dim, [len(h) for h in heads], config, zeros, ones)
     model.load_state_dict(torch.load(directory / "probe.pt", map_location="cpu", weights_only=True))
-    return model.eval(), record
+    return model.eval(), record.as_dict()

@@ -27,11 +27,14 @@ from typing import Optional
 import numpy as np
 
 from equiprobe.clients.store import Store
+from equiprobe.services.transforms import parse_version
 
 from . import invariance, plots
 from .data import ProbeData, Task
 from .detector_card import plot_roc
+from .probe_record import ProbeRecord
 from .probes import load_probe, predict
+from .tasks import get_task
 
 
 def _mean_over_runs(runs: list[dict], key: str) -> dict:
@@ -47,26 +50,26 @@ Outcomes = dict[tuple[str, str], bool]  # (image key, version name) -> correct?
 def probe_section(directory: Path, max_images: int) -> tuple[dict, Optional[Outcomes]]:
     """The probe's figures, and its per-example test outcomes where it can be run on its store
     (a single-head probe with weights), for comparisons across catalog versions."""
-    record = json.loads((directory / "probe.json").read_text())
-    runs = record["runs"]
+    record = ProbeRecord.read(directory)
+    spec, runs = get_task(record.task), record.runs
     section = {
-        "dir": str(directory), "kind": record["kind"], "task": record["task"], "encoder": record["encoder"],
-        "catalog_version": record["catalog_version"], "store": record.get("store"), "summary": record["summary"],
-        "images": record.get("images"), "seeds": record.get("seeds"),
+        "dir": str(directory), "kind": record.kind, "task": record.task, "encoder": record.encoder,
+        "catalog_version": record.catalog_version, "store": record.store, "summary": record.summary,
+        "images": record.images, "seeds": record.seeds,
         "per_version_accuracy": _mean_over_runs(runs, "per_version_accuracy"),
     }
-    if "detector" in record:  # train's card: threshold on validation sources, figures on test sources
-        section["detector_card"] = record["detector"]
-    if record["task"] == "general" and runs[0].get("per_style_accuracy"):
+    if record.detector is not None:  # train's card: threshold on validation sources, figures on test sources
+        section["detector_card"] = record.detector
+    if spec.per_style and runs[0].get("per_style_accuracy"):
         seen = {n: s["seen"] for n, s in runs[0]["per_style_accuracy"].items()}
         section["per_style_accuracy"] = {n: {"accuracy": a, "seen": seen[n]}
                                          for n, a in _mean_over_runs(runs, "per_style_accuracy").items()}
     outcomes = None
-    store_path = Path(record["store"]) if record.get("store") else None
+    store_path = Path(record.store) if record.store else None
     if (directory / "probe.pt").exists() and store_path and (store_path / "manifest.json").exists():
         model, _ = load_probe(directory)
         store = Store.open(store_path)
-        data = ProbeData.from_store(store, Task.from_store(store, record["task"]), record.get("split", "store"))
+        data = ProbeData.from_store(store, Task.from_store(store, record.task), record.split or "store")
         predicted, truth, versions = predict(model, data, "test")
         if predicted.ndim == 1:
             classes = len(data.task.classes)
@@ -76,7 +79,7 @@ def probe_section(directory: Path, max_images: int) -> tuple[dict, Optional[Outc
             rows, _ = data.examples("test")  # predict reads the examples in this order
             keys, names = np.asarray(store.array("image_keys")), store.manifest["rows"]
             outcomes = {(str(keys[r]), names[v]): bool(c) for r, v, c in zip(rows, versions, predicted == truth)}
-        if record["task"] in ("fine", "general"):
+        if spec.softmax_geed:
             section["softmax_geed"] = invariance.softmax_geed(model, store, max_images=max_images)
     return section, outcomes
 
@@ -102,7 +105,7 @@ def compare_versions(probes: list[dict], outcomes_by_dir: dict[str, Optional[Out
         by_version = {p["catalog_version"]: p for p in members}
         if len(by_version) < 2:
             continue
-        old, new = (by_version[v] for v in sorted(by_version)[-2:])
+        old, new = (by_version[v] for v in sorted(by_version, key=parse_version)[-2:])
         outcomes = [outcomes_by_dir[p["dir"]] for p in (old, new)]
         if None in outcomes:
             continue
@@ -131,19 +134,14 @@ def table1(probes: list[dict]) -> list[dict]:
     rows: dict[tuple[str, str], dict] = {}
     for p in probes:
         row = rows.setdefault((p["encoder"], p["kind"]), {"encoder": p["encoder"], "probe": p["kind"]})
-        if p["task"] == "fine":
-            row["fine"] = p["summary"].get("test_accuracy")
-        elif p["task"] == "general":
-            row["general"] = p["summary"].get("test_accuracy")
-            row["held_out_noise"] = p["summary"].get("held_out_noise_accuracy")
-            row["held_out_style"] = p["summary"].get("held_out_style_accuracy")
+        row.update({column: p["summary"].get(metric) for column, metric in get_task(p["task"]).table1})
     return list(rows.values())
 
 
 def multitask_rows(probes: list[dict]) -> list[dict]:
     return [{"encoder": p["encoder"], "dir": p["dir"], **{k: p["summary"].get(k) for k in (
         "test_accuracy", "semantic_accuracy", "semantic_only_accuracy", "semantic_accuracy_change")}}
-            for p in probes if p["task"] == "multitask"]
+            for p in probes if get_task(p["task"]).semantic_only]
 
 
 def _slug(text: str) -> str:
@@ -165,7 +163,7 @@ def render_plots(results: dict, out: Path) -> list[Path]:
     if cards:
         written.append(plot_roc(cards, out / "detector_roc.png", "Detector ROC, test sources: originals vs "
                                 "manipulated"))
-    fine = [p for p in results["probes"] if p["task"] in ("fine", "multitask")]
+    fine = [p for p in results["probes"] if get_task(p["task"]).per_transformation_plot]
     if fine:
         names = fine[0]["per_version_accuracy"].keys()
         written.append(plots.grouped_bars(

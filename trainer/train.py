@@ -10,7 +10,6 @@ The baselines (trainer.baselines: logreg, knn) write the same record.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -21,6 +20,7 @@ from equiprobe.clients.store import Store
 from equiprobe.services.transforms import get_catalog
 
 from .data import ProbeData, Task
+from .probe_record import ProbeRecord
 from .detector_scores import card_for, save_scores
 from .probe_export import IDENTITY
 from .probes import ProbeConfig, config_dict, fit, predict
@@ -44,13 +44,16 @@ def test_metrics(data: ProbeData, predicted: np.ndarray, truth: np.ndarray, vers
         correct = correct[:, 0]
     per_version = {m["rows"][k]: float(correct[versions == k].mean()) for k in np.unique(versions)}
     metrics = {"test_accuracy": float(correct.mean()), **extra, "per_version_accuracy": per_version}
-    if data.task.name == "general":
+    spec = data.task.spec
+    if spec.held_out_families or spec.per_style:
         families, splits = version_families(m), m["row_splits"]
+    if spec.held_out_families:
         held_out = np.array([s == "test" for s in splits])
-        for family in ("noise", "style"):
+        for family in spec.held_out_families:
             in_family = np.array([f == family for f in families])
             chosen = np.isin(versions, np.flatnonzero(in_family & held_out))
             metrics[f"held_out_{family}_accuracy"] = float(correct[chosen].mean()) if chosen.any() else None
+    if spec.per_style:
         metrics["per_style_accuracy"] = {
             m["rows"][k]: {"accuracy": per_version[m["rows"][k]], "seen": splits[k] == "train"}
             for k in range(len(families)) if families[k] == "style" and m["rows"][k] in per_version}
@@ -92,27 +95,31 @@ def train_probes(store_path: Path, task_name: str, config: ProbeConfig, seeds: l
                 job, completed=done + epoch + 1, description=f"seed {seed} epoch {epoch} val {h['val_accuracy']:.3f}"))
             bar.update(job, completed=done + config.max_epochs)
             metrics = test_metrics(data, *predict(result.model, data, "test"))
-            if task.name == "multitask":  # the study's claim: the semantic head loses nothing
+            if task.spec.semantic_only:  # the study's claim: the semantic head loses nothing
                 metrics["semantic_only_accuracy"] = semantic_only(data, config, seed, statistics)
                 metrics["semantic_accuracy_change"] = metrics["semantic_accuracy"] - metrics["semantic_only_accuracy"]
             runs.append({"seed": seed, "val_accuracy": result.val_accuracy, "epochs": result.epochs,
                          "best_epoch": result.best_epoch, **metrics})
             if best is None or result.val_accuracy > best.val_accuracy:
                 best = result
-    m = store.manifest
-    record = {
-        "kind": config.kind, "task": task_name, "dim": data.dim, "classes": task.classes,
-        "heads": [{"name": name, "classes": classes} for name, classes in task.heads], "split": split_by,
-        "catalog": m["catalog"], "catalog_version": m["catalog_version"], "rows": m["rows"],
-        "encoder": m["encoder"], "encoder_onnx_sha256": m["encoder_onnx_sha256"],
-        "store": str(store_path), "config": config_dict(config), "seeds": seeds, "saved_seed": best.seed,
-        "images": {"train": len(data.train_rows), "val": len(data.val_rows), "test": len(data.test_rows)},
-        "deployable": True,  # probe.pt takes raw embeddings (the knn baseline saves none)
-        "summary": summarize(runs), "runs": runs,
-    }
+    record = probe_record(store_path, data, split_by, runs, kind=config.kind, config=config_dict(config),
+                          seeds=seeds, saved_seed=best.seed, deployable=True)  # probe.pt takes raw embeddings
     out.mkdir(parents=True, exist_ok=True)
-    if task.name == "fine" and IDENTITY in task.classes:  # the detector's figures, threshold on validation
-        record["detector"] = card_for(save_scores(best.model, data, out))
+    if task.spec.detector and IDENTITY in task.classes:  # the detector's figures, threshold on validation
+        record.detector = card_for(save_scores(best.model, data, out))
     torch.save(best.model.cpu().state_dict(), out / "probe.pt")
-    (out / "probe.json").write_text(json.dumps(record, indent=2))
-    return record
+    record.write(out)
+    return record.as_dict()
+
+
+def probe_record(store_path: Path, data: ProbeData, split_by: str, runs: list[dict], **fitted) -> ProbeRecord:
+    """What every probe's probe.json says of its store, task, split and metrics; `fitted`: the
+    probe's own fields (kind, config, seeds, saved_seed, deployable, selection)."""
+    m = data.store.manifest
+    return ProbeRecord(
+        task=data.task.name, dim=data.dim, classes=data.task.classes,
+        heads=[{"name": name, "classes": classes} for name, classes in data.task.heads], split=split_by,
+        catalog=m["catalog"], catalog_version=m["catalog_version"], rows=m["rows"], encoder=m["encoder"],
+        encoder_onnx_sha256=m["encoder_onnx_sha256"], store=str(store_path),
+        images={"train": len(data.train_rows), "val": len(data.val_rows), "test": len(data.test_rows)},
+        summary=summarize(runs), runs=runs, **fitted)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 from nvidia.dali import types
 
 from . import fine, general, groups
-from .spec import Transform, fingerprint, sample_params, upload_quality
+from .spec import Transform, fingerprint, parse_version, sample_params, upload_quality
 
 # DALI type and rank of every host-rendered auxiliary input a transformation may ask for.
 AUX_TYPES = {
@@ -32,8 +33,16 @@ class Catalog:
     version: str
     transforms: tuple[Transform, ...]
     classes: tuple[str, ...] = ()
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # finite groups among the rows
 
     def __post_init__(self):
+        repeated = sorted(i for i, n in Counter(t.id for t in self.transforms).items() if n > 1)
+        if repeated:
+            raise ValueError(f"catalog {self.name}: transform ids {repeated} are declared more than once "
+                             f"({', '.join(t.name for t in self.transforms if t.id in repeated)}); every row's id "
+                             "is written in the catalog and must be its own")
+        if parse_version(self.version)[0] != self.name:
+            raise ValueError(f"catalog {self.name}: version {self.version!r} names another catalog")
         if not self.classes:
             object.__setattr__(self, "classes", tuple(t.name for t in self.transforms))
         unknown = {t.category for t in self.transforms} - set(self.classes) if self.name != "fine" else set()
@@ -95,11 +104,21 @@ class Catalog:
         return ", ".join(f"{p.name}={row[i]:.3g}" for i, p in enumerate(t.params))
 
 
-CATALOGS = {
-    "fine": Catalog("fine", fine.VERSION, fine.TRANSFORMS),
-    "general": Catalog("general", general.VERSION, general.TRANSFORMS, general.CLASSES),
-    "groups": Catalog("groups", groups.VERSION, groups.TRANSFORMS),
-}
+def _apart(*catalogs: Catalog) -> dict[str, Catalog]:
+    """The catalogs by name; no id in two of them (an id seeds its row's parameters)."""
+    owners: dict[int, str] = {}
+    for catalog in catalogs:
+        for t in catalog.transforms:
+            if owners.setdefault(t.id, catalog.name) != catalog.name:
+                raise ValueError(f"transform id {t.id} ({catalog.name} {t.name}) is also in catalog {owners[t.id]}")
+    return {c.name: c for c in catalogs}
+
+
+CATALOGS = _apart(
+    Catalog("fine", fine.VERSION, fine.TRANSFORMS),
+    Catalog("general", general.VERSION, general.TRANSFORMS, general.CLASSES),
+    Catalog("groups", groups.VERSION, groups.TRANSFORMS, groups=groups.GROUPS),
+)
 
 
 def get_catalog(name: str) -> Catalog:

@@ -52,40 +52,58 @@ def _style_params():
 
 
 def _build() -> tuple[Transform, ...]:
+    """Every row with its id written here, never derived from its position: a row inserted
+    anywhere leaves every other row's id, parameters and fingerprint as they were. Ids 100+ keep
+    them apart from the fine catalog's in parameter seeding."""
     f = {t.name: t for t in fine.TRANSFORMS}
-    rows: list[tuple] = []  # (name, category, params, apply, split, family, aux)
+    rows: list[Transform] = []
 
-    def like(name, split, new_name=None, category=None, params=None, aux=None, family=None):
+    def like(tid, name, split, new_name=None, params=None, aux=None):
         t = f[name]
-        rows.append((new_name or name, category or t.category, params or t.params, t.apply, split,
-                     family or t.family, t.aux if aux is None else aux))
+        rows.append(Transform(tid, new_name or name, t.category, params or t.params, t.apply,
+                              aux=t.aux if aux is None else aux, split=split, family=t.family))
 
-    like("identity", "train")
+    def style(tid, ref, split):
+        rows.append(Transform(tid, f"style_{ref}", "style", _style_params(), fixed_style,
+                              aux=(("STYLE_REF", _fixed_reference(ref)),), split=split, family="style"))
+
+    like(100, "identity", "train")
     # Seen in training (28 sub-transformations besides Identity).
-    for name in ("hue_shift", "saturate", "grayscale", "tint", "invert", "posterize", "brighten", "contrast",
-                 "vignette", "gaussian_blur", "motion_blur", "gaussian_noise", "salt_and_pepper", "pixelate",
-                 "jpeg", "rotate", "crop_zoom", "wave", "perspective", "border"):
-        like(name, "train")
-    like("text_overlay", "train")
-    like("icon_overlay", "train")
-    for ref in assets.SEEN_STYLES:
-        rows.append((f"style_{ref}", "style", _style_params(), fixed_style, "train", "style",
-                     (("STYLE_REF", _fixed_reference(ref)),)))
+    for tid, name in ((101, "hue_shift"), (102, "saturate"), (103, "grayscale"), (104, "tint"), (105, "invert"),
+                      (106, "posterize"), (107, "brighten"), (108, "contrast"), (109, "vignette"),
+                      (110, "gaussian_blur"), (111, "motion_blur"), (112, "gaussian_noise"),
+                      (113, "salt_and_pepper"), (114, "pixelate"), (115, "jpeg"), (116, "rotate"),
+                      (117, "crop_zoom"), (118, "wave"), (119, "perspective"), (120, "border"),
+                      (121, "text_overlay"), (122, "icon_overlay")):
+        like(tid, name, "train")
+    for tid, ref in ((123, "brick"), (124, "grass"), (125, "gravel"), (126, "hubble_deep_field"),
+                     (127, "immunohistochemistry"), (128, "coins")):
+        style(tid, ref, "train")
     # Held out for the test set only (18).
-    for name in ("sharpen", "solarize", "darken", "defocus_blur", "shot_noise", "sphere", "grid_mask"):
-        like(name, "test")
-    rows.append(("speckle_noise", "noise", (SEED, _p("sigma", 0.25, 0.5)), speckle_noise, "test", "noise", ()))
-    rows.append(("downscale", "resolution", (_p("side", 40, 72, True),), downscale, "test", None, ()))
-    like("text_overlay", "test", "text_overlay_unseen_fonts", params=fine.text_params(len(assets.HELD_OUT_FONTS)),
+    for tid, name in ((129, "sharpen"), (130, "solarize"), (131, "darken"), (132, "defocus_blur"),
+                      (133, "shot_noise"), (134, "sphere"), (135, "grid_mask")):
+        like(tid, name, "test")
+    rows.append(Transform(136, "speckle_noise", "noise", (SEED, _p("sigma", 0.25, 0.5)), speckle_noise,
+                          split="test", family="noise"))
+    rows.append(Transform(137, "downscale", "resolution", (_p("side", 40, 72, True),), downscale, split="test"))
+    like(138, "text_overlay", "test", "text_overlay_unseen_fonts", params=fine.text_params(len(assets.HELD_OUT_FONTS)),
          aux=(("TEXT", fine._text(assets.HELD_OUT_FONTS)),))
-    like("icon_overlay", "test", "icon_overlay_unseen_icons", params=fine.icon_params(len(assets.HELD_OUT_ICONS)),
+    like(139, "icon_overlay", "test", "icon_overlay_unseen_icons", params=fine.icon_params(len(assets.HELD_OUT_ICONS)),
          aux=(("ICON", fine._icon(assets.HELD_OUT_ICONS)),))
-    for ref in assets.HELD_OUT_STYLES:
-        rows.append((f"style_{ref}", "style", _style_params(), fixed_style, "test", "style",
-                     (("STYLE_REF", _fixed_reference(ref)),)))
-    # Ids 100+ keep them apart from the fine catalog's in parameter seeding.
-    return tuple(Transform(100 + i, name, category, params, apply, aux=aux, split=split, family=family)
-                 for i, (name, category, params, apply, split, family, aux) in enumerate(rows))
+    for tid, ref in ((140, "retina"), (141, "china"), (142, "flower"), (143, "moon"), (144, "rocket"),
+                     (145, "colorwheel"), (146, "camera")):
+        style(tid, ref, "test")
+    _check_styles(rows)
+    return tuple(rows)
+
+
+def _check_styles(rows: list[Transform]) -> None:
+    """The style rows are the assets' references, seen and held out as assets.py says."""
+    for split, refs in (("train", assets.SEEN_STYLES), ("test", assets.HELD_OUT_STYLES)):
+        declared = [t.name[len("style_"):] for t in rows if t.category == "style" and t.split == split
+                    and t.apply is fixed_style]
+        if sorted(declared) != sorted(refs):
+            raise ValueError(f"general catalog: {split} style rows {declared} are not the assets' {list(refs)}")
 
 
 TRANSFORMS = _build()

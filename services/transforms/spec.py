@@ -51,6 +51,15 @@ class Transform:
     family: Optional[str] = None  # e.g. "noise" or "style", for held-out accuracy columns
 
 
+def parse_version(version: str) -> tuple[str, int]:
+    """A catalog version as (catalog name, number): "fine-10" -> ("fine", 10). Versions are
+    ordered by this, never as strings ("fine-10" sorts before "fine-2" as text)."""
+    name, dash, number = version.rpartition("-")
+    if not (dash and name and number.isdigit()):
+        raise ValueError(f"catalog version {version!r} is not NAME-NUMBER (as fine-1)")
+    return name, int(number)
+
+
 def image_key(data: bytes) -> str:
     """A content key for encoded image bytes: the server can derive it without a client id."""
     return hashlib.sha256(data).hexdigest()[:16]
