@@ -31,6 +31,15 @@ class Measurement:
         return self.images / self.seconds
 
 
+def bench_repo(repo: Path, encoder: str) -> Path:
+    """The benchmarks' repository: built once, reused by later runs."""
+    from equiprobe.services.repository import GATE, build_repo
+
+    if not all((repo / m / "config.pbtxt").exists() for m in (f"{encoder}_embed31", GATE)):
+        build_repo(encoder, repo)
+    return repo
+
+
 def bench_images(count: int, seed: int = 0) -> list[bytes]:
     """JPEG crops (224 to 512 pixels) of the package photos: real content, varied byte lengths."""
     rng = np.random.default_rng(seed)
@@ -214,6 +223,29 @@ def expansion_dali_vs_pillow(catalog, images: list[bytes], batch: int = 8) -> tu
     return dali, pillow
 
 
+def run_transforms_bench(repo: Path, encoder: str, images: int, concurrency: int) -> dict:
+    """Images/s of NAME_embed31 (server-side expansion) and of client-side expansion + uploads to
+    NAME_embed on a loopback server over `repo`, and of the expansion alone in DALI and in Pillow."""
+    import tempfile
+
+    from equiprobe.services.server import TritonServer, loopback_config
+    from equiprobe.services.transforms import get_catalog
+    from equiprobe.services.transforms.expand import Expander, serialize_expand
+
+    bench_repo(repo, encoder)
+    catalog = get_catalog("fine")
+    data = bench_images(images, seed=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        expander = Expander(serialize_expand(catalog, Path(tmp) / "e.dali", "cpu", 1, 2), catalog, 1, 2)
+    with TritonServer(loopback_config(repo)) as server:
+        url = server.config.grpc_url
+        server_rate = server_side_expansion(url, encoder, "fine", data, concurrency)
+        client_rate = client_side_expansion(url, encoder, expander, data, concurrency * 2)
+    dali_rate, pillow_rate = expansion_dali_vs_pillow(catalog, data)
+    return {"versions": len(catalog.transforms), "server_side": server_rate, "client_side": client_rate,
+            "dali": dali_rate, "pillow": pillow_rate}
+
+
 # -- `equiprobe bench embed` ----------------------------------------------------------------------
 
 def best_rate(measure, batch_sizes) -> tuple[float, int]:
@@ -269,3 +301,41 @@ def naive_loop_rate(encoder: str, images: list[bytes]) -> float:
                 pixels = reference_preprocess(encode(version, "BMP"), spec.preprocess)
                 model(torch.from_numpy(pixels)[None])
     return len(images) / (time.perf_counter() - start)
+
+
+def end_to_end_embed_rate(url: str, encoder: str, images: int, tmp: Path) -> float:
+    """Images/s of `equiprobe embed`'s job on the corpus, the better of two runs after a warm-up
+    (first ONNX Runtime and DALI runs), as the stage measurements do; this machine's timings are noisy."""
+    import asyncio
+
+    from .embed_job import EmbedJob, run_embed_job
+
+    asyncio.run(run_embed_job(EmbedJob("corpus", encoder, tmp / "warm", url, limit=8), progress=False))
+    rates = []
+    for attempt in range(2):
+        job = EmbedJob("corpus", encoder, tmp / f"store{attempt}", url, limit=images)
+        start = time.perf_counter()
+        asyncio.run(run_embed_job(job, progress=False))
+        rates.append(images / (time.perf_counter() - start))
+    return max(rates)
+
+
+def run_embed_bench(repo: Path, encoder: str, images: int, naive_images: int) -> dict:
+    """End-to-end embedding on a loopback server over `repo` against each stage alone (best batch
+    size), the pipeline limit of both stages on the same cores, and a naive loop."""
+    import tempfile
+
+    from equiprobe.services.server import TritonServer, loopback_config
+
+    from .datasets import open_dataset
+
+    bench_repo(repo, encoder)
+    photos = open_dataset("corpus")
+    data = [photos.record(i).load() for i in range(images)]
+    with tempfile.TemporaryDirectory() as tmp, TritonServer(loopback_config(repo)) as server:
+        end_to_end = end_to_end_embed_rate(server.config.grpc_url, encoder, images, Path(tmp))
+    expand, expand_batch = best_rate(lambda b: expansion_stage_rate(repo, encoder, data, b), (1, 4, 8))
+    encode_rate, encode_batch = best_rate(lambda b: encoder_stage_rate(repo, encoder, images, b), (1, 2, 4, 8))
+    return {"end_to_end": end_to_end, "expand": expand, "expand_batch": expand_batch, "encode": encode_rate,
+            "encode_batch": encode_batch, "limit": 1 / (1 / expand + 1 / encode_rate),  # both stages on the same cores
+            "naive": naive_loop_rate(encoder, data[:naive_images])}

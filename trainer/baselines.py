@@ -33,34 +33,11 @@ import numpy as np
 
 from equiprobe.clients.store import Store
 
+from .configs import BASELINES, C_GRID, K_GRID, BaselineConfig  # noqa: F401 (re-exported here)
 from .data import ProbeData, Task
 from .probes import Probe, ProbeConfig, predict_with
 from .tasks import TASKS, spoken
 from .train import probe_record, test_metrics
-
-BASELINES = ("logreg", "knn")
-C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2)
-K_GRID = (1, 5, 10, 20, 50)
-
-
-@dataclass(frozen=True)
-class BaselineConfig:
-    kind: str = "logreg"  # "logreg" or "knn"
-    c_grid: tuple[float, ...] = C_GRID
-    k_grid: tuple[int, ...] = K_GRID
-    # Examples held in memory per part (train, validation): 200,000 x D float32 is 800 MB at D=1024
-    # (logreg adds a float64 copy of the training part for sklearn).
-    max_examples: int = 200_000
-    max_iter: int = 1000  # lbfgs iterations; enough for standardized embeddings
-    seed: int = 0  # of the subsample, where a part has more than max_examples
-    batch_size: int = 4096  # examples per read (and per faiss search)
-
-    def __post_init__(self):
-        if self.kind not in BASELINES:
-            raise ValueError(f"unknown baseline {self.kind!r}; use {' or '.join(BASELINES)}")
-        if self.max_examples < 1:
-            raise ValueError(f"max_examples must be positive, not {self.max_examples}")
-
 
 @dataclass
 class Examples:

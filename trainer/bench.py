@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -35,16 +37,19 @@ def read_rate(store_path: Path, task: str, batch_size: int = 4096) -> dict:
             "mb_per_s": rows * data.dim * np.dtype(store.manifest["dtype"]).itemsize / elapsed / 1e6}
 
 
-def bench_train(store_path: Path, task: str = "fine", max_epochs: int = 100) -> dict:
+def bench_train(store_path: Path, task: str = "fine", probe: Optional[ProbeConfig] = None,
+                baseline: Optional[BaselineConfig] = None) -> dict:
+    """`probe` sets the torch probes but their kind (linear, then mlp); `baseline` the logistic
+    regression's (its kind is logreg). Default: the dataclasses' defaults."""
+    probe, baseline = probe or ProbeConfig(), replace(baseline or BaselineConfig(), kind="logreg")
     results = {"read": read_rate(store_path, task)}
     with tempfile.TemporaryDirectory() as tmp:
         runs = {
-            "torch linear": lambda out: train_probes(store_path, task, ProbeConfig(kind="linear", max_epochs=max_epochs),
-                                                     [0], out, progress=False),
-            "sklearn logreg": lambda out: train_baseline(store_path, task, BaselineConfig(kind="logreg"), out,
-                                                         progress=False),
-            "torch mlp": lambda out: train_probes(store_path, task, ProbeConfig(kind="mlp", max_epochs=max_epochs),
-                                                  [0], out, progress=False),
+            "torch linear": lambda out: train_probes(store_path, task, replace(probe, kind="linear"), [0], out,
+                                                     progress=False),
+            "sklearn logreg": lambda out: train_baseline(store_path, task, baseline, out, progress=False),
+            "torch mlp": lambda out: train_probes(store_path, task, replace(probe, kind="mlp"), [0], out,
+                                                  progress=False),
         }
         for name, run in runs.items():
             t0 = time.perf_counter()

@@ -27,6 +27,7 @@ from equiprobe.clients.embedding import EmbeddingClient, ServiceError
 from equiprobe.clients.photos import encode
 from equiprobe.services.repository import InProcessEmbed, build_repo
 from equiprobe.services.server import TritonServer, loopback_config
+from equiprobe.trainer.configs import ProbeConfig
 
 DATASET = "corpus"
 ENCODER = "squeezenet1_1"  # the embedded default: also the generalization and groups stores
@@ -37,11 +38,12 @@ GENERAL_IMAGES = 150  # x 47 versions: 28 seen sub-transformations and 19 held o
 GROUPS_IMAGES = 100  # x 5 versions: identity, three rotations, a flip (exact group G-EED)
 SEEDS = [0, 1]  # the study repeats 5 seeds (equiprobe train's default); two keep the demo short
 MAX_EPOCHS = 60
+PROBE = ProbeConfig(kind="mlp", max_epochs=MAX_EPOCHS)  # the probes it trains (equiprobe demo's options change it)
 REFERENCE_IMAGES = 40  # test sources whose Pillow-made versions the served detector scores
 SHOWN_VERSIONS = ("identity", "gaussian_blur", "text_overlay", "reference_style")
 
 
-def run_demo(workdir: str) -> None:
+def run_demo(workdir: str, probe: ProbeConfig = PROBE) -> None:
     from equiprobe.clients.corpus import check_corpus
     from equiprobe.clients.datasets import open_dataset
 
@@ -75,8 +77,8 @@ def run_demo(workdir: str) -> None:
 
         console.rule(f"4. train the fine-grained MLP probe of every candidate and the generalization probe "
                      f"(seeds {SEEDS})")
-        probes = {f"fine_{e}": train_demo_probe(console, work, store, "fine", e) for e, store in fine.items()}
-        probes["general"] = train_demo_probe(console, work, general, "general", ENCODER)
+        probes = {f"fine_{e}": train_demo_probe(console, work, store, "fine", e, probe) for e, store in fine.items()}
+        probes["general"] = train_demo_probe(console, work, general, "general", ENCODER, probe)
         chosen = pick_detector(console, probes)
 
         console.rule("5. deploy the chosen detector into the running server")
@@ -141,13 +143,13 @@ def join_stores(console: Console, work: Path, fine: dict[str, Path]) -> Path:
     return out
 
 
-def train_demo_probe(console: Console, work: Path, store: Path, task: str, encoder: str) -> Path:
-    from equiprobe.trainer.probes import ProbeConfig
+def train_demo_probe(console: Console, work: Path, store: Path, task: str, encoder: str,
+                     probe: ProbeConfig = PROBE) -> Path:
     from equiprobe.trainer.train import train_probes
 
-    out = work / f"probe_{task}_{encoder}_mlp"
+    out = work / f"probe_{task}_{encoder}_{probe.kind}"
     t0 = time.perf_counter()
-    record = train_probes(store, task, ProbeConfig(kind="mlp", max_epochs=MAX_EPOCHS), SEEDS, out)
+    record = train_probes(store, task, probe, SEEDS, out)
     images = record["images"]
     console.print(f"{encoder} {task}: {images['train']} train / {images['val']} validation / {images['test']} test "
                   f"images, test accuracy {record['summary']['test_accuracy']['mean']:.3f}, "

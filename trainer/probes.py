@@ -19,19 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .configs import ProbeConfig
 from .data import ProbeData
-
-
-@dataclass(frozen=True)
-class ProbeConfig:
-    kind: str = "mlp"  # "linear" or "mlp"
-    hidden: int = 2048
-    dropout: float = 0.2
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 1024
-    max_epochs: int = 100
-    patience: int = 8  # epochs without a better validation accuracy before stopping
 
 
 class Probe(nn.Module):

@@ -1,4 +1,4 @@
-"""Commands for what runs in or for Triton: encoders, export, build-repo, serve."""
+"""`equiprobe encoders`, `formats`, `export`, `build-repo` and `serve`: what runs in or for Triton."""
 
 from __future__ import annotations
 
@@ -12,17 +12,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-console = Console(stderr=True)
-
-
-def fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=1)
-
+from .common import console, fail
 
 def encoders() -> None:
     """List the registered encoders."""
-    from .encoders import list_encoders
+    from equiprobe.services.encoders import list_encoders
 
     table = Table("name", "dim", "input", "weights", "description")
     for spec in list_encoders():
@@ -34,7 +28,7 @@ def encoders() -> None:
 
 def formats() -> None:
     """List the upload formats each flavour takes, who decodes them and what is checked."""
-    from .uploads import FORMATS, MAX_PIXELS, MAX_REQUEST_MB
+    from equiprobe.services.uploads import FORMATS, MAX_PIXELS, MAX_REQUEST_MB
 
     table = Table("format", "suffixes", "portable flavour", "native flavour", "checked before decoding",
                   title="Uploads (EXIF orientation is applied for every format)")
@@ -59,8 +53,8 @@ def export(
     random_weights: bool = typer.Option(False, help="Random weights, for pipeline tests only."),
 ) -> None:
     """Export an encoder to ONNX with a dynamic batch axis and check it against torch."""
-    from .encoders import EncoderError, get_encoder
-    from .export import RELATIVE_TOLERANCE, export_encoder
+    from equiprobe.services.encoders import EncoderError, get_encoder
+    from equiprobe.services.export import RELATIVE_TOLERANCE, export_encoder
 
     out = out or Path("build/onnx") / f"{encoder}.onnx"
     try:
@@ -89,8 +83,8 @@ def build_repo(
 ) -> None:
     """Render NAME_embed (DALI -> ONNX ensemble) and the server-side expansions NAME_embed31,
     NAME_embed_general and NAME_embed_groups."""
-    from .encoders import EncoderError
-    from .repository import ServingSpec, build_repo as build
+    from equiprobe.services.encoders import EncoderError
+    from equiprobe.services.repository import ServingSpec, build_repo as build
 
     nets = {}
     for item in style_net:
@@ -142,8 +136,8 @@ def serve(
 
     Off loopback: gRPC with TLS (or --insecure), HTTP for health probes only, keys through
     Triton's restricted protocols (README "Exposing the server")."""
-    from .security import http_health_only
-    from .server import MODEL_CONTROL_MODES, ServerConfig, ServerError, TritonServer
+    from equiprobe.services.security import http_health_only
+    from equiprobe.services.server import MODEL_CONTROL_MODES, ServerConfig, ServerError, TritonServer
 
     if model_control not in MODEL_CONTROL_MODES:
         raise fail(f"--model-control takes {', '.join(MODEL_CONTROL_MODES)}, not {model_control!r}")
@@ -178,44 +172,3 @@ def serve(
     if died:
         raise fail(f"tritonserver exited unexpectedly with code {server.process.returncode}")
     console.print("stopped")
-
-
-transforms_app = typer.Typer(no_args_is_help=True, help="The transform catalogs.")
-
-
-@transforms_app.command("list")
-def transforms_list(catalog: str = typer.Option("fine", help="fine, general or groups.")) -> None:
-    """List a catalog's transformations with their ids, categories and parameter ranges."""
-    from .transforms import get_catalog
-
-    try:
-        cat = get_catalog(catalog)
-    except ValueError as exc:
-        raise fail(str(exc))
-    table = Table("id", "name", "category", "parameters", title=f"{cat.name} catalog, version {cat.version}")
-    for t in cat.transforms:
-        table.add_row(str(t.id), t.name, t.category, "; ".join(p.describe() for p in t.params))
-    Console(width=140).print(table)
-
-
-@transforms_app.command("preview")
-def transforms_preview(
-    image: Path = typer.Argument(..., help="An image file (see `equiprobe formats`)."),
-    out: Path = typer.Option(Path("grid.png"), help="PNG to write."),
-    catalog: str = typer.Option("fine", help="fine, general or groups."),
-    seed: int = typer.Option(0, help="Dataset seed: parameters are a function of (image, transform, seed)."),
-) -> None:
-    """Render a labelled grid of every version of IMAGE."""
-    from .transforms import get_catalog
-    from .transforms.preview import expand_one, render_grid
-    from .uploads import admit
-
-    if not image.is_file():
-        raise fail(f"{image} does not exist")
-    data = image.read_bytes()
-    try:
-        cat = get_catalog(catalog)
-        versions, params = expand_one(cat, admit(data).data, seed)
-    except (ValueError, RuntimeError) as exc:
-        raise fail(f"{image}: {exc}")
-    print(f"wrote {render_grid(cat, versions, params, out)} ({len(versions)} versions)")

@@ -1,0 +1,231 @@
+"""`equiprobe bench ...`: every benchmark (serve, detector, transforms, embed, soak, train).
+The measurements are clients/bench.py's, clients/soak.py's and trainer/bench.py's; here, the
+options and the tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .common import baseline_options, fail, probe_options
+
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print side-by-side ratios.")
+
+
+@bench_app.command("serve")
+def bench_serve(
+    encoder: str = typer.Option("squeezenet1_1"),
+    repo: Path = typer.Option(Path("build/bench/model_repository"), help="Built if it has no NAME_embed."),
+    images: int = typer.Option(256, help="Images per measurement."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures here."),
+) -> None:
+    """Triton gRPC (concurrency 1, 8, 32) against in-process DALI + ONNX Runtime (batch 1, 8, 32)."""
+    from equiprobe.clients.bench import bench_images, bench_repo, run_serve_bench
+    from equiprobe.services.server import TritonServer, loopback_config
+
+    bench_repo(repo, encoder)
+    data = bench_images(images)
+    with TritonServer(loopback_config(repo)) as server:
+        rows = run_serve_bench(repo, server.config.grpc_url, encoder, data)
+    print_side_by_side(f"{encoder}_embed: {images} JPEG photos (224-512 px) per row", rows, ("triton", "in_process"),
+                       ("in flight | batch", "Triton img/s", "p50 ms", "p99 ms", "in-process img/s", "p50 ms/batch",
+                        "p99 ms/batch", "Triton/in-process"), json_out)
+
+
+def print_side_by_side(title: str, rows: list[dict], sides: tuple[str, str], columns: tuple[str, ...],
+                       json_out: Optional[Path]) -> None:
+    """One table row per level: both sides' images/s, p50 and p99, and their throughput ratio."""
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, justify="right")
+    for r in rows:
+        a, b = r[sides[0]], r[sides[1]]
+        table.add_row(str(r["level"]), *(f"{m[k]:.1f}" for m in (a, b) for k in ("images_per_s", "p50_ms", "p99_ms")),
+                      f"{r['throughput_ratio']:.2f}")
+    Console(width=140).print(table)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(rows, indent=2))
+
+
+@bench_app.command("detector")
+def bench_detector(
+    encoder: str = typer.Option("squeezenet1_1"),
+    repo: Path = typer.Option(Path("build/demo/model_repository"), help="A repository with a deployed NAME_detector "
+                              "(make demo leaves one here; or equiprobe deploy --probe DIR --repo DIR)."),
+    images: int = typer.Option(128, help="Images per measurement."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures here."),
+    versus: Optional[str] = typer.Option(None, help="Compare against this encoder's NAME_detector instead of "
+                                         "NAME_embed: e.g. --encoder squeezenet1_1+open_nsfw --versus squeezenet1_1 "
+                                         "gives the concatenated detector's cost against the single one."),
+) -> None:
+    """NAME_detector p50/p99 at concurrency 1 and 16, and its throughput against NAME_embed alone
+    (or against another detector)."""
+    from equiprobe.clients.bench import bench_images, run_detector_bench
+    from equiprobe.services.server import ServerError, TritonServer, loopback_config
+
+    for name in [encoder] + ([versus] if versus else []):
+        if not (repo / f"{name}_detector" / "config.pbtxt").exists():
+            raise fail(f"no {name}_detector in {repo}: run `make demo`, or train a probe and "
+                       f"`equiprobe deploy --probe DIR --repo {repo}`")
+    baseline = (versus, "detector") if versus else (encoder, "embed")
+    other = f"{baseline[0]}_{baseline[1]}"
+    data = bench_images(images)
+    try:
+        with TritonServer(loopback_config(repo)) as server:
+            rows = run_detector_bench(server.config.grpc_url, encoder, data, baseline=baseline)
+    except ServerError as exc:
+        raise fail(str(exc))
+    print_side_by_side(f"{encoder}_detector vs {other} through gRPC: {images} JPEG photos per row", rows,
+                       ("detector", "baseline"), ("in flight", "detector img/s", "p50 ms", "p99 ms", f"{other} img/s",
+                                                  "p50 ms", "p99 ms", "ratio"), json_out)
+
+
+def rates_table(title: str) -> Table:
+    """A table of measurements: images/s, embeddings/s and a ratio each."""
+    table = Table(title=title, show_lines=False)
+    for col in ("measurement", "images/s", "embeddings/s", "ratio"):
+        table.add_column(col, justify="left" if col == "measurement" else "right")
+    return table
+
+
+@bench_app.command("transforms")
+def bench_transforms(
+    encoder: str = typer.Option("squeezenet1_1"),
+    repo: Path = typer.Option(Path("build/bench/model_repository"), help="Built if it has no NAME_embed31."),
+    images: int = typer.Option(16, help="Images per measurement."),
+    concurrency: int = typer.Option(4, help="Requests in flight."),
+) -> None:
+    """embed31 (one upload, 31 server-side transformations) vs 31 client-side-transformed uploads
+    through NAME_embed; and the DALI CPU expansion vs the same transformations in Pillow/numpy."""
+    from equiprobe.clients.bench import run_transforms_bench
+
+    r = run_transforms_bench(repo, encoder, images, concurrency)
+    k, server_rate, client_rate = r["versions"], r["server_side"], r["client_side"]
+    table = rates_table(f"{encoder}, fine catalog ({k} versions), {images} JPEG photos")
+    table.add_row(f"{encoder}_embed31: 1 upload, {k} versions in the server", f"{server_rate:.2f}",
+                  f"{server_rate * k:.1f}", f"{server_rate / client_rate:.2f}x")
+    table.add_row(f"client expands (DALI) + {k} JPEG uploads to {encoder}_embed", f"{client_rate:.2f}",
+                  f"{client_rate * k:.1f}", "1.00x")
+    table.add_row(f"expansion alone: DALI on CPU, batch 8 ({k} canvases/image)", f"{r['dali']:.2f}", "",
+                  f"{r['dali'] / r['pillow']:.2f}x")
+    table.add_row("expansion alone: Pillow/numpy, one image at a time", f"{r['pillow']:.2f}", "", "1.00x")
+    Console(width=140).print(table)
+
+
+@bench_app.command("embed")
+def bench_embed(
+    encoder: str = typer.Option("squeezenet1_1"),
+    repo: Path = typer.Option(Path("build/bench/model_repository"), help="Built if it has no NAME_embed31."),
+    images: int = typer.Option(32, help="Images embedded end to end (x31 versions), twice."),
+    naive_images: int = typer.Option(4, help="Images through the naive loop (it is slow)."),
+) -> None:
+    """End-to-end `equiprobe embed` against each stage alone, the pipeline limit, and a naive loop."""
+    from equiprobe.clients.bench import run_embed_bench
+
+    r = run_embed_bench(repo, encoder, images, naive_images)
+    end_to_end, limit, naive = r["end_to_end"], r["limit"], r["naive"]
+    k = 31
+    table = rates_table(f"{encoder}, photos, fine catalog ({k} versions per image)")
+    table.add_row(f"equiprobe embed, end to end ({images} images, best of 2, server on the same cores)",
+                  f"{end_to_end:.2f}", f"{end_to_end * k:.1f}", "")
+    table.add_row(f"stage alone: DALI decode + transforms + crops (batch {r['expand_batch']})", f"{r['expand']:.2f}",
+                  f"{r['expand'] * k:.1f}", "")
+    table.add_row(f"stage alone: encoder on crops, ONNX Runtime (batch {r['encode_batch']})", f"{r['encode']:.2f}",
+                  f"{r['encode'] * k:.1f}", "")
+    table.add_row("pipeline limit 1 / (1/preprocess + 1/encoder)", f"{limit:.2f}", f"{limit * k:.1f}",
+                  f"efficiency {end_to_end / limit:.2f}")
+    table.add_row(f"naive loop: Pillow + torch eager, one at a time ({naive_images} images)", f"{naive:.3f}",
+                  f"{naive * k:.1f}", f"embed is {end_to_end / naive:.1f}x")
+    Console(width=150).print(table)
+
+
+@bench_app.command("soak")
+def bench_soak(
+    encoder: str = typer.Option("squeezenet1_1"),
+    repo: Path = typer.Option(Path("build/bench/model_repository"), help="Built if it has no NAME_embed31."),
+    minutes: float = typer.Option(10.0, min=0.1, max=120.0, help="How long to run (bounded)."),
+    concurrency: int = typer.Option(16, min=1, max=256, help="Requests in flight."),
+    interval_s: float = typer.Option(10.0, min=1.0, help="Seconds per reported interval."),
+    warmup_s: float = typer.Option(90.0, min=0.0, help="Seconds under the full load before the RSS growth baseline "
+                                   "(DALI's buffers reach their size in about a minute at concurrency 16)."),
+    json_out: Optional[Path] = typer.Option(Path("build/bench/soak.json"), "--json", help="Figures (JSON)."),
+    plot: Optional[Path] = typer.Option(Path("build/bench/soak.png"), help="Throughput and RSS plot (PNG)."),
+) -> None:
+    """Mixed good and bad uploads (clients/upload_corpus.py) to NAME_embed on a loopback server:
+    throughput over time, outcomes, and RSS of the server and every stub at start and end."""
+    from equiprobe.clients.bench import bench_repo
+    from equiprobe.clients.soak import GOOD_FAILED, plot_soak, run_soak
+    from equiprobe.services.server import TritonServer, loopback_config
+
+    bench_repo(repo, encoder)
+    console = Console()
+    with TritonServer(loopback_config(repo)) as server:  # loopback only: a soak never leaves this machine
+        def show(row: dict) -> None:
+            console.print(f"{row['end_s']:7.1f} s  {row['requests_per_s']:6.1f} req/s  {row['good_per_s']:6.1f} good/s  "
+                          f"good ok {row['good_ok']}  good failed {row['good_failed']}  bad refused "
+                          f"{row['bad_refused']}  bad other {row['bad_other']}", highlight=False)
+        report = run_soak(server.config.grpc_url, f"{encoder}_embed", server.group_pids, minutes, concurrency,
+                          interval_s, warmup_s, progress=show)
+    table = Table("process", "RSS before load (MB)", f"after {warmup_s:g} s warm-up", "at end", "end / warm-up")
+    for name in sorted(report.rss_start_mb):
+        start, end = report.rss_start_mb[name], report.rss_end_mb.get(name, 0.0)
+        table.add_row(name, f"{report.rss_before_load_mb.get(name, 0.0):.1f}", f"{start:.1f}", f"{end:.1f}",
+                      f"{end / start:.3f}" if start else "-")
+    console.print(table)
+    console.print(f"totals {report.totals} in {report.seconds:.0f} s; RSS growth after warm-up (all processes) "
+                  f"{report.rss_growth:+.1%}, largest single process {report.largest_process_growth[0]} "
+                  f"{report.largest_process_growth[1]:+.1%}; target: 0 failed good requests, growth under 10%",
+                  highlight=False)
+    for failure in report.failures:
+        console.print(f"  {failure}", highlight=False)
+    for path in (json_out, plot):
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    if json_out:
+        json_out.write_text(json.dumps(report.as_json(), indent=2))
+    if plot:
+        plot_soak(report, plot)
+    print(f"wrote {json_out} {plot}")
+    if report.totals.get(GOOD_FAILED) or report.totals.get("bad_other"):
+        raise typer.Exit(code=1)
+
+
+@bench_app.command("train")
+@baseline_options()
+@probe_options(helps={"max_epochs": "Upper bound for the torch probes (early stopping)."})
+def bench_train(
+    store: Path = typer.Option(..., help="Store to train on."),
+    task: str = typer.Option("fine", help="fine or general."),
+    probe_fields: Optional[dict] = None,
+    baseline_fields: Optional[dict] = None,
+) -> None:
+    """Torch linear probe vs scikit-learn logistic regression vs MLP, and store read rate, in one run.
+
+    The probe options set both torch probes (linear, mlp); the baseline options the regression."""
+    from equiprobe.clients.store import StoreError
+    from equiprobe.trainer.baselines import BaselineConfig
+    from equiprobe.trainer.bench import bench_train as run
+    from equiprobe.trainer.probes import ProbeConfig
+
+    try:
+        results = run(store, task, ProbeConfig(**probe_fields), BaselineConfig(**baseline_fields))
+    except (StoreError, ValueError) as exc:
+        raise fail(str(exc))
+    read = results["read"]
+    table = Table("probe", "train time (s)", "test accuracy", "detail", title=f"{store} ({task} task)")
+    for name in ("torch linear", "sklearn logreg", "torch mlp"):
+        r = results[name]
+        detail = ", ".join(f"{k} {v}" for k, v in r["detail"].items() if k in ("epochs", "chosen"))
+        table.add_row(name, f"{r['seconds']:.2f}", f"{r['test_accuracy']:.3f}", detail)
+    console = Console()
+    console.print(table)
+    console.print(f"store read: {read['examples']:,} training examples in {read['seconds']:.2f} s = "
+                  f"{read['examples_per_s']:,.0f} rows/s ({read['mb_per_s']:.0f} MB/s)")
+    console.print(f"sklearn logreg time / torch linear time = {results['logreg_time_over_torch_linear']:.2f}; "
+                  f"accuracy torch linear - logreg = {results['accuracy_torch_linear_minus_logreg']:+.3f}")

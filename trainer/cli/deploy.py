@@ -1,0 +1,61 @@
+"""`equiprobe deploy`: probes into the model repository as NAME_detector, versions and rollback
+(trainer/deploy.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from equiprobe.clients.connection import admin_key_option, api_key_option, root_certificates_option, tls_option
+
+from .common import fail
+
+
+def deploy(
+    probe: list[Path] = typer.Option([], help="Probe directory (probe.pt + probe.json): one fine probe, and "
+                                     "optionally one general probe for CATEGORY_PROBS. Repeatable."),
+    repo: Path = typer.Option(Path("model_repository"), help="Model repository (build-repo) to deploy into."),
+    url: str = typer.Option(None, help="gRPC HOST:PORT of the server on REPO (model control explicit or poll): "
+                            "it is made to serve the new version before deploy returns."),
+    rollback: bool = typer.Option(False, help="Return to the version the current one replaced (kept on disk)."),
+    encoder: str = typer.Option(None, help="With --rollback: which detector, if REPO has several."),
+    timeout: float = typer.Option(120.0, help="Seconds to wait for the server to serve the version."),
+    target_fpr: float = typer.Option(0.05, help="False-positive rate on the probe's validation sources that "
+                                     "chooses the MANIPULATED threshold."),
+    threshold: float = typer.Option(None, help="Use this MANIPULATED threshold instead of choosing one."),
+    admin_key: Optional[str] = admin_key_option(),
+    api_key: Optional[str] = api_key_option(),
+    tls: bool = tls_option(),
+    root_certificates: Optional[Path] = root_certificates_option(),
+) -> None:
+    """Deploy probes as NAME_detector (IMAGE -> TRANSFORM_PROBS, CATEGORY_PROBS, MANIPULATION_SCORE,
+    MANIPULATED, EMBEDDING), a new NAME_probe version; or roll back to the previous one."""
+    from equiprobe.clients.connection import Connection
+    from equiprobe.trainer.deploy import DeployError, deploy as run_deploy, rollback as run_rollback
+
+    if rollback and probe:
+        raise fail("--rollback returns to the previous version; it takes no --probe")
+    try:
+        server = Connection(url, tls, root_certificates, api_key or None, admin_key or None) if url else None
+        result = (run_rollback(repo, encoder, server, timeout) if rollback
+                  else run_deploy(probe, repo, server, timeout, target_fpr, threshold))
+    except (DeployError, ValueError) as exc:
+        raise fail(str(exc))
+    meta, names = result.meta, result.names
+    action = "rolled back to" if rollback else "deployed"
+    replaced = f", replacing version {result.replaced}" if result.replaced else ""
+    print(f"{action} {names.probe} version {result.version}{replaced} ({result.flavour} repository {result.repo}); "
+          f"categories from the {meta['category_source']}; ONNX Runtime vs torch max abs diff "
+          f"{meta['parity_max_abs_diff']:.2g}")
+    print(f"{names.detector}: IMAGE -> TRANSFORM_PROBS [{len(meta['classes'])}], CATEGORY_PROBS "
+          f"[{len(meta['categories'])}], MANIPULATION_SCORE [1], MANIPULATED [1], EMBEDDING [{meta['dim']}]")
+    chosen = (f"chosen for FPR {meta['target_fpr']:g} on validation sources" if meta.get("target_fpr") is not None
+              else "given")
+    print(f"operating threshold {meta['threshold']:.6f} ({chosen}): MANIPULATED = MANIPULATION_SCORE >= threshold")
+    if result.server:
+        print(f"server {url} serves {names.probe} version {result.version} ({result.server})")
+    else:
+        print(f"no --url: a server polling REPO picks it up; one in explicit model control needs load_model "
+              f"{names.probe} then {names.detector}")

@@ -1,0 +1,42 @@
+"""The probe and baseline configurations, in a module that imports nothing heavy: the CLI reads
+their field defaults to declare its options without importing torch, scikit-learn or faiss.
+`trainer.probes.ProbeConfig` and `trainer.baselines.BaselineConfig` are these same classes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BASELINES = ("logreg", "knn")
+C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2)
+K_GRID = (1, 5, 10, 20, 50)
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    kind: str = "mlp"  # "linear" or "mlp"
+    hidden: int = 2048
+    dropout: float = 0.2
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 1024
+    max_epochs: int = 100
+    patience: int = 8  # epochs without a better validation accuracy before stopping
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    kind: str = "logreg"  # "logreg" or "knn"
+    c_grid: tuple[float, ...] = C_GRID
+    k_grid: tuple[int, ...] = K_GRID
+    # Examples held in memory per part (train, validation): 200,000 x D float32 is 800 MB at D=1024
+    # (logreg adds a float64 copy of the training part for sklearn).
+    max_examples: int = 200_000
+    max_iter: int = 1000  # lbfgs iterations; enough for standardized embeddings
+    seed: int = 0  # of the subsample, where a part has more than max_examples
+    batch_size: int = 4096  # examples per read (and per faiss search)
+
+    def __post_init__(self):
+        if self.kind not in BASELINES:
+            raise ValueError(f"unknown baseline {self.kind!r}; use {' or '.join(BASELINES)}")
+        if self.max_examples < 1:
+            raise ValueError(f"max_examples must be positive, not {self.max_examples}")
