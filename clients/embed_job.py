@@ -1,7 +1,8 @@
 """`equiprobe embed`: a dataset, expanded and embedded by the server, into a store.
 
-reader (dataset records, bytes loaded in threads) -> mapper (one NAME_embed31 / NAME_embed_general
-request per image, a bounded number in flight) -> writer (store rows, committed per chunk).
+The job's pieces for the runner (clients/runner.py): reader (dataset records, bytes loaded in
+threads) -> mapper (`ExpansionMapper`: one NAME_embed31 / NAME_embed_general request per image,
+a bounded number in flight; `RefreshMapper` with --reuse) -> sink (store rows, committed per chunk).
 `--shard I/N` keeps the images whose dataset index is I modulo N; N shard stores merge into
 the store an unsharded run would have written (`merge_stores`). `--reuse OLD` refreshes: columns
 OLD already holds for unchanged transformations are copied, the server computes the rest
@@ -18,13 +19,14 @@ from typing import Optional
 
 import numpy as np
 
-from equiprobe.services.expansion_repo import ExpansionNames
+from equiprobe.services.contract import ExpansionNames
 from equiprobe.services.transforms import get_catalog
 
 from .aio import AsyncTritonClient, ClientOptions, RequestError
 from .datasets import Dataset, open_dataset
 from .embedding import ServiceError
-from .refresh import ReuseSource, open_reuse
+from .refresh import ReuseSource
+from .runner import Outcome, StoreSink, run
 from .store import FORMAT_VERSION, IDENTITY_FIELDS, PENDING, Store, StoreError, StoreWriter
 
 TOOL_VERSION = "equiprobe 0.1.0"
@@ -65,6 +67,10 @@ class EmbedJob:
         self.uploads = self.uploads or default_uploads(self.catalog)
         if self.uploads not in UPLOADS:
             raise ValueError(f"uploads {self.uploads!r}: use {' or '.join(UPLOADS)}")
+
+    @property
+    def names(self) -> ExpansionNames:
+        return ExpansionNames(self.encoder, self.catalog)
 
     @property
     def as_uploads(self) -> bool:
@@ -110,141 +116,87 @@ def job_manifest(job: EmbedJob, dataset: Dataset, server: dict[str, str], count:
     }
 
 
-class Progress:
-    """Images/s, embeddings/s and ETA on a rich progress bar."""
-
-    def __init__(self, total: int, done: int, rows_per_image: int, enabled: bool):
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
-
-        import time
-
-        self.rows = rows_per_image
-        self.clock, self.start, self.done_here = time.perf_counter, time.perf_counter(), 0
-        self.bar = Bar(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                       TimeRemainingColumn(), disable=not enabled)
-        self.task = self.bar.add_task("embed", total=total, completed=done, rate="")
-
-    def advance(self, n: int) -> None:
-        # The run's average, not a short window: chunks complete in bursts.
-        self.done_here += n
-        speed = self.done_here / max(self.clock() - self.start, 1e-9)
-        self.bar.update(self.task, advance=n, rate=f"{speed:.1f} img/s, {speed * self.rows:.0f} emb/s")
-
-
 async def run_embed_job(job: EmbedJob, progress: bool = True) -> dict:
+    """The job on this machine: one gRPC client, the records of this shard, the store at job.out."""
     dataset = open_dataset(job.dataset)
-    names = ExpansionNames(job.encoder, job.catalog)
     indices = dataset_indices(len(dataset), job.limit, job.shard)
     async with AsyncTritonClient(job.client) as client:
-        manifest = job_manifest(job, dataset, server_metadata(await client.model_config(names.embed)), len(indices))
-        reuse = open_reuse(job.reuse, job.out, manifest) if job.reuse else None  # checked before writing
-        store = Store.create_or_resume(job.out, manifest)
-        writer = StoreWriter(store)
-        pending = [int(r) for r in writer.pending_rows()]
-        bar = Progress(len(indices), len(indices) - len(pending), len(manifest["rows"]), progress)
+        manifest = job_manifest(job, dataset, server_metadata(await client.model_config(job.names.embed)),
+                                len(indices))
+        sink = StoreSink(job.out, manifest, job.reuse)
+        return await run(lambda row: dataset.record(int(indices[row])), server_mapper(job, client, sink.reuse),
+                         sink, chunk_size=job.chunk_size, progress=progress)
 
-        async def embed_row(row: int) -> None:
-            record = dataset.record(int(indices[row]))
-            if reuse:
-                outcome = await refresh_record(client, names.embed, record, job.seed, reuse, row, manifest,
-                                               job.as_uploads)
-            else:
-                outcome = await embed_record(client, names.embed, record, job.seed, uploads=job.as_uploads)
-            write_outcome(writer, row, record, outcome)
 
-        with bar.bar:
-            # Chunks overlap: up to two are in flight so the server never waits on a commit.
-            window: list[tuple[list[int], asyncio.Task]] = []
-            try:
-                for start in range(0, len(pending), job.chunk_size):
-                    rows = pending[start:start + job.chunk_size]
-                    window.append((rows, asyncio.gather(*(embed_row(r) for r in rows))))
-                    if len(window) > 1:
-                        await _commit(window.pop(0), writer, bar)
-                while window:
-                    await _commit(window.pop(0), writer, bar)
-            except ServiceError as exc:  # the server gone for longer than the retries last, say
-                left = int((np.asarray(writer.arrays["status"]) == PENDING).sum())
-                raise ServiceError(f"{exc}; the job stopped with {left} of {len(indices)} images pending, and "
-                                   f"{job.out} keeps the rows committed so far: run the same command again to "
-                                   "resume") from None
-            finally:
-                for _, task in window:  # the chunk still in flight: stopped, its rows stay pending
-                    task.cancel()
-                await asyncio.gather(*(task for _, task in window), return_exceptions=True)
-    summary = {**Store.open(job.out).summary(), "store": str(job.out), "rows_per_image": len(manifest["rows"])}
-    if reuse:  # columns of the rows written by this run
-        summary.update(reused_columns=reuse.reused, computed_columns=reuse.computed)
-    return summary
+def server_mapper(job: EmbedJob, client: AsyncTritonClient, reuse: Optional[ReuseSource] = None) -> "ExpansionMapper":
+    """The job's mapper: the server expansion, or, with an old store to reuse, the refresh."""
+    if reuse:
+        return RefreshMapper(client, job.names.embed, job.seed, job.as_uploads, reuse)
+    return ExpansionMapper(client, job.names.embed, job.seed, job.as_uploads)
 
 
 @dataclass
-class Outcome:
-    """What embedding one image gave: its rows, or why it failed."""
+class ExpansionMapper:
+    """One NAME_embed31 / _general / _groups request per image (the client bounds how many are in
+    flight): the image's versions embedded, with their parameters and the image key."""
 
-    embeddings: Optional[np.ndarray] = None
-    params: Optional[np.ndarray] = None
-    image_key: str = ""
-    reason: str = ""
+    client: AsyncTritonClient
+    model: str
+    seed: int
+    uploads: bool = False
 
+    async def map(self, items) -> list[Outcome]:
+        return list(await asyncio.gather(*(self.one(record) for _, record in items)))
 
-async def embed_record(client: AsyncTritonClient, model: str, record, seed: int,
-                       rows: Optional[list[int]] = None, uploads: bool = False) -> Outcome:
-    """Load one record and have the server expand and embed it (only `rows` if given). A bad file
-    is an Outcome with a reason; a server problem raises (the run stops; committed chunks stay)."""
-    try:
-        data = await asyncio.to_thread(record.load)
-    except OSError as exc:
-        return Outcome(reason=f"unreadable: {exc}")
-    inputs = {"IMAGE": np.frombuffer(data, np.uint8).reshape(1, -1), "SEED": np.array([[seed]], np.int64)}
-    if rows is not None:
-        inputs["ROWS"] = np.array([rows], np.int32)
-    if uploads:
-        inputs["UPLOADS"] = np.array([[True]])
-    try:
-        out = await client.infer(model, inputs, ["EMBEDDINGS", "PARAMS", "KEY"])
-    except RequestError as exc:
-        if exc.status != "StatusCode.INVALID_ARGUMENT":
-            raise
-        return Outcome(reason=str(exc).split(", ", 1)[-1])
-    return Outcome(out["EMBEDDINGS"][0], out["PARAMS"][0], out["KEY"][0, 0].decode())
-
-
-async def refresh_record(client: AsyncTritonClient, model: str, record, seed: int, reuse: ReuseSource, row: int,
-                         manifest: dict, uploads: bool = False) -> Outcome:
-    """One image of a refresh: the old store's valid columns, the server's for the rest. An image
-    the old store does not hold done (failed, pending, or other bytes now) is embedded in full."""
-    width = manifest["params_width"]
-    old_key = reuse.image_key(row, record)
-    if old_key is not None:
-        if not reuse.missing:
-            return Outcome(*reuse.assemble(row, None, None, width), old_key)
-        outcome = await embed_record(client, model, record, seed, reuse.missing, uploads)
-        if outcome.reason:
-            return outcome
-        if outcome.image_key == old_key:
-            outcome.embeddings, outcome.params = reuse.assemble(row, outcome.embeddings, outcome.params, width)
-            return outcome
-    outcome = await embed_record(client, model, record, seed, uploads=uploads)
-    reuse.computed += 0 if outcome.reason else len(manifest["rows"])
-    return outcome
+    async def one(self, record, rows: Optional[list[int]] = None) -> Outcome:
+        """Load one record and have the server expand and embed it (only `rows` if given). A bad
+        file is an Outcome with a reason; a server problem raises (the run stops; committed
+        chunks stay)."""
+        try:
+            data = await asyncio.to_thread(record.load)
+        except OSError as exc:
+            return Outcome(reason=f"unreadable: {exc}")
+        inputs = {"IMAGE": np.frombuffer(data, np.uint8).reshape(1, -1), "SEED": np.array([[self.seed]], np.int64)}
+        if rows is not None:
+            inputs["ROWS"] = np.array([rows], np.int32)
+        if self.uploads:
+            inputs["UPLOADS"] = np.array([[True]])
+        try:
+            out = await self.client.infer(self.model, inputs, ["EMBEDDINGS", "PARAMS", "KEY"])
+        except RequestError as exc:
+            if exc.status != "StatusCode.INVALID_ARGUMENT":
+                raise
+            return Outcome(reason=str(exc).split(", ", 1)[-1])
+        return Outcome(out["EMBEDDINGS"][0], out["PARAMS"][0], out["KEY"][0, 0].decode())
 
 
-def write_outcome(writer: StoreWriter, row: int, record, outcome: Outcome) -> None:
-    where = dict(key=record.key, label=record.label, split=record.split, index=record.index, source=record.source)
-    if outcome.reason:
-        writer.fail(row, reason=outcome.reason, **where)
-    else:
-        writer.put(row, embeddings=outcome.embeddings, params=outcome.params, image_key=outcome.image_key, **where)
+@dataclass
+class RefreshMapper(ExpansionMapper):
+    """The old store's still-valid columns of each image, the server's (ROWS) for the rest."""
 
+    reuse: Optional[ReuseSource] = None
 
-async def _commit(item, writer: StoreWriter, bar: Progress) -> None:
-    rows, task = item
-    await task
-    writer.commit(rows)
-    bar.advance(len(rows))
+    async def map(self, items) -> list[Outcome]:
+        return list(await asyncio.gather(*(self.refresh(row, record) for row, record in items)))
+
+    async def refresh(self, row: int, record) -> Outcome:
+        """An image the old store does not hold done (failed, pending, or other bytes now) is
+        embedded in full."""
+        reuse = self.reuse
+        old_key = reuse.image_key(row, record)
+        if old_key is not None:
+            if not reuse.missing:
+                return Outcome(*reuse.assemble(row, None, None), old_key, reused=len(reuse.new_columns))
+            outcome = await self.one(record, reuse.missing)
+            if outcome.reason:
+                return outcome
+            if outcome.image_key == old_key:
+                outcome.embeddings, outcome.params = reuse.assemble(row, outcome.embeddings, outcome.params)
+                outcome.reused, outcome.computed = len(reuse.new_columns), len(reuse.missing)
+                return outcome
+        outcome = await self.one(record)
+        outcome.computed = 0 if outcome.reason else reuse.columns
+        return outcome
 
 
 # -- shards -------------------------------------------------------------------------------------

@@ -1,95 +1,80 @@
-"""Bulk embedding beyond one machine: Ray Data actors as gRPC clients to a fleet of Triton servers.
+"""Bulk embedding beyond one machine: Ray actors as gRPC clients to a fleet of Triton servers.
 
-The driver owns the store (same format, same resume rules as `equiprobe embed`): it lists the
-pending rows, Ray Data hands them in batches to `EmbedActor`s, each batch goes to the next
-server of the fleet (round-robin by batch number), and the driver writes and commits each
-returned batch. Only rows travel through Ray, never the store.
+The same runner as `equiprobe embed` (clients/runner.py) on the driver, which owns the store
+(same format, same resume rules): its mapper, `RayMapper`, hands each chunk of pending rows to
+the next `EmbedActor` and the next server of the fleet (round-robin by chunk number), and each
+actor maps the chunk with the job's own mapper (the server expansion, or with --reuse the
+refresh, which reads the old store's valid columns). Only rows travel through Ray, never the
+store; the old store of a refresh must be readable where the actors run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import replace
 from typing import Optional
 
-import numpy as np
-
-from equiprobe.services.expansion_repo import ExpansionNames
-
-from .aio import AsyncTritonClient, ClientOptions
+from .aio import AsyncTritonClient
 from .datasets import open_dataset
-from .embed_job import EmbedJob, Progress, dataset_indices, embed_record, job_manifest, server_metadata, write_outcome
-from .store import Store, StoreWriter
+from .embed_job import EmbedJob, dataset_indices, job_manifest, server_metadata, server_mapper
+from .refresh import open_reuse
+from .runner import Outcome, StoreSink, run
 
 
 class EmbedActor:
-    """One Ray actor: a gRPC client to one server, embedding the rows of each batch it is given."""
+    """One Ray actor: a gRPC client to the server it is told, mapping each chunk it is given."""
 
-    def __init__(self, dataset: str, model: str, seed: int, urls: list[str], chunk_size: int, client: dict,
-                 uploads: bool = False):
-        self.dataset = open_dataset(dataset)
-        self.model, self.seed, self.urls, self.chunk_size, self.client = model, seed, urls, chunk_size, client
-        self.uploads = uploads
+    def __init__(self, job: EmbedJob, manifest: dict):
+        self.job, self.dataset = job, open_dataset(job.dataset)
+        self.reuse = open_reuse(job.reuse, job.out, manifest) if job.reuse else None
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return asyncio.run(self._embed(batch))
-
-    async def _embed(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        url = self.urls[int(batch["position"].min()) // self.chunk_size % len(self.urls)]
-        async with AsyncTritonClient(ClientOptions(**{**self.client, "url": url})) as client:
-            outcomes = await asyncio.gather(*(embed_record(client, self.model, self.dataset.record(int(i)), self.seed,
-                                                           uploads=self.uploads)
-                                              for i in batch["index"]))
-        shape = next((o.embeddings.shape for o in outcomes if o.embeddings is not None), (0,))
-        width = next((o.params.shape for o in outcomes if o.params is not None), (0,))
-        return {
-            "row": batch["row"],
-            "embeddings": np.stack([o.embeddings if o.embeddings is not None else np.zeros(shape, np.float32)
-                                    for o in outcomes]),
-            "params": np.stack([o.params if o.params is not None else np.zeros(width, np.float32) for o in outcomes]),
-            "image_key": np.array([o.image_key for o in outcomes]),
-            "reason": np.array([o.reason for o in outcomes]),
-        }
+    async def map(self, rows: list[int], indices: list[int], url: str) -> list[Outcome]:
+        # An async actor: Ray runs its methods on the actor's own event loop.
+        async with AsyncTritonClient(replace(self.job.client, url=url)) as client:
+            mapper = server_mapper(self.job, client, self.reuse)
+            return await mapper.map([(r, self.dataset.record(i)) for r, i in zip(rows, indices)])
 
 
-async def _manifest(job: EmbedJob, dataset, count: int) -> dict:
-    async with AsyncTritonClient(job.client) as client:
-        config = await client.model_config(ExpansionNames(job.encoder, job.catalog).embed)
-    return job_manifest(job, dataset, server_metadata(config), count)
+class RayMapper:
+    """The driver's mapper: chunk n goes to actor n mod A and server n mod S."""
+
+    def __init__(self, actors: list, urls: list[str]):
+        self.actors, self.urls, self.chunks = actors, urls, 0
+
+    async def map(self, items) -> list[Outcome]:
+        import ray
+
+        n, self.chunks = self.chunks, self.chunks + 1
+        rows, indices = [r for r, _ in items], [record.index for _, record in items]
+        try:
+            return await self.actors[n % len(self.actors)].map.remote(rows, indices, self.urls[n % len(self.urls)])
+        except ray.exceptions.RayTaskError as exc:  # the actor's own error (a server gone, say), unwrapped
+            raise exc.cause from None
 
 
 def run_ray_embed(job: EmbedJob, urls: list[str], actors: int = 2, address: Optional[str] = None,
                   progress: bool = True) -> dict:
-    import ray
+    return asyncio.run(_run_ray_embed(job, urls, actors, address, progress))
 
-    from .embed_job import Outcome
+
+async def _run_ray_embed(job: EmbedJob, urls: list[str], actors: int, address: Optional[str],
+                         progress: bool) -> dict:
+    import ray
 
     dataset = open_dataset(job.dataset)
     indices = dataset_indices(len(dataset), job.limit, job.shard)
-    manifest = asyncio.run(_manifest(job, dataset, len(indices)))
-    store = Store.create_or_resume(job.out, manifest)
-    writer = StoreWriter(store)
-    pending = [int(r) for r in writer.pending_rows()]
-    bar = Progress(len(indices), len(indices) - len(pending), len(manifest["rows"]), progress)
-    if pending:
+    async with AsyncTritonClient(job.client) as client:
+        config = await client.model_config(job.names.embed)
+    manifest = job_manifest(job, dataset, server_metadata(config), len(indices))
+    sink = StoreSink(job.out, manifest, job.reuse)
+    if sink.pending():
         ray.init(address=address or os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True,
                  include_dashboard=False, log_to_driver=False)
-        client = {k: v for k, v in vars(job.client).items() if k != "url"}
-        rows = ray.data.from_items([{"row": r, "index": int(indices[r]), "position": p}
-                                    for p, r in enumerate(pending)])
-        embedded = rows.map_batches(
-            EmbedActor, batch_size=job.chunk_size, concurrency=actors,
-            fn_constructor_kwargs=dict(dataset=job.dataset, model=ExpansionNames(job.encoder, job.catalog).embed,
-                                       seed=job.seed, urls=urls, chunk_size=job.chunk_size, client=client,
-                                       uploads=job.as_uploads))
-        with bar.bar:
-            for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
-                for j, row in enumerate(batch["row"]):
-                    record = dataset.record(int(indices[row]))
-                    reason = str(batch["reason"][j])
-                    outcome = Outcome(reason=reason) if reason else Outcome(
-                        batch["embeddings"][j], batch["params"][j], str(batch["image_key"][j]))
-                    write_outcome(writer, int(row), record, outcome)
-                writer.commit([int(r) for r in batch["row"]])
-                bar.advance(len(batch["row"]))
-    return {**Store.open(job.out).summary(), "store": str(job.out), "rows_per_image": len(manifest["rows"])}
+        # gRPC clients wait on the servers: an actor needs no core of its own.
+        pool = [ray.remote(num_cpus=0)(EmbedActor).remote(job, manifest) for _ in range(max(actors, 1))]
+        mapper = RayMapper(pool, urls)
+    else:
+        mapper = None  # nothing to do: no cluster started
+    return await run(lambda row: dataset.record(int(indices[row])), mapper, sink, chunk_size=job.chunk_size,
+                     progress=progress, in_flight=max(actors, 2))

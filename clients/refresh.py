@@ -1,7 +1,7 @@
 """Refresh: a store for a newer catalog version that reuses an older store's still-valid columns.
 
 A column of the old store is valid for the new one when its row fingerprint (the transformation's
-id, parameters and code, or a style network's hash; see services.expansion_repo.row_fingerprints)
+id, parameters and code, or a style network's hash; see services.expansion_models.row_fingerprints)
 is equal. For each image the valid columns are copied from the old store's row (same dataset
 index and key) and only the others are asked of the server, with ROWS: the encoder then computes
 just those versions. Images the old store failed or left pending are embedded in full. The old
@@ -31,8 +31,7 @@ class ReuseSource:
     new_columns: list[int]  # new store columns that are copied ...
     old_columns: list[int]  # ... from these old store columns
     missing: list[int]  # new store columns the server computes
-    reused: int = 0  # columns copied and computed in this run
-    computed: int = 0
+    width: int  # the new catalog's parameter width
     arrays: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -46,13 +45,18 @@ class ReuseSource:
             return None
         return str(a["image_keys"][row])
 
-    def assemble(self, row: int, computed_embeddings: Optional[np.ndarray], computed_params: Optional[np.ndarray],
-                 width: int) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def columns(self) -> int:
+        """The new store's columns per image."""
+        return len(self.new_columns) + len(self.missing)
+
+    def assemble(self, row: int, computed_embeddings: Optional[np.ndarray],
+                 computed_params: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The new row: old columns where valid, the server's rows (in `missing` order) elsewhere."""
         old_e, old_p = self.arrays["embeddings"][row], self.arrays["params"][row]
-        k = len(self.new_columns) + len(self.missing)
-        embeddings = np.zeros((k, old_e.shape[-1]), old_e.dtype)
-        params = np.zeros((k, width), np.float32)
+        width = self.width
+        embeddings = np.zeros((self.columns, old_e.shape[-1]), old_e.dtype)
+        params = np.zeros((self.columns, width), np.float32)
         embeddings[self.new_columns] = old_e[self.old_columns]
         # Parameter rows are zero-padded to the catalog's widest: a reused transformation has the
         # same parameters, so its values fit whichever catalog is wider.
@@ -61,8 +65,6 @@ class ReuseSource:
         if self.missing:
             embeddings[self.missing] = computed_embeddings
             params[self.missing] = computed_params[self.missing]
-        self.reused += len(self.new_columns)
-        self.computed += len(self.missing)
         return embeddings, params
 
 
@@ -84,4 +86,4 @@ def open_reuse(old: Path, out: Path, manifest: dict) -> ReuseSource:
     new_columns = [j for j, fp in enumerate(manifest["row_fingerprints"]) if fp in where]
     missing = [j for j, fp in enumerate(manifest["row_fingerprints"]) if fp not in where]
     old_columns = [where[manifest["row_fingerprints"][j]] for j in new_columns]
-    return ReuseSource(source, new_columns, old_columns, missing)
+    return ReuseSource(source, new_columns, old_columns, missing, manifest["params_width"])

@@ -19,11 +19,11 @@ from tritonclient.utils import InferenceServerException
 from equiprobe.clients.aio import ClientOptions
 from equiprobe.clients.embed_job import EmbedJob, run_embed_job
 from equiprobe.clients.store import PENDING, Store, StoreError
-from equiprobe.services.expansion_repo import ExpansionNames
+from equiprobe.services.contract import ExpansionNames
 from equiprobe.services.transforms import get_catalog
 from equiprobe.services.transforms.spec import Param, fingerprint
 
-from .conftest import ENCODER, LIMIT, embed_cli
+from .conftest import CHUNK, ENCODER, LIMIT, embed_cli
 from .test_bulk_embed import digest, same_files
 
 NAMES = ExpansionNames(ENCODER, "fine")
@@ -52,10 +52,11 @@ def make_old_store(photo_store: Path, out: Path, pending_row: int = 5, **manifes
     return out
 
 
-def encoder_statistics(server) -> tuple[int, int]:
-    """(images, compute nanoseconds) the K-version encoder has run so far."""
+def encoder_statistics(server, model: str = NAMES.versions) -> tuple[int, int]:
+    """(images, compute nanoseconds) NAME_versions (the expansion's encoder step, which waits for
+    NAME_encoder) has run so far; for NAME_encoder itself, (crops, nanoseconds)."""
     client = grpcclient.InferenceServerClient(server.config.grpc_url)
-    stats = client.get_inference_statistics(NAMES.onnx).model_stats[0]
+    stats = client.get_inference_statistics(model).model_stats[0]
     return stats.inference_count, stats.inference_stats.compute_infer.ns
 
 
@@ -114,12 +115,12 @@ def test_refresh_computes_only_changed_columns_and_equals_a_full_embed(server, p
     for name in ("astronaut", "rocket"):  # yardstick: the encoder's cost of all 31 rows of an image
         infer(server, jpegs[name])
     full_after = encoder_statistics(server)
-    before = encoder_statistics(server)
+    before, crops_before = encoder_statistics(server), encoder_statistics(server, NAMES.onnx)[0]
     start = time.perf_counter()
     proc = subprocess.run(embed_cli(server, tmp_path / "new", "--reuse", str(old)), capture_output=True, text=True,
                           timeout=600)
     seconds = time.perf_counter() - start
-    after = encoder_statistics(server)
+    after, crops_after = encoder_statistics(server), encoder_statistics(server, NAMES.onnx)[0]
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     # 15 images reuse 28 columns and compute 3; the image pending in the old store is computed whole.
@@ -128,6 +129,7 @@ def test_refresh_computes_only_changed_columns_and_equals_a_full_embed(server, p
     assert summary["done"] == LIMIT and summary["pending"] == 0
     # The encoder ran once per image, and each run cost about 3 of 31 rows, not all 31.
     assert after[0] - before[0] == LIMIT
+    assert crops_after - crops_before == (LIMIT - 1) * 3 + K  # only the rows asked for reach NAME_encoder
     per_image_full = (full_after[1] - full_before[1]) / (full_after[0] - full_before[0])
     per_image_refresh = (after[1] - before[1]) / LIMIT
     assert per_image_refresh < 0.5 * per_image_full, (per_image_refresh, per_image_full)
@@ -188,3 +190,26 @@ def test_killed_refresh_resumes_to_the_full_store(server, photo_store, tmp_path)
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     same_files(photo_store, out)
+
+
+@pytest.mark.slow
+def test_refresh_on_ray_reuses_the_old_columns_and_equals_a_full_embed(server, photo_store, tmp_path):
+    import ray
+
+    from equiprobe.clients.ray_runner import run_ray_embed
+
+    old = make_old_store(photo_store, tmp_path / "old")
+    job = EmbedJob("corpus", ENCODER, tmp_path / "new", server.config.grpc_url, limit=LIMIT, chunk_size=CHUNK,
+                   reuse=old, client=ClientOptions(server.config.grpc_url))
+    before, crops_before = encoder_statistics(server), encoder_statistics(server, NAMES.onnx)[0]
+    try:
+        summary = run_ray_embed(job, [server.config.grpc_url], actors=2, progress=False)
+    finally:
+        ray.shutdown()
+    after, crops_after = encoder_statistics(server), encoder_statistics(server, NAMES.onnx)[0]
+    # As on one machine: each actor's refresh copies the valid columns and computes only the others.
+    assert summary["reused_columns"] == (LIMIT - 1) * (K - 3)
+    assert summary["computed_columns"] == (LIMIT - 1) * 3 + K
+    assert after[0] - before[0] == LIMIT
+    assert crops_after - crops_before == (LIMIT - 1) * 3 + K  # only the rows asked for reach NAME_encoder
+    same_files(photo_store, tmp_path / "new")

@@ -17,6 +17,7 @@ rows still pending there stay pending. `equiprobe train` works on it unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import tempfile
 from dataclasses import dataclass
@@ -25,9 +26,10 @@ from typing import Optional, Protocol
 
 import numpy as np
 
-from equiprobe.clients.datasets import open_dataset
+from equiprobe.clients.datasets import Record, open_dataset
 from equiprobe.clients.embed_job import TOOL_VERSION
-from equiprobe.clients.store import DONE, FAILED, PENDING, SPLITS, Store, StoreError, StoreWriter
+from equiprobe.clients.runner import Outcome, StoreSink, run
+from equiprobe.clients.store import DONE, FAILED, PENDING, SPLITS, Store, StoreError
 from equiprobe.services.transforms import get_catalog
 from equiprobe.services.transforms.assets import CANVAS
 from equiprobe.services.transforms.expand import Expander, serialize_expand
@@ -157,50 +159,54 @@ def check_source(source: Store) -> None:
 def build_baseline_store(source_path: Path, features: str, out: Path, seed: int = 0, chunk_size: int = 8,
                          batch_size: int = 64, progress: bool = True) -> Store:
     """Write (or resume) the baseline store of `features` over the images of the store at `source_path`."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     source = Store.open(source_path)
     check_source(source)
     m = source.manifest
     featurizer = make_featurizer(features, m, seed, batch_size)
-    dataset = open_dataset(m["dataset"])  # before anything is written: a missing dataset leaves no store
-    catalog = get_catalog(m["catalog"])
-    store = Store.create_or_resume(out, baseline_manifest(source, featurizer, features, seed))
-    writer = StoreWriter(store)
-    source_status = source.status()
-    todo = [int(r) for r in writer.pending_rows() if source_status[r] != PENDING]
-    with tempfile.TemporaryDirectory() as tmp:
-        pipeline = serialize_expand(catalog, Path(tmp) / "expand.dali", "cpu", chunk_size, 2, featurizer.preprocess)
-        expander = Expander(pipeline, catalog, chunk_size, 2)
-    rows = RowSource(source, dataset)
-    columns = (TextColumn(f"{featurizer.name} features"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not progress) as bar:
-        job = bar.add_task("rows", total=int((source_status != PENDING).sum()),
-                           completed=int((source_status != PENDING).sum()) - len(todo))
-        for start in range(0, len(todo), chunk_size):
-            chunk = todo[start:start + chunk_size]
-            done = [r for r in chunk if source_status[r] == DONE]
-            for r in chunk:
-                if source_status[r] == FAILED:
-                    writer.fail(r, reason=rows.failure_reason(r), **rows.describe(r))
-            if done:
-                encoded = [rows.image_bytes(r) for r in done]
-                try:
-                    versions, params = expander.expand(encoded, [rows.image_keys[r] for r in done], m["seed"],
-                                                       m.get("uploads") == "jpeg")
-                except Exception as exc:  # the server expanded these images; this pipeline is the same one
-                    raise StoreError(f"rows {done[0]}..{done[-1]} could not be expanded here: "
-                                     f"{str(exc).splitlines()[0]}") from None
-                embeddings = featurizer(versions)
-                for i, r in enumerate(done):
-                    if not np.array_equal(params[i], rows.params[r]):
-                        raise StoreError(f"row {r} ({rows.keys[r]}): the drawn parameters differ from the source "
-                                         "store's; it was expanded with another catalog or seed")
-                    writer.put(r, embeddings=embeddings[i], params=params[i], image_key=rows.image_keys[r],
-                               **rows.describe(r))
-            writer.commit(chunk)
-            bar.advance(job, len(chunk))
+    rows = RowSource(source, open_dataset(m["dataset"]))  # before anything is written: a missing dataset leaves no store
+    sink = StoreSink(out, baseline_manifest(source, featurizer, features, seed))
+    mapper = FeatureMapper(featurizer, rows, chunk_size)
+    # Rows still pending in the source stay pending here; the expansion and features run on this
+    # machine's cores, one chunk at a time.
+    asyncio.run(run(rows.record, mapper, sink, chunk_size=chunk_size, progress=progress, in_flight=1,
+                    rows=np.flatnonzero(source.status() != PENDING), label=f"{featurizer.name} features"))
     return Store.open(out)
+
+
+class FeatureMapper:
+    """The clients' mapper, with local features: each image of a chunk expanded in-process by the
+    server's DALI pipeline (same catalog, seed and uploads; the drawn parameters checked against
+    the source store's), the versions fed to the featurizer. A row that failed in the source
+    fails again with the source's reason."""
+
+    def __init__(self, featurizer: Featurizer, rows: "RowSource", chunk_size: int):
+        m = rows.source.manifest
+        catalog = get_catalog(m["catalog"])
+        self.featurizer, self.rows, self.seed, self.uploads = featurizer, rows, m["seed"], m.get("uploads") == "jpeg"
+        with tempfile.TemporaryDirectory() as tmp:
+            pipeline = serialize_expand(catalog, Path(tmp) / "expand.dali", "cpu", chunk_size, 2,
+                                        featurizer.preprocess)
+            self.expander = Expander(pipeline, catalog, chunk_size, 2)
+
+    async def map(self, items) -> list[Outcome]:
+        rows, status = self.rows, self.rows.status
+        outcomes = {r: Outcome(reason=rows.failure_reason(r)) for r, _ in items if status[r] == FAILED}
+        done = [r for r, _ in items if status[r] == DONE]
+        if done:
+            encoded = [rows.image_bytes(r) for r in done]
+            try:
+                versions, params = self.expander.expand(encoded, [rows.image_keys[r] for r in done], self.seed,
+                                                        self.uploads)
+            except Exception as exc:  # the server expanded these images; this pipeline is the same one
+                raise StoreError(f"rows {done[0]}..{done[-1]} could not be expanded here: "
+                                 f"{str(exc).splitlines()[0]}") from None
+            embeddings = self.featurizer(versions)
+            for i, r in enumerate(done):
+                if not np.array_equal(params[i], rows.params[r]):
+                    raise StoreError(f"row {r} ({rows.keys[r]}): the drawn parameters differ from the source "
+                                     "store's; it was expanded with another catalog or seed")
+                outcomes[r] = Outcome(embeddings[i], params[i], str(rows.image_keys[r]))
+        return [outcomes[r] for r, _ in items]
 
 
 class RowSource:
@@ -215,11 +221,14 @@ class RowSource:
         self.split = np.asarray(source.array("split"))
         self.index = np.asarray(source.array("index"))
         self.params = source.array("params")
+        self.status = source.status()
         self.errors = {e["row"]: e["reason"] for e in source.errors()}
 
-    def describe(self, row: int) -> dict:
-        return dict(key=str(self.keys[row]), label=int(self.labels[row]), split=SPLIT_NAMES[int(self.split[row])],
-                    index=int(self.index[row]), source=str(self.sources[row]))
+    def record(self, row: int) -> Record:
+        """The row as the source store describes it (its bytes: `image_bytes`, checked)."""
+        return Record(int(self.index[row]), str(self.keys[row]), int(self.labels[row]),
+                      SPLIT_NAMES[int(self.split[row])], lambda: self.image_bytes(row).tobytes(),
+                      str(self.sources[row]))
 
     def failure_reason(self, row: int) -> str:
         return self.errors.get(row, "failed in the source store")
