@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DEBIAN_DATA := dataset-fashion-mnist opencv-doc mate-backgrounds gnome-backgrounds plasma-workspace-wallpapers \
 	ukui-wallpapers lomiri-wallpapers lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 sway-backgrounds palapeli-data
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast bench architecture-map clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,16 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -x -q
 
+# The tests that start no Triton server (marker `server`, set in tests/conftest.py).
+test-fast: setup
+	$(BIN)/python -m pytest -x -q -m "not server"
+
 bench: setup
 	$(BIN)/equiprobe bench serve
+
+# deploy/architecture.png, the README's map of the served models and the data flow.
+architecture-map: setup
+	$(BIN)/python deploy/architecture_map.py
 
 clean:
 	rm -rf build .pytest_cache
