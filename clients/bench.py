@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from equiprobe.services.repository import InProcessEmbed, ServingSpec
+from equiprobe.services.embed_models import InProcessEmbed
+
+from equiprobe.services.model_config import ServingSpec
 from equiprobe.services.runtime import ort_session
 
 from .embedding import EmbeddingClient
@@ -33,7 +35,8 @@ class Measurement:
 
 def bench_repo(repo: Path, encoder: str) -> Path:
     """The benchmarks' repository: built once, reused by later runs."""
-    from equiprobe.services.repository import GATE, build_repo
+    from equiprobe.services.contract import GATE
+    from equiprobe.services.repository import build_repo
 
     if not all((repo / m / "config.pbtxt").exists() for m in (f"{encoder}_embed31", GATE)):
         build_repo(encoder, repo)
@@ -162,7 +165,7 @@ def server_side_expansion(url: str, encoder: str, catalog: str, images: list[byt
     """Images/s through NAME_embed31 (or _general): one upload per image."""
     import tritonclient.grpc as grpcclient
 
-    from equiprobe.services.expansion_repo import ExpansionNames
+    from equiprobe.services.contract import ExpansionNames
     from .embedding import as_image_input
 
     model = ExpansionNames(encoder, catalog).embed
@@ -255,7 +258,7 @@ def best_rate(measure, batch_sizes) -> tuple[float, int]:
 
 def expansion_stage_rate(repo: Path, encoder: str, images: list[bytes], batch: int) -> float:
     """DALI decoding + every transformation + resize/crop for the encoder, host inputs included."""
-    from equiprobe.services.expansion_repo import ExpansionNames
+    from equiprobe.services.contract import ExpansionNames
     from equiprobe.services.transforms import get_catalog, image_key
     from equiprobe.services.transforms.expand import Expander
 
@@ -269,17 +272,18 @@ def expansion_stage_rate(repo: Path, encoder: str, images: list[bytes], batch: i
     return len(arrays) / (time.perf_counter() - start)
 
 
-def encoder_stage_rate(repo: Path, encoder: str, images: int, batch: int) -> float:
-    """The K-version encoder (normalization + ONNX) on ready uint8 crops, images/s."""
-    from equiprobe.services.expansion_repo import ExpansionNames
+def encoder_stage_rate(repo: Path, encoder: str, images: int, batch: int, versions: int = 31) -> float:
+    """NAME_encoder (normalization + ONNX) on ready uint8 crops, `batch` images of `versions`
+    crops per call as NAME_versions sends them; images/s."""
+    from equiprobe.services.contract import PIXELS, ModelNames
 
-    session = ort_session(repo / ExpansionNames(encoder, "fine").onnx / "1" / "model.onnx", 2, spinning=False)
+    session = ort_session(repo / ModelNames(encoder).onnx / "1" / "model.onnx", 2, spinning=False)
     shape = session.get_inputs()[0].shape[1:]
-    crops = np.random.default_rng(0).integers(0, 256, (batch, *shape)).astype(np.uint8)
-    session.run(None, {"PIXELS": crops})
+    crops = np.random.default_rng(0).integers(0, 256, (batch * versions, *shape)).astype(np.uint8)
+    session.run(None, {PIXELS: crops})
     start = time.perf_counter()
     for _ in range(max(1, images // batch)):
-        session.run(None, {"PIXELS": crops})
+        session.run(None, {PIXELS: crops})
     return max(1, images // batch) * batch / (time.perf_counter() - start)
 
 

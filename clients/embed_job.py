@@ -19,8 +19,7 @@ from typing import Optional
 
 import numpy as np
 
-from equiprobe.services.contract import ExpansionNames
-from equiprobe.services.transforms import get_catalog
+from equiprobe.services.contract import EMBEDDINGS, IMAGE, KEY, PARAMS, ROWS, SEED, UPLOADS, ExpansionNames
 
 from .aio import AsyncTritonClient, ClientOptions, RequestError
 from .datasets import Dataset, open_dataset
@@ -30,7 +29,7 @@ from .runner import Outcome, StoreSink, run
 from .store import FORMAT_VERSION, IDENTITY_FIELDS, PENDING, Store, StoreError, StoreWriter
 
 TOOL_VERSION = "equiprobe 0.1.0"
-UPLOADS = ("jpeg", "none")
+UPLOAD_MODES = ("jpeg", "none")
 
 
 def default_uploads(catalog: str) -> str:
@@ -65,8 +64,8 @@ class EmbedJob:
         if self.dtype not in ("float16", "float32"):
             raise ValueError(f"dtype {self.dtype!r}: use float16 or float32")
         self.uploads = self.uploads or default_uploads(self.catalog)
-        if self.uploads not in UPLOADS:
-            raise ValueError(f"uploads {self.uploads!r}: use {' or '.join(UPLOADS)}")
+        if self.uploads not in UPLOAD_MODES:
+            raise ValueError(f"uploads {self.uploads!r}: use {' or '.join(UPLOAD_MODES)}")
 
     @property
     def names(self) -> ExpansionNames:
@@ -97,18 +96,34 @@ def server_metadata(config: dict) -> dict[str, str]:
     return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
 
 
-def job_manifest(job: EmbedJob, dataset: Dataset, server: dict[str, str], count: int) -> dict:
+def catalog_metadata(job: EmbedJob, server: dict[str, str]) -> dict:
+    """What the store records of the catalog, from the server's NAME_embedK config (so a
+    client-only install, without DALI, can write it); from this code's catalog for a repository
+    built before the server published it, which must then be the same catalog version."""
+    if "row_labels" in server:
+        return {"catalog_version": server["catalog_version"], "params_width": int(server["params_width"]),
+                "row_labels": json.loads(server["row_labels"]), "classes": json.loads(server["classes"]),
+                "row_splits": json.loads(server["row_splits"])}
+    from equiprobe.services.transforms import get_catalog
+
     catalog = get_catalog(job.catalog)
     if server.get("catalog_version") != catalog.version:
         raise ServiceError(f"the server's {job.encoder} expansion uses catalog {server.get('catalog_version')}, "
                            f"this client has {catalog.version}; rebuild the repository or update the client")
+    return {"catalog_version": catalog.version, "params_width": catalog.params_width,
+            "row_labels": catalog.labels.tolist(), "classes": list(catalog.classes),
+            "row_splits": [t.split for t in catalog.transforms]}
+
+
+def job_manifest(job: EmbedJob, dataset: Dataset, server: dict[str, str], count: int) -> dict:
+    catalog = catalog_metadata(job, server)
     return {
         "format_version": FORMAT_VERSION, "tool_version": TOOL_VERSION,
         "encoder": job.encoder, "encoder_onnx_sha256": server["onnx_sha256"], "dim": int(server["dim"]),
-        "dtype": job.dtype, "catalog": job.catalog, "catalog_version": catalog.version,
-        "rows": json.loads(server["rows"]), "params_width": catalog.params_width, "uploads": job.uploads,
-        "row_labels": catalog.labels.tolist(), "classes": list(catalog.classes),
-        "row_splits": [t.split for t in catalog.transforms],
+        "dtype": job.dtype, "catalog": job.catalog, "catalog_version": catalog["catalog_version"],
+        "rows": json.loads(server["rows"]), "params_width": catalog["params_width"], "uploads": job.uploads,
+        "row_labels": catalog["row_labels"], "classes": catalog["classes"],
+        "row_splits": catalog["row_splits"],
         "dataset": dataset.spec, "label_names": dataset.label_names, "limit": job.limit,
         "seed": job.seed, "count": count, "shard": f"{job.shard[0]}/{job.shard[1]}" if job.shard else None,
         # Which transformation (and code) made each column: a refresh reuses columns where equal.
@@ -156,18 +171,18 @@ class ExpansionMapper:
             data = await asyncio.to_thread(record.load)
         except OSError as exc:
             return Outcome(reason=f"unreadable: {exc}")
-        inputs = {"IMAGE": np.frombuffer(data, np.uint8).reshape(1, -1), "SEED": np.array([[self.seed]], np.int64)}
+        inputs = {IMAGE: np.frombuffer(data, np.uint8).reshape(1, -1), SEED: np.array([[self.seed]], np.int64)}
         if rows is not None:
-            inputs["ROWS"] = np.array([rows], np.int32)
+            inputs[ROWS] = np.array([rows], np.int32)
         if self.uploads:
-            inputs["UPLOADS"] = np.array([[True]])
+            inputs[UPLOADS] = np.array([[True]])
         try:
-            out = await self.client.infer(self.model, inputs, ["EMBEDDINGS", "PARAMS", "KEY"])
+            out = await self.client.infer(self.model, inputs, [EMBEDDINGS, PARAMS, KEY])
         except RequestError as exc:
             if exc.status != "StatusCode.INVALID_ARGUMENT":
                 raise
             return Outcome(reason=str(exc).split(", ", 1)[-1])
-        return Outcome(out["EMBEDDINGS"][0], out["PARAMS"][0], out["KEY"][0, 0].decode())
+        return Outcome(out[EMBEDDINGS][0], out[PARAMS][0], out[KEY][0, 0].decode())
 
 
 @dataclass

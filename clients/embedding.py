@@ -9,7 +9,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-IMAGE, EMBEDDING = "IMAGE", "EMBEDDING"
+from equiprobe.services.contract import EMBEDDING, IMAGE  # noqa: E402
 
 
 class ServiceError(RuntimeError):

@@ -18,8 +18,8 @@ from tritonclient.utils import InferenceServerException
 from .connection import Connection, as_connection
 from .embedding import ServiceError, as_image_input, check_model
 
-SCORE, TRANSFORMS, CATEGORIES, EMBEDDING = "MANIPULATION_SCORE", "TRANSFORM_PROBS", "CATEGORY_PROBS", "EMBEDDING"
-MANIPULATED = "MANIPULATED"
+from equiprobe.services.contract import (CATEGORY_PROBS as CATEGORIES, EMBEDDING, MANIPULATED,  # noqa: E402
+                                        MANIPULATION_SCORE as SCORE, TRANSFORM_PROBS as TRANSFORMS)
 
 
 @dataclass

@@ -20,6 +20,8 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from equiprobe.services.contract import EMBEDDING, IMAGE
+
 from .upload_corpus import EMBED, upload_corpus
 
 # Outcomes: good requests embedded identically / failed; bad ones refused / anything else.
@@ -80,9 +82,9 @@ def rss_mb(pids: list[int]) -> dict[str, float]:
 
 def _send(client, model: str, data: bytes):
     array = np.frombuffer(data, np.uint8).reshape(1, -1)
-    image = grpcclient.InferInput("IMAGE", list(array.shape), "UINT8")
+    image = grpcclient.InferInput(IMAGE, list(array.shape), "UINT8")
     image.set_data_from_numpy(array)
-    return client.infer(model, [image], client_timeout=60).as_numpy("EMBEDDING")[0]
+    return client.infer(model, [image], client_timeout=60).as_numpy(EMBEDDING)[0]
 
 
 def run_soak(url: str, model: str, pids, minutes: float, concurrency: int = 16, interval_s: float = 10.0,

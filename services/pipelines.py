@@ -1,4 +1,4 @@
-"""DALI preprocessing: encoded image bytes in, the encoder's normalized tensor out.
+"""DALI preprocessing: encoded image bytes in, the encoder's uint8 crop out (NAME_encoder normalizes).
 
 There is one preprocessing path, used by every served model and every store: decode as RGB,
 put the image on the 224x224 canvas (shorter side to 224, centre crop; the study's images),
@@ -21,11 +21,12 @@ import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.pipeline import Pipeline
 
+from .contract import IMAGE
+
 if TYPE_CHECKING:  # the python-backend stub imports this module; keep torch out of it
     from .encoders import Preprocess
 
-INPUT_NAME = "IMAGE"
-CANVAS = 224  # every image is first put on a 224x224 RGB canvas, as in the study
+CANVAS_SIZE = 224  # every image is first put on a 224x224 RGB canvas, as in the study
 
 _INTERP = {"linear": types.INTERP_LINEAR, "cubic": types.INTERP_CUBIC}
 _ORDER = {"RGB": types.RGB, "BGR": types.BGR}
@@ -38,8 +39,8 @@ def decode(encoded, channel_order: str, device: str):
 
 def to_canvas(images):
     """Shorter side to the canvas size, centre crop."""
-    resized = fn.resize(images, resize_shorter=CANVAS, antialias=True)
-    return fn.crop(resized, crop=(CANVAS, CANVAS), crop_pos_x=0.5, crop_pos_y=0.5)
+    resized = fn.resize(images, resize_shorter=CANVAS_SIZE, antialias=True)
+    return fn.crop(resized, crop=(CANVAS_SIZE, CANVAS_SIZE), crop_pos_x=0.5, crop_pos_y=0.5)
 
 
 def decode_to_canvas(encoded, device: str):
@@ -58,24 +59,16 @@ def _resize(images, pre: Preprocess, input_order: str):
     return fn.resize(images, resize_shorter=pre.resize, interp_type=_INTERP[pre.interpolation], antialias=True)
 
 
-def resize_and_normalize(images, pre: Preprocess, input_order: str = ""):
-    """Resize, centre-crop and normalize for an encoder: float32 in the encoder's layout."""
-    return fn.crop_mirror_normalize(
-        _resize(images, pre, input_order), crop=(pre.size, pre.size), crop_pos_x=0.5, crop_pos_y=0.5,
-        mean=list(pre.mean), std=list(pre.std), dtype=types.FLOAT, output_layout=pre.layout)
-
-
 def resize_and_crop(images, pre: Preprocess, input_order: str = ""):
     """Resize and centre-crop for an encoder, left as uint8 HWC: a quarter of the bytes of the
-    normalized tensor, for steps that hand many versions on (normalization then happens in
-    the ONNX model, see export.wrap_for_versions)."""
+    normalized tensor; NAME_encoder normalizes (services/onnx_wrappers.wrap_for_crops)."""
     return fn.crop(_resize(images, pre, input_order), crop=(pre.size, pre.size), crop_pos_x=0.5, crop_pos_y=0.5)
 
 
 @pipeline_def
 def preprocess_pipeline(pre: Preprocess, device: str = "cpu"):
-    encoded = fn.external_source(name=INPUT_NAME, device="cpu", dtype=types.UINT8, ndim=1)
-    return resize_and_normalize(decode_to_canvas(encoded, device), pre, input_order="RGB")
+    encoded = fn.external_source(name=IMAGE, device="cpu", dtype=types.UINT8, ndim=1)
+    return resize_and_crop(decode_to_canvas(encoded, device), pre, input_order="RGB")
 
 
 def serialize_preprocess(pre: Preprocess, path: Path, device: str, max_batch_size: int,
@@ -126,7 +119,7 @@ class SerializedPipeline:
 
 
 class CpuPreprocessor(SerializedPipeline):
-    """The encoder's preprocessing: encoded images in, normalized tensors out."""
+    """The encoder's preprocessing: encoded images in, uint8 crops [B, S, S, 3] out."""
 
     def run(self, encoded: list[np.ndarray]) -> np.ndarray:  # type: ignore[override]
-        return super().run({INPUT_NAME: encoded})[0]
+        return super().run({IMAGE: encoded})[0]

@@ -31,15 +31,15 @@ def decode_rgb(data: bytes) -> Image.Image:
 
 def canvas(data: bytes) -> np.ndarray:
     """Decode and place on the 224x224 canvas as the DALI pipeline does (shorter side, centre)."""
-    from .pipelines import CANVAS
+    from .pipelines import CANVAS_SIZE
 
     image = decode_rgb(data)
     w, h = image.size
-    scale = CANVAS / min(w, h)
-    image = image.resize((max(CANVAS, round(w * scale)), max(CANVAS, round(h * scale))), Image.BILINEAR)
+    scale = CANVAS_SIZE / min(w, h)
+    image = image.resize((max(CANVAS_SIZE, round(w * scale)), max(CANVAS_SIZE, round(h * scale))), Image.BILINEAR)
     w, h = image.size
-    left, top = int((w - CANVAS) / 2 + 0.5), int((h - CANVAS) / 2 + 0.5)
-    return np.asarray(image.crop((left, top, left + CANVAS, top + CANVAS)))
+    left, top = int((w - CANVAS_SIZE) / 2 + 0.5), int((h - CANVAS_SIZE) / 2 + 0.5)
+    return np.asarray(image.crop((left, top, left + CANVAS_SIZE, top + CANVAS_SIZE)))
 
 
 def reference_preprocess(data: bytes, pre: "Preprocess") -> np.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 import shutil
 import subprocess
 import sys
@@ -11,7 +13,8 @@ import numpy as np
 import pytest
 
 from equiprobe.clients.photos import encode, package_photos
-from equiprobe.services.repository import build_repo, read_config
+from equiprobe.services.model_config import read_config
+from equiprobe.services.repository import build_repo
 from equiprobe.services.server import TritonServer, loopback_config
 
 ENCODER = "squeezenet1_1"
@@ -75,3 +78,15 @@ def photo_store(server, tmp_path_factory) -> Path:
     proc = subprocess.run(embed_cli(server, out), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out
+
+
+SERVER_FIXTURES = {"server", "detector_server", "secure"}  # every fixture that starts a tritonserver
+STARTS_SERVER = re.compile(r"with (TritonServer|DeploymentCommand)\(|\.start\b|\[EQUIPROBE, \"serve\"")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark `server` every test that starts a Triton server, itself or through a fixture (make test-fast)."""
+    for item in items:
+        source = inspect.getsource(item.function) if hasattr(item, "function") else ""
+        if SERVER_FIXTURES & set(item.fixturenames) or STARTS_SERVER.search(source):
+            item.add_marker(pytest.mark.server)

@@ -9,7 +9,7 @@ import pytest
 
 from equiprobe.clients.aio import AsyncTritonClient, ClientOptions, RequestError
 from equiprobe.clients.embedding import ServiceError
-from equiprobe.services.repository import ModelNames
+from equiprobe.services.contract import ModelNames
 from equiprobe.services.server import ServerConfig, TritonServer, free_port
 
 from .conftest import ENCODER, copy_models

@@ -1,7 +1,6 @@
 """Baselines: logistic regression and kNN on the probes' splits, and pixel / random-encoder feature
 stores over the very images, versions and splits of a store the real server embedded."""
 
-import io
 import json
 import shutil
 import subprocess

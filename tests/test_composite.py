@@ -12,8 +12,8 @@ import tritonclient.grpc as grpcclient
 from equiprobe.clients.concat import concat_stores
 from equiprobe.clients.embedding import as_image_input
 from equiprobe.clients.store import Store, StoreError
-from equiprobe.services.export import sha256_of
-from equiprobe.services.repository import ModelNames, build_repo
+
+from equiprobe.services.repository import build_repo, read_manifest
 from equiprobe.services.server import TritonServer, loopback_config
 from equiprobe.trainer.deploy import deploy
 from equiprobe.trainer.probes import ProbeConfig
@@ -62,7 +62,7 @@ def composite_probe(composite_repo, tmp_path_factory):
     with one_torch_thread():
         train_probes(root / "joined", "fine", ProbeConfig(kind="mlp", hidden=64, max_epochs=5), [0], root / "probe",
                      progress=False)
-    shas = [sha256_of(composite_repo / ModelNames(e).onnx / "1" / "model.onnx") for e in (ENCODER, OTHER)]
+    shas = [read_manifest(composite_repo, e)["onnx_sha256"] for e in (ENCODER, OTHER)]
     edit_record(root / "probe", encoder=COMPOSITE, encoder_onnx_sha256="+".join(shas))
     return root / "probe"
 

@@ -27,13 +27,15 @@ from equiprobe.clients.datasets import open_dataset
 from equiprobe.clients.embedding import as_image_input
 from equiprobe.clients.photos import encode
 from equiprobe.clients.store import Store
-from equiprobe.services.export import ExportResult, sha256_of
-from equiprobe.services.repository import ModelNames, build_repo, read_config
+from equiprobe.services.contract import ModelNames
+from equiprobe.services.model_config import read_config
+from equiprobe.services.repository import build_repo, read_manifest
 from equiprobe.services.server import ServerConfig, TritonServer, loopback_config
 from equiprobe.services.transforms import get_catalog, image_key
 from equiprobe.services.transforms.expand import Expander, serialize_expand
 from equiprobe.trainer.cli import app
-from equiprobe.trainer.deploy import DetectorNames, deploy
+from equiprobe.services.contract import DetectorNames
+from equiprobe.trainer.deploy import deploy
 from equiprobe.trainer.probes import Probe, ProbeConfig
 from equiprobe.trainer.train import train_probes
 
@@ -74,7 +76,7 @@ def probes(photo_store, repo, tmp_path_factory) -> dict[str, Path]:
         train_probes(store, "general", ProbeConfig(kind="mlp", hidden=64, max_epochs=10), [0], root / "general",
                      progress=False)
     edit_record(root / "general", encoder=ENCODER,
-                encoder_onnx_sha256=sha256_of(repo / BASE.onnx / "1" / "model.onnx"))
+                encoder_onnx_sha256=read_manifest(repo, ENCODER)["onnx_sha256"])
     return {"mlp": root / "mlp", "linear": root / "linear", "general": root / "general"}
 
 
@@ -388,7 +390,7 @@ def test_a_probe_for_another_encoder_or_catalog_is_refused(field, value, served,
     probe = tmp_path / "probe"
     shutil.copytree(probes["mlp"], probe)
     edit_record(probe, **{field: value})
-    served = served or sha256_of(deployed_repo / BASE.onnx / "1" / "model.onnx")
+    served = served or read_manifest(deployed_repo, ENCODER)["onnx_sha256"]
     digest = tree_digest(deployed_repo)
     result = invoke("deploy", "--probe", str(probe), "--repo", str(deployed_repo))
     assert result.exit_code == 1
@@ -436,10 +438,9 @@ def test_a_general_probe_gives_the_category_probabilities(tmp_path, repo, probes
 
 
 def test_native_flavour_serves_the_probe_on_onnxruntime_with_tensorrt(tmp_path, repo, probes):
-    onnx_file = repo / BASE.onnx / "1" / "model.onnx"
     native = tmp_path / "native"
-    build_repo(ENCODER, native, "native", catalogs=(),
-               export=ExportResult(onnx_file, sha256_of(onnx_file), 0.0, 1.0))
+    build_repo(ENCODER, native, "native", catalogs=())  # the same export (deterministic): the same encoder sha256
+    assert read_manifest(native, ENCODER)["onnx_sha256"] == read_manifest(repo, ENCODER)["onnx_sha256"]
     portable = base_copy(repo, tmp_path / "portable")
     for path in (native, portable):
         deploy([probes["mlp"]], path)

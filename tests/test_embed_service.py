@@ -9,7 +9,8 @@ from tritonclient.utils import InferenceServerException
 
 from equiprobe.clients.embedding import EmbeddingClient, ServiceError
 from equiprobe.clients.photos import encode
-from equiprobe.services.repository import InProcessEmbed, ModelNames
+from equiprobe.services.contract import ModelNames
+from equiprobe.services.embed_models import InProcessEmbed
 
 from .conftest import ENCODER
 

@@ -8,7 +8,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from equiprobe.services.encoders import get_encoder
-from equiprobe.services.expansion_repo import ExpansionNames
+from equiprobe.services.contract import ExpansionNames
 from equiprobe.services.runtime import ort_session
 from equiprobe.services.transforms import get_catalog, image_key
 from equiprobe.services.transforms.expand import Expander
@@ -33,13 +33,13 @@ def infer(server, model, data: bytes, seed=None, uploads=None):
 
 @pytest.fixture(scope="module")
 def in_process(repo):
-    """The repository's own expansion pipeline and K-version encoder, run in this process."""
+    """The repository's own expansion pipeline and its one encoder (every version a crop), run in this process."""
     def run(catalog_name, data, seed, uploads=False):
         catalog, names = get_catalog(catalog_name), ExpansionNames(ENCODER, catalog_name)
         expander = Expander(repo / names.expand / "1" / "model.dali", catalog, 1, 2)
         versions, params = expander.expand([np.frombuffer(data, np.uint8)], [image_key(data)], seed, uploads)
         session = ort_session(repo / names.onnx / "1" / "model.onnx", 2)
-        return session.run(None, {"PIXELS": versions})[0][0], params[0]
+        return session.run(None, {"PIXELS": versions[0]})[0], params[0]
     return run
 
 

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from equiprobe.services.encoders import get_encoder
-from equiprobe.services.export import INPUT_NAME, RELATIVE_TOLERANCE, export_encoder, random_normalized_batch
+from equiprobe.services.contract import PIXELS as INPUT_NAME
+from equiprobe.services.export import RELATIVE_TOLERANCE, export_encoder, random_normalized_batch
 from equiprobe.services.runtime import ort_session
 
 
@@ -33,19 +34,19 @@ def test_study_encoder_exports_with_random_weights(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["squeezenet1_1", "open_nsfw"])
-def test_version_wrapper_normalizes_like_the_encoders_preprocessing(name, tmp_path):
-    """uint8 crops through the K-version wrapper == normalized crops through the plain encoder."""
-    from equiprobe.services.export import wrap_for_versions
+def test_crops_wrapper_normalizes_like_the_encoders_preprocessing(name, tmp_path):
+    """uint8 crops through the served NAME_encoder's wrapper == normalized crops through the plain encoder."""
+    from equiprobe.services.onnx_wrappers import wrap_for_crops
 
     spec = get_encoder(name)
     pre = spec.preprocess
     plain = export_encoder(spec, spec.build(), tmp_path / "plain.onnx").path
-    wrapped = wrap_for_versions(plain, tmp_path / "k.onnx", pre, versions=3, extra=1)
+    wrapped = wrap_for_crops(plain, tmp_path / "served.onnx", pre)
     crops = np.random.default_rng(0).integers(0, 256, (2, 4, pre.size, pre.size, 3)).astype(np.uint8)
     normalized = (crops.astype(np.float32) - np.array(pre.mean, np.float32)) / np.array(pre.std, np.float32)
     if pre.layout == "CHW":
         normalized = normalized.transpose(0, 1, 4, 2, 3)
     expected = ort_session(plain).run(None, {INPUT_NAME: normalized.reshape(8, *pre.output_shape)})[0]
-    got = ort_session(wrapped).run(None, {"PIXELS": crops[:, :3], "EXTRA": crops[:, 3:]})[0]
-    assert got.shape == (2, 4, spec.dim)
-    np.testing.assert_allclose(got.reshape(8, spec.dim), expected, rtol=1e-5, atol=1e-4)
+    got = ort_session(wrapped).run(None, {"PIXELS": crops.reshape(8, pre.size, pre.size, 3)})[0]
+    assert got.shape == (8, spec.dim)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)

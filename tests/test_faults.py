@@ -29,8 +29,9 @@ from tritonclient.utils import InferenceServerException
 from equiprobe.clients.aio import AsyncTritonClient, ClientOptions, RequestError
 from equiprobe.clients.embedding import as_image_input
 from equiprobe.clients.store import DONE, FAILED, PENDING, Store
-from equiprobe.services.expansion_repo import ExpansionNames
-from equiprobe.services.repository import ModelNames, read_config
+from equiprobe.services.contract import ExpansionNames
+from equiprobe.services.contract import ModelNames
+from equiprobe.services.model_config import read_config
 from equiprobe.services.server import TritonServer, loopback_config
 
 from .conftest import CHUNK, ENCODER, LIMIT, copy_models, embed_bin, embed_cli
@@ -395,7 +396,7 @@ def state_of(repo: Path) -> tuple:
     model loads as Triton would read it, every version complete, probe and detector agree."""
     import onnxruntime as ort
 
-    from equiprobe.trainer.deploy import DetectorNames
+    from equiprobe.services.contract import DetectorNames
 
     names = DetectorNames(ENCODER)
     for model_dir in repo.iterdir():
@@ -432,7 +433,7 @@ def deploy_probes(repo, tmp_path_factory) -> list[Path]:
     """Two small fine probes (a synthetic store's), recorded as made for the repository's encoder."""
     import torch
 
-    from equiprobe.services.export import sha256_of
+    from equiprobe.services.repository import read_manifest
     from equiprobe.trainer.probes import ProbeConfig
     from equiprobe.trainer.train import train_probes
 
@@ -450,7 +451,7 @@ def deploy_probes(repo, tmp_path_factory) -> list[Path]:
                          root / f"probe{seed}", progress=False)
             record = root / f"probe{seed}" / "probe.json"
             record.write_text(json.dumps({**json.loads(record.read_text()), "encoder": ENCODER,
-                                          "encoder_onnx_sha256": sha256_of(repo / BASE.onnx / "1" / "model.onnx")}))
+                                          "encoder_onnx_sha256": read_manifest(repo, ENCODER)["onnx_sha256"]}))
             probes.append(root / f"probe{seed}")
     finally:
         torch.set_num_threads(threads)

@@ -11,7 +11,7 @@ from equiprobe.clients.datasets import open_dataset
 from equiprobe.clients.photos import encode
 from equiprobe.clients.store import Store
 from equiprobe.services.encoders import get_encoder
-from equiprobe.services.expansion_repo import ExpansionNames
+from equiprobe.services.contract import ExpansionNames
 from equiprobe.services.transforms import get_catalog, image_key
 from equiprobe.services.transforms.expand import Expander, serialize_expand
 from equiprobe.services.transforms.groups import GROUPS

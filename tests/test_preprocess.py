@@ -23,7 +23,9 @@ def test_dali_matches_reference(encoder, fmt, photos, tmp_path):
     pre = get_encoder(encoder).preprocess
     dali = CpuPreprocessor(serialize_preprocess(pre, tmp_path / "p.dali", "cpu", 8, 2), 8, 2)
     data = [encode(photos[name], fmt) for name in PHOTOS]
-    ours = dali.run([np.frombuffer(d, np.uint8) for d in data])
+    crops = dali.run([np.frombuffer(d, np.uint8) for d in data])
+    assert crops.shape == (len(PHOTOS), *pre.crop_shape) and crops.dtype == np.uint8
+    ours = pre.normalize(crops)  # what NAME_encoder does first
     assert ours.shape == (len(PHOTOS), *pre.output_shape) and ours.dtype == np.float32
     mean_limit, p99_limit = TOLERANCE[pre.resize_mode]
     for got, d in zip(ours, data):
@@ -36,7 +38,7 @@ def test_reference_comparison_can_fail(photos, tmp_path):
     pre = get_encoder("squeezenet1_1").preprocess
     dali = CpuPreprocessor(serialize_preprocess(pre, tmp_path / "p.dali", "cpu", 8, 2), 8, 2)
     d = encode(photos["astronaut"])
-    got = dali.run([np.frombuffer(d, np.uint8)])[0]
+    got = pre.normalize(dali.run([np.frombuffer(d, np.uint8)]))[0]
     swapped = reference_preprocess(d, pre)[::-1]
     assert np.abs(got - swapped).mean() > TOLERANCE["square"][0]
 
@@ -64,4 +66,4 @@ def test_pipeline_recovers_after_a_corrupt_image(jpegs, tmp_path):
     good = np.frombuffer(jpegs["astronaut"], np.uint8)
     with pytest.raises(RuntimeError):
         dali.run([good, good[: good.size // 3]])
-    assert dali.run([good]).shape == (1, *pre.output_shape)
+    assert dali.run([good]).shape == (1, *pre.crop_shape)

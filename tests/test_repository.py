@@ -4,8 +4,9 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from equiprobe.services.expansion_repo import ExpansionNames
-from equiprobe.services.repository import GATE, ModelNames, build_repo, read_config
+from equiprobe.services.contract import GATE, ExpansionNames, ModelNames
+from equiprobe.services.model_config import read_config
+from equiprobe.services.repository import build_repo
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def test_portable_configs_parse_and_use_python_backend(repo):
     names = ModelNames("squeezenet1_1")
     parsed = configs(repo)
     expansions = [ExpansionNames("squeezenet1_1", c) for c in ("fine", "general", "groups")]
-    assert set(parsed) == {GATE, names.preprocess, names.onnx, names.embed,
+    assert set(parsed) == {GATE, names.preprocess, names.onnx, names.versions, names.embed,
                            *[m for e in expansions for m in (e.inputs, e.expand, e.onnx, e.embed)]}
     assert parsed[names.preprocess].backend == "python" and parsed[names.onnx].backend == "python"
     assert (repo / names.preprocess / "1" / "model.dali").stat().st_size > 0
@@ -55,10 +56,29 @@ def test_native_configs_parse_and_target_gpu_backends(native_repo):
     assert parsed[GATE].backend == "python"  # Pillow reads headers and converts GIF/AVIF/HEIC in both
     assert [s.model_name for s in parsed[fine.embed].ensemble_scheduling.step][:2] == [GATE, fine.inputs]
     assert list(parsed[fine.embed].output[0].dims) == [-1, 512]  # 31 rows, or the R rows ROWS asks for
-    rows_in = {i.name: i for i in parsed[fine.onnx].input}["ROWS"]
+    rows_in = {i.name: i for i in parsed[fine.versions].input}["ROWS"]
     assert rows_in.data_type == mc.TYPE_INT32 and not rows_in.optional  # the inputs model always sends it
     assert {i.name: i for i in parsed[fine.embed].input}["ROWS"].optional
     assert b"mixed" in (native_repo / fine.expand / "1" / "model.dali").read_bytes()
+
+
+@pytest.mark.parametrize("flavour", ["portable", "native"])
+def test_one_encoder_model_serves_every_ensemble(flavour, repo, native_repo):
+    """NAME_encoder is the only model with the encoder's weights: NAME_embed calls it, and every
+    catalog's expansion reaches it through NAME_versions."""
+    path = repo if flavour == "portable" else native_repo
+    names, parsed = ModelNames("squeezenet1_1"), configs(path)
+    weights = [p.parent.parent.name for p in path.glob("*/1/model.onnx")]
+    assert weights == [names.onnx]
+    assert [s.model_name for s in parsed[names.embed].ensemble_scheduling.step][-1] == names.onnx
+    for catalog in ("fine", "general", "groups"):
+        steps = parsed[ExpansionNames("squeezenet1_1", catalog).embed].ensemble_scheduling.step
+        assert steps[-1].model_name == names.versions
+    versions = parsed[names.versions]
+    assert versions.parameters["encoder_model"].string_value == names.onnx
+    assert int(versions.parameters["encoder_max_batch_size"].string_value) <= parsed[names.onnx].max_batch_size
+    encoder_in = parsed[names.onnx].input[0]
+    assert encoder_in.name == "PIXELS" and encoder_in.data_type == mc.TYPE_UINT8 and list(encoder_in.dims) == [227, 227, 3]
 
 
 def test_both_flavours_expose_identical_ensembles(repo, native_repo):

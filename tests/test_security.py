@@ -20,8 +20,8 @@ import pytest
 from equiprobe.clients.aio import AsyncTritonClient, RequestError
 from equiprobe.clients.connection import Connection, refusal
 from equiprobe.clients.embedding import EmbeddingClient, ServiceError
-from equiprobe.services.expansion_repo import ExpansionNames
-from equiprobe.services.repository import ModelNames
+from equiprobe.services.contract import ExpansionNames
+from equiprobe.services.contract import ModelNames
 from equiprobe.services.security import ADMIN_KEY_HEADER, API_KEY_HEADER, exposure_args, is_loopback
 from equiprobe.services.server import ServerConfig, ServerError, TritonServer, free_port, loopback_config
 from equiprobe.trainer.deploy import DeployError, connect

@@ -31,7 +31,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from equiprobe.services.repository import build_repo
 from equiprobe.services.security import GRPC_HEADER_PREFIX
-from equiprobe.services.server import TritonServer, _pytriton_root, _python_backend_ready, free_port, loopback_config
+from equiprobe.services.server import TritonServer, _pytriton_root, _python_backend_ready, loopback_config
 from tests.conftest import ENCODER
 
 ROOT = Path(__file__).parent.parent

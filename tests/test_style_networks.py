@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from equiprobe.services.expansion_repo import MANIFEST, ExpansionNames
+from equiprobe.services.contract import EXPANSION_MANIFEST as MANIFEST, ExpansionNames
 from equiprobe.services.pipelines import SerializedPipeline
 from equiprobe.services.repository import build_repo
 from equiprobe.services.runtime import ort_session

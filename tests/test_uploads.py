@@ -22,7 +22,8 @@ from equiprobe.clients.datasets import DatasetError, folder_dataset
 from equiprobe.clients.soak import BAD_OTHER, BAD_REFUSED, GOOD_FAILED, GOOD_OK, run_soak
 from equiprobe.clients.upload_corpus import EMBED, REFUSE, upload_corpus
 from equiprobe.services.decode_log import structured_entries
-from equiprobe.services.repository import InProcessEmbed, ModelNames
+from equiprobe.services.contract import ModelNames
+from equiprobe.services.embed_models import InProcessEmbed
 from equiprobe.services.uploads import FORMATS, ImageRejected, Limits, admit
 
 from .conftest import ENCODER, embed_bin

@@ -25,7 +25,8 @@ from rich.table import Table
 
 from equiprobe.clients.embedding import EmbeddingClient, ServiceError
 from equiprobe.clients.photos import encode
-from equiprobe.services.repository import InProcessEmbed, build_repo
+from equiprobe.services.embed_models import InProcessEmbed
+from equiprobe.services.repository import build_repo
 from equiprobe.services.server import TritonServer, loopback_config
 from equiprobe.trainer.configs import ProbeConfig
 

@@ -50,88 +50,41 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
+from equiprobe.services.contract import CATEGORY_PROBS, TRANSFORM_PROBS, DetectorNames, ModelNames
+from equiprobe.services.detector_models import LABEL_FILES, detector_config, probe_config
+from equiprobe.services.model_config import PYTHON_MODELS
+from equiprobe.services.repository import RepositoryError, ServedEncoder, served_part
+
 from .detector_scores import DEFAULT_TARGET_FPR, load_scores
-from .probe_export import (CATEGORY_PROBS, EMBEDDING, EMBEDDING_OUT, MANIPULATED, MANIPULATION_SCORE, OUTPUTS,
-                           TRANSFORM_PROBS, ProbeError, SavedProbe, category_names, export_probes, probe_inputs,
-                           read_probe)
+from .probe_export import ProbeError, SavedProbe, category_names, export_probes, read_probe
 
 HISTORY = "deploy_history.json"
 VERSION_RECORD = "deployed.json"
-LABEL_FILES = {TRANSFORM_PROBS: "transform_labels.txt", CATEGORY_PROBS: "category_labels.txt"}
 
 
 class DeployError(ValueError):
     """A deployment that must not happen (or could not finish); the message says why in one line."""
 
 
-@dataclass
-class DetectorNames:
-    encoder: str
-
-    @property
-    def probe(self) -> str:
-        return f"{self.encoder}_probe"
-
-    @property
-    def detector(self) -> str:
-        return f"{self.encoder}_detector"
-
-
 # -- what the repository serves -------------------------------------------------------------
-
-@dataclass
-class ServedEncoder:
-    repo: Path
-    name: str
-    dim: int
-    onnx_sha256: str  # of NAME_encoder/1/model.onnx, the file actually served
-    flavour: str
-    catalog_versions: dict[str, str]  # task -> catalog version of the repo's expansion (else this code's)
-    embed_config: object  # NAME_embed's ModelConfig: the detector repeats its steps
-    parts: list["ServedEncoder"] = None  # type: ignore[assignment]  # a composite's encoders, else [self]
-
-    def __post_init__(self):
-        if self.parts is None:
-            self.parts = [self]
-
 
 def served_encoder(repo: Path, encoder: str) -> ServedEncoder:
     """What the repository serves for `encoder`, or for each part of a composite "A+B"."""
     from equiprobe.clients.concat import COMPOSITE, part_names
 
     if COMPOSITE not in encoder:
-        return served_part(repo, encoder)
-    parts = [served_part(repo, name) for name in part_names(encoder)]
+        return _served(repo, encoder)
+    parts = [_served(repo, name) for name in part_names(encoder)]
     return ServedEncoder(repo, encoder, sum(p.dim for p in parts), COMPOSITE.join(p.onnx_sha256 for p in parts),
                          parts[0].flavour, parts[0].catalog_versions, parts[0].embed_config, parts)
 
 
-def served_part(repo: Path, encoder: str) -> ServedEncoder:
-    from equiprobe.services.expansion_repo import ExpansionNames
-    from equiprobe.services.export import sha256_of
-    from equiprobe.services.repository import ModelNames, read_config
-    from equiprobe.services.transforms import get_catalog
-
-    names = ModelNames(encoder)
-    if not (repo / names.embed / "config.pbtxt").is_file():
-        served = sorted(p.parent.name[:-len("_embed")] for p in repo.glob("*_embed/config.pbtxt"))
-        serving = ", ".join(f"'{s}'" for s in served) or "no encoder (no NAME_embed model)"
+def _served(repo: Path, encoder: str) -> ServedEncoder:
+    try:
+        return served_part(repo, encoder)
+    except RepositoryError as exc:
         raise DeployError(f"refused: the probe was trained on encoder '{encoder}', but repository {repo} serves "
-                          f"{serving}; nothing was changed")
-    onnx_file = repo / names.onnx / "1" / "model.onnx"
-    if not onnx_file.is_file():
-        raise DeployError(f"repository {repo} has no {onnx_file.relative_to(repo)}; rebuild it with build-repo")
-    embed = read_config(repo / names.embed / "config.pbtxt")
-    (embedding,) = [o for o in embed.output if o.name == EMBEDDING]
-    backend = read_config(repo / names.onnx / "config.pbtxt").backend
-    versions = {}
-    for catalog in ("fine", "general"):
-        expansion = repo / ExpansionNames(encoder, catalog).embed / "config.pbtxt"
-        params = read_config(expansion).parameters if expansion.is_file() else {}
-        versions[catalog] = (params["catalog_version"].string_value if "catalog_version" in params
-                             else get_catalog(catalog).version)
-    return ServedEncoder(repo, encoder, int(embedding.dims[0]), sha256_of(onnx_file),
-                         "native" if backend == "onnxruntime" else "portable", versions, embed)
+                          f"{exc.serving}; nothing was changed") from None
 
 
 def check_probe(trained: dict, where: str, task: str, served: ServedEncoder) -> None:
@@ -158,84 +111,6 @@ def pick_probes(probes: list[SavedProbe]) -> tuple[SavedProbe, Optional[SavedPro
     return by_task["fine"][0], general
 
 
-# -- configs ----------------------------------------------------------------------------------
-
-def _outputs(meta: dict, embedding: str) -> list:
-    """The probe's outputs (embedding = EMBEDDING_OUT) or the detector's (embedding = EMBEDDING)."""
-    from tritonclient.grpc import model_config_pb2 as mc
-
-    from equiprobe.services.repository import tensor
-
-    sizes = {TRANSFORM_PROBS: len(meta["classes"]), CATEGORY_PROBS: len(meta["categories"]), MANIPULATION_SCORE: 1,
-             MANIPULATED: 1, embedding: meta["dim"]}
-    outputs = []
-    for name in (*OUTPUTS, embedding):
-        output = tensor(name, mc.TYPE_BOOL if name == MANIPULATED else mc.TYPE_FP32, [sizes[name]], is_input=False)
-        if name in LABEL_FILES:  # read from the model directory, next to config.pbtxt
-            output.label_filename = LABEL_FILES[name]
-        outputs.append(output)
-    return outputs
-
-
-def _parameters(meta: dict) -> dict:
-    """What clients can read over gRPC (get_model_config) about the deployed probes."""
-    return {"encoder": meta["encoder"], "dim": meta["dim"], "onnx_sha256": meta["encoder_onnx_sha256"],
-            "catalog_version": meta["catalog_versions"]["fine"], "category_source": meta["category_source"],
-            "probe_model": meta["model"], "probe_version": meta["version"],
-            "threshold": repr(meta["threshold"]), "target_fpr": meta["target_fpr"]}
-
-
-def probe_config(served: ServedEncoder, meta: dict):
-    from tritonclient.grpc import model_config_pb2 as mc
-
-    from equiprobe.services.repository import ServingSpec, onnx_config, string_parameters, tensor
-
-    # A tiny model beside the encoder on the same cores: one thread, no spinning.
-    serving = ServingSpec(max_batch_size=served.embed_config.max_batch_size, ort_threads=1)
-    dims = [p.dim for p in served.parts]
-    inputs = [tensor(name, mc.TYPE_FP32, [dim]) for name, dim in zip(probe_inputs(dims), dims)]
-    config = onnx_config(meta["model"], inputs, _outputs(meta, EMBEDDING_OUT), served.flavour, serving,
-                         spinning=False)  # type: ignore[arg-type]
-    if served.flavour == "portable":
-        config.backend = "python"  # model.py (services/python_models/onnx_encoder.py) is in each version
-    config.version_policy.specific.versions.append(meta["version"])
-    string_parameters(config, **_parameters(meta))
-    return config
-
-
-def _internal(tensor_name: str, ensemble_inputs: set[str], suffix: str) -> str:
-    """A NAME_embed tensor inside the detector: inputs stay; the embedding becomes internal (the
-    probe passes it on as EMBEDDING); a composite's parts get a suffix, so they share no tensor."""
-    if tensor_name in ensemble_inputs:
-        return tensor_name
-    return ("embedding" if tensor_name == EMBEDDING else tensor_name) + suffix
-
-
-def detector_config(served: ServedEncoder, names: DetectorNames, meta: dict):
-    """NAME_embed's ensemble (same IMAGE input, same steps; for a composite, every part's side by
-    side) with the probe as a last step. The encoders' embeddings go to the probe, and EMBEDDING
-    comes back from the probe's pass-through (see trainer/probe_export.py: Triton prunes the steps
-    behind an unrequested ensemble output)."""
-    from equiprobe.services.repository import ensemble_config, string_parameters
-
-    embed = served.embed_config
-    composite = len(served.parts) > 1
-    steps, probe_in = [], {}
-    for i, (part, name) in enumerate(zip(served.parts, probe_inputs([p.dim for p in served.parts]))):
-        inputs = {t.name for t in part.embed_config.input}
-        suffix = f"_{i}" if composite else ""
-        steps += [(s.model_name, {k: _internal(v, inputs, suffix) for k, v in s.input_map.items()},
-                   {k: _internal(v, inputs, suffix) for k, v in s.output_map.items()})
-                  for s in part.embed_config.ensemble_scheduling.step]
-        probe_in[name] = _internal(EMBEDDING, inputs, suffix)
-    probe_outputs = {**{name: name for name in OUTPUTS}, EMBEDDING_OUT: EMBEDDING}
-    steps.append((names.probe, probe_in, probe_outputs))
-    config = ensemble_config(names.detector, embed.max_batch_size, inputs=list(embed.input),
-                             outputs=_outputs(meta, EMBEDDING), steps=steps)
-    string_parameters(config, **_parameters(meta))
-    return config
-
-
 # -- files ----------------------------------------------------------------------------------
 
 def versions_on_disk(model_dir: Path) -> list[int]:
@@ -243,7 +118,7 @@ def versions_on_disk(model_dir: Path) -> list[int]:
 
 
 def selected_version(model_dir: Path) -> Optional[int]:
-    from equiprobe.services.repository import read_config
+    from equiprobe.services.model_config import read_config
 
     if not (model_dir / "config.pbtxt").is_file():
         return None
@@ -287,8 +162,6 @@ def select(served: ServedEncoder, names: DetectorNames, meta: dict, event: dict,
            new_version: Optional[Path] = None) -> None:
     """Make the repository serve `meta`'s version (placing `new_version`, a finished version
     directory, first), and log `event` in the history, in one atomic switch (module docstring)."""
-    from equiprobe.services.repository import ModelNames
-
     probe_dir, detector_dir = served.repo / names.probe, served.repo / names.detector
     history_file = probe_dir / HISTORY
     history = (json.loads(history_file.read_text()) if history_file.is_file()
@@ -579,8 +452,6 @@ def deploy(probe_dirs: list[Path], repo: Path, url=None, timeout_s: float = 120.
         meta["catalog_versions"].setdefault("general", served.catalog_versions["general"])
         (staged / VERSION_RECORD).write_text(json.dumps(meta, indent=2))
         if served.flavour == "portable":
-            from equiprobe.services.repository import PYTHON_MODELS
-
             shutil.copy2(PYTHON_MODELS / "onnx_encoder.py", staged / "model.py")
         select(served, names, meta, {"action": "deploy", "version": version, "replaced": replaced,
                                      "at": meta["deployed_at"],

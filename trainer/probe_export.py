@@ -37,14 +37,12 @@ from typing import Optional
 
 import numpy as np
 
+from equiprobe.services.contract import (DETECTOR_OUTPUTS as OUTPUTS, EMBEDDING_OUT,
+                                        probe_inputs)
+
 from .probe_record import ProbeRecord, ProbeRecordError
 from .tasks import TASKS
 
-EMBEDDING = "EMBEDDING"
-TRANSFORM_PROBS, CATEGORY_PROBS, MANIPULATION_SCORE = "TRANSFORM_PROBS", "CATEGORY_PROBS", "MANIPULATION_SCORE"
-MANIPULATED = "MANIPULATED"
-OUTPUTS = (TRANSFORM_PROBS, CATEGORY_PROBS, MANIPULATION_SCORE, MANIPULATED)
-EMBEDDING_OUT = "EMBEDDING_OUT"
 IDENTITY = "identity"
 # Probabilities are at most 1; float32 kernels summing in another order differ by a few ulps.
 PARITY_TOLERANCE = 1e-5
@@ -124,11 +122,6 @@ def category_names() -> list[str]:
     from equiprobe.services.transforms import get_catalog
 
     return list(get_catalog("general").classes)
-
-
-def probe_inputs(part_dims: list[int]) -> list[str]:
-    """The probe model's input names: EMBEDDING, or one per part of a composite encoder."""
-    return [EMBEDDING] if len(part_dims) == 1 else [f"{EMBEDDING}_{i}" for i in range(len(part_dims))]
 
 
 def detector_head(fine, general, fine_classes: list[str], threshold: float = 0.5):

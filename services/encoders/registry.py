@@ -41,6 +41,19 @@ class Preprocess:
         s = self.size
         return (3, s, s) if self.layout == "CHW" else (s, s, 3)
 
+    @property
+    def crop_shape(self) -> tuple[int, int, int]:
+        """What NAME_preprocess and every expansion hand NAME_encoder: uint8 HWC crops."""
+        return (self.size, self.size, 3)
+
+    def normalize(self, crops):
+        """uint8 crops [..., S, S, 3] -> the exported encoder's input, as NAME_encoder's graph does
+        it (services/onnx_wrappers.wrap_for_crops); numpy, for references and tests."""
+        import numpy as np
+
+        x = (np.asarray(crops, np.float32) - np.array(self.mean, np.float32)) / np.array(self.std, np.float32)
+        return np.ascontiguousarray(np.moveaxis(x, -1, -3)) if self.layout == "CHW" else x
+
 
 # What a builder returns: a torch module mapping a preprocessed batch to [B, D] embeddings,
 # or an ONNX graph that already does (open_nsfw ships as ONNX only).

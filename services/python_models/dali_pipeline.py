@@ -13,7 +13,8 @@ import json
 import triton_python_backend_utils as pb_utils
 
 from equiprobe.services.decode_log import DecoderMessages, decode_error_message, partial_decode_message
-from equiprobe.services.pipelines import INPUT_NAME, SerializedPipeline
+from equiprobe.services.contract import IMAGE
+from equiprobe.services.pipelines import SerializedPipeline
 from equiprobe.services.python_models.common import invalid_argument, model_parameters
 from equiprobe.services.uploads import ImageRejected, Limits, read_header
 
@@ -34,7 +35,7 @@ class TritonPythonModel:
 
     def _read(self, request) -> dict:
         feeds = {name: list(pb_utils.get_input_tensor_by_name(request, name).as_numpy()) for name in self.inputs}
-        for row in feeds.get(INPUT_NAME, []):
+        for row in feeds.get(IMAGE, []):
             read_header(row.tobytes(), self.limits)
         return feeds
 
@@ -51,7 +52,7 @@ class TritonPythonModel:
         return outputs, self.messages.lines
 
     def _log(self, request, feeds, event: str, messages: list[str]) -> None:
-        images = [row.tobytes() for row in feeds.get(INPUT_NAME, [])]
+        images = [row.tobytes() for row in feeds.get(IMAGE, [])]
         self.logger.log_warn(json.dumps({
             "event": event, "model": self.model, "request_id": request.request_id(),
             "image_bytes": [len(b) for b in images],
@@ -66,7 +67,7 @@ class TritonPythonModel:
             except ImageRejected as exc:
                 responses[i] = invalid_argument(str(exc))
             except Exception as exc:  # never let one request's surprise fail the whole batch
-                responses[i] = invalid_argument(f"{INPUT_NAME} could not be read: {type(exc).__name__}: {exc}")
+                responses[i] = invalid_argument(f"{IMAGE} could not be read: {type(exc).__name__}: {exc}")
         if not accepted:
             return responses
         merged = {name: [row for feeds in accepted.values() for row in feeds[name]] for name in self.inputs}

@@ -10,10 +10,10 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from equiprobe.services.contract import IMAGE
 from equiprobe.services.python_models.common import internal_error, invalid_argument, model_parameters
 from equiprobe.services.uploads import ImageRejected, Limits, admit
 
-IMAGE = "IMAGE"
 
 
 class TritonPythonModel:

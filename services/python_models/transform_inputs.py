@@ -10,6 +10,7 @@ all rows when absent.
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from equiprobe.services.contract import IMAGE, KEY, ROWS, SEED, UPLOADS
 from equiprobe.services.python_models.common import internal_error, invalid_argument, model_parameters
 from equiprobe.services.transforms import assets, get_catalog, image_key
 
@@ -37,7 +38,7 @@ class TritonPythonModel:
         self.rows = int(params.get("rows", len(self.catalog.transforms)))
 
     def _rows(self, request) -> np.ndarray:
-        tensor = pb_utils.get_input_tensor_by_name(request, "ROWS")
+        tensor = pb_utils.get_input_tensor_by_name(request, ROWS)
         if tensor is None:
             return np.arange(self.rows, dtype=np.int32)
         rows = tensor.as_numpy().reshape(-1)
@@ -50,15 +51,15 @@ class TritonPythonModel:
         return rows.astype(np.int32)
 
     def _one(self, request):
-        images = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
+        images = pb_utils.get_input_tensor_by_name(request, IMAGE).as_numpy()
         if len(images) != 1:
             return invalid_argument(f"send one image per request to the expansion ({len(images)} were sent)")
-        seed, uploads = int(_optional(request, "SEED", 0)), bool(_optional(request, "UPLOADS", False))
+        seed, uploads = int(_optional(request, SEED, 0)), bool(_optional(request, UPLOADS, False))
         rows = self._rows(request)
         key = image_key(images[0].tobytes())
         values = self.catalog.host_inputs(key, seed, uploads)
-        values["KEY"] = np.array([key.encode()], dtype=object)
-        values["ROWS"] = rows
+        values[KEY] = np.array([key.encode()], dtype=object)
+        values[ROWS] = rows
         return pb_utils.InferenceResponse([pb_utils.Tensor(n, values[n][None]) for n in self.outputs])
 
     def execute(self, requests):

@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..pipelines import CANVAS  # noqa: F401  every transformation works on the 224x224 canvas
+# Every transformation works on the 224x224 canvas. Named CANVAS here (the size, not the tensor of
+# services/contract.py): the transformations' source is part of their fingerprints, which must not change.
+from ..pipelines import CANVAS_SIZE as CANVAS  # noqa: F401
 
 
 def _mpl_data() -> Path:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from nvidia.dali import types
 
+from ..contract import PARAMS
 from . import fine, general, groups
 from .spec import Transform, fingerprint, parse_version, sample_params, upload_quality
 
@@ -93,7 +94,7 @@ class Catalog:
     def host_inputs(self, key: str, seed: int, uploads: bool = False) -> dict[str, np.ndarray]:
         """PARAMS and every auxiliary input for one image, all from (key, transform id, seed)."""
         params = self.params(key, seed, uploads)
-        inputs = {"PARAMS": params}
+        inputs = {PARAMS: params}
         for k, t in enumerate(self.transforms):
             for local, render in t.aux:
                 inputs[f"{local}_{t.id}"] = np.ascontiguousarray(render(params[k]))

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 from nvidia.dali import fn, math as dmath, pipeline_def, types
 
-from ..pipelines import INPUT_NAME, SerializedPipeline, decode_to_canvas, resize_and_crop
+from ..contract import IMAGE, PARAMS
+from ..pipelines import SerializedPipeline, decode_to_canvas, resize_and_crop
 from .catalog import AUX_TYPES, Catalog
 
 if TYPE_CHECKING:
     from ..encoders import Preprocess
 
-PARAMS = "PARAMS"
 
 
 def as_upload(image, quality):
@@ -35,7 +35,7 @@ def as_upload(image, quality):
 @pipeline_def
 def expand_pipeline(catalog: Catalog, device: str = "cpu", pre: Optional["Preprocess"] = None,
                     emit_canvas: bool = False):
-    encoded = fn.external_source(name=INPUT_NAME, device="cpu", dtype=types.UINT8, ndim=1)
+    encoded = fn.external_source(name=IMAGE, device="cpu", dtype=types.UINT8, ndim=1)
     params = fn.external_source(name=PARAMS, device="cpu", dtype=types.FLOAT, ndim=2)
     if not any(t.params for t in catalog.transforms):
         # DALI prunes inputs nothing reads, but the served model still takes PARAMS (groups
@@ -95,7 +95,7 @@ class Expander(SerializedPipeline):
     def feeds(self, encoded: list[np.ndarray], keys: list[str], seed: int,
               uploads: bool = False) -> dict[str, list[np.ndarray]]:
         per_image = [self.catalog.host_inputs(key, seed, uploads) for key in keys]
-        feeds = {INPUT_NAME: encoded}
+        feeds = {IMAGE: encoded}
         for name in per_image[0]:
             feeds[name] = [inputs[name] for inputs in per_image]
         return feeds

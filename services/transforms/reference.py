@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from ..reference import canvas
 from .assets import CANVAS
+from ..contract import PARAMS
 from .catalog import Catalog
 
 
@@ -183,6 +184,6 @@ def expand_reference(catalog: Catalog, data: bytes, inputs: dict[str, np.ndarray
     versions = []
     for k, t in enumerate(catalog.transforms):
         aux = {local: inputs[name] for name, local, j in catalog.aux_inputs if j == k}
-        params = [float(v) for v in inputs["PARAMS"][k]]  # Pillow wants Python numbers
+        params = [float(v) for v in inputs[PARAMS][k]]  # Pillow wants Python numbers
         versions.append(implementation(t.name)(base, params, aux))
     return np.stack(versions)

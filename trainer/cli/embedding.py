@@ -67,8 +67,6 @@ def embed(
         raise fail("--header takes KEY=VALUE")
     if len(url) > 1 and not ray:
         raise fail("several --url servers need --ray (one machine talks to one server)")
-    if reuse and ray:
-        raise fail("--reuse runs on one machine; leave out --ray")
     try:
         connection = Connection(url[0], tls, root_certificates, api_key or None, extra_headers=tuple(headers.items()))
         job = EmbedJob(dataset, encoder, out, url[0], catalog, limit, parse_shard(shard), seed, dtype, chunk_size,

@@ -84,7 +84,8 @@ def build_repo(
     """Render NAME_embed (DALI -> ONNX ensemble) and the server-side expansions NAME_embed31,
     NAME_embed_general and NAME_embed_groups."""
     from equiprobe.services.encoders import EncoderError
-    from equiprobe.services.repository import ServingSpec, build_repo as build
+    from equiprobe.services.model_config import ServingSpec
+    from equiprobe.services.repository import build_repo as build
 
     nets = {}
     for item in style_net:

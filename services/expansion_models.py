@@ -5,8 +5,11 @@ For an encoder NAME and a catalog (fine -> suffix "31", general -> "_general", g
     image_gate         python:    IMAGE -> checked bytes (services/uploads.py), shared with NAME_embed
     CATALOG_inputs     python:    IMAGE, SEED -> PARAMS, KEY, host-rendered inputs (kernels, glyphs...)
     NAME_expandK       DALI:      IMAGE, PARAMS, inputs -> VERSIONS uint8 [K, S, S, 3]
-    NAME_encoderK      ONNX:      PIXELS uint8 [K, S, S, 3] -> normalize -> encoder -> EMBEDDINGS [K, D]
+    NAME_versions      python:    VERSIONS (+ EXTRA), ROWS -> NAME_encoder (BLS) -> EMBEDDINGS [R, D]
     NAME_embedK        ensemble:  IMAGE, SEED, UPLOADS (optional) -> EMBEDDINGS [K, D], PARAMS [K, W + 1], KEY
+
+NAME_versions and NAME_encoder belong to the embed family (services/embed_models.py): one
+encoder model per encoder, shared by every catalog's expansion and by NAME_embed.
 
 Uploads as they arrive: with UPLOADS true, each catalog version is re-encoded as a JPEG of a
 quality drawn per (image, version) before the encoder sees it, as users' uploads are; the
@@ -15,11 +18,11 @@ not re-encoded.
 
 User-provided fast-neural-style networks add rows after the catalog's K: the expansion also
 emits the untouched canvas, each `style_NET` model (ONNX) styles it, `NAME_style_resize`
-(DALI) resizes and crops the styled canvases for the encoder, and the K-version encoder
-appends them. Versions travel between steps as uint8 crops; the K-version encoder normalizes.
+(DALI) resizes and crops the styled canvases for the encoder, and NAME_versions appends them
+(EXTRA). Versions travel between steps as uint8 crops; NAME_encoder normalizes.
 
-Refresh: the optional ensemble input ROWS (INT32 [R], row indices, default all) has the encoder
-compute only those rows, EMBEDDINGS [R, D] in that order; PARAMS and KEY stay whole. The inputs
+Refresh: the optional ensemble input ROWS (INT32 [R], row indices, default all) has NAME_versions
+send only those rows to the encoder, EMBEDDINGS [R, D] in that order; PARAMS and KEY stay whole. The inputs
 model checks ROWS (a clear INVALID_ARGUMENT) and always hands the encoder an explicit ROWS. The
 DALI expansion still renders every version: the encoder is the expensive step.
 These are neural style transfer proper, unlike the catalog's reference-based stylization.
@@ -33,60 +36,29 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from nvidia.dali import types
 from tritonclient.grpc import model_config_pb2 as mc
 
+from .contract import (CANVAS, CHECKED, EMBEDDINGS, EXPANSION_MANIFEST, EXTRA, GATE, IMAGE, KEY,
+                       PARAMS, ROWS, SEED, STYLED, UPLOADS, VERSIONS, ExpansionNames, expansion_inputs,
+                       expansion_outputs)
+from .embed_models import crop_dims
 from .encoders import EncoderSpec
-from .export import (EXTRA_INPUT, INPUT_NAME as PIXELS, ROWS_INPUT as ROWS, STYLE_INPUT, STYLE_OUTPUT,
-                     VERSIONS_OUTPUT as EMBEDDINGS, sha256_of, wrap_for_versions, wrap_style_network)
-from .pipelines import INPUT_NAME as IMAGE
-from .repository import (CHECKED, GATE, Flavour, ModelNames, ServingSpec, dali_config, dynamic_batching, encoder_config,
-                         ensemble_config, instances, onnx_config, python_model, string_parameters, tensor,
-                         write_config)
+from .export import sha256_of
+from .model_config import (Flavour, ServingSpec, dali_config, dynamic_batching, ensemble_config, instances,
+                           onnx_config, python_model, string_parameters, tensor, tensor_of, write_config)
+from .onnx_wrappers import wrap_style_network
+from .pipelines import CANVAS_SIZE
 from .transforms import get_catalog
 from .transforms.assets import write_bundle
 from .transforms.catalog import AUX_DIMS, AUX_TYPES, Catalog
-from .transforms.expand import PARAMS, serialize_expand, serialize_resize
+from .transforms.expand import serialize_expand, serialize_resize
 
-SUFFIX = {"fine": "31", "general": "_general", "groups": "_groups"}
-SEED, KEY, VERSIONS, CANVAS, UPLOADS = "SEED", "KEY", "VERSIONS", "CANVAS", "UPLOADS"
-MANIFEST = "versions.json"
 BUNDLE = "assets"  # in CATALOG_inputs' version directory; the model reads its assets from here
 _TRITON_TYPE = {types.FLOAT: mc.TYPE_FP32, types.UINT8: mc.TYPE_UINT8}
-
-
-@dataclass
-class ExpansionNames:
-    encoder: str
-    catalog: str
-
-    @property
-    def inputs(self) -> str:
-        return f"{self.catalog}_inputs"
-
-    @property
-    def expand(self) -> str:
-        return f"{self.encoder}_expand{SUFFIX[self.catalog]}"
-
-    @property
-    def onnx(self) -> str:
-        return f"{self.encoder}_encoder{SUFFIX[self.catalog]}"
-
-    @property
-    def embed(self) -> str:
-        return f"{self.encoder}_embed{SUFFIX[self.catalog]}"
-
-    @property
-    def style_resize(self) -> str:
-        return f"{self.encoder}_style_resize"
-
-    @staticmethod
-    def style(net: str) -> str:
-        return f"style_{net}"
 
 
 def _aux_tensors(catalog: Catalog, is_input: bool) -> list:
@@ -98,31 +70,12 @@ def _params_tensor(catalog: Catalog, is_input: bool):
     return tensor(PARAMS, mc.TYPE_FP32, [len(catalog.transforms), catalog.params_width], is_input=is_input)
 
 
-def uploads_tensor():
-    uploads = tensor(UPLOADS, mc.TYPE_BOOL, [1])
-    uploads.optional = True  # default: versions as made (the study's protocol)
-    return uploads
-
-
-def seed_tensor():
-    seed = tensor(SEED, mc.TYPE_INT64, [1])
-    seed.optional = True  # parameters default to seed 0
-    return seed
-
-
-def rows_tensor(is_input: bool = True):
-    rows = tensor(ROWS, mc.TYPE_INT32, [-1], is_input=is_input)
-    if is_input:
-        rows.optional = True  # default: every row
-    return rows
-
-
 def inputs_config(catalog: Catalog, names: ExpansionNames, serving: ServingSpec, rows: int) -> mc.ModelConfig:
     config = mc.ModelConfig(
         name=names.inputs, max_batch_size=serving.max_batch_size,
-        input=[tensor(IMAGE, mc.TYPE_UINT8, [-1], ragged=True), seed_tensor(), rows_tensor(), uploads_tensor()],
+        input=[tensor_of(t, ragged=t.name == IMAGE) for t in expansion_inputs()],
         output=[_params_tensor(catalog, False), tensor(KEY, mc.TYPE_STRING, [1], is_input=False),
-                *_aux_tensors(catalog, False), rows_tensor(is_input=False)],
+                *_aux_tensors(catalog, False), tensor(ROWS, mc.TYPE_INT32, [-1], is_input=False)],
         dynamic_batching=dynamic_batching(serving, preferred=False),
         instance_group=instances("portable"),  # host work in both flavours
     )
@@ -132,12 +85,12 @@ def inputs_config(catalog: Catalog, names: ExpansionNames, serving: ServingSpec,
 
 
 def canvas_tensor(name: str, is_input: bool):
-    return tensor(name, mc.TYPE_UINT8, [224, 224, 3], is_input=is_input)
+    return tensor(name, mc.TYPE_UINT8, [CANVAS_SIZE, CANVAS_SIZE, 3], is_input=is_input)
 
 
 def expand_config(spec: EncoderSpec, catalog: Catalog, names: ExpansionNames, flavour: Flavour,
                   serving: ServingSpec, emit_canvas: bool) -> mc.ModelConfig:
-    outputs = [tensor(VERSIONS, mc.TYPE_UINT8, [len(catalog.transforms), *crop_shape(spec)], is_input=False)]
+    outputs = [tensor(VERSIONS, mc.TYPE_UINT8, [len(catalog.transforms), *crop_dims(spec)], is_input=False)]
     if emit_canvas:
         outputs.append(canvas_tensor(CANVAS, is_input=False))
     inputs = [tensor(IMAGE, mc.TYPE_UINT8, [-1], ragged=True), _params_tensor(catalog, True),
@@ -146,35 +99,13 @@ def expand_config(spec: EncoderSpec, catalog: Catalog, names: ExpansionNames, fl
 
 
 def style_config(net: str, flavour: Flavour, serving: ServingSpec) -> mc.ModelConfig:
-    return onnx_config(ExpansionNames.style(net), [canvas_tensor(STYLE_INPUT, True)],
-                       [canvas_tensor(STYLE_OUTPUT, False)], flavour, serving, tensorrt=False, preferred=False,
+    return onnx_config(ExpansionNames.style(net), [canvas_tensor(CANVAS, True)],
+                       [canvas_tensor(STYLED, False)], flavour, serving, tensorrt=False, preferred=False,
                        spinning=False)
-
-
-def crop_shape(spec: EncoderSpec) -> tuple[int, int, int]:
-    return (spec.preprocess.size, spec.preprocess.size, 3)
 
 
 def styled_name(j: int) -> str:
     return f"STYLED_{j}"
-
-
-def versions_encoder_config(spec: EncoderSpec, catalog: Catalog, names: ExpansionNames, flavour: Flavour,
-                            serving: ServingSpec, extra: int) -> mc.ModelConfig:
-    config = encoder_config(spec, ModelNames(spec.name), flavour, serving)
-    k = len(catalog.transforms)
-    config.name = names.onnx
-    # K versions per image: keep the batch of images small enough for one encoder call.
-    config.max_batch_size = max(1, serving.max_batch_size // 4)
-    del config.dynamic_batching.preferred_batch_size[:]
-    config.input[0].CopyFrom(tensor(PIXELS, mc.TYPE_UINT8, [k, *crop_shape(spec)]))
-    if extra:
-        config.input.append(tensor(EXTRA_INPUT, mc.TYPE_UINT8, [extra, *crop_shape(spec)]))
-    config.input.append(tensor(ROWS, mc.TYPE_INT32, [-1]))  # always sent by the ensemble (the inputs model)
-    config.output[0].CopyFrom(tensor(EMBEDDINGS, mc.TYPE_FP32, [-1, spec.dim], is_input=False))
-    if flavour == "portable":  # big batches beside the DALI expansion: no spinning (see runtime.ort_session)
-        string_parameters(config, allow_spinning=0)
-    return config
 
 
 def embed_versions_config(spec: EncoderSpec, catalog: Catalog, names: ExpansionNames,
@@ -185,19 +116,19 @@ def embed_versions_config(spec: EncoderSpec, catalog: Catalog, names: ExpansionN
              (names.inputs, {IMAGE: CHECKED, SEED: SEED, ROWS: ROWS, UPLOADS: UPLOADS},
               {PARAMS: PARAMS, KEY: KEY, ROWS: "rows", **aux_map}),
              (names.expand, {IMAGE: CHECKED, PARAMS: PARAMS, **aux_map}, expand_out)]
-    encoder_in = {PIXELS: "versions", ROWS: "rows"}
+    encoder_in = {VERSIONS: "versions", ROWS: "rows"}
     if nets:
-        steps += [(names.style(net), {STYLE_INPUT: "canvas"}, {STYLE_OUTPUT: f"styled_{j}"})
+        steps += [(names.style(net), {CANVAS: "canvas"}, {STYLED: f"styled_{j}"})
                   for j, net in enumerate(nets)]
         steps.append((names.style_resize, {styled_name(j): f"styled_{j}" for j in range(len(nets))},
                       {VERSIONS: "extra"}))
-        encoder_in[EXTRA_INPUT] = "extra"
-    steps.append((names.onnx, encoder_in, {EMBEDDINGS: EMBEDDINGS}))
+        encoder_in[EXTRA] = "extra"
+    steps.append((names.versions, encoder_in, {EMBEDDINGS: EMBEDDINGS}))
     return ensemble_config(
         names.embed, max(1, serving.max_batch_size // 4),
-        inputs=[tensor(IMAGE, mc.TYPE_UINT8, [-1]), seed_tensor(), rows_tensor(), uploads_tensor()],
-        outputs=[tensor(EMBEDDINGS, mc.TYPE_FP32, [-1, spec.dim], is_input=False),
-                 _params_tensor(catalog, False), tensor(KEY, mc.TYPE_STRING, [1], is_input=False)],
+        inputs=[tensor_of(t) for t in expansion_inputs()],
+        outputs=[tensor_of(t, is_input=False)
+                 for t in expansion_outputs(len(catalog.transforms), catalog.params_width, spec.dim)],
         steps=steps,
     )
 
@@ -211,7 +142,7 @@ def row_fingerprints(catalog: Catalog, style_nets: dict[str, str]) -> list[str]:
 
 
 def build_expansion(spec: EncoderSpec, catalog_name: str, repo: Path, flavour: Flavour, serving: ServingSpec,
-                    encoder_onnx: Path, style_nets: Optional[dict[str, Path]] = None) -> list[str]:
+                    onnx_sha256: str, style_nets: Optional[dict[str, Path]] = None) -> list[str]:
     """Render one catalog's expansion for one encoder (and any style networks); returns model names."""
     catalog = get_catalog(catalog_name)
     names = ExpansionNames(spec.name, catalog_name)
@@ -226,7 +157,7 @@ def build_expansion(spec: EncoderSpec, catalog_name: str, repo: Path, flavour: F
     write_bundle(version(names.inputs) / BUNDLE)  # fonts, icons, style references: no matplotlib/skimage at serve time
     serialize_expand(catalog, version(names.expand) / "model.dali", device, serving.max_batch_size,
                      serving.dali_threads, pre=spec.preprocess, emit_canvas=bool(nets))
-    dali_models, onnx_models = [names.expand], [names.onnx]
+    dali_models, onnx_models = [names.expand], []
     for net in nets:
         model = names.style(net)
         version(model).mkdir(parents=True, exist_ok=True)
@@ -240,21 +171,19 @@ def build_expansion(spec: EncoderSpec, catalog_name: str, repo: Path, flavour: F
                             serving.max_batch_size, serving.dali_threads)
         configs[names.style_resize] = dali_config(
             names.style_resize, [canvas_tensor(n, True) for n in styled],
-            [tensor(VERSIONS, mc.TYPE_UINT8, [len(nets), *crop_shape(spec)], is_input=False)],
+            [tensor(VERSIONS, mc.TYPE_UINT8, [len(nets), *crop_dims(spec)], is_input=False)],
             flavour, serving)
         dali_models.append(names.style_resize)
-    version(names.onnx).mkdir(parents=True, exist_ok=True)
-    wrap_for_versions(encoder_onnx, version(names.onnx) / "model.onnx", spec.preprocess, len(catalog.transforms),
-                      len(nets))
-    configs[names.onnx] = versions_encoder_config(spec, catalog, names, flavour, serving, len(nets))
     configs[names.embed] = embed_versions_config(spec, catalog, names, serving, nets)
     rows = catalog.class_names + [f"neural_style_{net}" for net in nets]
     fingerprints = row_fingerprints(catalog, {net: sha256_of(style_nets[net]) for net in nets})
     # What a bulk client must record in its store, readable over gRPC with get_model_config.
-    string_parameters(configs[names.embed], encoder=spec.name, dim=spec.dim, onnx_sha256=sha256_of(encoder_onnx),
+    string_parameters(configs[names.embed], encoder=spec.name, dim=spec.dim, onnx_sha256=onnx_sha256,
                       catalog=catalog.name, catalog_version=catalog.version, rows=json.dumps(rows),
                       style_nets=json.dumps({net: sha256_of(style_nets[net]) for net in nets}),
-                      row_fingerprints=json.dumps(fingerprints))
+                      row_fingerprints=json.dumps(fingerprints), params_width=catalog.params_width,
+                      row_labels=json.dumps(catalog.labels.tolist()), classes=json.dumps(list(catalog.classes)),
+                      row_splits=json.dumps([t.split for t in catalog.transforms]))
     version(names.embed).mkdir(parents=True, exist_ok=True)
     if flavour == "portable":
         for model in dali_models:
@@ -263,7 +192,7 @@ def build_expansion(spec: EncoderSpec, catalog_name: str, repo: Path, flavour: F
             python_model(configs[model], "onnx_encoder.py", version(model))
     for model, config in configs.items():
         write_config(repo / model, config)
-    (repo / names.embed / MANIFEST).write_text(json.dumps({
+    (repo / names.embed / EXPANSION_MANIFEST).write_text(json.dumps({
         "catalog": catalog.name, "catalog_version": catalog.version, "rows": rows,
         "style_nets": {net: sha256_of(style_nets[net]) for net in nets}, "row_fingerprints": fingerprints,
     }, indent=2))

@@ -1,0 +1,174 @@
+"""The Triton contract: every served model family's model names and tensors, stated once.
+
+Standard library only (no torch, DALI, ONNX or tritonclient), so that the renderers, the
+python-backend models, the clients, deploy and the tests all take names from here, and a
+client-only install (`equiprobe[client]`) can know what to send without the server's libraries.
+
+Families, for an encoder NAME (see the README's glossary):
+
+    image_gate       IMAGE -> image                    one per repository, in front of every upload
+    embed            NAME_embed = image_gate -> NAME_preprocess -> NAME_encoder
+    expansion        NAME_embed31 | _general | _groups = image_gate -> CATALOG_inputs -> NAME_expandK
+                     [-> style_NET -> NAME_style_resize] -> NAME_versions -> NAME_encoder
+    detector         NAME_detector = NAME_embed's steps -> NAME_probe
+
+NAME_encoder is the only model that holds the encoder's weights: NAME_embed calls it in the
+ensemble, every expansion through NAME_versions (one python model per encoder that picks ROWS
+and sends the crops to NAME_encoder), and NAME_detector through NAME_embed's steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# -- tensors ------------------------------------------------------------------------------------
+IMAGE = "IMAGE"  # encoded upload bytes, UINT8 [-1] per image
+CHECKED = "image"  # inside ensembles: the gate's checked bytes (a PPM where DALI cannot decode the upload)
+PIXELS = "PIXELS"  # NAME_encoder's input: UINT8 crops [S, S, 3], the encoder's size and channel order
+EMBEDDING = "EMBEDDING"  # FP32 [D] per image
+EMBEDDINGS = "EMBEDDINGS"  # FP32 [R, D] per image: one row per catalog version picked by ROWS
+SEED = "SEED"  # INT64 [1], optional: the parameter draws' seed (default 0)
+ROWS = "ROWS"  # INT32 [R], optional: which versions to encode (default all)
+UPLOADS = "UPLOADS"  # BOOL [1], optional: re-encode each version as a JPEG upload
+PARAMS = "PARAMS"  # FP32 [K, W + 1]: each version's parameters, the upload quality last
+KEY = "KEY"  # BYTES [1]: the image's key (what its parameter draws are seeded with)
+VERSIONS = "VERSIONS"  # UINT8 [K, S, S, 3]: the expansion's crops for the encoder
+EXTRA = "EXTRA"  # UINT8 [N, S, S, 3]: style networks' crops, appended after the K versions
+CANVAS = "CANVAS"  # UINT8 [224, 224, 3]: the untouched canvas, a style network's input
+STYLED = "STYLED"  # UINT8 [224, 224, 3]: a style network's output
+
+# The detector's outputs (NAME_probe and NAME_detector).
+TRANSFORM_PROBS = "TRANSFORM_PROBS"
+CATEGORY_PROBS = "CATEGORY_PROBS"
+MANIPULATION_SCORE = "MANIPULATION_SCORE"
+MANIPULATED = "MANIPULATED"
+EMBEDDING_OUT = "EMBEDDING_OUT"  # the probe's input, passed through
+DETECTOR_OUTPUTS = (TRANSFORM_PROBS, CATEGORY_PROBS, MANIPULATION_SCORE, MANIPULATED)
+
+GATE = "image_gate"
+MANIFEST = "equiprobe.json"  # in NAME_encoder: what build-repo rendered, the flavour included
+EXPANSION_MANIFEST = "versions.json"  # in NAME_embedK: row names, catalog version, style-network hashes
+CATALOG_SUFFIX = {"fine": "31", "general": "_general", "groups": "_groups"}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor of a served model, as a client sees it (dims without the batch dimension)."""
+
+    name: str
+    dtype: str  # Triton's name: UINT8, INT32, INT64, FP32, BOOL, BYTES
+    dims: tuple[int, ...]
+    optional: bool = False
+
+
+# -- names ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelNames:
+    """The embed family of one encoder."""
+
+    encoder: str
+
+    @property
+    def preprocess(self) -> str:
+        return f"{self.encoder}_preprocess"
+
+    @property
+    def onnx(self) -> str:
+        """NAME_encoder, the one model with the encoder's weights."""
+        return f"{self.encoder}_encoder"
+
+    @property
+    def versions(self) -> str:
+        """NAME_versions: the expansions' step in front of NAME_encoder (ROWS, style rows)."""
+        return f"{self.encoder}_versions"
+
+    @property
+    def embed(self) -> str:
+        return f"{self.encoder}_embed"
+
+
+@dataclass(frozen=True)
+class ExpansionNames:
+    """One catalog's expansion for one encoder."""
+
+    encoder: str
+    catalog: str
+
+    def __post_init__(self):
+        if self.catalog not in CATALOG_SUFFIX:
+            raise ValueError(f"unknown catalog {self.catalog!r}; known: {', '.join(CATALOG_SUFFIX)}")
+
+    @property
+    def inputs(self) -> str:
+        return f"{self.catalog}_inputs"
+
+    @property
+    def expand(self) -> str:
+        return f"{self.encoder}_expand{CATALOG_SUFFIX[self.catalog]}"
+
+    @property
+    def versions(self) -> str:
+        return ModelNames(self.encoder).versions
+
+    @property
+    def onnx(self) -> str:
+        return ModelNames(self.encoder).onnx
+
+    @property
+    def embed(self) -> str:
+        return f"{self.encoder}_embed{CATALOG_SUFFIX[self.catalog]}"
+
+    @property
+    def style_resize(self) -> str:
+        return f"{self.encoder}_style_resize"
+
+    @staticmethod
+    def style(net: str) -> str:
+        return f"style_{net}"
+
+
+@dataclass(frozen=True)
+class DetectorNames:
+    encoder: str
+
+    @property
+    def probe(self) -> str:
+        return f"{self.encoder}_probe"
+
+    @property
+    def detector(self) -> str:
+        return f"{self.encoder}_detector"
+
+
+# -- what a client sends and gets -------------------------------------------------------------
+
+def embed_inputs() -> tuple[TensorSpec, ...]:
+    return (TensorSpec(IMAGE, "UINT8", (-1,)),)
+
+
+def embed_outputs(dim: int) -> tuple[TensorSpec, ...]:
+    return (TensorSpec(EMBEDDING, "FP32", (dim,)),)
+
+
+def expansion_inputs() -> tuple[TensorSpec, ...]:
+    return (TensorSpec(IMAGE, "UINT8", (-1,)), TensorSpec(SEED, "INT64", (1,), optional=True),
+            TensorSpec(ROWS, "INT32", (-1,), optional=True), TensorSpec(UPLOADS, "BOOL", (1,), optional=True))
+
+
+def expansion_outputs(versions: int, params_width: int, dim: int) -> tuple[TensorSpec, ...]:
+    """EMBEDDINGS [R, D] (R = the rows asked for), PARAMS [K, W + 1] (K = the catalog's versions), KEY."""
+    return (TensorSpec(EMBEDDINGS, "FP32", (-1, dim)), TensorSpec(PARAMS, "FP32", (versions, params_width)),
+            TensorSpec(KEY, "BYTES", (1,)))
+
+
+def detector_outputs(classes: int, categories: int, dim: int, embedding: str = EMBEDDING) -> tuple[TensorSpec, ...]:
+    """NAME_detector's outputs (embedding = EMBEDDING) or NAME_probe's (embedding = EMBEDDING_OUT)."""
+    return (TensorSpec(TRANSFORM_PROBS, "FP32", (classes,)), TensorSpec(CATEGORY_PROBS, "FP32", (categories,)),
+            TensorSpec(MANIPULATION_SCORE, "FP32", (1,)), TensorSpec(MANIPULATED, "BOOL", (1,)),
+            TensorSpec(embedding, "FP32", (dim,)))
+
+
+def probe_inputs(part_dims: list[int]) -> list[str]:
+    """NAME_probe's input names: EMBEDDING, or one per part of a composite encoder "A+B"."""
+    return [EMBEDDING] if len(part_dims) == 1 else [f"{EMBEDDING}_{i}" for i in range(len(part_dims))]

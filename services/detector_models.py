@@ -1,0 +1,86 @@
+"""The detector family: NAME_probe (the deployed probes) and NAME_detector (an ensemble).
+
+    NAME_probe     ONNX (trainer/probe_export.py): EMBEDDING [D] -> TRANSFORM_PROBS, CATEGORY_PROBS,
+                   MANIPULATION_SCORE, MANIPULATED and EMBEDDING_OUT (the input, passed through);
+                   class names in label files, so Triton's classification extension answers
+                   "score:index:label"
+    NAME_detector  ensemble: NAME_embed's steps (for a composite "A+B", every part's side by side on
+                   the same IMAGE) with NAME_probe as the last step
+
+Rendered from what the repository serves (repository.ServedEncoder: flavour, NAME_embed's config)
+and the deployed version's record (`meta`, written by trainer/deploy.py). Deploy owns the files
+and the version switch; this module only says what the configs are.
+"""
+
+from __future__ import annotations
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from .contract import (CATEGORY_PROBS, DETECTOR_OUTPUTS, EMBEDDING, EMBEDDING_OUT, TRANSFORM_PROBS, DetectorNames,
+                       detector_outputs, probe_inputs)
+from .model_config import ServingSpec, ensemble_config, onnx_config, string_parameters, tensor, tensor_of
+
+LABEL_FILES = {TRANSFORM_PROBS: "transform_labels.txt", CATEGORY_PROBS: "category_labels.txt"}
+
+
+def _outputs(meta: dict, embedding: str) -> list:
+    """The probe's outputs (embedding = EMBEDDING_OUT) or the detector's (embedding = EMBEDDING)."""
+    outputs = []
+    for spec in detector_outputs(len(meta["classes"]), len(meta["categories"]), meta["dim"], embedding):
+        output = tensor_of(spec, is_input=False)
+        if spec.name in LABEL_FILES:  # read from the model directory, next to config.pbtxt
+            output.label_filename = LABEL_FILES[spec.name]
+        outputs.append(output)
+    return outputs
+
+
+def _parameters(meta: dict) -> dict:
+    """What clients can read over gRPC (get_model_config) about the deployed probes."""
+    return {"encoder": meta["encoder"], "dim": meta["dim"], "onnx_sha256": meta["encoder_onnx_sha256"],
+            "catalog_version": meta["catalog_versions"]["fine"], "category_source": meta["category_source"],
+            "probe_model": meta["model"], "probe_version": meta["version"],
+            "threshold": repr(meta["threshold"]), "target_fpr": meta["target_fpr"]}
+
+
+def probe_config(served, meta: dict) -> mc.ModelConfig:
+    # A tiny model beside the encoder on the same cores: one thread, no spinning.
+    serving = ServingSpec(max_batch_size=served.embed_config.max_batch_size, ort_threads=1)
+    dims = [p.dim for p in served.parts]
+    inputs = [tensor(name, mc.TYPE_FP32, [dim]) for name, dim in zip(probe_inputs(dims), dims)]
+    config = onnx_config(meta["model"], inputs, _outputs(meta, EMBEDDING_OUT), served.flavour, serving,
+                         spinning=False)
+    if served.flavour == "portable":
+        config.backend = "python"  # model.py (services/python_models/onnx_encoder.py) is in each version
+    config.version_policy.specific.versions.append(meta["version"])
+    string_parameters(config, **_parameters(meta))
+    return config
+
+
+def _internal(tensor_name: str, ensemble_inputs: set[str], suffix: str) -> str:
+    """A NAME_embed tensor inside the detector: inputs stay; the embedding becomes internal (the
+    probe passes it on as EMBEDDING); a composite's parts get a suffix, so they share no tensor."""
+    if tensor_name in ensemble_inputs:
+        return tensor_name
+    return ("embedding" if tensor_name == EMBEDDING else tensor_name) + suffix
+
+
+def detector_config(served, names: DetectorNames, meta: dict) -> mc.ModelConfig:
+    """NAME_embed's ensemble (same IMAGE input, same steps) with the probe as a last step. The
+    encoders' embeddings go to the probe, and EMBEDDING comes back from the probe's pass-through
+    (see trainer/probe_export.py: Triton prunes the steps behind an unrequested ensemble output)."""
+    embed = served.embed_config
+    composite = len(served.parts) > 1
+    steps, probe_in = [], {}
+    for i, (part, name) in enumerate(zip(served.parts, probe_inputs([p.dim for p in served.parts]))):
+        inputs = {t.name for t in part.embed_config.input}
+        suffix = f"_{i}" if composite else ""
+        steps += [(s.model_name, {k: _internal(v, inputs, suffix) for k, v in s.input_map.items()},
+                   {k: _internal(v, inputs, suffix) for k, v in s.output_map.items()})
+                  for s in part.embed_config.ensemble_scheduling.step]
+        probe_in[name] = _internal(EMBEDDING, inputs, suffix)
+    probe_outputs = {**{name: name for name in DETECTOR_OUTPUTS}, EMBEDDING_OUT: EMBEDDING}
+    steps.append((names.probe, probe_in, probe_outputs))
+    config = ensemble_config(names.detector, embed.max_batch_size, inputs=list(embed.input),
+                             outputs=_outputs(meta, EMBEDDING), steps=steps)
+    string_parameters(config, **_parameters(meta))
+    return config

@@ -1,0 +1,142 @@
+"""The embed family of one encoder (names and tensors: services/contract.py).
+
+    image_gate       python:        upload -> checked bytes DALI can decode (services/uploads.py)
+    NAME_preprocess  DALI pipeline: checked bytes -> uint8 crops PIXELS [S, S, 3]
+    NAME_encoder     ONNX model:    PIXELS -> normalize -> encoder -> EMBEDDING [D]; the only model
+                     with the encoder's weights
+    NAME_versions    python (BLS):  an expansion's VERSIONS [K, S, S, 3] (+ EXTRA) and ROWS ->
+                     NAME_encoder -> EMBEDDINGS [R, D], shared by every catalog's expansion
+    NAME_embed       ensemble:      IMAGE -> image_gate -> NAME_preprocess -> NAME_encoder -> EMBEDDING
+
+The DALI step hands on uint8 crops and NAME_encoder normalizes (services/onnx_wrappers.py), so
+every caller of NAME_encoder, the expansions included, sends it the same thing.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from tritonclient.grpc import model_config_pb2 as mc
+
+from .contract import (CHECKED, EMBEDDING, EMBEDDINGS, EXTRA, GATE, IMAGE, PIXELS, ROWS, VERSIONS, ModelNames,
+                       embed_inputs, embed_outputs)
+from .encoders import EncoderSpec
+from .export import ExportResult, export_encoder
+from .model_config import (Flavour, ServingSpec, dali_config, dynamic_batching, ensemble_config, instances,
+                           onnx_config, python_model, string_parameters, tensor, tensor_of, write_config)
+from .onnx_wrappers import wrap_for_crops
+from .pipelines import serialize_preprocess
+
+
+def crop_dims(spec: EncoderSpec) -> list[int]:
+    return list(spec.preprocess.crop_shape)
+
+
+def gate_config(serving: ServingSpec) -> mc.ModelConfig:
+    """image_gate: python in both flavours (Pillow reads headers and converts what DALI cannot)."""
+    config = mc.ModelConfig(name=GATE, max_batch_size=serving.max_batch_size,
+                            input=[tensor(IMAGE, mc.TYPE_UINT8, [-1], ragged=True)],
+                            output=[tensor(IMAGE, mc.TYPE_UINT8, [-1], is_input=False)],
+                            dynamic_batching=dynamic_batching(serving, preferred=False),
+                            instance_group=instances("portable"))
+    string_parameters(config, max_request_bytes=serving.max_request_mb << 20, max_pixels=serving.max_pixels)
+    return config
+
+
+def preprocess_config(spec: EncoderSpec, names: ModelNames, flavour: Flavour,
+                      serving: ServingSpec) -> mc.ModelConfig:
+    return dali_config(names.preprocess, [tensor(IMAGE, mc.TYPE_UINT8, [-1], ragged=True)],
+                       [tensor(PIXELS, mc.TYPE_UINT8, crop_dims(spec), is_input=False)], flavour, serving)
+
+
+def encoder_config(spec: EncoderSpec, names: ModelNames, flavour: Flavour,
+                   serving: ServingSpec) -> mc.ModelConfig:
+    return onnx_config(names.onnx, [tensor(PIXELS, mc.TYPE_UINT8, crop_dims(spec))],
+                       [tensor(EMBEDDING, mc.TYPE_FP32, [spec.dim], is_input=False)], flavour, serving)
+
+
+def versions_config(spec: EncoderSpec, names: ModelNames, serving: ServingSpec) -> mc.ModelConfig:
+    """NAME_versions: python in both flavours (BLS); ragged inputs, so that the requests of
+    catalogs with different K (and style rows) are batched together."""
+    crops = [-1, *crop_dims(spec)]
+    extra = tensor(EXTRA, mc.TYPE_UINT8, crops, ragged=True)
+    extra.optional = True  # only with style networks
+    config = mc.ModelConfig(
+        name=names.versions, max_batch_size=max(1, serving.max_batch_size // 4),
+        input=[tensor(VERSIONS, mc.TYPE_UINT8, crops, ragged=True), extra, tensor(ROWS, mc.TYPE_INT32, [-1], ragged=True)],
+        output=[tensor(EMBEDDINGS, mc.TYPE_FP32, [-1, spec.dim], is_input=False)],
+        dynamic_batching=dynamic_batching(serving, preferred=False),
+        instance_group=instances("portable"))
+    string_parameters(config, encoder_model=names.onnx, encoder_max_batch_size=serving.max_batch_size, dim=spec.dim)
+    return config
+
+
+def embed_config(spec: EncoderSpec, names: ModelNames, serving: ServingSpec) -> mc.ModelConfig:
+    return ensemble_config(
+        names.embed, serving.max_batch_size,
+        inputs=[tensor_of(t) for t in embed_inputs()],
+        outputs=[tensor_of(t, is_input=False) for t in embed_outputs(spec.dim)],
+        steps=[(GATE, {IMAGE: IMAGE}, {IMAGE: CHECKED}),
+               (names.preprocess, {IMAGE: CHECKED}, {PIXELS: "pixels"}),
+               (names.onnx, {PIXELS: "pixels"}, {EMBEDDING: EMBEDDING})],
+    )
+
+
+def render_gate(repo: Path, serving: ServingSpec) -> list[str]:
+    config = gate_config(serving)
+    (repo / GATE / "1").mkdir(parents=True, exist_ok=True)
+    python_model(config, "image_gate.py", repo / GATE / "1")
+    write_config(repo / GATE, config)
+    return [GATE]
+
+
+def render_embed(spec: EncoderSpec, repo: Path, flavour: Flavour, serving: ServingSpec, network,
+                 export: Optional[ExportResult] = None) -> tuple[list[str], ExportResult]:
+    """NAME_preprocess, NAME_encoder, NAME_versions and NAME_embed; returns the model names and the
+    export (its sha256 is the encoder's identity, recorded in stores and probes)."""
+    names = ModelNames(spec.name)
+    version = lambda model: repo / model / "1"  # noqa: E731
+    for model in (names.preprocess, names.onnx, names.versions, names.embed):
+        version(model).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        if export is None:
+            export = export_encoder(spec, network(), Path(tmp) / "exported.onnx")
+        wrap_for_crops(export.path, version(names.onnx) / "model.onnx", spec.preprocess)
+    serialize_preprocess(spec.preprocess, version(names.preprocess) / "model.dali",
+                         device="gpu" if flavour == "native" else "cpu",
+                         max_batch_size=serving.max_batch_size, num_threads=serving.dali_threads)
+    configs = {names.preprocess: preprocess_config(spec, names, flavour, serving),
+               names.onnx: encoder_config(spec, names, flavour, serving),
+               names.versions: versions_config(spec, names, serving),
+               names.embed: embed_config(spec, names, serving)}
+    if flavour == "portable":
+        python_model(configs[names.preprocess], "dali_pipeline.py", version(names.preprocess))
+        python_model(configs[names.onnx], "onnx_encoder.py", version(names.onnx))
+    python_model(configs[names.versions], "versions_encoder.py", version(names.versions))
+    for model, config in configs.items():
+        write_config(repo / model, config)
+    return list(configs), export
+
+
+class InProcessEmbed:
+    """NAME_embed's steps from a repository's own files (model.dali, model.onnx), run in this
+    process: the reference the served embeddings are checked against, and the benchmark baseline."""
+
+    def __init__(self, repo: Path, encoder: str, serving: ServingSpec = ServingSpec()):
+        from .pipelines import CpuPreprocessor
+        from .runtime import ort_session
+
+        names = ModelNames(encoder)
+        self.preprocess = CpuPreprocessor(Path(repo) / names.preprocess / "1" / "model.dali",
+                                          serving.max_batch_size, serving.dali_threads)
+        self.session = ort_session(Path(repo) / names.onnx / "1" / "model.onnx", serving.ort_threads)
+
+    def __call__(self, encoded: list[np.ndarray]) -> np.ndarray:
+        """Encoded images (uint8 byte arrays) -> embeddings [B, D], through the gate as served."""
+        from .uploads import admit
+
+        checked = [np.frombuffer(admit(np.asarray(e).tobytes()).data, np.uint8) for e in encoded]
+        return self.session.run(None, {PIXELS: self.preprocess.run(checked)})[0]

@@ -1,0 +1,73 @@
+"""`NAME_versions`: an expansion's crops through the one NAME_encoder (both flavours).
+
+VERSIONS [B, K, S, S, 3] (and EXTRA [B, N, S, S, 3], style networks' crops, after them) and ROWS
+[B, R] in; EMBEDDINGS [B, R, D] out: each image's rows ROWS picks, in that order. The picked
+crops of every request in the batch are sent to NAME_encoder (BLS) in chunks of at most its
+max_batch_size, all in flight at once, so its dynamic batcher sees them together with the
+NAME_embed requests; the encoder's weights are loaded once, by NAME_encoder alone.
+"""
+
+import asyncio
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from equiprobe.services.contract import EMBEDDING, EMBEDDINGS, EXTRA, PIXELS, ROWS, VERSIONS
+from equiprobe.services.python_models.common import internal_error, invalid_argument, model_parameters
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        _, params, _ = model_parameters(args)
+        self.model = args["model_name"]
+        self.encoder = params["encoder_model"]
+        self.chunk = int(params["encoder_max_batch_size"])
+        self.dim = int(params["dim"])
+
+    def _picked(self, request) -> np.ndarray:
+        """[B * R, S, S, 3]: each image's rows, in ROWS' order (a copy of only what is encoded)."""
+        versions = pb_utils.get_input_tensor_by_name(request, VERSIONS).as_numpy()
+        extra = pb_utils.get_input_tensor_by_name(request, EXTRA)
+        rows = pb_utils.get_input_tensor_by_name(request, ROWS).as_numpy().reshape(len(versions), -1)
+        k = versions.shape[1] + (extra.as_numpy().shape[1] if extra is not None else 0)
+        if rows.size and (rows.min() < 0 or rows.max() >= k):
+            raise IndexError(f"ROWS must be in 0..{k - 1}; got {rows.min()}..{rows.max()}")
+        if extra is None:
+            return np.concatenate([v[r] for v, r in zip(versions, rows)])
+        extras = extra.as_numpy()
+        return np.concatenate([np.concatenate([v, e])[r] for v, e, r in zip(versions, extras, rows)])
+
+    async def _encode(self, crops: np.ndarray) -> np.ndarray:
+        if not len(crops):
+            return np.zeros((0, self.dim), np.float32)
+        chunks = [crops[i:i + self.chunk] for i in range(0, len(crops), self.chunk)]
+        calls = [pb_utils.InferenceRequest(model_name=self.encoder, inputs=[pb_utils.Tensor(PIXELS, chunk)],
+                                           requested_output_names=[EMBEDDING]).async_exec() for chunk in chunks]
+        outputs = []
+        for response in await asyncio.gather(*calls):
+            if response.has_error():
+                raise RuntimeError(f"{self.encoder}: {response.error().message()}")
+            outputs.append(pb_utils.get_output_tensor_by_name(response, EMBEDDING).as_numpy())
+        return np.concatenate(outputs)
+
+    async def execute(self, requests):
+        responses, picked = [None] * len(requests), {}
+        for i, request in enumerate(requests):
+            try:
+                picked[i] = self._picked(request)
+            except IndexError as exc:  # the inputs model checks ROWS first; this is the last guard
+                responses[i] = invalid_argument(f"{self.model}: {exc}")
+        if picked:
+            order = sorted(picked)
+            try:
+                embeddings = await self._encode(np.concatenate([picked[i] for i in order]))
+            except Exception as exc:
+                for i in order:
+                    responses[i] = internal_error(f"{self.model} failed: {type(exc).__name__}: {exc}")
+                return responses
+            splits = np.cumsum([len(picked[i]) for i in order])[:-1]
+            for i, part in zip(order, np.split(embeddings, splits)):
+                images = len(pb_utils.get_input_tensor_by_name(requests[i], VERSIONS).as_numpy())
+                responses[i] = pb_utils.InferenceResponse(
+                    [pb_utils.Tensor(EMBEDDINGS, part.reshape(images, -1, part.shape[-1]))])
+        return responses
