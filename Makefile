@@ -11,7 +11,7 @@ DEBIAN_DATA := dataset-fashion-mnist opencv-doc mate-backgrounds gnome-backgroun
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -e '.[cpu,dev]'
+	$(BIN)/python -m pip install -e '.[all,cpu,dev]'
 	# Only the tritonserver binary and python backend are used; --no-deps keeps pytriton's pins out.
 	$(BIN)/python -m pip install --no-deps nvidia-pytriton==0.7.0
 	# Real labelled photos (fashion-mnist) and the built-in corpus's photographs, screenshots and
