@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DEBIAN_DATA := dataset-fashion-mnist opencv-doc mate-backgrounds gnome-backgrounds plasma-workspace-wallpapers \
 	ukui-wallpapers lomiri-wallpapers lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 sway-backgrounds palapeli-data
 
-.PHONY: setup demo test test-fast bench architecture-map clean
+.PHONY: setup demo lint test test-fast bench architecture-map clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ setup: $(STAMP)
 
 demo: setup
 	$(BIN)/equiprobe demo
+
+lint: setup
+	$(BIN)/ruff check services clients trainer tests deploy
 
 test: setup
 	$(BIN)/python -m pytest -x -q

@@ -287,9 +287,9 @@ class TritonServer:
         failures = load_failures(list(self.log))
         if failures:
             return "; ".join(failures)
-        errors = [l for l in self.log if l.startswith("E") or "error:" in l]
+        errors = [line for line in self.log if line.startswith("E") or "error:" in line]
         # The CUDA/NVML lines are expected on a machine without a GPU; they are not the cause.
-        errors = [l for l in errors if not re.search(r"CUDA|NVML|DCGM|pinned memory|cuda", l)]
+        errors = [line for line in errors if not re.search(r"CUDA|NVML|DCGM|pinned memory|cuda", line)]
         tail = errors[-1] if errors else (self.log[-1] if self.log else "no output")
         return f"{headline}: {tail}"
 

@@ -46,7 +46,10 @@ def copy_models(repo: Path, out: Path, *ensembles: str) -> Path:
         if model in seen:
             continue
         seen.add(model)
-        todo += [step.model_name for step in read_config(repo / model / "config.pbtxt").ensemble_scheduling.step]
+        config = read_config(repo / model / "config.pbtxt")
+        todo += [step.model_name for step in config.ensemble_scheduling.step]
+        if "encoder_model" in config.parameters:  # NAME_versions calls NAME_encoder (BLS), not as a step
+            todo.append(config.parameters["encoder_model"].string_value)
         shutil.copytree(repo / model, out / model)
     return out
 

@@ -146,7 +146,7 @@ def test_a_killed_stub_fails_requests_fast_and_clearly_and_a_reload_recovers(emb
     stays READY (so do the server's health endpoints); every request that reaches the model fails
     in about a second with INTERNAL "Stub process '<model>_0_0' is not healthy.", never hangs.
     Unloading and loading the model (explicit model control) starts a new stub."""
-    encoder = f"{ENCODER}_encoder31"
+    encoder = f"{ENCODER}_encoder"  # the one encoder model, which NAME_embed31 reaches through NAME_versions
     config = loopback_config(embed31_repo, model_control_mode="explicit")
     timeout_s = 20.0
     with TritonServer(config) as server:

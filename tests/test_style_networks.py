@@ -42,7 +42,8 @@ def in_process(repo: Path, data: bytes) -> np.ndarray:
     resize = SerializedPipeline(repo / NAMES.style_resize / "1" / "model.dali", 1, 2)
     (extra,) = resize.run({f"STYLED_{j}": list(s) for j, s in enumerate(styled)})
     encoder = ort_session(repo / NAMES.onnx / "1" / "model.onnx")
-    return encoder.run(None, {"PIXELS": versions, "EXTRA": extra})[0][0]
+    # NAME_versions: the catalog's crops, then the style networks' (EXTRA), through the one encoder.
+    return encoder.run(None, {"PIXELS": np.concatenate([versions[0], extra[0]])})[0]
 
 
 def test_style_networks_add_rows_served_like_in_process(styled_repo, jpegs):

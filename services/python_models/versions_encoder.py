@@ -8,12 +8,15 @@ NAME_embed requests; the encoder's weights are loaded once, by NAME_encoder alon
 """
 
 import asyncio
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from equiprobe.services.contract import EMBEDDING, EMBEDDINGS, EXTRA, PIXELS, ROWS, VERSIONS
 from equiprobe.services.python_models.common import internal_error, invalid_argument, model_parameters
+
+LOAD_WAIT_S = 30.0  # how long a request waits for NAME_encoder to finish loading
 
 
 class TritonPythonModel:
@@ -44,11 +47,25 @@ class TritonPythonModel:
         calls = [pb_utils.InferenceRequest(model_name=self.encoder, inputs=[pb_utils.Tensor(PIXELS, chunk)],
                                            requested_output_names=[EMBEDDING]).async_exec() for chunk in chunks]
         outputs = []
-        for response in await asyncio.gather(*calls):
+        for chunk, response in zip(chunks, await asyncio.gather(*calls)):
+            response = await self._until_loaded(chunk, response)
             if response.has_error():
-                raise RuntimeError(f"{self.encoder}: {response.error().message()}")
+                message = response.error().message()
+                if "is not ready" in message:  # waited LOAD_WAIT_S: missing from the repository, or failed to load
+                    message += f" ({self.model} waited {LOAD_WAIT_S:g} s for it; is it in the model repository?)"
+                raise RuntimeError(f"{self.encoder}: {message}")
             outputs.append(pb_utils.get_output_tensor_by_name(response, EMBEDDING).as_numpy())
         return np.concatenate(outputs)
+
+    async def _until_loaded(self, chunk: np.ndarray, response):
+        """Triton does not know that this model calls NAME_encoder (BLS), so after a (re)start the
+        expansions can be ready while NAME_encoder still loads: wait for it, within a bound."""
+        deadline = time.monotonic() + LOAD_WAIT_S
+        while response.has_error() and "is not ready" in response.error().message() and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            response = await pb_utils.InferenceRequest(model_name=self.encoder, inputs=[pb_utils.Tensor(PIXELS, chunk)],
+                                                       requested_output_names=[EMBEDDING]).async_exec()
+        return response
 
     async def execute(self, requests):
         responses, picked = [None] * len(requests), {}

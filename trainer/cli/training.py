@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from equiprobe.trainer.configs import BASELINES, BaselineConfig, ProbeConfig
+from equiprobe.trainer.tasks import TASKS
 
 from .common import baseline_options, fail, probe_options
 
@@ -16,9 +17,7 @@ from .common import baseline_options, fail, probe_options
 @probe_options()
 def train(
     store: Path = typer.Option(..., help="Store written by `equiprobe embed`."),
-    task: str = typer.Option("fine", help="fine (31-way transformation), general (10-way category), semantic "
-                             "(the dataset's label) or multitask (transformation and semantic heads on one hidden "
-                             "layer, compared with a semantic-only probe)."),
+    task: str = typer.Option("fine", help="; ".join(f"{t.name} ({t.help})" for t in TASKS.values()) + "."),
     probe: str = typer.Option(ProbeConfig.kind, help=f"linear or mlp (one hidden layer of {ProbeConfig.hidden}, "
                               f"dropout {ProbeConfig.dropout}); or the baselines "
                               "logreg (scikit-learn, C chosen on validation) and knn (faiss, k chosen on validation), "
