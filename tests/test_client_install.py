@@ -9,7 +9,6 @@ variables test_server_image.py strips, what the Dockerfile COPYs as its sources)
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -28,7 +27,7 @@ from equiprobe.services.contract import EMBEDDINGS, SEED, UPLOADS, DetectorNames
 from equiprobe.services.server import TritonServer, loopback_config
 
 from .conftest import ENCODER, copy_models, embed_bin
-from .test_server_image import clean_env
+from .test_server_image import clean_env, copy_sources
 
 pytestmark = pytest.mark.slow
 
@@ -66,13 +65,7 @@ def client_venv(tmp_path_factory) -> ClientVenv:
     """The Dockerfile's sources copied, and `pip install '.[client]'` of them in a fresh virtualenv."""
     root = tmp_path_factory.mktemp("client_install")
     src = root / "src"
-    for source in dockerfile_sources():
-        target = src / source
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if (ROOT / source).is_dir():
-            shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy2(ROOT / source, target)
+    copy_sources(dockerfile_sources(), src)
     install = DOCKERFILE.read_text().split("RUN pip install", 1)[1].split("\n", 1)[0]
     assert "'.[client]'" in install, f"Dockerfile.client installs {install.strip()!r}, not the client extra"
     (root / "cwd").mkdir()

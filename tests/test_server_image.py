@@ -144,6 +144,17 @@ def image_sources() -> list[str]:
     return sources
 
 
+def copy_sources(sources, src: Path) -> None:
+    """A Dockerfile's COPY sources from this checkout into `src`, as the image build sees them."""
+    for source in sources:
+        target = src / source
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if (ROOT / source).is_dir():
+            shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(ROOT / source, target)
+
+
 def clean_env(venv: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
@@ -194,13 +205,7 @@ def test_every_python_model_imports_only_what_the_server_image_installs(tmp_path
     text, icons and style references then, from the data other packages ship)."""
     python = container_python()
     venv, src = tmp_path / "venv", tmp_path / "src"
-    for source in image_sources():
-        target = src / source
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if (ROOT / source).is_dir():
-            shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy2(ROOT / source, target)
+    copy_sources(image_sources(), src)
     env = clean_env(venv)
     started = time.monotonic()
     run([python, "-m", "venv", venv], env, tmp_path)
