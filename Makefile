@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEBIAN_DATA := dataset-fashion-mnist opencv-doc mate-backgrounds gnome-backgrounds plasma-workspace-wallpapers \
-	ukui-wallpapers lomiri-wallpapers lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 sway-backgrounds palapeli-data
+	ukui-wallpapers lomiri-wallpapers lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 sway-backgrounds palapeli-data \
+	fonts-noto-color-emoji
 
 .PHONY: setup demo lint test test-fast bench architecture-map clean
 

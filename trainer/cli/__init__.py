@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 
 import typer
 
-from . import bench, corpus, demo, deploy, embedding, report, serving, store, training, transforms
+from . import bench, corpus, demo, deploy, embedding, report, serving, store, t2d, training, transforms
 from .common import fail  # noqa: F401 (for callers: equiprobe.trainer.cli.fail)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -36,6 +36,7 @@ app.command("baseline-store")(training.baseline_store)
 app.command()(report.report)
 app.command()(deploy.deploy)
 app.command()(demo.demo)
+app.add_typer(t2d.t2d_app, name="t2d")
 
 
 def expand_repeated(command: Any, argv: Sequence[str]) -> list[str]:
