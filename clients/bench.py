@@ -7,6 +7,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -34,11 +35,17 @@ class Measurement:
 
 
 def bench_repo(repo: Path, encoder: str) -> Path:
-    """The benchmarks' repository: built once, reused by later runs."""
-    from equiprobe.services.contract import GATE
-    from equiprobe.services.repository import build_repo
+    """The benchmarks' repository: built once, reused by later runs while the services' code
+    that rendered it is unchanged (its manifest's renderer_sha256)."""
+    import json
 
-    if not all((repo / m / "config.pbtxt").exists() for m in (f"{encoder}_embed31", GATE)):
+    from equiprobe.services.contract import GATE, MANIFEST, ModelNames
+    from equiprobe.services.repository import build_repo, renderer_fingerprint
+
+    manifest = repo / ModelNames(encoder).onnx / MANIFEST
+    current = (manifest.exists() and json.loads(manifest.read_text()).get("renderer_sha256") == renderer_fingerprint()
+               and all((repo / m / "config.pbtxt").exists() for m in (f"{encoder}_embed31", GATE)))
+    if not current:
         build_repo(encoder, repo)
     return repo
 
@@ -118,15 +125,28 @@ def through_triton(url: str, encoder: str, images: list[bytes], concurrency: int
     return _summary(f"triton-grpc {model}", concurrency, len(images), seconds, latencies)
 
 
-def run_serve_bench(repo: Path, url: str, encoder: str, images: list[bytes],
-                    levels=(1, 8, 32), serving: ServingSpec = ServingSpec()) -> list[dict]:
+def run_serve_bench(repo: Path, url: str, encoder: str, images: list[bytes], levels=(1, 8, 32),
+                    serving: ServingSpec = ServingSpec(), server_pid: Optional[int] = None) -> list[dict]:
+    """Each level: in-process then Triton, with their images/s and, given the local server's pid,
+    the CPU ms per image of each server process (by model) and of the client, against the
+    in-process run's own CPU ms per image: where Triton's extra cost goes."""
+    from .server_usage import cpu_per_item
+
     rows = []
     for level in levels:
-        local = in_process(repo, encoder, images, level, serving)
-        remote = through_triton(url, encoder, images, level)
-        rows.append({"level": level, "in_process": asdict(local) | {"images_per_s": local.images_per_s},
-                     "triton": asdict(remote) | {"images_per_s": remote.images_per_s},
-                     "throughput_ratio": remote.images_per_s / local.images_per_s})
+        with cpu_per_item(None, len(images)) as local_cpu:
+            local = in_process(repo, encoder, images, level, serving)
+        row = {"level": level, "in_process": asdict(local) | {"images_per_s": local.images_per_s,
+                                                              "cpu_ms_per_image": local_cpu["total"]}}
+        if server_pid is None:
+            remote = through_triton(url, encoder, images, level)
+        else:
+            with cpu_per_item(server_pid, len(images)) as remote_cpu:
+                remote = through_triton(url, encoder, images, level)
+            row["triton_cpu_ms_per_image"] = remote_cpu
+        row["triton"] = asdict(remote) | {"images_per_s": remote.images_per_s}
+        row["throughput_ratio"] = remote.images_per_s / local.images_per_s
+        rows.append(row)
     return rows
 
 

@@ -43,12 +43,11 @@ def _parameters(meta: dict) -> dict:
 
 
 def probe_config(served, meta: dict) -> mc.ModelConfig:
-    # A tiny model beside the encoder on the same cores: one thread, no spinning.
+    # A tiny model beside the encoder on the same cores: one thread.
     serving = ServingSpec(max_batch_size=served.embed_config.max_batch_size, ort_threads=1)
     dims = [p.dim for p in served.parts]
     inputs = [tensor(name, mc.TYPE_FP32, [dim]) for name, dim in zip(probe_inputs(dims), dims)]
-    config = onnx_config(meta["model"], inputs, _outputs(meta, EMBEDDING_OUT), served.flavour, serving,
-                         spinning=False)
+    config = onnx_config(meta["model"], inputs, _outputs(meta, EMBEDDING_OUT), served.flavour, serving)
     if served.flavour == "portable":
         config.backend = "python"  # model.py (services/python_models/onnx_encoder.py) is in each version
     config.version_policy.specific.versions.append(meta["version"])

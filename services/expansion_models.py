@@ -100,8 +100,7 @@ def expand_config(spec: EncoderSpec, catalog: Catalog, names: ExpansionNames, fl
 
 def style_config(net: str, flavour: Flavour, serving: ServingSpec) -> mc.ModelConfig:
     return onnx_config(ExpansionNames.style(net), [canvas_tensor(CANVAS, True)],
-                       [canvas_tensor(STYLED, False)], flavour, serving, tensorrt=False, preferred=False,
-                       spinning=False)
+                       [canvas_tensor(STYLED, False)], flavour, serving, tensorrt=False, preferred=False)
 
 
 def styled_name(j: int) -> str:

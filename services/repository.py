@@ -14,6 +14,7 @@ the same for both.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -64,9 +65,20 @@ def build_repo(encoder: str, repo: Path, flavour: Flavour = "portable", weights:
     # onnx_sha256 is the exported graph's (services/export.py), before the crops wrapper: the
     # encoder's identity, recorded by stores and probes and checked by deploy.
     manifest = {**asdict(result), "repo": str(repo), "dim": spec.dim, "catalogs": list(catalogs),
-                "preprocess": asdict(spec.preprocess), "random_weights": random_weights}
+                "preprocess": asdict(spec.preprocess), "random_weights": random_weights,
+                "renderer_sha256": renderer_fingerprint()}
     (repo / names.onnx / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return result
+
+
+def renderer_fingerprint() -> str:
+    """sha256 of the services package's source: what rendered a repository. A benchmark's cached
+    repository from other code (other configs, graphs or pipelines) is rebuilt, not measured."""
+    digest = hashlib.sha256()
+    root = Path(__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 # -- what a repository serves -----------------------------------------------------------------

@@ -9,16 +9,15 @@ from pathlib import Path
 from typing import Optional
 
 
-def ort_session(path: Path, threads: Optional[int] = None, spinning: bool = True):
+def ort_session(path: Path, threads: Optional[int] = None, spinning: bool = False):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    # Idle ONNX Runtime threads spin by default: good for many small batches (NAME_embed), but
-    # beside the DALI expansion on the same cores the spinning burns the CPU it needs (measured:
-    # bulk-embedding efficiency 0.78 -> 0.97-0.99 with spinning off for the K-version encoder).
+    # Idle ONNX Runtime threads spin by default; beside DALI on the same cores (served, or in turn
+    # in-process) the spinning burns the CPU DALI needs (services/model_config.py ServingSpec).
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -98,3 +98,23 @@ def test_schema_check_rejects_a_bad_config():
 def test_unknown_flavour_is_refused(tmp_path):
     with pytest.raises(ValueError, match="flavour"):
         build_repo("squeezenet1_1", tmp_path, "cuda")  # type: ignore[arg-type]
+
+
+def test_serving_knobs_reach_the_encoder_config():
+    """build-repo's batching and threading flags land in NAME_encoder's config (portable), and the
+    defaults are the measured ones: no added queue delay, no spinning ONNX Runtime threads."""
+    from equiprobe.services.embed_models import encoder_config
+    from equiprobe.services.encoders import get_encoder
+    from equiprobe.services.model_config import ServingSpec
+
+    spec, names = get_encoder("squeezenet1_1"), ModelNames("squeezenet1_1")
+    default = encoder_config(spec, names, "portable", ServingSpec())
+    assert default.dynamic_batching.max_queue_delay_microseconds == 0
+    assert default.parameters["allow_spinning"].string_value == "0"
+    tuned = encoder_config(spec, names, "portable", ServingSpec(max_batch_size=16, queue_delay_us=500, ort_threads=1,
+                                                                ort_spinning=True))
+    assert tuned.max_batch_size == 16
+    assert tuned.dynamic_batching.max_queue_delay_microseconds == 500
+    assert list(tuned.dynamic_batching.preferred_batch_size) == [8, 16]
+    assert tuned.parameters["allow_spinning"].string_value == "1"
+    assert tuned.parameters["intra_op_threads"].string_value == "1"

@@ -17,7 +17,7 @@ class TritonPythonModel:
         self.input_names = [i["name"] for i in config["input"]]
         self.output_names = [o["name"] for o in config["output"]]
         self.session = ort_session(version_dir / params["onnx_model"], int(params["intra_op_threads"]),
-                                   spinning=params.get("allow_spinning", "1") == "1")
+                                   spinning=params.get("allow_spinning", "0") == "1")
 
     def execute(self, requests):
         feeds = {name: [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests]

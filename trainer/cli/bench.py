@@ -26,15 +26,51 @@ def bench_serve(
 ) -> None:
     """Triton gRPC (concurrency 1, 8, 32) against in-process DALI + ONNX Runtime (batch 1, 8, 32)."""
     from equiprobe.clients.bench import bench_images, bench_repo, run_serve_bench
+    from equiprobe.clients.server_usage import rss_by_model
     from equiprobe.services.server import TritonServer, loopback_config
 
     bench_repo(repo, encoder)
     data = bench_images(images)
     with TritonServer(loopback_config(repo)) as server:
-        rows = run_serve_bench(repo, server.config.grpc_url, encoder, data)
+        pid = server.process.pid
+        loaded = rss_by_model(pid)
+        rows = run_serve_bench(repo, server.config.grpc_url, encoder, data, server_pid=pid)
+        after = rss_by_model(pid)
     print_side_by_side(f"{encoder}_embed: {images} JPEG photos (224-512 px) per row", rows, ("triton", "in_process"),
                        ("in flight | batch", "Triton img/s", "p50 ms", "p99 ms", "in-process img/s", "p50 ms/batch",
-                        "p99 ms/batch", "Triton/in-process"), json_out)
+                        "p99 ms/batch", "Triton/in-process"), None)
+    print_cpu_breakdown(rows, encoder)
+    print_memory(encoder, loaded, after)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({"rows": rows, "rss_mib_loaded": loaded, "rss_mib_after": after}, indent=2))
+
+
+def print_cpu_breakdown(rows: list[dict], encoder: str) -> None:
+    """CPU ms per image: each server process (by model; those under 0.05 ms left out) and the
+    client, against the in-process run's."""
+    processes = sorted({k for r in rows for k, ms in r["triton_cpu_ms_per_image"].items() if ms >= 0.05}
+                       - {"client", "total", "wall_ms"})
+    table = Table(title=f"CPU ms per image (user + system), by process ({encoder}_ left out of model names)")
+    for col in ("in flight | batch", *(p.removeprefix(f"{encoder}_") for p in processes), "client", "Triton total",
+                "in-process total"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        cpu = r["triton_cpu_ms_per_image"]
+        table.add_row(str(r["level"]), *(f"{cpu.get(p, 0.0):.2f}" for p in processes), f"{cpu['client']:.2f}",
+                      f"{cpu['total']:.2f}", f"{r['in_process']['cpu_ms_per_image']:.2f}")
+    Console(width=180).print(table)
+
+
+def print_memory(encoder: str, loaded: dict[str, float], after: dict[str, float]) -> None:
+    """RSS of tritonserver and each model's stubs: everything one encoder's repository keeps loaded."""
+    table = Table(title=f"server memory (RSS MiB), one encoder ({encoder}) loaded")
+    for col in ("process", "after loading", "after the benchmark"):
+        table.add_column(col, justify="left" if col == "process" else "right")
+    for name in sorted(after, key=lambda n: -after[n]):
+        table.add_row(name, f"{loaded.get(name, 0.0):.0f}", f"{after[name]:.0f}")
+    table.add_row("total", f"{sum(loaded.values()):.0f}", f"{sum(after.values()):.0f}")
+    Console(width=140).print(table)
 
 
 def print_side_by_side(title: str, rows: list[dict], sides: tuple[str, str], columns: tuple[str, ...],

@@ -80,6 +80,11 @@ def build_repo(
                                         "[N,3,H,W] 0..255 in and out), added as an extra style version. Repeatable."),
     max_request_mb: int = typer.Option(64, min=1, help="image_gate refuses uploads larger than this (MB)."),
     max_pixels: int = typer.Option(144_000_000, min=1, help="image_gate refuses images with more pixels."),
+    max_batch_size: int = typer.Option(32, min=1, help="Largest batch of every batched model."),
+    queue_delay_us: int = typer.Option(0, min=0, help="Dynamic batchers' extra wait for a fuller batch (µs)."),
+    dali_threads: int = typer.Option(2, min=1, help="DALI CPU threads per pipeline model."),
+    ort_threads: int = typer.Option(2, min=1, help="ONNX Runtime intra-op threads of the encoder (portable)."),
+    ort_spinning: bool = typer.Option(False, help="Let idle ONNX Runtime threads spin (portable)."),
 ) -> None:
     """Render NAME_embed (DALI -> ONNX ensemble) and the server-side expansions NAME_embed31,
     NAME_embed_general and NAME_embed_groups."""
@@ -96,7 +101,9 @@ def build_repo(
             raise fail(f"style network {path} does not exist")
         nets[name] = Path(path)
     try:
-        serving = ServingSpec(max_request_mb=max_request_mb, max_pixels=max_pixels)
+        serving = ServingSpec(max_batch_size=max_batch_size, queue_delay_us=queue_delay_us, dali_threads=dali_threads,
+                              ort_threads=ort_threads, ort_spinning=ort_spinning, max_request_mb=max_request_mb,
+                              max_pixels=max_pixels)
         result = build(encoder, repo, flavour, weights, random_weights, serving=serving,  # type: ignore[arg-type]
                        style_nets=nets)
     except (EncoderError, ValueError) as exc:

@@ -1,0 +1,36 @@
+"""`bench serve`'s measurements on the real server: side-by-side rows, and the memory and CPU of
+the server's processes attributed to the models that spent them."""
+
+from equiprobe.clients.bench import bench_images, run_serve_bench
+from equiprobe.clients.server_usage import cpu_per_item, rss_by_model
+from equiprobe.services.contract import GATE, ModelNames
+
+from .conftest import ENCODER
+
+NAMES = ModelNames(ENCODER)
+
+
+def test_memory_is_read_per_model_stub(server):
+    rss = rss_by_model(server.process.pid)
+    for model in (GATE, NAMES.preprocess, NAMES.onnx, NAMES.versions, "tritonserver"):
+        assert rss[model] > 10, f"{model} has {rss.get(model)} MiB"
+
+
+def test_serve_bench_rows_attribute_cpu_to_the_embed_steps(server, repo):
+    images = bench_images(12)
+    rows = run_serve_bench(repo, server.config.grpc_url, ENCODER, images, levels=(1, 4),
+                           server_pid=server.process.pid)
+    assert [r["level"] for r in rows] == [1, 4]
+    for row in rows:
+        cpu = row["triton_cpu_ms_per_image"]
+        assert cpu[NAMES.onnx] > 0.5 and cpu[NAMES.preprocess] > 0.5, cpu  # the encoder and DALI did the work
+        assert cpu.get(NAMES.versions, 0.0) < cpu[NAMES.onnx] / 10  # no expansion was asked for
+        assert abs(cpu["total"] - sum(v for k, v in cpu.items() if k not in ("total", "wall_ms"))) < 1e-6
+        assert row["in_process"]["cpu_ms_per_image"] > 0.5
+        assert row["throughput_ratio"] == row["triton"]["images_per_s"] / row["in_process"]["images_per_s"]
+
+
+def test_cpu_per_item_without_a_server_counts_this_process():
+    with cpu_per_item(None, 10) as cpu:
+        sum(i * i for i in range(2_000_000))
+    assert cpu["client"] > 0 and cpu["total"] == cpu["client"] and cpu["wall_ms"] > 0
