@@ -29,6 +29,7 @@ from .model_config import (Flavour, ServingSpec, dali_config, dynamic_batching, 
                            onnx_config, python_model, string_parameters, tensor, tensor_of, write_config)
 from .onnx_wrappers import wrap_for_crops
 from .pipelines import serialize_preprocess
+from .quantize import TRT_CALIBRATION_TABLE
 
 
 def crop_dims(spec: EncoderSpec) -> list[int]:
@@ -53,9 +54,22 @@ def preprocess_config(spec: EncoderSpec, names: ModelNames, flavour: Flavour,
 
 
 def encoder_config(spec: EncoderSpec, names: ModelNames, flavour: Flavour,
-                   serving: ServingSpec) -> mc.ModelConfig:
-    return onnx_config(names.onnx, [tensor(PIXELS, mc.TYPE_UINT8, crop_dims(spec))],
-                       [tensor(EMBEDDING, mc.TYPE_FP32, [spec.dim], is_input=False)], flavour, serving)
+                   serving: ServingSpec, precision: str = "fp32") -> mc.ModelConfig:
+    """precision "int8": portable serves the QDQ graph build_repo writes (services/quantize.py);
+    native keeps the FP32 graph and has TensorRT build an INT8 engine from the calibration table
+    shipped beside it (the onnxruntime backend reads the table from trt_engine_cache_path)."""
+    config = onnx_config(names.onnx, [tensor(PIXELS, mc.TYPE_UINT8, crop_dims(spec))],
+                         [tensor(EMBEDDING, mc.TYPE_FP32, [spec.dim], is_input=False)], flavour, serving)
+    if flavour == "portable":
+        string_parameters(config, micro_batch=serving.encoder_micro_batch)
+    if precision == "int8" and flavour == "native":
+        for trt in config.optimization.execution_accelerators.gpu_execution_accelerator:
+            trt.parameters["precision_mode"] = "INT8"
+            trt.parameters["int8_calibration_table_name"] = TRT_CALIBRATION_TABLE
+            trt.parameters["int8_use_native_calibration_table"] = "0"  # ONNX Runtime's table, not TensorRT's
+    elif precision == "int8":
+        string_parameters(config, precision="int8")
+    return config
 
 
 def versions_config(spec: EncoderSpec, names: ModelNames, serving: ServingSpec) -> mc.ModelConfig:
@@ -94,9 +108,11 @@ def render_gate(repo: Path, serving: ServingSpec) -> list[str]:
 
 
 def render_embed(spec: EncoderSpec, repo: Path, flavour: Flavour, serving: ServingSpec, network,
-                 export: Optional[ExportResult] = None) -> tuple[list[str], ExportResult]:
+                 export: Optional[ExportResult] = None, precision: str = "fp32") -> tuple[list[str], ExportResult]:
     """NAME_preprocess, NAME_encoder, NAME_versions and NAME_embed; returns the model names and the
-    export (its sha256 is the encoder's identity, recorded in stores and probes)."""
+    export (its sha256 is the encoder's identity, recorded in stores and probes). NAME_encoder's
+    model.onnx is the FP32 graph in every precision: an INT8 build (services/repository.py)
+    quantizes it, or writes TensorRT's table beside it, after this."""
     names = ModelNames(spec.name)
     version = lambda model: repo / model / "1"  # noqa: E731
     for model in (names.preprocess, names.onnx, names.versions, names.embed):
@@ -109,7 +125,7 @@ def render_embed(spec: EncoderSpec, repo: Path, flavour: Flavour, serving: Servi
                          device="gpu" if flavour == "native" else "cpu",
                          max_batch_size=serving.max_batch_size, num_threads=serving.dali_threads)
     configs = {names.preprocess: preprocess_config(spec, names, flavour, serving),
-               names.onnx: encoder_config(spec, names, flavour, serving),
+               names.onnx: encoder_config(spec, names, flavour, serving, precision),
                names.versions: versions_config(spec, names, serving),
                names.embed: embed_config(spec, names, serving)}
     if flavour == "portable":
@@ -133,10 +149,12 @@ class InProcessEmbed:
         self.preprocess = CpuPreprocessor(Path(repo) / names.preprocess / "1" / "model.dali",
                                           serving.max_batch_size, serving.dali_threads)
         self.session = ort_session(Path(repo) / names.onnx / "1" / "model.onnx", serving.ort_threads)
+        self.micro_batch = serving.encoder_micro_batch
 
     def __call__(self, encoded: list[np.ndarray]) -> np.ndarray:
         """Encoded images (uint8 byte arrays) -> embeddings [B, D], through the gate as served."""
+        from .runtime import run_in_micro_batches
         from .uploads import admit
 
         checked = [np.frombuffer(admit(np.asarray(e).tobytes()).data, np.uint8) for e in encoded]
-        return self.session.run(None, {PIXELS: self.preprocess.run(checked)})[0]
+        return run_in_micro_batches(self.session, None, {PIXELS: self.preprocess.run(checked)}, self.micro_batch)[0]

@@ -16,16 +16,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from .contract import CATALOG_SUFFIX, EMBEDDING, MANIFEST, ExpansionNames, ModelNames
 from .embed_models import render_embed, render_gate
-from .encoders import get_encoder
+from .encoders import EncoderSpec, get_encoder
 from .expansion_models import build_expansion
-from .export import ExportResult
+from .export import ExportResult, sha256_of
 from .model_config import FLAVOURS, Flavour, ServingSpec, read_config
+from .quantize import (METHOD, PRECISIONS, CpuTwin, Int8Options, ParityError, cosine_parity, gate_failures,
+                       options_record, parity_summary, quantize_encoder, write_trt_calibration)
 
 
 # -- the whole repository -------------------------------------------------------------------
@@ -39,36 +44,126 @@ class BuildResult:
     onnx_sha256: str
     export_max_abs_diff: float
     serving: dict = field(default_factory=dict)
+    precision: str = "fp32"
+    int8: Optional[dict] = None  # an INT8 build's calibration and parity figures (the manifest's "int8")
 
 
 def build_repo(encoder: str, repo: Path, flavour: Flavour = "portable", weights: Optional[Path] = None,
                random_weights: bool = False, serving: ServingSpec = ServingSpec(),
                export: Optional[ExportResult] = None, catalogs: tuple[str, ...] = ("fine", "general", "groups"),
-               style_nets: Optional[dict[str, Path]] = None) -> BuildResult:
+               style_nets: Optional[dict[str, Path]] = None, precision: str = "fp32",
+               int8: Optional[Int8Build] = None) -> BuildResult:
     """Write image_gate, NAME_preprocess, NAME_encoder, NAME_versions, NAME_embed and, per catalog,
     the server-side expansion (NAME_embed31, NAME_embed_general, NAME_embed_groups) into `repo`,
-    and the manifest; other models are kept."""
+    and the manifest; other models are kept. precision "int8" needs `int8` (calibration and
+    parity images): the whole build is staged, gated by its parity (ParityError) and only then
+    moved into `repo`, so a refused build leaves `repo` as it was."""
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown flavour {flavour!r}; use 'portable' or 'native'")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use {' or '.join(repr(p) for p in PRECISIONS)}")
+    if precision == "int8":
+        if int8 is None:
+            raise ValueError("an INT8 build needs calibration and parity images (services.repository.Int8Build)")
+        return _build_int8(encoder, Path(repo), flavour, int8, weights=weights, random_weights=random_weights,
+                           serving=serving, export=export, catalogs=catalogs, style_nets=style_nets)
+    result, manifest = _render(encoder, Path(repo), flavour, weights, random_weights, serving, export, catalogs,
+                               style_nets, precision)
+    (Path(repo) / ModelNames(encoder).onnx / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return result
+
+
+def _render(encoder: str, repo: Path, flavour: Flavour, weights: Optional[Path], random_weights: bool,
+            serving: ServingSpec, export: Optional[ExportResult], catalogs: tuple[str, ...],
+            style_nets: Optional[dict[str, Path]], precision: str) -> tuple[BuildResult, dict]:
     spec = get_encoder(encoder)
-    names = ModelNames(encoder)
-    repo = Path(repo)
     embed_models, export = render_embed(spec, repo, flavour, serving, lambda: spec.build(weights, random_weights),
-                                        export)
+                                        export, precision)
     models = render_gate(repo, serving) + embed_models
     for catalog in catalogs:
         models += build_expansion(spec, catalog, repo, flavour, serving, export.sha256, style_nets)
 
     result = BuildResult(encoder=encoder, flavour=flavour, repo=repo, models=models,
                          onnx_sha256=export.sha256, export_max_abs_diff=export.max_abs_diff,
-                         serving=asdict(serving))
+                         serving=asdict(serving), precision=precision)
     # onnx_sha256 is the exported graph's (services/export.py), before the crops wrapper: the
-    # encoder's identity, recorded by stores and probes and checked by deploy.
+    # encoder's identity, recorded by stores and probes and checked by deploy (an INT8 build
+    # keeps it: its parity gate is what lets FP32-trained probes run on it).
     manifest = {**asdict(result), "repo": str(repo), "dim": spec.dim, "catalogs": list(catalogs),
                 "preprocess": asdict(spec.preprocess), "random_weights": random_weights,
                 "renderer_sha256": renderer_fingerprint()}
-    (repo / names.onnx / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return result, manifest
+
+
+# -- the INT8 encoder -------------------------------------------------------------------------
+
+@dataclass
+class Int8Build:
+    """What an INT8 build is calibrated and judged on: encoded images, calibration from TRAIN
+    sources, parity from held-out ones (never the same), and the detector's parity check
+    (trainer/int8_parity.py; called with the encoder spec, the FP32 and the INT8 graph; returns
+    figures with auc_fp32, auc_int8, accuracy_fp32, accuracy_int8, test_images, versions)."""
+
+    calibration: list[bytes]
+    parity: list[bytes]
+    options: Int8Options = field(default_factory=Int8Options)
+    detector_parity: Optional[Callable[[EncoderSpec, Path, Path], dict]] = None
+    sources: dict = field(default_factory=dict)  # where the images come from, for the manifest
+
+
+def _build_int8(encoder: str, repo: Path, flavour: Flavour, int8: Int8Build, **render) -> BuildResult:
+    repo.parent.mkdir(parents=True, exist_ok=True)
+    names, spec = ModelNames(encoder), get_encoder(encoder)
+    staging = Path(tempfile.mkdtemp(prefix=f".{repo.name}.int8-", dir=repo.parent))
+    try:
+        result, manifest = _render(encoder, staging, flavour, precision="int8", **render)
+        version = staging / names.onnx / "1"
+        fp32 = staging / "fp32.onnx"  # outside every model directory; removed with the staging
+        shutil.move(str(version / "model.onnx"), fp32)
+        twin = CpuTwin(spec.preprocess, render["serving"].max_batch_size, render["serving"].dali_threads)
+        calibration = twin(int8.calibration)
+        record = {"method": METHOD, "calibration_images": len(calibration), "options": options_record(int8.options),
+                  "sources": int8.sources}
+        if flavour == "native":  # TensorRT calibrates from the table at engine build, on the GPU: not run here
+            shutil.copy2(fp32, version / "model.onnx")
+            table = write_trt_calibration(fp32, calibration, version)
+            record.update(method="TensorRT INT8 (onnxruntime backend), calibration table from " + METHOD.split(":")[0],
+                          calibration_table=f"1/{table.name}", parity="not measured: TensorRT runs on the GPU only",
+                          note=f"copy {table.name} into trt_engine_cache_path ({render['serving'].trt_cache_path}) "
+                               "before the first inference: the onnxruntime backend reads the table from there")
+        else:
+            quantized = quantize_encoder(fp32, version / "model.onnx", calibration)
+            figures = {"cosine": cosine_parity(fp32, quantized, twin(int8.parity))}
+            if int8.detector_parity is not None:
+                figures["detector"] = int8.detector_parity(spec, fp32, quantized)
+            failures = gate_failures(figures, int8.options.thresholds)
+            record.update(parity=figures, thresholds=asdict(int8.options.thresholds), passed=not failures,
+                          failures=failures, override=bool(failures) and int8.options.accept_parity_failure,
+                          served_onnx_sha256=sha256_of(quantized))
+            if failures and not int8.options.accept_parity_failure:
+                raise ParityError(f"refusing the INT8 {encoder} encoder: " + "; ".join(failures)
+                                  + f" ({parity_summary(figures)}); {repo} is unchanged", figures)
+        fp32.unlink()
+        manifest.update(repo=str(repo), int8=record)
+        (version.parent / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        _move_models(staging, repo)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    result.repo = repo
+    result.int8 = record
     return result
+
+
+def _move_models(staging: Path, repo: Path) -> None:
+    """Each staged model directory replaces its namesake in `repo` by renames (NAME_encoder last)."""
+    repo.mkdir(parents=True, exist_ok=True)
+    for model in sorted(staging.iterdir(), key=lambda p: (p.name.endswith("_encoder"), p.name)):
+        target = repo / model.name
+        old = repo / f".{model.name}.replaced-{os.getpid()}"
+        if target.exists():
+            os.rename(target, old)
+        os.rename(model, target)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def renderer_fingerprint() -> str:

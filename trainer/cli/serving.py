@@ -85,11 +85,26 @@ def build_repo(
     dali_threads: int = typer.Option(2, min=1, help="DALI CPU threads per pipeline model."),
     ort_threads: int = typer.Option(2, min=1, help="ONNX Runtime intra-op threads of the encoder (portable)."),
     ort_spinning: bool = typer.Option(False, help="Let idle ONNX Runtime threads spin (portable)."),
+    encoder_micro_batch: int = typer.Option(1, min=0, help="NAME_encoder runs ONNX Runtime on at most this many "
+                                            "crops at a time (portable; 0: the whole dynamic batch)."),
+    precision: str = typer.Option("fp32", help="fp32, or int8: NAME_encoder statically quantized (portable: ONNX "
+                                  "Runtime QDQ; native: TensorRT INT8 from a shipped calibration table), calibrated "
+                                  "on the built-in corpus's train sources and refused unless its parity with FP32 holds "
+                                  "on held-out sources (cosine, the detector's AUC and 31-way accuracy)."),
+    calibration_images: int = typer.Option(64, min=1, help="int8: corpus crops of train sources to calibrate on."),
+    parity_images: int = typer.Option(164, min=2, help="int8: corpus crops of test sources for the cosine to FP32."),
+    detector_images: str = typer.Option("196,50,82", help="int8: TRAIN,VALIDATION,TEST corpus crops (31 versions "
+                                        "each) for the detector parity: probes trained on FP32 embeddings."),
+    accept_parity_failure: bool = typer.Option(False, help="int8: write the INT8 encoder even if its parity gate "
+                                               "fails (recorded in the manifest as an override). Not for production."),
 ) -> None:
     """Render NAME_embed (DALI -> ONNX ensemble) and the server-side expansions NAME_embed31,
     NAME_embed_general and NAME_embed_groups."""
+    import time
+
     from equiprobe.services.encoders import EncoderError
     from equiprobe.services.model_config import ServingSpec
+    from equiprobe.services.quantize import PRECISIONS, Int8Options, parity_summary
     from equiprobe.services.repository import build_repo as build
 
     nets = {}
@@ -100,18 +115,50 @@ def build_repo(
         if not Path(path).is_file():
             raise fail(f"style network {path} does not exist")
         nets[name] = Path(path)
+    if precision not in PRECISIONS:
+        raise fail(f"--precision takes {' or '.join(PRECISIONS)}, not {precision!r}")
+    int8 = None
+    start = time.perf_counter()
     try:
         serving = ServingSpec(max_batch_size=max_batch_size, queue_delay_us=queue_delay_us, dali_threads=dali_threads,
-                              ort_threads=ort_threads, ort_spinning=ort_spinning, max_request_mb=max_request_mb,
+                              ort_threads=ort_threads, ort_spinning=ort_spinning, encoder_micro_batch=encoder_micro_batch,
+                              max_request_mb=max_request_mb,
                               max_pixels=max_pixels)
+        if precision == "int8":
+            from equiprobe.trainer.int8_parity import corpus_int8_build
+
+            sizes = tuple(int(n) for n in detector_images.split(","))
+            if len(sizes) != 3 or min(sizes) < 1:
+                raise fail(f"--detector-images takes TRAIN,VALIDATION,TEST counts, not {detector_images!r}")
+            options = Int8Options(calibration_images, parity_images, sizes,  # type: ignore[arg-type]
+                                  accept_parity_failure=accept_parity_failure)
+            int8 = corpus_int8_build(options, detector=flavour == "portable")
+            print(f"int8: calibrating on {calibration_images} corpus crops of train sources; parity on {parity_images} "
+                  f"crops of test sources" + (f" and a detector trained on {sizes[0]} train images (validation "
+                                              f"{sizes[1]}), judged on {sizes[2]} test images x 31 versions"
+                                              if flavour == "portable" else ""), flush=True)
         result = build(encoder, repo, flavour, weights, random_weights, serving=serving,  # type: ignore[arg-type]
-                       style_nets=nets)
-    except (EncoderError, ValueError) as exc:
+                       style_nets=nets, precision=precision, int8=int8)
+    except (EncoderError, ValueError) as exc:  # ParityError too: the INT8 gate's refusal, with its figures
         raise fail(str(exc))
+    except typer.Exit:
+        raise
     except Exception as exc:  # an unreadable ONNX file, for example: name it, no traceback
         raise fail(f"could not build the repository: {type(exc).__name__}: {exc}")
     print(f"{result.flavour} repository {result.repo}: {', '.join(result.models)}")
     print(f"encoder ONNX sha256 {result.onnx_sha256[:16]}..., export max abs diff {result.export_max_abs_diff:.3g}")
+    if result.int8 is not None:
+        record = result.int8
+        if isinstance(record.get("parity"), dict):
+            print(f"int8 parity: {parity_summary(record['parity'])}")
+            if record["override"]:
+                console.print("[red]int8 parity gate FAILED[/red] (" + "; ".join(record["failures"]) + "): written "
+                              "anyway because of --accept-parity-failure (recorded in the manifest)", highlight=False)
+            else:
+                print("int8 parity gate passed: " + ", ".join(f"{k} {v}" for k, v in record["thresholds"].items()))
+        else:
+            print(f"int8 ({record['method']}): {record['calibration_table']}; {record['note']}")
+        print(f"built in {time.perf_counter() - start:.0f} s")
 
 
 def serve(
