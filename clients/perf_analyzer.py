@@ -285,3 +285,21 @@ def perf_analyzer_bench(repo: Path, encoder: str, images: int = 16,
 def format_rows(rows: Sequence[dict]) -> list[list[str]]:
     """Each row's TABLE_COLUMNS cells as text (a cell perf_analyzer did not report is '-')."""
     return [[fmt.format(row[key]) if key in row else "-" for _, key, fmt in TABLE_COLUMNS] for row in rows]
+
+
+def beside_serve(rows: Sequence[dict], serve_rows: Sequence[dict]) -> list[dict]:
+    """perf_analyzer's rows next to `bench serve`'s Triton side (clients/bench.py run_serve_bench)
+    at the levels both measured: throughput, p50 and p99 of each, and bench serve's throughput as
+    a fraction of perf_analyzer's (how much the project's own client loses to NVIDIA's)."""
+    serve = {r["level"]: r["triton"] for r in serve_rows}
+    table = []
+    for r in rows:
+        other = serve.get(r["concurrency"])
+        if other is None:
+            continue
+        table.append({"level": r["concurrency"],
+                      "perf_analyzer_infer_per_s": r["infer_per_s"], "serve_images_per_s": other["images_per_s"],
+                      "perf_analyzer_p50_ms": r["p50_ms"], "serve_p50_ms": other["p50_ms"],
+                      "perf_analyzer_p99_ms": r["p99_ms"], "serve_p99_ms": other["p99_ms"],
+                      "serve_over_perf_analyzer": other["images_per_s"] / r["infer_per_s"]})
+    return table

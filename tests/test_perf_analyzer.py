@@ -9,9 +9,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from equiprobe.clients.bench import bench_images
-from equiprobe.clients.perf_analyzer import (CUDART, TABLE_COLUMNS, PerfAnalyzerError, format_rows, input_data_json,
-                                             missing_libraries, missing_message, parse_report, perf_analyzer_binary,
-                                             run_perf_analyzer)
+from equiprobe.clients.perf_analyzer import (CUDART, TABLE_COLUMNS, PerfAnalyzerError, beside_serve, format_rows,
+                                             input_data_json, missing_libraries, missing_message, parse_report,
+                                             perf_analyzer_binary, run_perf_analyzer)
 from equiprobe.services.contract import IMAGE, ModelNames
 
 from .conftest import ENCODER
@@ -58,6 +58,10 @@ def test_the_report_parses_into_milliseconds():
     assert row["concurrency"] == 1 and row["infer_per_s"] == pytest.approx(82.7406)
     assert row["p50_ms"] == pytest.approx(11.406) and row["compute_infer_ms"] == pytest.approx(10.623)
     assert format_rows([row])[0][:3] == ["1", "82.7", "11.4"]
+    serve = [{"level": 1, "triton": {"images_per_s": 41.37, "p50_ms": 20.0, "p99_ms": 30.0}},
+             {"level": 8, "triton": {"images_per_s": 90.0, "p50_ms": 80.0, "p99_ms": 120.0}}]
+    (both,) = beside_serve([row], serve)  # only the levels both measured
+    assert both["level"] == 1 and both["serve_over_perf_analyzer"] == pytest.approx(0.5, abs=1e-3)
 
 
 def success_count(server) -> int:
