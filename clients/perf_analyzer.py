@@ -90,25 +90,33 @@ def _server_library_dirs() -> list[str]:
 
 def _cudart_dir(library_dirs: Sequence[str], link_dir: Optional[Path]) -> Optional[Path]:
     """A directory holding a file named libcudart.so.12: one of `library_dirs` if it has one,
-    else `link_dir` (made if needed) with a link to the first hashed wheel copy found."""
+    else `link_dir` with a link to the first hashed wheel copy found there."""
     for d in library_dirs:
         if (Path(d) / CUDART).exists():
             return Path(d)
     for d in library_dirs:
         copies = sorted(Path(d).glob("libcudart-*.so.12*"))
         if copies:
-            link_dir = link_dir or Path(sys.prefix) / "lib" / BINARY
-            try:
-                link_dir.mkdir(parents=True, exist_ok=True)
-            except OSError:  # a read-only environment: a private temporary directory
-                link_dir = Path(tempfile.mkdtemp(prefix="equiprobe-perf-analyzer-"))
-            link = link_dir / CUDART
-            if link.is_symlink() and link.resolve() != copies[0].resolve():
-                link.unlink()
-            if not link.exists():
-                link.symlink_to(copies[0].resolve())
-            return link_dir
+            return _link(copies[0].resolve(), link_dir or Path(sys.prefix) / "lib" / BINARY)
     return None
+
+
+def _link(target: Path, directory: Path) -> Path:
+    """`directory` with `target` linked as libcudart.so.12 in it; in a read-only environment, a
+    private temporary directory instead."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        link = directory / CUDART
+        if link.is_symlink() and link.resolve() != target:
+            link.unlink()
+        if not link.exists():
+            link.symlink_to(target)
+    except FileExistsError:  # another process linked it at the same moment
+        pass
+    except OSError:
+        directory = Path(tempfile.mkdtemp(prefix="equiprobe-perf-analyzer-"))
+        (directory / CUDART).symlink_to(target)
+    return directory
 
 
 def missing_libraries(ldd_output: str) -> list[str]:
@@ -128,8 +136,9 @@ def perf_analyzer_binary(search_path: Optional[str] = None, library_path: Option
     is missing (the binary, libb64.so.0d, libcudart.so.12).
 
     search_path: where to look for the binary (default: this interpreter's bin, then PATH).
-    library_path: the directories searched for a libcudart.so.12 (default: the server's library
-    path, which holds pytriton's libs, then LD_LIBRARY_PATH); os.pathsep-separated.
+    library_path: the directories searched for a libcudart.so.12, os.pathsep-separated (default:
+    the server's library path, which holds pytriton's libs, then LD_LIBRARY_PATH).
+    link_dir: where the wheel's copy is linked as libcudart.so.12 (default: .venv/lib/perf_analyzer).
     """
     if search_path is None:
         search_path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
@@ -138,9 +147,9 @@ def perf_analyzer_binary(search_path: Optional[str] = None, library_path: Option
         raise PerfAnalyzerError(f"{BINARY} not found on {search_path!r}: it ships in the tritonclient 2.51.0 wheel "
                                 f"(pip install 'tritonclient[all]==2.51.0'; newer wheels do not have it)")
     binary = Path(found)
-    library_dirs = (_server_library_dirs() + os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep)
-                    if library_path is None else library_path.split(os.pathsep))
-    library_dirs = [d for d in library_dirs if d]
+    # The server's library path already ends with this process's LD_LIBRARY_PATH.
+    library_dirs = [d for d in (_server_library_dirs() if library_path is None else library_path.split(os.pathsep))
+                    if d]
     cudart = _cudart_dir(library_dirs, link_dir)
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(library_dirs + ([str(cudart)] if cudart and str(cudart) not in

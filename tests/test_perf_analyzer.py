@@ -4,6 +4,8 @@ statistics counted every request it reports."""
 
 import base64
 import json
+import os
+from pathlib import Path
 
 import pytest
 import tritonclient.grpc as grpcclient
@@ -13,6 +15,7 @@ from equiprobe.clients.perf_analyzer import (CUDART, TABLE_COLUMNS, PerfAnalyzer
                                              input_data_json, missing_libraries, missing_message, parse_report,
                                              perf_analyzer_binary, run_perf_analyzer)
 from equiprobe.services.contract import IMAGE, ModelNames
+from equiprobe.services.server import server_environment
 
 from .conftest import ENCODER
 
@@ -39,6 +42,14 @@ def test_a_missing_cuda_runtime_is_named(tmp_path):
     # A library path without pytriton's libs (nor the system's libcudart.so.12: this machine has none).
     with pytest.raises(PerfAnalyzerError, match=rf"missing .*{CUDART} \(from the nvidia-pytriton wheel"):
         perf_analyzer_binary(library_path=str(tmp_path), link_dir=tmp_path / "links")
+
+
+def test_the_wheels_cuda_runtime_is_linked_under_the_name_perf_analyzer_asks_for(tmp_path):
+    wheel_libs = [d for d in server_environment()["LD_LIBRARY_PATH"].split(os.pathsep) if d.endswith(".libs")]
+    analyzer = perf_analyzer_binary(library_path=os.pathsep.join(wheel_libs), link_dir=tmp_path / "links")
+    link = tmp_path / "links" / CUDART
+    assert link.resolve().parent == Path(wheel_libs[0]).resolve() and link.resolve().name.startswith("libcudart-")
+    assert analyzer.env["LD_LIBRARY_PATH"].split(os.pathsep)[-1] == str(link.parent)
 
 
 def test_missing_libraries_are_named_with_what_provides_them():
