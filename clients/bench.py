@@ -246,6 +246,50 @@ def expansion_dali_vs_pillow(catalog, images: list[bytes], batch: int = 8) -> tu
     return dali, pillow
 
 
+def expansion_profile(encoder: str, catalog_name: str, images: list[bytes], batch: int = 8,
+                      repeats: int = 2) -> dict:
+    """CPU ms per version of each stage of the expansion pipeline (services/transforms/expand.py),
+    on the CPU, as the served pipeline runs them: decoding to the canvas, each transformation
+    alone, the upload re-encoding (as_upload) and the encoder's resize and crop; and the whole
+    pipeline. Stages are costed as differences between pipelines cut after them, each the
+    cheaper of `repeats` passes of process CPU time (DALI's threads run in this process)."""
+    import tempfile
+    from dataclasses import replace
+
+    from equiprobe.services.encoders import get_encoder
+    from equiprobe.services.transforms import get_catalog, image_key
+    from equiprobe.services.transforms.expand import Expander, serialize_expand
+
+    catalog, pre = get_catalog(catalog_name), get_encoder(encoder).preprocess
+    arrays, keys = [np.frombuffer(d, np.uint8) for d in images], [image_key(d) for d in images]
+
+    def cpu_ms_per_image(transforms, uploads: bool, crops: bool) -> float:
+        part = replace(catalog, transforms=tuple(transforms), classes=catalog.classes if catalog.name != "fine" else ())
+        with tempfile.TemporaryDirectory() as tmp:
+            path = serialize_expand(part, Path(tmp) / "e.dali", "cpu", batch, 2, pre if crops else None, False, uploads)
+            expander = Expander(path, part, batch, 2)
+        expander.expand(arrays[:batch], keys[:batch], 0, uploads=True)  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.process_time()
+            for i in range(0, len(arrays), batch):
+                expander.expand(arrays[i:i + batch], keys[i:i + batch], 0, uploads=True)
+            best = min(best, (time.process_time() - t0) * 1000 / len(arrays))
+        return best
+
+    identity = [t for t in catalog.transforms if t.name == "identity"][:1] or [catalog.transforms[0]]
+    canvas = cpu_ms_per_image(identity, uploads=False, crops=False)
+    rows = [{"stage": "decode + canvas (once per image)", "cpu_ms": canvas}]
+    for t in catalog.transforms:
+        rows.append({"stage": t.name, "cpu_ms": max(0.0, cpu_ms_per_image([t], False, False) - canvas)})
+    uploaded = cpu_ms_per_image(identity, uploads=True, crops=False)
+    cropped = cpu_ms_per_image(identity, uploads=True, crops=True)
+    rows.append({"stage": "as_upload (per version)", "cpu_ms": max(0.0, uploaded - canvas)})
+    rows.append({"stage": f"resize + crop to {pre.size} (per version)", "cpu_ms": max(0.0, cropped - uploaded)})
+    whole = cpu_ms_per_image(catalog.transforms, uploads=True, crops=True)
+    return {"catalog": catalog.name, "versions": len(catalog.transforms), "rows": rows, "whole_cpu_ms": whole}
+
+
 def run_transforms_bench(repo: Path, encoder: str, images: int, concurrency: int) -> dict:
     """Images/s of NAME_embed31 (server-side expansion) and of client-side expansion + uploads to
     NAME_embed on a loopback server over `repo`, and of the expansion alone in DALI and in Pillow."""
@@ -292,18 +336,25 @@ def expansion_stage_rate(repo: Path, encoder: str, images: list[bytes], batch: i
     return len(arrays) / (time.perf_counter() - start)
 
 
-def encoder_stage_rate(repo: Path, encoder: str, images: int, batch: int, versions: int = 31) -> float:
+def encoder_stage_rate(repo: Path, encoder: str, images: int, batch: int, versions: int = 31,
+                       serving: ServingSpec = ServingSpec()) -> float:
     """NAME_encoder (normalization + ONNX) on ready uint8 crops, `batch` images of `versions`
-    crops per call as NAME_versions sends them; images/s."""
+    crops per call as NAME_versions sends them, run as the served model runs them (its micro
+    batches); images/s."""
     from equiprobe.services.contract import PIXELS, ModelNames
+    from equiprobe.services.runtime import run_in_micro_batches
 
-    session = ort_session(repo / ModelNames(encoder).onnx / "1" / "model.onnx", 2, spinning=False)
+    session = ort_session(repo / ModelNames(encoder).onnx / "1" / "model.onnx", serving.ort_threads)
     shape = session.get_inputs()[0].shape[1:]
     crops = np.random.default_rng(0).integers(0, 256, (batch * versions, *shape)).astype(np.uint8)
-    session.run(None, {PIXELS: crops})
+
+    def run() -> None:
+        run_in_micro_batches(session, None, {PIXELS: crops}, serving.encoder_micro_batch)
+
+    run()
     start = time.perf_counter()
     for _ in range(max(1, images // batch)):
-        session.run(None, {PIXELS: crops})
+        run()
     return max(1, images // batch) * batch / (time.perf_counter() - start)
 
 

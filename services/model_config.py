@@ -43,6 +43,9 @@ class ServingSpec:
     # spinning burns the CPU they need (measured: the encoder's CPU per image 20.4 -> 8.3 ms at 32 in
     # flight, 16.6 -> 8.9 ms alone at batch 1).
     ort_spinning: bool = False
+    # NAME_encoder runs ONNX Runtime on at most this many crops at a time (portable; 0: the
+    # whole dynamic batch): services/runtime.py run_in_micro_batches has the measurements.
+    encoder_micro_batch: int = 1
     preferred_batch_sizes: tuple[int, ...] = (8, 16, 32)
     trt_cache_path: str = "/tmp/equiprobe_trt_cache"
     # Uploads over these are refused by image_gate with an error that names the cap.

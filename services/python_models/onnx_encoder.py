@@ -8,7 +8,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from equiprobe.services.python_models.common import model_parameters
-from equiprobe.services.runtime import ort_session
+from equiprobe.services.runtime import ort_session, run_in_micro_batches
 
 
 class TritonPythonModel:
@@ -18,11 +18,13 @@ class TritonPythonModel:
         self.output_names = [o["name"] for o in config["output"]]
         self.session = ort_session(version_dir / params["onnx_model"], int(params["intra_op_threads"]),
                                    spinning=params.get("allow_spinning", "0") == "1")
+        self.micro_batch = int(params.get("micro_batch", "0"))  # 0: the whole batch in one run
 
     def execute(self, requests):
         feeds = {name: [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests]
                  for name in self.input_names}
-        outputs = self.session.run(self.output_names, {n: np.concatenate(a) for n, a in feeds.items()})
+        outputs = run_in_micro_batches(self.session, self.output_names,
+                                       {n: np.concatenate(a) for n, a in feeds.items()}, self.micro_batch)
         splits = np.cumsum([len(a) for a in feeds[self.input_names[0]]])[:-1]
         per_request = zip(*[np.split(output, splits) for output in outputs])
         return [pb_utils.InferenceResponse([pb_utils.Tensor(n, chunk) for n, chunk in zip(self.output_names, chunks)])

@@ -34,12 +34,15 @@ def as_upload(image, quality):
 
 @pipeline_def
 def expand_pipeline(catalog: Catalog, device: str = "cpu", pre: Optional["Preprocess"] = None,
-                    emit_canvas: bool = False):
+                    emit_canvas: bool = False, uploads: bool = True):
+    """`uploads=False` leaves out the upload re-encoding (as_upload): only for measuring what
+    each stage costs (clients/bench.py expansion_profile); served pipelines always have it."""
     encoded = fn.external_source(name=IMAGE, device="cpu", dtype=types.UINT8, ndim=1)
     params = fn.external_source(name=PARAMS, device="cpu", dtype=types.FLOAT, ndim=2)
-    if not any(t.params for t in catalog.transforms):
+    if not uploads or not any(t.params for t in catalog.transforms):
         # DALI prunes inputs nothing reads, but the served model still takes PARAMS (groups
-        # catalog): a preserved no-op keeps the input in the graph.
+        # catalog; and without uploads, rows whose parameters only shape host inputs): a
+        # preserved no-op keeps the input in the graph.
         fn.reshape(params, shape=[-1], preserve=True)
     aux: list[dict] = [{} for _ in catalog.transforms]
     for name, local, k in catalog.aux_inputs:
@@ -49,8 +52,9 @@ def expand_pipeline(catalog: Catalog, device: str = "cpu", pre: Optional["Prepro
         # on the CPU as operator arguments.
         aux[k][local] = node.gpu() if device == "gpu" and dtype == types.UINT8 else node
     canvas = decode_to_canvas(encoded, device)
-    versions = [as_upload(t.apply(canvas, params[k], aux[k]), params[k][catalog.width])
-                for k, t in enumerate(catalog.transforms)]
+    versions = [t.apply(canvas, params[k], aux[k]) for k, t in enumerate(catalog.transforms)]
+    if uploads:
+        versions = [as_upload(v, params[k][catalog.width]) for k, v in enumerate(versions)]
     if pre is not None:
         versions = [resize_and_crop(v, pre, input_order="RGB") for v in versions]
     # The untouched canvas feeds user-provided style networks that run as later ensemble steps.
@@ -67,8 +71,8 @@ def resize_pipeline(names: list[str], pre: "Preprocess", device: str = "cpu"):
 
 
 def serialize_expand(catalog: Catalog, path: Path, device: str, max_batch_size: int, num_threads: int,
-                     pre: Optional["Preprocess"] = None, emit_canvas: bool = False) -> Path:
-    return _serialize(expand_pipeline(catalog, device, pre, emit_canvas, batch_size=max_batch_size,
+                     pre: Optional["Preprocess"] = None, emit_canvas: bool = False, uploads: bool = True) -> Path:
+    return _serialize(expand_pipeline(catalog, device, pre, emit_canvas, uploads, batch_size=max_batch_size,
                                       num_threads=num_threads, device_id=None), path)
 
 
