@@ -234,3 +234,16 @@ def test_the_pillow_reference_loop_makes_the_same_samples_roughly():
     assert np.array_equal(ours, generate.render_draws(spec, "train", draws))
     difference = np.abs(ours.astype(int) - pillow).mean()
     assert difference < 12, difference  # same objects, places and filters; other rounding and filter kernels
+
+
+def test_the_bench_command_compares_both_paths_and_extrapolates_the_full_profile():
+    proc = subprocess.run([EQUIPROBE, "t2d", "bench", "--images", "24", "--train-images", "32", "--arch", "small-cnn",
+                           "--repeats", "1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    rates = list(report["generate_images_per_second"].values())
+    assert len(rates) == 2 and all(r > 0 for r in rates)
+    assert report["ratio"] == pytest.approx(rates[0] / rates[1], abs=0.01)  # both rounded
+    assert report["train_images_per_second"]["small-cnn"] > 0 and "ratio t2d generate / Pillow loop" in proc.stderr
+    estimate = report["full_profile_estimate"]["small-cnn"]
+    assert estimate["transfer_run_seconds"] > 50 * estimate["epoch_seconds"] * 0.9

@@ -93,7 +93,7 @@ def generate_command(
     fmt: str = typer.Option("folder", "--format", help="folder (DIR/split/CLASS/NNNNNN.png) or tar (webdataset "
                             "shards DIR/split-NNNNN.tar)."),
     shard_size: int = typer.Option(10_000, help="tar: samples per shard."),
-    batch_size: int = typer.Option(1024, help="Samples rendered per batch."),
+    batch_size: int = typer.Option(256, help="Samples rendered per batch."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
     """Write a Transforms-2D dataset, with every sample's object, background and parameters recorded."""
@@ -203,12 +203,13 @@ def bench_command(
                                    "measured. Repeatable."),
     batch_size: int = typer.Option(128, help="Training batch size."),
     seed: int = typer.Option(0, help="Seed of the samples."),
+    repeats: int = typer.Option(3, help="Timed repeats of each generation path, alternating; the best is kept."),
 ) -> None:
     """`t2d generate` images/s against a plain per-image Pillow loop (same samples), and training images/s."""
     from equiprobe.trainer.t2d import bench
 
     try:
-        report = bench.run(images, size, transforms, train_images, arch, batch_size, seed, log=console.print)
+        report = bench.run(images, size, transforms, train_images, arch, batch_size, seed, repeats, log=console.print)
     except ValueError as exc:
         raise fail(str(exc))
     print(json.dumps(report))

@@ -106,7 +106,7 @@ def prototype_resolution(size: int) -> int:
     return 2 * size  # the supersampled canvas covers the object at up to 1.67x the base placement
 
 
-def render_draws(spec: DatasetSpec, split: str, draws: Draws, batch_size: int = 1024,
+def render_draws(spec: DatasetSpec, split: str, draws: Draws, batch_size: int = 256,
                  progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
     """uint8 [N, size, size, 3] of the drawn samples (rendered `batch_size` at a time)."""
     prototypes = protos.prototypes(prototype_resolution(spec.size))[list(spec.objects)]
@@ -120,7 +120,7 @@ def render_draws(spec: DatasetSpec, split: str, draws: Draws, batch_size: int = 
     return out
 
 
-def images(spec: DatasetSpec, split: str, batch_size: int = 1024,
+def images(spec: DatasetSpec, split: str, batch_size: int = 256,
            progress: Optional[Callable[[int], None]] = None) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 images [N, S, S, 3], labels [N]) of one split, in memory (what the experiments train on)."""
     draws = draw(spec, split)
@@ -150,7 +150,7 @@ def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write(spec: DatasetSpec, out: Path, fmt: str = "folder", shard_size: int = 10_000, batch_size: int = 1024,
+def write(spec: DatasetSpec, out: Path, fmt: str = "folder", shard_size: int = 10_000, batch_size: int = 256,
           progress: Optional[Callable[[int], None]] = None) -> dict:
     """Write the dataset under `out`; returns t2d.json's content."""
     from concurrent.futures import ThreadPoolExecutor

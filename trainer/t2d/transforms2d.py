@@ -182,34 +182,30 @@ def _colour(layer, values):
     return out
 
 
-CATEGORIES: dict[str, Category] = {}
-
-
-def register(category: Category) -> Category:
-    if category.name in CATEGORIES:
-        raise ValueError(f"category {category.name!r} is declared twice")
-    CATEGORIES[category.name] = category
-    return category
-
-
-register(Category("translate", "geometric", (Param("dx", -0.2, 0.2, 0.0), Param("dy", -0.2, 0.2, 0.0)),
-                  _translate, "shift by dx, dy canvas sides"))
-register(Category("rotate", "geometric", (Param("angle", -180.0, 180.0, 0.0),), _rotate,
-                  "rotation about the object's centre, degrees"))
-register(Category("scale", "geometric", (Param("factor", 0.5, 1.3, 1.0),), _scale,
-                  "object size factor (1: the object covers 0.6 of the canvas side)"))
-register(Category("hflip", "geometric", (Param("flip", 0, 1, 0.0, binary=True),), _flip(0),
-                  "mirror left-right with probability 1/2"))
-register(Category("vflip", "geometric", (Param("flip", 0, 1, 0.0, binary=True),), _flip(1),
-                  "mirror top-bottom with probability 1/2"))
-register(Category("blur", "appearance", (Param("sigma", 0.0, 0.05, 0.0),), _blur,
-                  "Gaussian blur of the object, sigma in canvas sides (1.6 px at 32)"))
-register(Category("sharpen", "appearance", (Param("amount", 0.0, 3.0, 0.0),), _sharpen,
-                  "unsharp mask of the object, radius one pixel at 32 x 32"))
-register(Category("colour", "appearance",
-                  (Param("brightness", 0.6, 1.4, 1.0), Param("contrast", 0.6, 1.4, 1.0),
-                   Param("saturation", 0.3, 1.7, 1.0), Param("hue", -0.25, 0.25, 0.0)), _colour,
-                  "colour jitter of the object: brightness, contrast, saturation, hue (turns)"))
+# The registry, in the order the geometric maps compose and the appearance operations apply.
+DECLARED = (
+    Category("translate", "geometric", (Param("dx", -0.2, 0.2, 0.0), Param("dy", -0.2, 0.2, 0.0)), _translate,
+             "shift by dx, dy canvas sides"),
+    Category("rotate", "geometric", (Param("angle", -180.0, 180.0, 0.0),), _rotate,
+             "rotation about the object's centre, degrees"),
+    Category("scale", "geometric", (Param("factor", 0.5, 1.3, 1.0),), _scale,
+             "object size factor (1: the object covers 0.6 of the canvas side)"),
+    Category("hflip", "geometric", (Param("flip", 0, 1, 0.0, binary=True),), _flip(0),
+             "mirror left-right with probability 1/2"),
+    Category("vflip", "geometric", (Param("flip", 0, 1, 0.0, binary=True),), _flip(1),
+             "mirror top-bottom with probability 1/2"),
+    Category("blur", "appearance", (Param("sigma", 0.0, 0.05, 0.0),), _blur,
+             "Gaussian blur of the object, sigma in canvas sides (1.6 px at 32)"),
+    Category("sharpen", "appearance", (Param("amount", 0.0, 3.0, 0.0),), _sharpen,
+             "unsharp mask of the object's colours, radius one pixel at 32 x 32"),
+    Category("colour", "appearance",
+             (Param("brightness", 0.6, 1.4, 1.0), Param("contrast", 0.6, 1.4, 1.0),
+              Param("saturation", 0.3, 1.7, 1.0), Param("hue", -0.25, 0.25, 0.0)), _colour,
+             "colour jitter of the object: brightness, contrast, saturation, hue (turns)"),
+)
+CATEGORIES: dict[str, Category] = {c.name: c for c in DECLARED}
+if len(CATEGORIES) != len(DECLARED):
+    raise ValueError("a category name is declared twice")
 
 NAMES = tuple(CATEGORIES)
 
@@ -232,6 +228,12 @@ def identity_values(n: int) -> dict[str, np.ndarray]:
     return {name: np.tile(c.identity, (n, 1)) for name, c in CATEGORIES.items()}
 
 
+def _writable(array, dtype) -> np.ndarray:
+    """The array as `dtype`, copied only where it is read-only (the cached tables are) or of another type."""
+    array = np.asarray(array, dtype)
+    return array if array.flags.writeable else array.copy()
+
+
 def object_layer(prototypes, values: dict[str, np.ndarray], size: int):
     """The transformed object alone: premultiplied RGBA float32 [B, 4, size, size] (torch), from
     premultiplied prototypes float [B, 4, R, R] and every category's values [B, P] (missing
@@ -239,7 +241,7 @@ def object_layer(prototypes, values: dict[str, np.ndarray], size: int):
     import torch
     import torch.nn.functional as F
 
-    protos = torch.from_numpy(np.array(prototypes, np.float32))  # a copy: the cached prototypes are read-only
+    protos = torch.from_numpy(_writable(prototypes, np.float32))
     b = len(protos)
     values = {**identity_values(b), **values}
     v = {name: torch.as_tensor(np.asarray(values[name], np.float64).reshape(b, -1)) for name in NAMES}
@@ -263,7 +265,7 @@ def composite(layer, backgrounds) -> np.ndarray:
     """uint8 [B, S, S, 3]: the object layer over uint8 backgrounds [B, S, S, 3]."""
     import torch
 
-    background = torch.from_numpy(np.array(backgrounds, np.uint8)).permute(0, 3, 1, 2).to(torch.float32) / 255.0
+    background = torch.from_numpy(_writable(backgrounds, np.uint8)).permute(0, 3, 1, 2).to(torch.float32) / 255.0
     image = layer[:, :3] + (1 - layer[:, 3:]) * background
     return (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
