@@ -23,7 +23,7 @@ def test_frozen_embeds_the_transfer_datasets_and_reports_accuracies_and_geed(ser
     out = tmp_path / "frozen"
     proc = subprocess.run([EQUIPROBE, "t2d", "frozen", "--encoder", ENCODER, "--url", server.config.grpc_url,
                            "--out", str(out), "--train", "30", "--test", "15", "--geed-images", "12",
-                           "--objects-per-set", "3", "--probe-max-epochs", "40", "--quiet"],
+                           "--objects-per-set", "3", "--max-epochs", "40", "--quiet"],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = json.loads(proc.stdout.strip().splitlines()[-1])

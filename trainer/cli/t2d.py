@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
 import typer
 from rich.console import Console
 
-from equiprobe.trainer.t2d.profiles import PROFILES, FrozenConfig, Profile
+from equiprobe.trainer.t2d.profiles import FROZEN_PROBE, PROFILES, FrozenConfig, Profile
 
-from .common import config_options, fail
+from .common import config_options, fail, probe_options
 
 t2d_app = typer.Typer(no_args_is_help=True, help="Transforms-2D: synthetic data with known factors of variation, "
                       "and the invariance-transfer experiments.")
@@ -56,12 +57,12 @@ FROZEN_HELP = {
     "objects_per_set": "|O1| = |O2|.",
     "transforms_per_set": "|T1| = |T2|.",
     "seed": "Seed of the sets and datasets.",
-    "probe_lr": "Linear probe: Adam learning rate.",
-    "probe_batch_size": "Linear probe: batch size.",
-    "probe_max_epochs": "Linear probe: at most this many epochs (early stopping on validation).",
-    "probe_patience": "Linear probe: epochs without a better validation accuracy before stopping.",
     "max_in_flight": "Embedding requests in flight at once.",
 }
+
+
+FROZEN_PROBE_TEXT = ", ".join(f"{f} {getattr(FROZEN_PROBE, f)}" for f in ("lr", "weight_decay", "batch_size",
+                                                                        "max_epochs", "patience"))
 
 
 def bar_factory(enabled: bool):
@@ -166,13 +167,15 @@ def experiment_command(
 
 
 @t2d_app.command("frozen")
-@config_options(FrozenConfig, "config_fields", helps=FROZEN_HELP)
+@config_options(FrozenConfig, "config_fields", skip=("probe",), helps=FROZEN_HELP)
+@probe_options(skip=("kind", "hidden", "dropout"), unset=f"the frozen linear probe's ({FROZEN_PROBE_TEXT})")
 def frozen_command(
     encoder: str = typer.Option(..., help="Encoder whose NAME_embed_groups the server has (squeezenet1_1, open_nsfw, ...)."),
     url: str = typer.Option("127.0.0.1:8001", help="Triton gRPC address HOST:PORT."),
     out: Path = typer.Option(..., help="Directory for the datasets, their stores and frozen.json."),
     quiet: bool = typer.Option(False, help="No progress bars."),
     config_fields: dict = None,
+    probe_fields: dict = None,
 ) -> None:
     """The four transfer datasets embedded by a served encoder: linear-probe accuracies and per-category G-EED."""
     from equiprobe.clients.embedding import ServiceError
@@ -181,7 +184,7 @@ def frozen_command(
     from equiprobe.trainer.t2d.prototypes import PrototypeError
 
     try:
-        config = FrozenConfig(**config_fields)
+        config = FrozenConfig(**config_fields, probe=replace(FROZEN_PROBE, **probe_fields))
         results = run_frozen(encoder, url, out, config, progress=not quiet,
                              log=(lambda m: None) if quiet else console.print)
     except (ValueError, PrototypeError, ServiceError, StoreError, RuntimeError) as exc:

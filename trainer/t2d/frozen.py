@@ -87,7 +87,6 @@ def identity_column(store) -> int:
 def probe_accuracy(store_path: Path, config: FrozenConfig) -> dict:
     """A linear probe on the identity embeddings: train (minus a validation share) -> test accuracy."""
     from equiprobe.clients.store import Store
-    from equiprobe.trainer.configs import ProbeConfig
     from equiprobe.trainer.data import ProbeData, Task
     from equiprobe.trainer.probes import accuracy, fit
 
@@ -97,9 +96,7 @@ def probe_accuracy(store_path: Path, config: FrozenConfig) -> dict:
     task = Task("semantic", names, np.zeros(len(store.manifest["rows"]), np.int64), np.array([k]), np.array([k]),
                 heads=(("semantic", names),))
     data = ProbeData.from_store(store, task)
-    probe = ProbeConfig(kind="linear", lr=config.probe_lr, batch_size=config.probe_batch_size,
-                        max_epochs=config.probe_max_epochs, patience=config.probe_patience)
-    result = fit(data, probe, seed=config.seed)
+    result = fit(data, config.probe, seed=config.seed)
     return {"accuracy": accuracy(result.model, data, "test"), "val_accuracy": result.val_accuracy,
             "epochs": result.epochs, "chance": 1.0 / len(names), "train_images": int(len(data.train_rows)),
             "val_images": int(len(data.val_rows)), "test_images": int(len(data.test_rows))}

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from equiprobe.trainer.configs import ProbeConfig
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -50,6 +52,10 @@ PROFILES = {
 }
 
 
+# The frozen encoders' linear probe: small datasets (hundreds of images), so smaller batches and more epochs.
+FROZEN_PROBE = ProbeConfig(kind="linear", batch_size=256, max_epochs=200, patience=20)
+
+
 @dataclass(frozen=True)
 class FrozenConfig:
     size: int = 32
@@ -59,11 +65,8 @@ class FrozenConfig:
     objects_per_set: int = 30
     transforms_per_set: int = 3
     seed: int = 0
-    probe_lr: float = 1e-3
-    probe_batch_size: int = 256
-    probe_max_epochs: int = 200
-    probe_patience: int = 20
     max_in_flight: int = 8
+    probe: ProbeConfig = FROZEN_PROBE
 
 
 def get_profile(name: str, **overrides) -> Profile:
