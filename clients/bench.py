@@ -358,6 +358,22 @@ def encoder_stage_rate(repo: Path, encoder: str, images: int, batch: int, versio
     return max(1, images // batch) * batch / (time.perf_counter() - start)
 
 
+def encoder_cpu_ms_per_crop(repo: Path, encoder: str, crops: int = 62, serving: ServingSpec = ServingSpec()) -> float:
+    """NAME_encoder's CPU ms per crop, run as served (its micro-batches), the cheaper of two passes."""
+    from equiprobe.services.contract import PIXELS, ModelNames
+    from equiprobe.services.runtime import run_in_micro_batches
+
+    session = ort_session(repo / ModelNames(encoder).onnx / "1" / "model.onnx", serving.ort_threads)
+    batch = np.random.default_rng(0).integers(0, 256, (crops, *session.get_inputs()[0].shape[1:])).astype(np.uint8)
+    run_in_micro_batches(session, None, {PIXELS: batch[:2]}, serving.encoder_micro_batch)
+    best = float("inf")
+    for _ in range(2):
+        start = time.process_time()
+        run_in_micro_batches(session, None, {PIXELS: batch}, serving.encoder_micro_batch)
+        best = min(best, (time.process_time() - start) * 1000 / crops)
+    return best
+
+
 def naive_loop_rate(encoder: str, images: list[bytes]) -> float:
     """Pillow decode and transformations, then a torch eager forward per version, one at a time."""
     import torch

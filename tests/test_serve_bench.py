@@ -34,3 +34,18 @@ def test_cpu_per_item_without_a_server_counts_this_process():
     with cpu_per_item(None, 10) as cpu:
         sum(i * i for i in range(2_000_000))
     assert cpu["client"] > 0 and cpu["total"] == cpu["client"] and cpu["wall_ms"] > 0
+
+
+def test_expansion_profile_costs_every_stage():
+    """bench expansion's profile: one row per transformation of the catalog, plus decoding, the
+    upload re-encoding and the resize; CPU costs measured (not negative), the whole pipeline's too."""
+    from equiprobe.clients.bench import expansion_profile
+    from equiprobe.services.transforms import get_catalog
+
+    catalog = get_catalog("groups")
+    profile = expansion_profile(ENCODER, "groups", bench_images(4), batch=4, repeats=1)
+    stages = [r["stage"] for r in profile["rows"]]
+    assert stages[0].startswith("decode") and stages[1:1 + len(catalog.transforms)] == catalog.class_names
+    assert stages[-2].startswith("as_upload") and stages[-1].startswith("resize + crop")
+    assert all(r["cpu_ms"] >= 0 for r in profile["rows"]) and profile["rows"][0]["cpu_ms"] > 0
+    assert profile["whole_cpu_ms"] > profile["rows"][0]["cpu_ms"]

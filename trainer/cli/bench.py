@@ -46,6 +46,72 @@ def bench_serve(
         json_out.write_text(json.dumps({"rows": rows, "rss_mib_loaded": loaded, "rss_mib_after": after}, indent=2))
 
 
+@bench_app.command("perf-analyzer")
+def bench_perf_analyzer(
+    encoder: str = typer.Option("squeezenet1_1"),
+    model: Optional[str] = typer.Option(None, help="The served model to load (default NAME_embed); it takes IMAGE."),
+    repo: Path = typer.Option(Path("build/bench/model_repository"), help="Built if missing or stale."),
+    images: int = typer.Option(16, help="Package photos in perf_analyzer's input data (requests cycle through them)."),
+    concurrency: list[int] = typer.Option([1, 8, 16, 32], help="Concurrency levels (repeatable: --concurrency 1 8)."),
+    measurement_interval_ms: int = typer.Option(5000, help="perf_analyzer's time window per trial."),
+    stability_percent: float = typer.Option(10.0, help="perf_analyzer's stability criterion over 3 windows."),
+    serve: bool = typer.Option(True, help="Also run bench serve's measurement at the same levels, on the same server, "
+                               "and print the two side by side."),
+    serve_images: int = typer.Option(256, help="Images per bench serve level."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures here."),
+) -> None:
+    """NVIDIA's perf_analyzer (the tritonclient wheel's binary) on NAME_embed with real photos at
+    a concurrency range, its table next to `bench serve`'s, on one loopback server."""
+    import tempfile
+
+    from equiprobe.clients.bench import bench_images, bench_repo, run_serve_bench
+    from equiprobe.clients.perf_analyzer import (TABLE_COLUMNS, PerfAnalyzerError, beside_serve, format_rows,
+                                                 input_data_json, perf_analyzer_binary, run_perf_analyzer)
+    from equiprobe.services.contract import ModelNames
+    from equiprobe.services.server import TritonServer, loopback_config
+
+    try:
+        analyzer = perf_analyzer_binary()  # before building or starting anything
+    except PerfAnalyzerError as exc:
+        raise fail(str(exc))
+    bench_repo(repo, encoder)
+    target = model or ModelNames(encoder).embed
+    with tempfile.TemporaryDirectory(prefix="perf-analyzer-input-") as tmp, \
+            TritonServer(loopback_config(repo)) as server:
+        input_json = input_data_json(bench_images(images), Path(tmp) / "input.json")
+        try:
+            rows = run_perf_analyzer(server.config.grpc_url, target, input_json, concurrency, analyzer=analyzer,
+                                     measurement_interval_ms=measurement_interval_ms,
+                                     stability_percent=stability_percent)
+        except PerfAnalyzerError as exc:
+            raise fail(str(exc))
+        serve_rows = (run_serve_bench(repo, server.config.grpc_url, encoder, bench_images(serve_images),
+                                      levels=tuple(concurrency), server_pid=server.process.pid)
+                      if serve and target == ModelNames(encoder).embed else [])
+    table = Table(title=f"perf_analyzer on {target}: {images} photos, gRPC, time windows of {measurement_interval_ms} ms")
+    for name, _, _ in TABLE_COLUMNS:
+        table.add_column(name, justify="right")
+    for cells in format_rows(rows):
+        table.add_row(*cells)
+    Console(width=180).print(table)
+    side = beside_serve(rows, serve_rows)
+    if side:
+        table = Table(title="perf_analyzer beside bench serve (the project's gRPC client threads), same server")
+        for col in ("in flight", "perf_analyzer infer/s", "p50 ms", "p99 ms", "bench serve img/s", "p50 ms", "p99 ms",
+                    "bench serve / perf_analyzer", "in-process img/s", "Triton / in-process"):
+            table.add_column(col, justify="right")
+        for r, s_ in zip(side, [r for r in serve_rows if r["level"] in {x["level"] for x in side}]):
+            table.add_row(str(r["level"]), f"{r['perf_analyzer_infer_per_s']:.1f}", f"{r['perf_analyzer_p50_ms']:.1f}",
+                          f"{r['perf_analyzer_p99_ms']:.1f}", f"{r['serve_images_per_s']:.1f}",
+                          f"{r['serve_p50_ms']:.1f}", f"{r['serve_p99_ms']:.1f}", f"{r['serve_over_perf_analyzer']:.2f}",
+                          f"{s_['in_process']['images_per_s']:.1f}", f"{s_['throughput_ratio']:.2f}")
+        Console(width=180).print(table)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({"perf_analyzer": rows, "bench_serve": serve_rows, "side_by_side": side},
+                                       indent=2))
+
+
 def print_cpu_breakdown(rows: list[dict], encoder: str) -> None:
     """CPU ms per image: each server process (by model; those under 0.05 ms left out) and the
     client, against the in-process run's."""
@@ -178,7 +244,49 @@ def bench_embed(
                   f"efficiency {end_to_end / limit:.2f}")
     table.add_row(f"naive loop: Pillow + torch eager, one at a time ({naive_images} images)", f"{naive:.3f}",
                   f"{naive * k:.1f}", f"embed is {end_to_end / naive:.1f}x")
+    table.add_row("end to end / encoder alone (its best batch)", "", "", f"{end_to_end / r['encode']:.2f}")
     Console(width=150).print(table)
+
+
+@bench_app.command("expansion")
+def bench_expansion(
+    encoder: str = typer.Option("squeezenet1_1"),
+    catalog: str = typer.Option("fine"),
+    repo: Path = typer.Option(Path("build/bench/model_repository"), help="Built if missing or stale."),
+    images: int = typer.Option(32, help="Photos per measurement."),
+    batch: int = typer.Option(8, help="Images per DALI run."),
+    out: Path = typer.Option(Path("build/bench/expansion"), help="expansion_profile.json and .png go here."),
+) -> None:
+    """What each stage of the server-side expansion costs: CPU ms per version of every
+    transformation, the upload re-encoding and the resize/crop, against NAME_encoder's CPU ms
+    per crop (served micro-batches), all in this process."""
+    from equiprobe.clients.bench import bench_images, bench_repo, encoder_cpu_ms_per_crop, expansion_profile
+    from equiprobe.trainer.plots import grouped_bars
+
+    bench_repo(repo, encoder)
+    profile = expansion_profile(encoder, catalog, bench_images(images), batch)
+    encoder_ms = encoder_cpu_ms_per_crop(repo, encoder)
+    k, rows = profile["versions"], profile["rows"]
+    table = Table(title=f"{encoder}, {catalog} catalog ({k} versions): CPU ms (user + system, DALI's 2 threads "
+                        f"summed), {images} photos, batch {batch}")
+    for col in ("stage", "CPU ms per version", "share of the expansion"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    whole = profile["whole_cpu_ms"]
+    for row in rows:
+        per_image = row["cpu_ms"] * (k if "per version" in row["stage"] else 1)
+        table.add_row(row["stage"], f"{row['cpu_ms']:.2f}", f"{per_image / whole:.0%}")
+    table.add_row("whole expansion, per version (per image / K)", f"{whole / k:.2f}", "100%")
+    table.add_row(f"{encoder}_encoder, per crop", f"{encoder_ms:.2f}", "")
+    Console(width=140).print(table)
+    print(f"per image: expansion {whole:.0f} ms, encoder {encoder_ms * k:.0f} ms of CPU; the encoder's share "
+          f"{encoder_ms * k / (whole + encoder_ms * k):.2f} (what embed's emb/s can reach of the encoder alone "
+          "on the same cores, before any serving overhead)")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "expansion_profile.json").write_text(json.dumps(profile | {"encoder_cpu_ms_per_crop": encoder_ms}, indent=2))
+    names = [r["stage"] for r in rows] + ["encoder (per crop)"]
+    grouped_bars(out / "expansion_profile.png", f"{encoder}, {catalog}: CPU ms per version", "CPU ms", names,
+                 {"CPU ms": [r["cpu_ms"] for r in rows] + [encoder_ms]}, ylim=None)
+    print(f"wrote {out / 'expansion_profile.json'} and {out / 'expansion_profile.png'}")
 
 
 @bench_app.command("soak")
