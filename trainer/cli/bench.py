@@ -23,6 +23,9 @@ def bench_serve(
     repo: Path = typer.Option(Path("build/bench/model_repository"), help="Built if it has no NAME_embed."),
     images: int = typer.Option(256, help="Images per measurement."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures here."),
+    int8: bool = typer.Option(False, help="Also the INT8 encoder's throughput against FP32 (build-repo --precision "
+                              "int8; built once into --int8-repo): alone, NAME_embed in-process and via Triton."),
+    int8_repo: Path = typer.Option(Path("build/bench/model_repository_int8"), help="The INT8 side's repository."),
 ) -> None:
     """Triton gRPC (concurrency 1, 8, 32) against in-process DALI + ONNX Runtime (batch 1, 8, 32)."""
     from equiprobe.clients.bench import bench_images, bench_repo, run_serve_bench
@@ -41,9 +44,23 @@ def bench_serve(
                         "p99 ms/batch", "Triton/in-process"), None)
     print_cpu_breakdown(rows, encoder)
     print_memory(encoder, loaded, after)
+    figures = {"rows": rows, "rss_mib_loaded": loaded, "rss_mib_after": after}
+    if int8:
+        from equiprobe.clients.precision_bench import int8_vs_fp32
+        from equiprobe.trainer.int8_parity import int8_bench_repo
+
+        int8_bench_repo(int8_repo, encoder)
+        with TritonServer(loopback_config(repo)) as fp32_server, TritonServer(loopback_config(int8_repo)) as int8_server:
+            comparison = int8_vs_fp32(repo, int8_repo, encoder, images=data[:128],
+                                      urls=(fp32_server.config.grpc_url, int8_server.config.grpc_url))
+        print(f"INT8 against FP32 ({encoder}_encoder, {comparison.images} photos, batch {comparison.batch}, "
+              f"best of {comparison.rounds} alternating rounds):")
+        for line in comparison.lines():
+            print("  " + line)
+        figures["int8_vs_fp32"] = comparison.as_dict()
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps({"rows": rows, "rss_mib_loaded": loaded, "rss_mib_after": after}, indent=2))
+        json_out.write_text(json.dumps(figures, indent=2))
 
 
 @bench_app.command("perf-analyzer")
