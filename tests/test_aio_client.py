@@ -11,6 +11,7 @@ from equiprobe.clients.aio import AsyncTritonClient, ClientOptions, RequestError
 from equiprobe.clients.embedding import ServiceError
 from equiprobe.services.contract import ModelNames
 from equiprobe.services.server import ServerConfig, TritonServer, free_port
+from equiprobe.services.contract import EMBEDDING, EMBEDDINGS, ExpansionNames, IMAGE
 
 from .conftest import ENCODER, copy_models
 
@@ -24,12 +25,12 @@ def small_repo(repo, tmp_path_factory):
 
 
 def image(data: bytes) -> dict:
-    return {"IMAGE": np.frombuffer(data, np.uint8).reshape(1, -1)}
+    return {IMAGE: np.frombuffer(data, np.uint8).reshape(1, -1)}
 
 
 async def embed(options: ClientOptions, data: bytes) -> np.ndarray:
     async with AsyncTritonClient(options) as client:
-        return (await client.infer(NAMES.embed, image(data), ["EMBEDDING"]))["EMBEDDING"]
+        return (await client.infer(NAMES.embed, image(data), [EMBEDDING]))[EMBEDDING]
 
 
 def config_on_free_ports(repo, **kw) -> ServerConfig:
@@ -46,10 +47,10 @@ def test_retries_unavailable_until_the_server_comes_up(small_repo, jpegs):
 
         async def run():
             async with AsyncTritonClient(options) as client:
-                out = await client.infer(NAMES.embed, image(jpegs["astronaut"]), ["EMBEDDING"])
+                out = await client.infer(NAMES.embed, image(jpegs["astronaut"]), [EMBEDDING])
                 return out, client.retried
         (out, retried) = asyncio.run(run())
-        assert out["EMBEDDING"].shape == (1, 512) and retried >= 1
+        assert out[EMBEDDING].shape == (1, 512) and retried >= 1
     finally:
         starter.join()
         server.stop()
@@ -59,14 +60,14 @@ def test_invalid_argument_is_not_retried_and_missing_things_are_named(server, jp
     async def run():
         async with AsyncTritonClient(ClientOptions(server.config.grpc_url, retries=5)) as client:
             with pytest.raises(RequestError) as info:
-                await client.infer(NAMES.embed, image(b"not an image"), ["EMBEDDING"])
+                await client.infer(NAMES.embed, image(b"not an image"), [EMBEDDING])
             assert info.value.status == "StatusCode.INVALID_ARGUMENT" and client.attempts == 1
             with pytest.raises(ServiceError, match="'nope_embed' is not loaded"):
                 await client.model_config("nope_embed")
             config = await client.model_config(NAMES.embed)
             assert config["name"] == NAMES.embed
             # Many requests, a bounded number in flight, all answered.
-            outs = await asyncio.gather(*(client.infer(NAMES.embed, image(jpegs[n]), ["EMBEDDING"])
+            outs = await asyncio.gather(*(client.infer(NAMES.embed, image(jpegs[n]), [EMBEDDING])
                                           for n in ("chelsea", "coffee", "rocket") * 4))
             assert len(outs) == 12
     asyncio.run(run())
@@ -103,7 +104,7 @@ def test_deadline_exceeded_is_retried_then_reported(server, jpegs):
         options = ClientOptions(server.config.grpc_url, timeout_s=0.001, retries=2, backoff_s=0.01)
         async with AsyncTritonClient(options) as client:
             with pytest.raises(RequestError) as info:
-                await client.infer(f"{ENCODER}_embed31", image(jpegs["retina"]), ["EMBEDDINGS"])
+                await client.infer(ExpansionNames(ENCODER, "fine").embed, image(jpegs["retina"]), [EMBEDDINGS])
             return info.value.status, client.attempts, client.retried
     status, attempts, retried = asyncio.run(run())
     assert status == "StatusCode.DEADLINE_EXCEEDED" and attempts == 3 and retried == 2

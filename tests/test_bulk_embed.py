@@ -18,6 +18,7 @@ from equiprobe.clients.embed_job import EmbedJob, merge_stores, run_embed_job
 from equiprobe.clients.photos import encode
 from equiprobe.clients.store import DONE, FAILED, SPLITS, Store, StoreError
 from equiprobe.services.transforms import get_catalog
+from equiprobe.services.contract import ExpansionNames
 
 from .conftest import CHUNK, ENCODER, LIMIT, embed_cli
 from .test_expansion_service import infer
@@ -52,7 +53,7 @@ def test_store_rows_are_the_servers_embeddings_and_parameters(server, reference_
     catalog = get_catalog("fine")
     for row in (0, 7, 15):
         record = photos.record(row)
-        served, params, key = infer(server, f"{ENCODER}_embed31", record.load(), seed=0, uploads=True)
+        served, params, key = infer(server, ExpansionNames(ENCODER, "fine").embed, record.load(), seed=0, uploads=True)
         np.testing.assert_array_equal(embeddings[row], served.astype(np.float16))
         np.testing.assert_array_equal(store.array("params")[row], params)
         np.testing.assert_array_equal(params, catalog.params(key, 0, uploads=True))  # fine stores: as uploads
@@ -139,7 +140,7 @@ def test_ray_runner_on_a_local_cluster_and_two_servers_writes_the_same_store(ser
 
     from equiprobe.services.server import TritonServer, loopback_config
 
-    model = f"{ENCODER}_embed31"
+    model = ExpansionNames(ENCODER, "fine").embed
     with TritonServer(loopback_config(repo)) as second:
         fleet = [server.config.grpc_url, second.config.grpc_url]
         before = [grpcclient.InferenceServerClient(u).get_inference_statistics(model).model_stats[0].inference_count

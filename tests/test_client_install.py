@@ -25,6 +25,7 @@ from equiprobe.clients.scoring import Scorer
 from equiprobe.clients.store import Store
 from equiprobe.services.contract import EMBEDDINGS, SEED, UPLOADS, DetectorNames, ExpansionNames, ModelNames
 from equiprobe.services.server import TritonServer, loopback_config
+from equiprobe.services.contract import MANIPULATION_SCORE
 
 from .conftest import ENCODER, copy_models, embed_bin
 from .test_server_image import clean_env, copy_sources
@@ -259,8 +260,8 @@ def test_client_score_prints_what_the_full_install_scores(client_venv, detector_
             expected = scorer.score(path.read_bytes()).as_dict()
             assert line == json.loads(json.dumps({"file": str(path), **expected}))
             direct = client.infer(DetectorNames(ENCODER).detector, [as_image_input(path.read_bytes())],
-                                  outputs=[grpcclient.InferRequestedOutput("MANIPULATION_SCORE")])
-            assert line["manipulation_score"] == pytest.approx(float(direct.as_numpy("MANIPULATION_SCORE")[0, 0]),
+                                  outputs=[grpcclient.InferRequestedOutput(MANIPULATION_SCORE)])
+            assert line["manipulation_score"] == pytest.approx(float(direct.as_numpy(MANIPULATION_SCORE)[0, 0]),
                                                                abs=1e-6)
             assert 0.0 <= line["manipulation_score"] <= 1.0 and len(line["transformations"]) == 3
     finally:

@@ -18,6 +18,7 @@ from equiprobe.services.server import TritonServer, loopback_config
 from equiprobe.trainer.deploy import deploy
 from equiprobe.trainer.probes import ProbeConfig
 from equiprobe.trainer.train import train_probes
+from equiprobe.services.contract import DetectorNames, EMBEDDING, MANIPULATED, MANIPULATION_SCORE, ModelNames, TRANSFORM_PROBS
 
 from .conftest import ENCODER, embed_bin
 from .test_detector import edit_record, one_torch_thread, softmax_of, torch_probe
@@ -69,21 +70,21 @@ def composite_probe(composite_repo, tmp_path_factory):
 
 def test_a_composite_detector_runs_both_encoders_and_concatenates(composite_repo, composite_probe, jpegs):
     result = deploy([composite_probe], composite_repo)
-    assert result.names.detector == f"{COMPOSITE}_detector" and result.meta["dim"] == sum(DIMS)
+    assert result.names.detector == DetectorNames(COMPOSITE).detector and result.meta["dim"] == sum(DIMS)
     config = loopback_config(composite_repo, model_control_mode="explicit",
-                             startup_models=(result.names.detector, f"{ENCODER}_embed", f"{OTHER}_embed"))
+                             startup_models=(result.names.detector, ModelNames(ENCODER).embed, ModelNames(OTHER).embed))
     reference = torch_probe(composite_probe)
     with TritonServer(config) as server:
         client = grpcclient.InferenceServerClient(server.config.grpc_url)
         for name in ("astronaut", "coffee"):
             data = as_image_input(jpegs[name])
             out = client.infer(result.names.detector, [data])
-            parts = [client.infer(f"{e}_embed", [as_image_input(jpegs[name])]).as_numpy("EMBEDDING")[0]
+            parts = [client.infer(ModelNames(e).embed, [as_image_input(jpegs[name])]).as_numpy(EMBEDDING)[0]
                      for e in (ENCODER, OTHER)]
             joined = np.concatenate(parts)
-            np.testing.assert_allclose(out.as_numpy("EMBEDDING")[0], joined, rtol=1e-5, atol=1e-5)
-            np.testing.assert_allclose(out.as_numpy("TRANSFORM_PROBS")[0], softmax_of(reference, joined[None])[0],
+            np.testing.assert_allclose(out.as_numpy(EMBEDDING)[0], joined, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(out.as_numpy(TRANSFORM_PROBS)[0], softmax_of(reference, joined[None])[0],
                                        atol=1e-5)
-            assert out.as_numpy("MANIPULATED")[0, 0] == (out.as_numpy("MANIPULATION_SCORE")[0, 0]
+            assert out.as_numpy(MANIPULATED)[0, 0] == (out.as_numpy(MANIPULATION_SCORE)[0, 0]
                                                           >= result.meta["threshold"])
         client.close()

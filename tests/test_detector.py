@@ -38,13 +38,14 @@ from equiprobe.services.contract import DetectorNames
 from equiprobe.trainer.deploy import deploy
 from equiprobe.trainer.probes import Probe, ProbeConfig
 from equiprobe.trainer.train import train_probes
+from equiprobe.services.contract import CATEGORY_PROBS, EMBEDDING, MANIPULATED, MANIPULATION_SCORE, TRANSFORM_PROBS
 
 from .conftest import ENCODER, LIMIT, copy_models
 from .test_trainer import synthetic_store
 
 EQUIPROBE = str(Path(sys.executable).parent / "equiprobe")
 NAMES, BASE = DetectorNames(ENCODER), ModelNames(ENCODER)
-OUTPUTS = ("TRANSFORM_PROBS", "CATEGORY_PROBS", "MANIPULATION_SCORE", "EMBEDDING")
+OUTPUTS = (TRANSFORM_PROBS, CATEGORY_PROBS, MANIPULATION_SCORE, EMBEDDING)
 FINE, GENERAL = get_catalog("fine"), get_catalog("general")
 
 
@@ -163,13 +164,13 @@ def test_detector_outputs_are_distributions_that_match_torch(client, jpegs, prob
         assert [out[n].shape for n in OUTPUTS] == [(31,), (10,), (1,), (512,)]
         assert all(out[n].dtype == np.float32 for n in OUTPUTS)
         # The detector's embedding is NAME_embed's, and its probabilities are the torch probe's.
-        embedding = client.infer(BASE.embed, [as_image_input(jpegs[name])]).as_numpy("EMBEDDING")[0]
-        np.testing.assert_allclose(out["EMBEDDING"], embedding, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(out["TRANSFORM_PROBS"], softmax_of(reference, embedding[None])[0], atol=1e-5)
-        assert out["TRANSFORM_PROBS"].sum() == pytest.approx(1, abs=1e-5)
+        embedding = client.infer(BASE.embed, [as_image_input(jpegs[name])]).as_numpy(EMBEDDING)[0]
+        np.testing.assert_allclose(out[EMBEDDING], embedding, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out[TRANSFORM_PROBS], softmax_of(reference, embedding[None])[0], atol=1e-5)
+        assert out[TRANSFORM_PROBS].sum() == pytest.approx(1, abs=1e-5)
         # Without a general probe, a category's probability is the sum over its transformations.
-        np.testing.assert_allclose(out["CATEGORY_PROBS"], out["TRANSFORM_PROBS"] @ membership, atol=1e-6)
-        assert out["MANIPULATION_SCORE"][0] == pytest.approx(1 - out["TRANSFORM_PROBS"][0], abs=1e-6)
+        np.testing.assert_allclose(out[CATEGORY_PROBS], out[TRANSFORM_PROBS] @ membership, atol=1e-6)
+        assert out[MANIPULATION_SCORE][0] == pytest.approx(1 - out[TRANSFORM_PROBS][0], abs=1e-6)
 
 
 def test_threshold_is_chosen_on_validation_stored_and_applied_by_the_served_model(client, deployed_repo, probes):
@@ -189,9 +190,9 @@ def test_threshold_is_chosen_on_validation_stored_and_applied_by_the_served_mode
     for image_versions in versions:
         for version in image_versions[::5]:
             result = client.infer(NAMES.detector, [as_image_input(encode(version))], outputs=[
-                grpcclient.InferRequestedOutput("MANIPULATION_SCORE"), grpcclient.InferRequestedOutput("MANIPULATED")])
-            score, verdict = result.as_numpy("MANIPULATION_SCORE")[0, 0], result.as_numpy("MANIPULATED")[0, 0]
-            assert result.as_numpy("MANIPULATED").dtype == np.bool_ and verdict == (score >= expected)
+                grpcclient.InferRequestedOutput(MANIPULATION_SCORE), grpcclient.InferRequestedOutput(MANIPULATED)])
+            score, verdict = result.as_numpy(MANIPULATION_SCORE)[0, 0], result.as_numpy(MANIPULATED)[0, 0]
+            assert result.as_numpy(MANIPULATED).dtype == np.bool_ and verdict == (score >= expected)
 
 
 def test_reference_card_scores_pillow_made_versions_of_test_sources_through_the_server(detector_server, photo_store,
@@ -216,7 +217,7 @@ def test_a_given_threshold_splits_the_scores(tmp_path, repo, probes, photo_store
     result = deploy([probes["mlp"]], path, threshold=threshold)
     assert result.meta["threshold"] == threshold and result.meta["target_fpr"] is None
     session = ort.InferenceSession(str(path / NAMES.probe / "1" / "model.onnx"))
-    score, manipulated = session.run(["MANIPULATION_SCORE", "MANIPULATED"], {"EMBEDDING": x})
+    score, manipulated = session.run([MANIPULATION_SCORE, MANIPULATED], {EMBEDDING: x})
     np.testing.assert_array_equal(manipulated[:, 0], score[:, 0] >= threshold)
     assert 0 < manipulated.sum() < len(x)
 
@@ -232,9 +233,9 @@ def test_any_subset_of_outputs_can_be_requested(client, jpegs):
 def test_classification_extension_names_the_top_classes(client, jpegs):
     full = detect(client, jpegs["chelsea"])
     result = client.infer(NAMES.detector, [as_image_input(jpegs["chelsea"])], outputs=[
-        grpcclient.InferRequestedOutput("TRANSFORM_PROBS", class_count=3),
-        grpcclient.InferRequestedOutput("CATEGORY_PROBS", class_count=2)])
-    for output, classes, count in (("TRANSFORM_PROBS", FINE.class_names, 3), ("CATEGORY_PROBS", GENERAL.classes, 2)):
+        grpcclient.InferRequestedOutput(TRANSFORM_PROBS, class_count=3),
+        grpcclient.InferRequestedOutput(CATEGORY_PROBS, class_count=2)])
+    for output, classes, count in ((TRANSFORM_PROBS, FINE.class_names, 3), (CATEGORY_PROBS, GENERAL.classes, 2)):
         entries = [e.decode().split(":") for e in result.as_numpy(output)[0]]
         assert len(entries) == count
         scores = [float(score) for score, _, _ in entries]
@@ -263,7 +264,7 @@ def test_detector_scores_transformed_images_above_their_originals(client):
     versions, _ = expander.expand([np.frombuffer(c, np.uint8) for c in crops], [image_key(c) for c in crops], 0)
     uploads = [encode(version, quality=95) for image_versions in versions for version in image_versions]
     with ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda data: detect(client, data)["MANIPULATION_SCORE"][0], uploads))
+        answers = list(pool.map(lambda data: detect(client, data)[MANIPULATION_SCORE][0], uploads))
     scores = np.array(answers).reshape(len(crops), len(FINE.transforms))  # version 0 is the identity
     assert FINE.class_names[0] == "identity"
     original, transformed = scores[:, 0], scores[:, 1:].mean(axis=1)
@@ -286,12 +287,12 @@ def test_scorer_api_agrees_with_the_raw_outputs(client, detector_server, jpegs):
     scorer.check()
     score, raw = scorer.score(jpegs["chelsea"]), detect(client, jpegs["chelsea"])
     scorer.close()
-    assert score.manipulation_score == pytest.approx(float(raw["MANIPULATION_SCORE"][0]), abs=1e-6)
-    order = np.argsort(-raw["TRANSFORM_PROBS"])[:3]
+    assert score.manipulation_score == pytest.approx(float(raw[MANIPULATION_SCORE][0]), abs=1e-6)
+    order = np.argsort(-raw[TRANSFORM_PROBS])[:3]
     assert [n for n, _ in score.transformations] == [FINE.class_names[i] for i in order]
-    assert [p for _, p in score.transformations] == pytest.approx(raw["TRANSFORM_PROBS"][order].tolist(), abs=1e-5)
-    assert [n for n, _ in score.categories][0] == GENERAL.classes[int(raw["CATEGORY_PROBS"].argmax())]
-    np.testing.assert_allclose(score.embedding, raw["EMBEDDING"], rtol=1e-6)
+    assert [p for _, p in score.transformations] == pytest.approx(raw[TRANSFORM_PROBS][order].tolist(), abs=1e-5)
+    assert [n for n, _ in score.categories][0] == GENERAL.classes[int(raw[CATEGORY_PROBS].argmax())]
+    np.testing.assert_allclose(score.embedding, raw[EMBEDDING], rtol=1e-6)
 
 
 def test_score_cli_prints_one_json_object_per_file(detector_server, jpegs, tmp_path):
@@ -318,21 +319,21 @@ def test_score_cli_prints_one_json_object_per_file(detector_server, jpegs, tmp_p
 # -- versions ------------------------------------------------------------------------------------
 
 def probe_version_served(client) -> str:
-    embedding = grpcclient.InferInput("EMBEDDING", [1, 512], "FP32")
+    embedding = grpcclient.InferInput(EMBEDDING, [1, 512], "FP32")
     embedding.set_data_from_numpy(np.zeros((1, 512), np.float32))
     return client.infer(NAMES.probe, [embedding]).get_response().model_version
 
 
 def test_deploy_and_rollback_under_load_fail_no_request(client, detector_server, deployed_repo, probes, jpegs):
     url, image = detector_server.config.grpc_url, jpegs["astronaut"]
-    before = detect(client, image)["TRANSFORM_PROBS"]
+    before = detect(client, image)[TRANSFORM_PROBS]
     stop, answers, failures = threading.Event(), [], []
 
     def keep_asking():
         own = grpcclient.InferenceServerClient(url)
         while not stop.is_set():
             try:
-                answers.append(own.infer(NAMES.detector, [as_image_input(image)]).as_numpy("TRANSFORM_PROBS")[0])
+                answers.append(own.infer(NAMES.detector, [as_image_input(image)]).as_numpy(TRANSFORM_PROBS)[0])
             except InferenceServerException as exc:
                 failures.append(exc.message())
         own.close()
@@ -344,10 +345,10 @@ def test_deploy_and_rollback_under_load_fail_no_request(client, detector_server,
         assert deployed.returncode == 0, deployed.stderr[-2000:]
         assert "version 2, replacing version 1" in deployed.stdout
         assert probe_version_served(client) == "2"
-        during = detect(client, image)["TRANSFORM_PROBS"]
+        during = detect(client, image)[TRANSFORM_PROBS]
         rolled = run_cli("deploy", "--rollback", "--repo", str(deployed_repo), "--url", url)
         assert rolled.returncode == 0, rolled.stderr[-2000:]
-        assert "rolled back to squeezenet1_1_probe version 1, replacing version 2" in rolled.stdout
+        assert f"rolled back to {NAMES.probe} version 1, replacing version 2" in rolled.stdout
         assert probe_version_served(client) == "1"
         time.sleep(0.5)
     finally:
@@ -355,10 +356,10 @@ def test_deploy_and_rollback_under_load_fail_no_request(client, detector_server,
         worker.join()
     assert failures == [] and len(answers) > 20
     after = detect(client, image)
-    linear = softmax_of(torch_probe(probes["linear"]), after["EMBEDDING"][None])[0]
+    linear = softmax_of(torch_probe(probes["linear"]), after[EMBEDDING][None])[0]
     np.testing.assert_allclose(during, linear, atol=1e-5)
     assert np.abs(during - before).max() > 1e-3  # another probe really served
-    np.testing.assert_allclose(after["TRANSFORM_PROBS"], before, atol=1e-6)
+    np.testing.assert_allclose(after[TRANSFORM_PROBS], before, atol=1e-6)
     # Every answer came whole from one version or the other, and both were served.
     served = {"v1": sum(np.allclose(a, before, atol=1e-6) for a in answers),
               "v2": sum(np.allclose(a, during, atol=1e-6) for a in answers)}
@@ -428,7 +429,7 @@ def test_a_general_probe_gives_the_category_probabilities(tmp_path, repo, probes
     assert result.meta["category_source"] == "general probe"
     x = np.random.default_rng(0).normal(2, 1, (4, 512)).astype(np.float32)
     session = ort.InferenceSession(str(path / NAMES.probe / "1" / "model.onnx"))
-    transforms, categories, score = session.run(list(OUTPUTS[:3]), {"EMBEDDING": x})
+    transforms, categories, score = session.run(list(OUTPUTS[:3]), {EMBEDDING: x})
     np.testing.assert_allclose(categories, softmax_of(torch_probe(probes["general"]), x), atol=1e-5)
     np.testing.assert_allclose(transforms, softmax_of(torch_probe(probes["mlp"]), x), atol=1e-5)
     np.testing.assert_allclose(score[:, 0], 1 - transforms[:, 0], atol=1e-6)
@@ -453,7 +454,7 @@ def test_native_flavour_serves_the_probe_on_onnxruntime_with_tensorrt(tmp_path, 
     assert (portable / NAMES.probe / "1" / "model.py").exists()
     assert read_config(portable / NAMES.probe / "config.pbtxt").backend == "python"
     labels = {o.name: o.label_filename for o in probe.output}
-    assert labels["TRANSFORM_PROBS"] == "transform_labels.txt" and labels["CATEGORY_PROBS"] == "category_labels.txt"
+    assert labels[TRANSFORM_PROBS] == "transform_labels.txt" and labels[CATEGORY_PROBS] == "category_labels.txt"
     assert (native / NAMES.probe / "transform_labels.txt").read_text().split() == FINE.class_names
     # Clients see one detector whatever the flavour.
     detector = NAMES.detector

@@ -11,6 +11,7 @@ from equiprobe.clients.embedding import EmbeddingClient, ServiceError
 from equiprobe.clients.photos import encode
 from equiprobe.services.contract import ModelNames
 from equiprobe.services.embed_models import InProcessEmbed
+from equiprobe.services.contract import IMAGE
 
 from .conftest import ENCODER
 
@@ -93,7 +94,7 @@ def test_bad_image_gets_invalid_argument(case, photos, jpegs, client):
         client.embed(make(photos, jpegs))
     raw = grpcclient.InferenceServerClient(client.url)
     data = np.frombuffer(make(photos, jpegs), np.uint8)
-    image = grpcclient.InferInput("IMAGE", [1, data.size], "UINT8")
+    image = grpcclient.InferInput(IMAGE, [1, data.size], "UINT8")
     image.set_data_from_numpy(data.reshape(1, -1))
     with pytest.raises(InferenceServerException) as info:
         raw.infer(NAMES.embed, [image])
@@ -102,7 +103,7 @@ def test_bad_image_gets_invalid_argument(case, photos, jpegs, client):
 
 def test_wrong_dtype_gets_invalid_argument(client):
     raw = grpcclient.InferenceServerClient(client.url)
-    floats = grpcclient.InferInput("IMAGE", [1, 16], "FP32")
+    floats = grpcclient.InferInput(IMAGE, [1, 16], "FP32")
     floats.set_data_from_numpy(np.zeros((1, 16), np.float32))
     with pytest.raises(InferenceServerException) as info:
         raw.infer(NAMES.embed, [floats])

@@ -12,6 +12,7 @@ from equiprobe.services.contract import ExpansionNames
 from equiprobe.services.runtime import ort_session
 from equiprobe.services.transforms import get_catalog, image_key
 from equiprobe.services.transforms.expand import Expander
+from equiprobe.services.contract import EMBEDDINGS, IMAGE, KEY, PARAMS, PIXELS, SEED, UPLOADS
 
 from .conftest import ENCODER
 
@@ -19,16 +20,16 @@ from .conftest import ENCODER
 def infer(server, model, data: bytes, seed=None, uploads=None):
     client = grpcclient.InferenceServerClient(server.config.grpc_url)
     array = np.frombuffer(data, np.uint8).reshape(1, -1)
-    inputs = [grpcclient.InferInput("IMAGE", list(array.shape), "UINT8")]
+    inputs = [grpcclient.InferInput(IMAGE, list(array.shape), "UINT8")]
     inputs[0].set_data_from_numpy(array)
     if seed is not None:
-        inputs.append(grpcclient.InferInput("SEED", [1, 1], "INT64"))
+        inputs.append(grpcclient.InferInput(SEED, [1, 1], "INT64"))
         inputs[1].set_data_from_numpy(np.array([[seed]], np.int64))
     if uploads is not None:
-        inputs.append(grpcclient.InferInput("UPLOADS", [1, 1], "BOOL"))
+        inputs.append(grpcclient.InferInput(UPLOADS, [1, 1], "BOOL"))
         inputs[-1].set_data_from_numpy(np.array([[uploads]]))
     result = client.infer(model, inputs)
-    return result.as_numpy("EMBEDDINGS")[0], result.as_numpy("PARAMS")[0], result.as_numpy("KEY")[0, 0].decode()
+    return result.as_numpy(EMBEDDINGS)[0], result.as_numpy(PARAMS)[0], result.as_numpy(KEY)[0, 0].decode()
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def in_process(repo):
         expander = Expander(repo / names.expand / "1" / "model.dali", catalog, 1, 2)
         versions, params = expander.expand([np.frombuffer(data, np.uint8)], [image_key(data)], seed, uploads)
         session = ort_session(repo / names.onnx / "1" / "model.onnx", 2)
-        return session.run(None, {"PIXELS": versions[0]})[0], params[0]
+        return session.run(None, {PIXELS: versions[0]})[0], params[0]
     return run
 
 
@@ -102,16 +103,16 @@ def test_bad_images_fail_only_their_own_expansion_request(server, jpegs):
     assert results[0][0].shape == (31, 512) and results[3][0].shape == (31, 512)
     for bad in (results[1], results[2], results[4]):
         assert isinstance(bad, InferenceServerException)
-        assert bad.status() == "StatusCode.INVALID_ARGUMENT" and "IMAGE" in bad.message()
+        assert bad.status() == "StatusCode.INVALID_ARGUMENT" and IMAGE in bad.message()
     assert server.is_ready()
 
 
 def test_wrong_seed_dtype_is_refused(server, jpegs):
     client = grpcclient.InferenceServerClient(server.config.grpc_url)
     array = np.frombuffer(jpegs["coins"], np.uint8).reshape(1, -1)
-    image = grpcclient.InferInput("IMAGE", list(array.shape), "UINT8")
+    image = grpcclient.InferInput(IMAGE, list(array.shape), "UINT8")
     image.set_data_from_numpy(array)
-    seed = grpcclient.InferInput("SEED", [1, 1], "FP32")
+    seed = grpcclient.InferInput(SEED, [1, 1], "FP32")
     seed.set_data_from_numpy(np.array([[1.5]], np.float32))
     with pytest.raises(InferenceServerException) as info:
         client.infer(ExpansionNames(ENCODER, "fine").embed, [image, seed])

@@ -47,6 +47,6 @@ def test_crops_wrapper_normalizes_like_the_encoders_preprocessing(name, tmp_path
     if pre.layout == "CHW":
         normalized = normalized.transpose(0, 1, 4, 2, 3)
     expected = ort_session(plain).run(None, {INPUT_NAME: normalized.reshape(8, *pre.output_shape)})[0]
-    got = ort_session(wrapped).run(None, {"PIXELS": crops.reshape(8, pre.size, pre.size, 3)})[0]
+    got = ort_session(wrapped).run(None, {INPUT_NAME: crops.reshape(8, pre.size, pre.size, 3)})[0]
     assert got.shape == (8, spec.dim)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)

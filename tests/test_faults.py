@@ -31,6 +31,7 @@ from equiprobe.clients.embedding import as_image_input
 from equiprobe.clients.store import DONE, FAILED, PENDING, Store
 from equiprobe.services.contract import ExpansionNames
 from equiprobe.services.contract import ModelNames
+from equiprobe.services.contract import DetectorNames, EMBEDDING, EMBEDDINGS, GATE, IMAGE, SEED, TRANSFORM_PROBS
 from equiprobe.services.model_config import read_config
 from equiprobe.services.server import TritonServer, loopback_config
 
@@ -38,7 +39,7 @@ from .conftest import CHUNK, ENCODER, LIMIT, copy_models, embed_bin, embed_cli
 from .test_bulk_embed import same_files
 
 EMBED31 = ExpansionNames(ENCODER, "fine").embed
-BASE = ModelNames(ENCODER)
+BASE, DETECTOR = ModelNames(ENCODER), DetectorNames(ENCODER)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,7 @@ def stub_of(server: TritonServer, model: str) -> int:
 
 
 def embed31_inputs(data: bytes) -> list:
-    seed = grpcclient.InferInput("SEED", [1, 1], "INT64")
+    seed = grpcclient.InferInput(SEED, [1, 1], "INT64")
     seed.set_data_from_numpy(np.array([[0]], np.int64))
     return [as_image_input(data), seed]
 
@@ -146,7 +147,7 @@ def test_a_killed_stub_fails_requests_fast_and_clearly_and_a_reload_recovers(emb
     stays READY (so do the server's health endpoints); every request that reaches the model fails
     in about a second with INTERNAL "Stub process '<model>_0_0' is not healthy.", never hangs.
     Unloading and loading the model (explicit model control) starts a new stub."""
-    encoder = f"{ENCODER}_encoder"  # the one encoder model, which NAME_embed31 reaches through NAME_versions
+    encoder = BASE.onnx  # the one encoder model, which NAME_embed31 reaches through NAME_versions
     config = loopback_config(embed31_repo, model_control_mode="explicit")
     timeout_s = 20.0
     with TritonServer(config) as server:
@@ -166,8 +167,8 @@ def test_a_killed_stub_fails_requests_fast_and_clearly_and_a_reload_recovers(emb
             options = ClientOptions(config.grpc_url, timeout_s=timeout_s)
             async with AsyncTritonClient(options) as aio:
                 try:
-                    await aio.infer(EMBED31, {"IMAGE": np.frombuffer(image, np.uint8).reshape(1, -1),
-                                              "SEED": np.array([[0]], np.int64)}, ["EMBEDDINGS"])
+                    await aio.infer(EMBED31, {IMAGE: np.frombuffer(image, np.uint8).reshape(1, -1),
+                                              SEED: np.array([[0]], np.int64)}, [EMBEDDINGS])
                 except RequestError as exc:
                     return exc, aio.attempts
             return None, aio.attempts
@@ -192,7 +193,7 @@ def test_a_killed_stub_fails_requests_fast_and_clearly_and_a_reload_recovers(emb
         while not client.is_model_ready(EMBED31) and time.monotonic() < deadline:
             time.sleep(0.1)
         out = client.infer(EMBED31, embed31_inputs(image), client_timeout=timeout_s)
-        assert out.as_numpy("EMBEDDINGS").shape[1] == 31
+        assert out.as_numpy(EMBEDDINGS).shape[1] == 31
         assert stub_of(server, encoder) != victim
         client.close()
 
@@ -474,7 +475,7 @@ def test_deploy_killed_at_any_moment_leaves_the_old_or_the_new_version(repo, dep
     try:
         for i, step in enumerate(plan):
             before = state_of(target)
-            versions = [int(p.name) for p in target.glob(f"{ENCODER}_probe/[0-9]*")]
+            versions = [int(p.name) for p in target.glob(f"{DETECTOR.probe}/[0-9]*")]
             new = (max(versions, default=0) + 1, before[1] + 1)
             if step is None:
                 killed = finisher.deploy(target, deploy_probes[i % 2], None)
@@ -498,11 +499,11 @@ def test_deploy_killed_at_any_moment_leaves_the_old_or_the_new_version(repo, dep
     selected, _ = state_of(target)
     with TritonServer(loopback_config(target)) as served:
         client = grpcclient.InferenceServerClient(served.config.grpc_url)
-        embedding = grpcclient.InferInput("EMBEDDING", [1, 512], "FP32")
+        embedding = grpcclient.InferInput(EMBEDDING, [1, 512], "FP32")
         embedding.set_data_from_numpy(np.zeros((1, 512), np.float32))
-        assert client.infer(f"{ENCODER}_probe", [embedding]).get_response().model_version == str(selected)
-        result = client.infer(f"{ENCODER}_detector", [as_image_input(jpegs["astronaut"])])
-        assert result.as_numpy("TRANSFORM_PROBS").shape == (1, 31)
+        assert client.infer(DETECTOR.probe, [embedding]).get_response().model_version == str(selected)
+        result = client.infer(DETECTOR.detector, [as_image_input(jpegs["astronaut"])])
+        assert result.as_numpy(TRANSFORM_PROBS).shape == (1, 31)
         client.close()
 
 
@@ -513,7 +514,7 @@ def test_a_repository_deployed_before_selections_is_taken_over_whole(repo, deplo
 
     target = copy_models(repo, tmp_path / "repo", BASE.embed)
     deploy([deploy_probes[0]], target)
-    model_dirs = (target / f"{ENCODER}_probe", target / f"{ENCODER}_detector")
+    model_dirs = (target / DETECTOR.probe, target / DETECTOR.detector)
     for entry in [e for d in model_dirs for e in d.iterdir() if e.is_symlink() and e.is_file()]:
         text = entry.read_text()  # as an older deploy left it: plain files
         entry.unlink()
@@ -523,34 +524,34 @@ def test_a_repository_deployed_before_selections_is_taken_over_whole(repo, deplo
         shutil.rmtree(selection)
     assert state_of(target) == (1, 1)
     assert deploy([deploy_probes[1]], target).replaced == 1
-    assert state_of(target) == (2, 2) and (target / f"{ENCODER}_detector" / "config.pbtxt").is_symlink()
+    assert state_of(target) == (2, 2) and (target / DETECTOR.detector / "config.pbtxt").is_symlink()
     assert rollback(target).version == 1 and state_of(target) == (1, 3)
 
 
 def test_with_restart_dead_stubs_a_killed_stub_restarts_the_server_and_requests_succeed_again(repo, jpegs, tmp_path):
     """`equiprobe serve` (restart_dead_stubs): the watchdog sees the unreaped stub and restarts the
     server on the same ports; requests meanwhile fail fast (the stub's INTERNAL, then UNAVAILABLE)."""
-    small = copy_models(repo, tmp_path / "repo", f"{ENCODER}_embed")
+    small = copy_models(repo, tmp_path / "repo", BASE.embed)
     config = loopback_config(small, restart_dead_stubs=True)
     image = jpegs["astronaut"]
     with TritonServer(config) as server:
         client = grpcclient.InferenceServerClient(config.grpc_url)
-        before = client.infer(f"{ENCODER}_embed", [as_image_input(image)], client_timeout=20).as_numpy("EMBEDDING")
-        victim = stub_of(server, "image_gate")
+        before = client.infer(BASE.embed, [as_image_input(image)], client_timeout=20).as_numpy(EMBEDDING)
+        victim = stub_of(server, GATE)
         os.kill(victim, signal.SIGKILL)
         statuses, deadline = [], time.monotonic() + 90
         while time.monotonic() < deadline:
             try:
-                after = client.infer(f"{ENCODER}_embed", [as_image_input(image)], client_timeout=10)
+                after = client.infer(BASE.embed, [as_image_input(image)], client_timeout=10)
                 if server.restarts:
                     break
             except InferenceServerException as exc:
                 statuses.append((str(exc.status()), exc.message()))
             time.sleep(0.2)
         assert server.restarts == 1 and server.is_ready()
-        np.testing.assert_array_equal(after.as_numpy("EMBEDDING"), before)
+        np.testing.assert_array_equal(after.as_numpy(EMBEDDING), before)
         for status, message in statuses:  # fast, named failures only: never a hang
             assert status == "StatusCode.UNAVAILABLE" or "is not healthy" in message, (status, message)
-        assert victim not in server.group_pids() and stub_of(server, "image_gate") != victim
+        assert victim not in server.group_pids() and stub_of(server, GATE) != victim
         assert any('"event": "stub_died"' in line for line in server.log)
         client.close()

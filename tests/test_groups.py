@@ -67,7 +67,7 @@ def test_transforms_list_shows_the_groups_catalog():
 
 def test_served_groups_embeddings_match_embed31_identity_and_in_process(server, jpegs, in_process):  # noqa: F811
     model = ExpansionNames(ENCODER, "groups").embed
-    assert model == f"{ENCODER}_embed_groups"
+    assert model == ExpansionNames(ENCODER, "groups").embed
     data = jpegs["chelsea"]
     embeddings, params, key = infer(server, model, data, seed=3)
     assert embeddings.shape == (5, get_encoder(ENCODER).dim) and key == image_key(data)
@@ -97,5 +97,5 @@ def test_embed_writes_a_groups_store(server, tmp_path):
     assert embeddings.shape == (3, 5, 512) and embeddings.dtype == np.float16
     photos = open_dataset("corpus")
     for row in range(3):
-        served, _, _ = infer(server, f"{ENCODER}_embed_groups", photos.record(row).load())
+        served, _, _ = infer(server, ExpansionNames(ENCODER, "groups").embed, photos.record(row).load())
         np.testing.assert_array_equal(embeddings[row], served.astype(np.float16))

@@ -7,6 +7,7 @@ from equiprobe.clients.photos import encode
 from equiprobe.services.encoders import get_encoder
 from equiprobe.services.pipelines import CpuPreprocessor, preprocess_pipeline, serialize_preprocess
 from equiprobe.services.reference import reference_preprocess
+from equiprobe.services.contract import IMAGE
 
 # Tolerances in 8-bit pixel units. Every image is first put on the 224 canvas (a shorter-side
 # resize), then resized for the encoder. Square encoder resizes (squeezenet, open_nsfw) differ
@@ -48,7 +49,7 @@ def test_serialized_pipeline_round_trips(jpegs, tmp_path):
     direct = preprocess_pipeline(pre, "cpu", batch_size=4, num_threads=1, device_id=None)
     direct.build()
     images = [np.frombuffer(jpegs[n], np.uint8) for n in ("astronaut", "coffee")]
-    direct.feed_input("IMAGE", images)
+    direct.feed_input(IMAGE, images)
     expected = direct.run()[0].as_array()
     restored = CpuPreprocessor(serialize_preprocess(pre, tmp_path / "p.dali", "cpu", 4, 1), 4, 1)
     np.testing.assert_array_equal(restored.run(images), expected)

@@ -22,6 +22,7 @@ from equiprobe.clients.store import PENDING, Store, StoreError
 from equiprobe.services.contract import ExpansionNames
 from equiprobe.services.transforms import get_catalog
 from equiprobe.services.transforms.spec import Param, fingerprint
+from equiprobe.services.contract import EMBEDDINGS, IMAGE, PARAMS, ROWS
 
 from .conftest import CHUNK, ENCODER, LIMIT, embed_cli
 from .test_bulk_embed import digest, same_files
@@ -63,14 +64,14 @@ def encoder_statistics(server, model: str = NAMES.versions) -> tuple[int, int]:
 def infer(server, data: bytes, rows=None, dtype=np.int32):
     client = grpcclient.InferenceServerClient(server.config.grpc_url)
     array = np.frombuffer(data, np.uint8).reshape(1, -1)
-    inputs = [grpcclient.InferInput("IMAGE", list(array.shape), "UINT8")]
+    inputs = [grpcclient.InferInput(IMAGE, list(array.shape), "UINT8")]
     inputs[0].set_data_from_numpy(array)
     if rows is not None:
         values = np.array([rows], dtype)
-        inputs.append(grpcclient.InferInput("ROWS", list(values.shape), "INT32" if dtype == np.int32 else "INT64"))
+        inputs.append(grpcclient.InferInput(ROWS, list(values.shape), "INT32" if dtype == np.int32 else "INT64"))
         inputs[1].set_data_from_numpy(values)
     result = client.infer(NAMES.embed, inputs)
-    return result.as_numpy("EMBEDDINGS")[0], result.as_numpy("PARAMS")[0]
+    return result.as_numpy(EMBEDDINGS)[0], result.as_numpy(PARAMS)[0]
 
 
 def test_fingerprints_follow_the_transformation_and_its_code():
@@ -97,7 +98,7 @@ def test_rows_request_returns_exactly_those_rows_of_a_full_request(server, jpegs
 @pytest.mark.parametrize("rows, dtype, message", [
     ([K], np.int32, "ROWS must be row indices in 0..30"), ([-1, 2], np.int32, "ROWS must be row indices in 0..30"),
     ([], np.int32, "ROWS is empty"), ([3, 3], np.int32, "repeated rows"),
-    ([1], np.int64, "data-type is 'INT64', but model 'squeezenet1_1_embed31' expects 'INT32'"),
+    ([1], np.int64, f"data-type is 'INT64', but model '{NAMES.embed}' expects 'INT32'"),
 ])
 def test_bad_rows_are_invalid_arguments_and_the_server_keeps_serving(server, jpegs, rows, dtype, message):
     with pytest.raises(InferenceServerException) as caught:

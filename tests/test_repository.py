@@ -7,6 +7,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from equiprobe.services.contract import GATE, ExpansionNames, ModelNames
 from equiprobe.services.model_config import read_config
 from equiprobe.services.repository import build_repo
+from equiprobe.services.contract import EMBEDDING, PIXELS, ROWS
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def test_portable_configs_parse_and_use_python_backend(repo):
     assert [s.model_name for s in embed.ensemble_scheduling.step] == [GATE, names.preprocess, names.onnx]
     gate = parsed[GATE]
     assert gate.backend == "python" and gate.parameters["max_request_bytes"].string_value == str(64 << 20)
-    assert embed.output[0].name == "EMBEDDING" and list(embed.output[0].dims) == [512]
+    assert embed.output[0].name == EMBEDDING and list(embed.output[0].dims) == [512]
 
 
 def test_native_configs_parse_and_target_gpu_backends(native_repo):
@@ -56,9 +57,9 @@ def test_native_configs_parse_and_target_gpu_backends(native_repo):
     assert parsed[GATE].backend == "python"  # Pillow reads headers and converts GIF/AVIF/HEIC in both
     assert [s.model_name for s in parsed[fine.embed].ensemble_scheduling.step][:2] == [GATE, fine.inputs]
     assert list(parsed[fine.embed].output[0].dims) == [-1, 512]  # 31 rows, or the R rows ROWS asks for
-    rows_in = {i.name: i for i in parsed[fine.versions].input}["ROWS"]
+    rows_in = {i.name: i for i in parsed[fine.versions].input}[ROWS]
     assert rows_in.data_type == mc.TYPE_INT32 and not rows_in.optional  # the inputs model always sends it
-    assert {i.name: i for i in parsed[fine.embed].input}["ROWS"].optional
+    assert {i.name: i for i in parsed[fine.embed].input}[ROWS].optional
     assert b"mixed" in (native_repo / fine.expand / "1" / "model.dali").read_bytes()
 
 
@@ -78,7 +79,7 @@ def test_one_encoder_model_serves_every_ensemble(flavour, repo, native_repo):
     assert versions.parameters["encoder_model"].string_value == names.onnx
     assert int(versions.parameters["encoder_max_batch_size"].string_value) <= parsed[names.onnx].max_batch_size
     encoder_in = parsed[names.onnx].input[0]
-    assert encoder_in.name == "PIXELS" and encoder_in.data_type == mc.TYPE_UINT8 and list(encoder_in.dims) == [227, 227, 3]
+    assert encoder_in.name == PIXELS and encoder_in.data_type == mc.TYPE_UINT8 and list(encoder_in.dims) == [227, 227, 3]
 
 
 def test_both_flavours_expose_identical_ensembles(repo, native_repo):

@@ -25,6 +25,7 @@ from equiprobe.services.contract import ModelNames
 from equiprobe.services.security import ADMIN_KEY_HEADER, API_KEY_HEADER, exposure_args, is_loopback
 from equiprobe.services.server import ServerConfig, ServerError, TritonServer, free_port, loopback_config
 from equiprobe.trainer.deploy import DeployError, connect
+from equiprobe.services.contract import EMBEDDING, IMAGE
 
 from .conftest import ENCODER, copy_models
 
@@ -103,9 +104,9 @@ def test_inference_without_the_api_key_is_refused_clearly(secure, jpegs):
 
     async def aio(conn: Connection):
         async with AsyncTritonClient(conn.client_options(retries=3, backoff_s=0.01)) as client:
-            image = {"IMAGE": np.frombuffer(jpegs["chelsea"], np.uint8).reshape(1, -1)}
+            image = {IMAGE: np.frombuffer(jpegs["chelsea"], np.uint8).reshape(1, -1)}
             try:
-                return (await client.infer(NAMES.embed, image, ["EMBEDDING"]))["EMBEDDING"], client.attempts
+                return (await client.infer(NAMES.embed, image, [EMBEDDING]))[EMBEDDING], client.attempts
             except RequestError as exc:
                 return exc, client.attempts
 

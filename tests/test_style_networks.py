@@ -16,6 +16,7 @@ from equiprobe.services.runtime import ort_session
 from equiprobe.services.server import TritonServer, loopback_config
 from equiprobe.services.transforms import get_catalog, image_key
 from equiprobe.services.transforms.expand import Expander
+from equiprobe.services.contract import CANVAS, EMBEDDINGS, IMAGE, PIXELS
 
 from .conftest import ENCODER
 from .style_nets import tiny_style_network
@@ -37,13 +38,13 @@ def in_process(repo: Path, data: bytes) -> np.ndarray:
     catalog = get_catalog("fine")
     expander = Expander(repo / NAMES.expand / "1" / "model.dali", catalog, 1, 2)
     versions, canvas = expander.run(expander.feeds([np.frombuffer(data, np.uint8)], [image_key(data)], 0))
-    styled = [ort_session(repo / NAMES.style(n) / "1" / "model.onnx").run(None, {"CANVAS": canvas})[0]
+    styled = [ort_session(repo / NAMES.style(n) / "1" / "model.onnx").run(None, {CANVAS: canvas})[0]
               for n in ("tiny_a", "tiny_b")]
     resize = SerializedPipeline(repo / NAMES.style_resize / "1" / "model.dali", 1, 2)
     (extra,) = resize.run({f"STYLED_{j}": list(s) for j, s in enumerate(styled)})
     encoder = ort_session(repo / NAMES.onnx / "1" / "model.onnx")
     # NAME_versions: the catalog's crops, then the style networks' (EXTRA), through the one encoder.
-    return encoder.run(None, {"PIXELS": np.concatenate([versions[0], extra[0]])})[0]
+    return encoder.run(None, {PIXELS: np.concatenate([versions[0], extra[0]])})[0]
 
 
 def test_style_networks_add_rows_served_like_in_process(styled_repo, jpegs):
@@ -53,9 +54,9 @@ def test_style_networks_add_rows_served_like_in_process(styled_repo, jpegs):
     data = jpegs["astronaut"]
     with TritonServer(loopback_config(styled_repo)) as server:
         client = grpcclient.InferenceServerClient(server.config.grpc_url)
-        image = grpcclient.InferInput("IMAGE", [1, len(data)], "UINT8")
+        image = grpcclient.InferInput(IMAGE, [1, len(data)], "UINT8")
         image.set_data_from_numpy(np.frombuffer(data, np.uint8).reshape(1, -1))
-        served = client.infer(NAMES.embed, [image]).as_numpy("EMBEDDINGS")[0]
+        served = client.infer(NAMES.embed, [image]).as_numpy(EMBEDDINGS)[0]
     assert served.shape == (33, 512)
     np.testing.assert_allclose(served, in_process(styled_repo, data), rtol=1e-5, atol=1e-4)
     # The two networks differ, and each moves the embedding away from the identity version.

@@ -25,6 +25,7 @@ from equiprobe.services.decode_log import structured_entries
 from equiprobe.services.contract import ModelNames
 from equiprobe.services.embed_models import InProcessEmbed
 from equiprobe.services.uploads import FORMATS, ImageRejected, Limits, admit
+from equiprobe.services.contract import EMBEDDING, EMBEDDINGS, ExpansionNames, IMAGE
 
 from .conftest import ENCODER, embed_bin
 
@@ -50,10 +51,10 @@ GATE_MESSAGES = {
 DECODER_ONLY = ("jpeg-junk-before-eoi", "jpeg-scan-bytes-deleted")
 
 
-def infer(url: str, model: str, data: bytes, request_id: str = "", outputs=("EMBEDDING",)):
+def infer(url: str, model: str, data: bytes, request_id: str = "", outputs=(EMBEDDING,)):
     client = grpcclient.InferenceServerClient(url)
     array = np.frombuffer(data, np.uint8).reshape(1, -1)
-    image = grpcclient.InferInput("IMAGE", list(array.shape), "UINT8")
+    image = grpcclient.InferInput(IMAGE, list(array.shape), "UINT8")
     image.set_data_from_numpy(array)
     try:
         result = client.infer(model, [image], request_id=request_id, client_timeout=120)
@@ -65,7 +66,7 @@ def infer(url: str, model: str, data: bytes, request_id: str = "", outputs=("EMB
 def outcome(url: str, model: str, data: bytes, request_id: str = ""):
     """The embedding, or (status, message) of the refusal."""
     try:
-        return infer(url, model, data, request_id)["EMBEDDING"][0]
+        return infer(url, model, data, request_id)[EMBEDDING][0]
     except InferenceServerException as exc:
         return exc.status(), exc.message()
 
@@ -216,9 +217,9 @@ def test_partly_decoded_jpeg_is_refused_and_logged_with_its_request_id(server):
 
 
 def test_expansion_takes_converted_formats_and_refuses_broken_ones(server):
-    model, outputs = f"{ENCODER}_embed31", ("EMBEDDINGS",)
+    model, outputs = ExpansionNames(ENCODER, "fine").embed, (EMBEDDINGS,)
     for name in ("rocket/rgb.heic", "rocket/animated.gif", "rocket/lossy.webp"):
-        assert infer(server.config.grpc_url, model, CORPUS[name].data, outputs=outputs)["EMBEDDINGS"].shape == (1, 31, 512)
+        assert infer(server.config.grpc_url, model, CORPUS[name].data, outputs=outputs)[EMBEDDINGS].shape == (1, 31, 512)
     for name in ("rocket/jpeg-30pct-random-scan", "rocket/jpeg-junk-before-eoi", "rocket/heic-cut-at-two-thirds"):
         with pytest.raises(InferenceServerException) as info:
             infer(server.config.grpc_url, model, CORPUS[name].data, outputs=outputs)
