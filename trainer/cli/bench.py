@@ -14,6 +14,13 @@ from rich.table import Table
 
 from .common import baseline_options, fail, probe_options
 
+def write_json(path: Optional[Path], figures) -> None:
+    """--json: the figures a benchmark printed, machine-readable."""
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(figures, indent=2))
+
+
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print side-by-side ratios.")
 
 
@@ -58,9 +65,7 @@ def bench_serve(
         for line in comparison.lines():
             print("  " + line)
         figures["int8_vs_fp32"] = comparison.as_dict()
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(figures, indent=2))
+    write_json(json_out, figures)
 
 
 @bench_app.command("perf-analyzer")
@@ -123,10 +128,7 @@ def bench_perf_analyzer(
                           f"{r['serve_p50_ms']:.1f}", f"{r['serve_p99_ms']:.1f}", f"{r['serve_over_perf_analyzer']:.2f}",
                           f"{s_['in_process']['images_per_s']:.1f}", f"{s_['throughput_ratio']:.2f}")
         Console(width=180).print(table)
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps({"perf_analyzer": rows, "bench_serve": serve_rows, "side_by_side": side},
-                                       indent=2))
+    write_json(json_out, {"perf_analyzer": rows, "bench_serve": serve_rows, "side_by_side": side})
 
 
 def print_cpu_breakdown(rows: list[dict], encoder: str) -> None:
@@ -167,9 +169,7 @@ def print_side_by_side(title: str, rows: list[dict], sides: tuple[str, str], col
         table.add_row(str(r["level"]), *(f"{m[k]:.1f}" for m in (a, b) for k in ("images_per_s", "p50_ms", "p99_ms")),
                       f"{r['throughput_ratio']:.2f}")
     Console(width=140).print(table)
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(rows, indent=2))
+    write_json(json_out, rows)
 
 
 @bench_app.command("detector")
