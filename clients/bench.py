@@ -336,20 +336,24 @@ def expansion_stage_rate(repo: Path, encoder: str, images: list[bytes], batch: i
     return len(arrays) / (time.perf_counter() - start)
 
 
-def encoder_stage_rate(repo: Path, encoder: str, images: int, batch: int, versions: int = 31,
-                       serving: ServingSpec = ServingSpec()) -> float:
-    """NAME_encoder (normalization + ONNX) on ready uint8 crops, `batch` images of `versions`
-    crops per call as NAME_versions sends them, run as the served model runs them (its micro
-    batches); images/s."""
+def served_encoder_on_random_crops(repo: Path, encoder: str, crops: int, serving: ServingSpec):
+    """A call that runs NAME_encoder's model.onnx as served (threads, micro-batches) on `crops`
+    random uint8 crops: the encoder stage alone."""
     from equiprobe.services.contract import PIXELS, ModelNames
     from equiprobe.services.runtime import run_in_micro_batches
 
     session = ort_session(repo / ModelNames(encoder).onnx / "1" / "model.onnx", serving.ort_threads)
     shape = session.get_inputs()[0].shape[1:]
-    crops = np.random.default_rng(0).integers(0, 256, (batch * versions, *shape)).astype(np.uint8)
+    batch = np.random.default_rng(0).integers(0, 256, (crops, *shape)).astype(np.uint8)
+    return lambda: run_in_micro_batches(session, None, {PIXELS: batch}, serving.encoder_micro_batch)
 
-    def run() -> None:
-        run_in_micro_batches(session, None, {PIXELS: crops}, serving.encoder_micro_batch)
+
+def encoder_stage_rate(repo: Path, encoder: str, images: int, batch: int, versions: int = 31,
+                       serving: ServingSpec = ServingSpec()) -> float:
+    """NAME_encoder (normalization + ONNX) on ready uint8 crops, `batch` images of `versions`
+    crops per call as NAME_versions sends them, run as the served model runs them (its micro
+    batches); images/s."""
+    run = served_encoder_on_random_crops(repo, encoder, batch * versions, serving)
 
     run()
     start = time.perf_counter()
@@ -360,16 +364,12 @@ def encoder_stage_rate(repo: Path, encoder: str, images: int, batch: int, versio
 
 def encoder_cpu_ms_per_crop(repo: Path, encoder: str, crops: int = 62, serving: ServingSpec = ServingSpec()) -> float:
     """NAME_encoder's CPU ms per crop, run as served (its micro-batches), the cheaper of two passes."""
-    from equiprobe.services.contract import PIXELS, ModelNames
-    from equiprobe.services.runtime import run_in_micro_batches
-
-    session = ort_session(repo / ModelNames(encoder).onnx / "1" / "model.onnx", serving.ort_threads)
-    batch = np.random.default_rng(0).integers(0, 256, (crops, *session.get_inputs()[0].shape[1:])).astype(np.uint8)
-    run_in_micro_batches(session, None, {PIXELS: batch[:2]}, serving.encoder_micro_batch)
+    run = served_encoder_on_random_crops(repo, encoder, crops, serving)
+    run()  # warm-up
     best = float("inf")
     for _ in range(2):
         start = time.process_time()
-        run_in_micro_batches(session, None, {PIXELS: batch}, serving.encoder_micro_batch)
+        run()
         best = min(best, (time.process_time() - start) * 1000 / crops)
     return best
 

@@ -33,27 +33,27 @@ def server_processes(pid: int) -> list[psutil.Process]:
     return [root, *root.children(recursive=True)]
 
 
-def rss_by_model(pid: int) -> dict[str, float]:
-    """MiB resident per model (its stubs summed) and for tritonserver, biggest first."""
+def _by_model(pid: int, measure) -> dict[str, float]:
+    """measure(process) summed per model (a model's stubs together) and for tritonserver."""
     usage: dict[str, float] = {}
     for process in server_processes(pid):
         try:
-            usage[model_of(process)] = usage.get(model_of(process), 0.0) + process.memory_info().rss / 2**20
-        except psutil.Error:
+            model = model_of(process)
+            usage[model] = usage.get(model, 0.0) + measure(process)
+        except psutil.Error:  # a stub that exited meanwhile
             pass
+    return usage
+
+
+def rss_by_model(pid: int) -> dict[str, float]:
+    """MiB resident per model and for tritonserver, biggest first."""
+    usage = _by_model(pid, lambda process: process.memory_info().rss / 2**20)
     return dict(sorted(usage.items(), key=lambda item: -item[1]))
 
 
 def cpu_by_model(pid: int) -> dict[str, float]:
     """CPU seconds (user + system) so far, per model and for tritonserver."""
-    usage: dict[str, float] = {}
-    for process in server_processes(pid):
-        try:
-            times = process.cpu_times()
-            usage[model_of(process)] = usage.get(model_of(process), 0.0) + times.user + times.system
-        except psutil.Error:
-            pass
-    return usage
+    return _by_model(pid, lambda process: sum(process.cpu_times()[:2]))
 
 
 @contextmanager
