@@ -14,6 +14,7 @@ python_function anywhere, so Triton's dali backend can load them.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,22 +48,53 @@ def decode_to_canvas(encoded, device: str):
     return to_canvas(decode(encoded, "RGB", device))
 
 
-def _resize(images, pre: Preprocess, input_order: str):
-    """`input_order` names the channel order of `images` when it may differ from the encoder's
+def crop_window(pre: "Preprocess") -> tuple[float, float]:
+    """Where the encoder's centre crop falls on the CANVAS_SIZE canvas: (start, side) in canvas
+    pixels, the same on both axes. Every image reaches the encoder's resize as that square (the
+    canvas, its versions, styled canvases: their configs say so), so resizing to `pre.resize` and
+    cropping `pre.size` in the middle keeps exactly this window, scaled to `pre.size`."""
+    if pre.size > pre.resize:
+        raise ValueError(f"crop {pre.size} is larger than the resize {pre.resize}")
+    scale = CANVAS_SIZE / pre.resize
+    anchor = math.floor((pre.resize - pre.size) / 2 + 0.5)  # fn.crop rounds the centred anchor to a pixel
+    return anchor * scale, pre.size * scale
+
+
+def resize_and_crop(images, pre: Preprocess, input_order: str = ""):
+    """Resize and centre-crop canvases for an encoder, left as uint8 HWC: a quarter of the bytes
+    of the normalized tensor; NAME_encoder normalizes (services/onnx_wrappers.wrap_for_crops).
+
+    One resize of the crop window straight to the crop size, instead of resizing the whole canvas
+    and cutting the crop out: the same filter at the same scale, so the same pixels (tested
+    against resize-then-crop in tests/test_preprocess.py: equal for every registered encoder,
+    within 1 of 255 elsewhere, float rounding of the scale) for 30% less work for a 256 -> 224
+    crop; none when the crop is the canvas itself. The channel swap comes last: a permutation
+    of channels commutes with a per-channel resize, and there are fewer pixels after it.
+    `input_order` names the channel order of `images` when it may differ from the encoder's
     (the transform canvases are RGB)."""
+    start, side = crop_window(pre)
+    if not pre.resize == pre.size == CANVAS_SIZE:
+        images = fn.resize(images, size=[pre.size, pre.size], roi_start=[start, start],
+                           roi_end=[start + side, start + side], roi_relative=False,
+                           interp_type=_INTERP[pre.interpolation], antialias=True)
+    if input_order and input_order != pre.channel_order:
+        images = fn.color_space_conversion(images, image_type=_ORDER[input_order],
+                                           output_type=_ORDER[pre.channel_order])
+    return images
+
+
+def resize_then_crop(images, pre: Preprocess, input_order: str = ""):
+    """The unoptimized path resize_and_crop must equal (tests only): channels swapped, the whole
+    image resized (`pre.resize_mode`), then the centre crop cut out."""
     if input_order and input_order != pre.channel_order:
         images = fn.color_space_conversion(images, image_type=_ORDER[input_order],
                                            output_type=_ORDER[pre.channel_order])
     if pre.resize_mode == "square":
-        return fn.resize(images, resize_x=pre.resize, resize_y=pre.resize,
-                         interp_type=_INTERP[pre.interpolation], antialias=True)
-    return fn.resize(images, resize_shorter=pre.resize, interp_type=_INTERP[pre.interpolation], antialias=True)
-
-
-def resize_and_crop(images, pre: Preprocess, input_order: str = ""):
-    """Resize and centre-crop for an encoder, left as uint8 HWC: a quarter of the bytes of the
-    normalized tensor; NAME_encoder normalizes (services/onnx_wrappers.wrap_for_crops)."""
-    return fn.crop(_resize(images, pre, input_order), crop=(pre.size, pre.size), crop_pos_x=0.5, crop_pos_y=0.5)
+        images = fn.resize(images, resize_x=pre.resize, resize_y=pre.resize,
+                           interp_type=_INTERP[pre.interpolation], antialias=True)
+    else:
+        images = fn.resize(images, resize_shorter=pre.resize, interp_type=_INTERP[pre.interpolation], antialias=True)
+    return fn.crop(images, crop=(pre.size, pre.size), crop_pos_x=0.5, crop_pos_y=0.5)
 
 
 @pipeline_def
