@@ -60,6 +60,18 @@ def test_run_sets_are_disjoint_and_seeded():
         run_sets(replace(p, objects_per_set=31), 0)
 
 
+def test_quick_sizes_the_multi_model_experiments_and_flags_still_win():
+    from equiprobe.trainer.t2d.profiles import QUICK_PER_EXPERIMENT
+
+    assert get_profile("quick", "transfer").train == PROFILES["quick"].train
+    for name, sizes in QUICK_PER_EXPERIMENT.items():
+        profile = get_profile("quick", name)
+        assert all(getattr(profile, k) == v for k, v in sizes.items()), name
+        assert profile.train < PROFILES["quick"].train  # the point: 4 or 8 models per run
+    assert get_profile("quick", "subsets", train=123).train == 123
+    assert get_profile("full", "subsets") == PROFILES["full"]
+
+
 def test_the_cli_takes_every_profile_field_as_a_flag_and_runs_transfer(tmp_path):
     help_text = subprocess.run([EQUIPROBE, "t2d", "experiment", "--help"], capture_output=True, text=True,
                                env={"COLUMNS": "200", "PATH": ""}).stdout

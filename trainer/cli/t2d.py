@@ -142,7 +142,7 @@ def experiment_command(
     profile_name = "quick" if quick else profile
     try:
         get_experiment(name)
-        settings = get_profile(profile_name, **overrides)
+        settings = get_profile(profile_name, name, **overrides)
         from equiprobe.trainer.t2d.models import ARCHS
 
         if settings.arch not in ARCHS:
