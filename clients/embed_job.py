@@ -26,7 +26,7 @@ from .datasets import Dataset, open_dataset
 from .embedding import ServiceError
 from .refresh import ReuseSource
 from .runner import Outcome, StoreSink, run
-from .store import FORMAT_VERSION, IDENTITY_FIELDS, PENDING, Store, StoreError, StoreWriter
+from .store import FORMAT_VERSION, IDENTITY_FIELDS, PENDING, Store, StoreError, StoreWriter, manifest_differences
 
 TOOL_VERSION = "equiprobe 0.1.0"
 UPLOAD_MODES = ("jpeg", "none")
@@ -120,6 +120,9 @@ def job_manifest(job: EmbedJob, dataset: Dataset, server: dict[str, str], count:
     return {
         "format_version": FORMAT_VERSION, "tool_version": TOOL_VERSION,
         "encoder": job.encoder, "encoder_onnx_sha256": server["onnx_sha256"], "dim": int(server["dim"]),
+        # An INT8 encoder keeps the FP32 graph's sha256 (its parity gate lets FP32 probes run on
+        # it), so the precision is its own field: stores of the two never resume or join as one.
+        "encoder_precision": server.get("precision", "fp32"),
         "dtype": job.dtype, "catalog": job.catalog, "catalog_version": catalog["catalog_version"],
         "rows": json.loads(server["rows"]), "params_width": catalog["params_width"], "uploads": job.uploads,
         "row_labels": catalog["row_labels"], "classes": catalog["classes"],
@@ -225,8 +228,7 @@ def merge_stores(shards: list[Path], out: Path) -> Store:
     if found != expected:
         raise StoreError(f"shards {sorted(map(str, found))} are not 0..{len(stores) - 1} of {len(stores)}")
     for s in stores:
-        other = {f: s.manifest.get(f) for f in IDENTITY_FIELDS if f not in ("shard", "count")}
-        if other != {f: first.get(f) for f in other}:
+        if manifest_differences(s.manifest, first, [f for f in IDENTITY_FIELDS if f not in ("shard", "count")], ""):
             raise StoreError(f"{s.path} was made by a different job than {stores[0].path}")
         if not s.complete:
             raise StoreError(f"{s.path} is not complete ({s.summary()['pending']} rows pending); resume it first")

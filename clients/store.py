@@ -74,14 +74,18 @@ def _short(value, width: int = 60) -> str:
 
 
 # Fields that must match for a run to resume (or merge into) an existing store.
-IDENTITY_FIELDS = ("format_version", "encoder", "encoder_onnx_sha256", "dim", "dtype", "catalog",
+IDENTITY_FIELDS = ("format_version", "encoder", "encoder_onnx_sha256", "encoder_precision", "dim", "dtype", "catalog",
                    "catalog_version", "rows", "dataset", "seed", "count", "shard", "uploads")
+# Fields later versions added, as stores written before them hold them implicitly.
+FIELD_DEFAULTS = {"encoder_precision": "fp32"}
 
 
 def manifest_differences(found: dict, wanted: dict, fields, holder: str) -> list[str]:
     """'field: HOLDER has X, this run wants Y' for each of `fields` where two manifests differ."""
-    return [f"{field}: {holder} has {_short(found.get(field))}, this run wants {_short(wanted.get(field))}"
-            for field in fields if found.get(field) != wanted.get(field)]
+    def value(manifest: dict, field: str):
+        return manifest.get(field, FIELD_DEFAULTS.get(field))
+    return [f"{field}: {holder} has {_short(value(found, field))}, this run wants {_short(value(wanted, field))}"
+            for field in fields if value(found, field) != value(wanted, field)]
 
 
 @dataclass

@@ -29,7 +29,7 @@ from .model_config import (Flavour, ServingSpec, dali_config, dynamic_batching, 
                            onnx_config, python_model, string_parameters, tensor, tensor_of, write_config)
 from .onnx_wrappers import wrap_for_crops
 from .pipelines import serialize_preprocess
-from .quantize import TRT_CALIBRATION_TABLE
+from .quantize import trt_calibration_table
 
 
 def crop_dims(spec: EncoderSpec) -> list[int]:
@@ -65,7 +65,7 @@ def encoder_config(spec: EncoderSpec, names: ModelNames, flavour: Flavour,
     if precision == "int8" and flavour == "native":
         for trt in config.optimization.execution_accelerators.gpu_execution_accelerator:
             trt.parameters["precision_mode"] = "INT8"
-            trt.parameters["int8_calibration_table_name"] = TRT_CALIBRATION_TABLE
+            trt.parameters["int8_calibration_table_name"] = trt_calibration_table(spec.name)
             trt.parameters["int8_use_native_calibration_table"] = "0"  # ONNX Runtime's table, not TensorRT's
     elif precision == "int8":
         string_parameters(config, precision="int8")

@@ -141,8 +141,9 @@ def row_fingerprints(catalog: Catalog, style_nets: dict[str, str]) -> list[str]:
 
 
 def build_expansion(spec: EncoderSpec, catalog_name: str, repo: Path, flavour: Flavour, serving: ServingSpec,
-                    onnx_sha256: str, style_nets: Optional[dict[str, Path]] = None) -> list[str]:
-    """Render one catalog's expansion for one encoder (and any style networks); returns model names."""
+                    onnx_sha256: str, style_nets: Optional[dict[str, Path]] = None, precision: str = "fp32") -> list[str]:
+    """Render one catalog's expansion for one encoder (and any style networks); returns model names.
+    `precision` is NAME_encoder's (fp32 or int8), published for the stores to record."""
     catalog = get_catalog(catalog_name)
     names = ExpansionNames(spec.name, catalog_name)
     nets = sorted(style_nets or {})
@@ -177,7 +178,7 @@ def build_expansion(spec: EncoderSpec, catalog_name: str, repo: Path, flavour: F
     rows = catalog.class_names + [f"neural_style_{net}" for net in nets]
     fingerprints = row_fingerprints(catalog, {net: sha256_of(style_nets[net]) for net in nets})
     # What a bulk client must record in its store, readable over gRPC with get_model_config.
-    string_parameters(configs[names.embed], encoder=spec.name, dim=spec.dim, onnx_sha256=onnx_sha256,
+    string_parameters(configs[names.embed], encoder=spec.name, dim=spec.dim, onnx_sha256=onnx_sha256, precision=precision,
                       catalog=catalog.name, catalog_version=catalog.version, rows=json.dumps(rows),
                       style_nets=json.dumps({net: sha256_of(style_nets[net]) for net in nets}),
                       row_fingerprints=json.dumps(fingerprints), params_width=catalog.params_width,

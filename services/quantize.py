@@ -34,7 +34,11 @@ if TYPE_CHECKING:
     from .encoders import Preprocess
 
 PRECISIONS = ("fp32", "int8")
-TRT_CALIBRATION_TABLE = "calibration.flatbuffers"  # ONNX Runtime's TensorRT table, in NAME_encoder/1/
+def trt_calibration_table(encoder: str) -> str:
+    """ONNX Runtime's TensorRT table, in NAME_encoder/1/. Named per encoder: the onnxruntime backend
+    reads every table from the one trt_engine_cache_path, where deploy/k8s/triton.yaml's init
+    container copies them all."""
+    return f"{encoder}_calibration.flatbuffers"
 METHOD = "onnxruntime quantize_static: QDQ, per-channel int8 weights, uint8 activations, MinMax calibration"
 
 
@@ -142,7 +146,7 @@ def quantize_encoder(fp32: Path, out: Path, calibration: np.ndarray) -> Path:
     return Path(out)
 
 
-def write_trt_calibration(fp32: Path, calibration: np.ndarray, out_dir: Path) -> Path:
+def write_trt_calibration(fp32: Path, calibration: np.ndarray, out: Path) -> Path:
     """TensorRT's INT8 table (ONNX Runtime's flatbuffers format) for the served FP32 graph, from
     the same calibration crops: every float tensor's largest magnitude."""
     from onnxruntime.quantization import CalibrationMethod, create_calibrator, write_calibration_table
@@ -153,7 +157,7 @@ def write_trt_calibration(fp32: Path, calibration: np.ndarray, out_dir: Path) ->
         with _quiet_root_logger():
             calibrator.collect_data(CropReader(calibration))
             write_calibration_table(calibrator.compute_data().data, dir=tmp)
-        out = Path(out_dir) / TRT_CALIBRATION_TABLE
+        out = Path(out)
         shutil.move(str(Path(tmp) / "calibration.flatbuffers"), out)
     return out
 

@@ -30,7 +30,8 @@ from .expansion_models import build_expansion
 from .export import ExportResult, sha256_of
 from .model_config import FLAVOURS, Flavour, ServingSpec, read_config
 from .quantize import (METHOD, PRECISIONS, CpuTwin, Int8Options, ParityError, cosine_parity, gate_failures,
-                       options_record, parity_summary, quantize_encoder, write_trt_calibration)
+                       options_record, parity_summary, quantize_encoder, trt_calibration_table,
+                       write_trt_calibration)
 
 
 # -- the whole repository -------------------------------------------------------------------
@@ -81,7 +82,7 @@ def _render(encoder: str, repo: Path, flavour: Flavour, weights: Optional[Path],
                                         export, precision)
     models = render_gate(repo, serving) + embed_models
     for catalog in catalogs:
-        models += build_expansion(spec, catalog, repo, flavour, serving, export.sha256, style_nets)
+        models += build_expansion(spec, catalog, repo, flavour, serving, export.sha256, style_nets, precision)
 
     result = BuildResult(encoder=encoder, flavour=flavour, repo=repo, models=models,
                          onnx_sha256=export.sha256, export_max_abs_diff=export.max_abs_diff,
@@ -126,11 +127,12 @@ def _build_int8(encoder: str, repo: Path, flavour: Flavour, int8: Int8Build, **r
                   "sources": int8.sources}
         if flavour == "native":  # TensorRT calibrates from the table at engine build, on the GPU: not run here
             shutil.copy2(fp32, version / "model.onnx")
-            table = write_trt_calibration(fp32, calibration, version)
+            table = write_trt_calibration(fp32, calibration, version / trt_calibration_table(encoder))
             record.update(method="TensorRT INT8 (onnxruntime backend), calibration table from " + METHOD.split(":")[0],
                           calibration_table=f"1/{table.name}", parity="not measured: TensorRT runs on the GPU only",
-                          note=f"copy {table.name} into trt_engine_cache_path ({render['serving'].trt_cache_path}) "
-                               "before the first inference: the onnxruntime backend reads the table from there")
+                          note=f"the onnxruntime backend reads {table.name} from trt_engine_cache_path "
+                               f"({render['serving'].trt_cache_path}): deploy/k8s/triton.yaml's init container "
+                               "copies it there before the server starts")
         else:
             quantized = quantize_encoder(fp32, version / "model.onnx", calibration)
             figures = {"cosine": cosine_parity(fp32, quantized, twin(int8.parity))}

@@ -45,6 +45,7 @@ def test_store_rows_are_the_servers_embeddings_and_parameters(server, reference_
     assert m["count"] == LIMIT and m["catalog_version"] == "fine-1" and m["dtype"] == "float16"
     assert m["uploads"] == "jpeg"
     assert len(m["rows"]) == 31 and m["encoder"] == ENCODER and len(m["encoder_onnx_sha256"]) == 64
+    assert m["encoder_precision"] == "fp32"  # what the server's expansion published
     assert store.complete and store.summary()["done"] == LIMIT
     embeddings = store.array("embeddings")
     assert isinstance(embeddings, np.memmap) and embeddings.shape == (LIMIT, 31, 512)
@@ -83,6 +84,19 @@ def test_killed_run_resumes_to_a_byte_identical_store(server, reference_store, t
 
 def digest(path: Path) -> str:
     return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(path.iterdir()))).hexdigest()
+
+
+def test_an_int8_servers_store_is_another_job_and_old_stores_read_as_fp32(reference_store):
+    """An INT8 encoder keeps the FP32 graph's sha256, so precision alone must tell the stores apart;
+    stores written before the field existed are FP32 ones."""
+    from equiprobe.clients.store import IDENTITY_FIELDS, manifest_differences
+
+    fp32 = Store.open(reference_store).manifest
+    int8 = {**fp32, "encoder_precision": "int8"}
+    old = {k: v for k, v in fp32.items() if k != "encoder_precision"}
+    assert manifest_differences(int8, fp32, IDENTITY_FIELDS, "store") == [
+        "encoder_precision: store has 'int8', this run wants 'fp32'"]
+    assert manifest_differences(old, fp32, IDENTITY_FIELDS, "store") == []
 
 
 def test_a_store_made_for_another_job_is_refused_untouched(server, reference_store):

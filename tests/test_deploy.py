@@ -221,3 +221,37 @@ def test_the_embed_job_reaches_the_servers_with_tls_and_the_api_key():
     # What the schema cannot say: Kubernetes takes backoffLimitPerIndex only with restartPolicy Never.
     if "backoffLimitPerIndex" in job["spec"]:
         assert spec["restartPolicy"] == "Never"
+
+
+def test_the_init_container_copies_every_int8_calibration_table_into_the_trt_cache(tmp_path):
+    """TensorRT reads INT8 tables from trt_engine_cache_path: the init container copies the ones
+    build-repo writes (names from the code) into the volume the server mounts there."""
+    import subprocess
+
+    from equiprobe.services.contract import ModelNames
+    from equiprobe.services.model_config import ServingSpec
+    from equiprobe.services.quantize import trt_calibration_table
+
+    deployment, _ = load("triton.yaml")
+    (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
+
+    def mounts(container):
+        return {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+
+    cache = ServingSpec().trt_cache_path
+    assert mounts(init)["trt-cache"] == mounts(triton_container())["trt-cache"] == cache
+    assert mounts(init)["models"] == "/models" and init["image"] == triton_container()["image"]
+    models, copied = tmp_path / "models", tmp_path / "cache"
+    script = init["command"][-1].replace(cache, str(copied)).replace("/models", str(models))
+    copied.mkdir()
+    (models / "squeezenet1_1_preprocess" / "1").mkdir(parents=True)  # an FP32 repository: nothing to copy
+    subprocess.run(["sh", "-c", script], check=True)
+    assert list(copied.iterdir()) == []
+    tables = {}
+    for encoder in ("squeezenet1_1", "open_nsfw"):
+        version = models / ModelNames(encoder).onnx / "1"
+        version.mkdir(parents=True)
+        (version / trt_calibration_table(encoder)).write_bytes(encoder.encode())
+        tables[trt_calibration_table(encoder)] = encoder.encode()
+    subprocess.run(["sh", "-c", script], check=True)
+    assert {p.name: p.read_bytes() for p in copied.iterdir()} == tables

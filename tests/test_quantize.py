@@ -20,8 +20,8 @@ from equiprobe.services.contract import MANIFEST, ModelNames
 from equiprobe.services.embed_models import InProcessEmbed
 from equiprobe.services.encoders import get_encoder
 from equiprobe.services.model_config import read_config
-from equiprobe.services.quantize import (TRT_CALIBRATION_TABLE, CpuTwin, Int8Options, ParityError, ParityThresholds,
-                                         cosine_figures, gate_failures)
+from equiprobe.services.quantize import (CpuTwin, Int8Options, ParityError, ParityThresholds, cosine_figures,
+                                         gate_failures, trt_calibration_table)
 from equiprobe.services.repository import Int8Build, build_repo
 from equiprobe.services.server import TritonServer, loopback_config
 from equiprobe.trainer.int8_parity import corpus_images
@@ -86,6 +86,10 @@ def test_cli_build_records_precision_sizes_and_parity(int8_cli):
         assert figure in output
     assert {"QuantizeLinear", "DequantizeLinear"} <= graph_ops(repo / NAMES.onnx / "1" / "model.onnx")
     assert read_config(repo / NAMES.onnx / "config.pbtxt").parameters["precision"].string_value == "int8"
+    # Every expansion publishes the encoder's precision for the stores it feeds (clients/embed_job.py).
+    expansions = [read_config(c) for c in repo.glob(f"{ENCODER}_embed*/config.pbtxt")]
+    expansions = [c for c in expansions if "catalog" in c.parameters]
+    assert expansions and all(c.parameters["precision"].string_value == "int8" for c in expansions)
     assert not list(repo.parent.glob(".repo.int8-*"))  # the staging directory is gone
 
 
@@ -168,7 +172,7 @@ def test_native_int8_renders_tensorrt_int8_with_its_calibration_table(tmp_path, 
     assert trt.name == "tensorrt" and trt.parameters["precision_mode"] == "INT8"
     assert trt.parameters["int8_use_native_calibration_table"] == "0"
     table = repo / NAMES.onnx / "1" / trt.parameters["int8_calibration_table_name"]
-    assert table.name == TRT_CALIBRATION_TABLE and table.is_file()
+    assert table.name == trt_calibration_table(ENCODER) and table.is_file()
     # TensorRT builds the INT8 engine itself: the served graph stays FP32 (no Q/DQ beside a table).
     model = repo / NAMES.onnx / "1" / "model.onnx"
     assert "QuantizeLinear" not in graph_ops(model)
@@ -179,7 +183,7 @@ def test_native_int8_renders_tensorrt_int8_with_its_calibration_table(tmp_path, 
     graph = onnx.load(str(model)).graph
     assert "normalized_PIXELS" in keys and keys <= {o for n in graph.node for o in n.output}
     record = json.loads((repo / NAMES.onnx / MANIFEST).read_text())["int8"]
-    assert record["calibration_table"] == f"1/{TRT_CALIBRATION_TABLE}" and "trt_engine_cache_path" in record["note"]
+    assert record["calibration_table"] == f"1/{table.name}" and "trt_engine_cache_path" in record["note"]
 
 
 def test_calibration_pixels_are_the_served_preprocessing(fp32_repo, images):

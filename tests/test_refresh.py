@@ -156,7 +156,8 @@ def test_refresh_computes_only_changed_columns_and_equals_a_full_embed(server, p
     assert comparison["new_accuracy"] == records[1]["summary"]["test_accuracy"]["mean"]
 
 
-@pytest.mark.parametrize("field, value", [("encoder_onnx_sha256", "0" * 64), ("dataset", "folder:/elsewhere"),
+@pytest.mark.parametrize("field, value", [("encoder_onnx_sha256", "0" * 64), ("encoder_precision", "int8"),
+                                          ("dataset", "folder:/elsewhere"),
                                           ("seed", 9)])
 def test_a_store_of_another_job_is_refused_and_nothing_is_written(server, photo_store, tmp_path, field, value):
     old = make_old_store(photo_store, tmp_path / "old", **{field: value})
