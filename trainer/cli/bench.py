@@ -263,6 +263,9 @@ def bench_embed(
                   f"{naive * k:.1f}", f"embed is {end_to_end / naive:.1f}x")
     table.add_row("end to end / encoder alone (its best batch)", "", "", f"{end_to_end / r['encode']:.2f}")
     Console(width=150).print(table)
+    cpu = r["cpu_ms_per_image"]
+    print("end to end, CPU ms per image (x31 versions) by process: " + ", ".join(
+        f"{name} {ms:.1f}" for name, ms in sorted(cpu.items(), key=lambda kv: -kv[1]) if name != "wall_ms"))
 
 
 @bench_app.command("expansion")
