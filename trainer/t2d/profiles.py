@@ -46,7 +46,7 @@ class Profile:
 PROFILES = {
     "full": Profile(),
     "quick": Profile(arch="small-cnn", train=16000, val=500, test=1000, target_train=10000, target_test=1000,
-                     epochs=10, finetune_epochs=25, batch_size=128, runs=3, fmnist_train=5000, fmnist_test=2000,
+                     epochs=10, finetune_epochs=25, batch_size=128, runs=3, fmnist_train=5000, fmnist_test=10000,
                      alphas=(0.0, 0.4, 0.8, 0.9, 1.0), betas=(0.0, 0.4, 0.8, 1.0)),
     "tiny": Profile(arch="small-cnn", size=16, train=120, val=30, test=60, target_train=80, target_test=40, epochs=1,
                     finetune_epochs=2, batch_size=64, runs=1, objects_per_set=4, transforms_per_set=2,
