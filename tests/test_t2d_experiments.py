@@ -108,3 +108,21 @@ def test_transfer_shows_d_transforms_above_d_objects(tmp_path):
     assert set(run["T2"]) == {"translate", "scale", "colour"} and set(run["T1"]) == {"blur", "rotate", "hflip"}
     assert accuracy["D_transforms"] > accuracy["D_objects"] + 0.15, accuracy
     assert accuracy["D_all"] > accuracy["D_none"] + 0.3, accuracy
+
+
+def test_the_readout_learns_from_an_untrained_networks_tiny_features():
+    """An untrained network's penultimate features are ~1e-3: without standardizing them, the new
+    last layer stayed at chance (0.10) on Fashion-MNIST; with it, it reads the class."""
+    import torch
+
+    from equiprobe.trainer.t2d import fmnist
+    from equiprobe.trainer.t2d.models import build
+    from equiprobe.trainer.t2d.training import features, finetune_last_layer
+
+    images, labels = fmnist.fashion_mnist("test")
+    torch.manual_seed(0)
+    f = features(build("small-cnn", 10), fmnist.to_canvas(images[:1200], 32))
+    assert f.std(0).mean() < 0.01  # the scale that broke it
+    result = finetune_last_layer(f[:800], labels[:800], f[800:], labels[800:1200], 10, epochs=25, lr=1e-3,
+                                 batch_size=128, seed=0)
+    assert result["accuracy"] > 0.35, result
