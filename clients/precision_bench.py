@@ -42,6 +42,7 @@ class PrecisionComparison:
     batch: int
     rounds: int
     rates: dict[str, RatePair] = field(default_factory=dict)  # "encoder", "embed" (, "served")
+    gflop_per_image: Optional[float] = None  # the FP32 network's, torch's flop counter (None: not a torch network)
 
     @property
     def ratio(self) -> float:
@@ -53,8 +54,30 @@ class PrecisionComparison:
 
     def lines(self) -> list[str]:
         names = {"encoder": "NAME_encoder alone", "embed": "NAME_embed in-process", "served": "NAME_embed via Triton"}
-        return [f"{names[k]}: INT8 {v.int8:.1f} vs FP32 {v.fp32:.1f} img/s ({v.ratio:.2f}x)"
-                for k, v in self.rates.items()]
+        lines = [f"{names[k]}: INT8 {v.int8:.1f} vs FP32 {v.fp32:.1f} img/s ({v.ratio:.2f}x)"
+                 for k, v in self.rates.items()]
+        if self.gflop_per_image and "encoder" in self.rates:
+            lines[0] += (f"; FP32 {self.rates['encoder'].fp32 * self.gflop_per_image:.0f} GFLOP/s "
+                         f"({self.gflop_per_image:.3f} GFLOP per image, batch {self.batch})")
+        return lines
+
+
+def gflop_per_image(encoder: str) -> Optional[float]:
+    """GFLOP of one forward pass at the encoder's crop size, counted by torch.utils.flop_counter
+    (a multiply-add is 2 FLOPs); None for encoders that are ONNX graphs, not torch networks."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from equiprobe.services.encoders import get_encoder
+
+    spec = get_encoder(encoder)
+    network = spec.build(None, False)
+    if not isinstance(network, torch.nn.Module):
+        return None
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        network(torch.zeros(1, *spec.preprocess.output_shape))
+    return counter.get_total_flops() / 1e9
 
 
 def _alternate(calls: dict[str, Callable[[], float]], rounds: int) -> RatePair:
@@ -109,7 +132,7 @@ def int8_vs_fp32(fp32_repo: Path, int8_repo: Path, encoder: str = "squeezenet1_1
             return len(arrays)
         return _timed(run)
 
-    result = PrecisionComparison(encoder, len(images), batch, rounds)
+    result = PrecisionComparison(encoder, len(images), batch, rounds, gflop_per_image=gflop_per_image(encoder))
     result.rates["encoder"] = _alternate({s: encoder_call(sessions[s]) for s in repos}, rounds)
     result.rates["embed"] = _alternate({s: embed_call(embeds[s]) for s in repos}, rounds)
     if urls is not None:

@@ -198,3 +198,5 @@ def test_precision_bench_compares_both_repositories(int8_cli, fp32_repo):
     assert all(pair.fp32 > 0 and pair.int8 > 0 for pair in result.rates.values())
     assert result.ratio == result.rates["embed"].int8 / result.rates["embed"].fp32
     assert len(result.lines()) == 2 and "ratios" in result.as_dict()
+    # SqueezeNet 1.1 at 227 x 227: 0.53 GFLOP (the figure; a multiply-add is 2 FLOPs).
+    assert abs(result.gflop_per_image - 0.533) < 0.005 and "GFLOP/s" in result.lines()[0]
