@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .store import PENDING, Store, StoreError, StoreWriter, manifest_differences
+from .store import PENDING, Store, StoreError, StoreWriter, manifest_differences, manifest_value
 
 COMPOSITE = "+"
 # Everything but the encoder must match for rows to be the same examples.
@@ -46,11 +46,11 @@ def concat_stores(paths: list[Path], out: Path, block: int = 1024) -> Store:
     manifest = {**first.manifest,
                 "encoder": COMPOSITE.join(p.manifest["encoder"] for p in parts),
                 "encoder_onnx_sha256": COMPOSITE.join(p.manifest["encoder_onnx_sha256"] for p in parts),
-                "encoder_precision": COMPOSITE.join(p.manifest.get("encoder_precision", "fp32") for p in parts),
+                "encoder_precision": COMPOSITE.join(manifest_value(p.manifest, "encoder_precision") for p in parts),
                 "dim": sum(int(p.manifest["dim"]) for p in parts),
                 "parts": [{"store": str(p.path), "encoder": p.manifest["encoder"], "dim": p.manifest["dim"],
                            "encoder_onnx_sha256": p.manifest["encoder_onnx_sha256"],
-                           "encoder_precision": p.manifest.get("encoder_precision", "fp32")} for p in parts]}
+                           "encoder_precision": manifest_value(p.manifest, "encoder_precision")} for p in parts]}
     store = Store.create_or_resume(out, manifest)
     writer = StoreWriter(store)
     if not (store.status() == PENDING).any():

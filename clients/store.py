@@ -80,12 +80,16 @@ IDENTITY_FIELDS = ("format_version", "encoder", "encoder_onnx_sha256", "encoder_
 FIELD_DEFAULTS = {"encoder_precision": "fp32"}
 
 
+def manifest_value(manifest: dict, field: str):
+    """A manifest's field, or what stores written before the field existed hold implicitly."""
+    return manifest.get(field, FIELD_DEFAULTS.get(field))
+
+
 def manifest_differences(found: dict, wanted: dict, fields, holder: str) -> list[str]:
     """'field: HOLDER has X, this run wants Y' for each of `fields` where two manifests differ."""
-    def value(manifest: dict, field: str):
-        return manifest.get(field, FIELD_DEFAULTS.get(field))
-    return [f"{field}: {holder} has {_short(value(found, field))}, this run wants {_short(value(wanted, field))}"
-            for field in fields if value(found, field) != value(wanted, field)]
+    return [f"{field}: {holder} has {_short(manifest_value(found, field))}, this run wants "
+            f"{_short(manifest_value(wanted, field))}"
+            for field in fields if manifest_value(found, field) != manifest_value(wanted, field)]
 
 
 @dataclass

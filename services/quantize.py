@@ -34,12 +34,14 @@ if TYPE_CHECKING:
     from .encoders import Preprocess
 
 PRECISIONS = ("fp32", "int8")
+METHOD = "onnxruntime quantize_static: QDQ, per-channel int8 weights, uint8 activations, MinMax calibration"
+
+
 def trt_calibration_table(encoder: str) -> str:
     """ONNX Runtime's TensorRT table, in NAME_encoder/1/. Named per encoder: the onnxruntime backend
     reads every table from the one trt_engine_cache_path, where deploy/k8s/triton.yaml's init
     container copies them all."""
     return f"{encoder}_calibration.flatbuffers"
-METHOD = "onnxruntime quantize_static: QDQ, per-channel int8 weights, uint8 activations, MinMax calibration"
 
 
 class ParityError(ValueError):
