@@ -12,9 +12,7 @@ from typing import Optional
 import numpy as np
 
 from equiprobe.services.embed_models import InProcessEmbed
-
 from equiprobe.services.model_config import ServingSpec
-from equiprobe.services.runtime import ort_session
 
 from .embedding import EmbeddingClient
 from .photos import encode, package_photos
@@ -337,15 +335,15 @@ def expansion_stage_rate(repo: Path, encoder: str, images: list[bytes], batch: i
 
 
 def served_encoder_on_random_crops(repo: Path, encoder: str, crops: int, serving: ServingSpec):
-    """A call that runs NAME_encoder's model.onnx as served (threads, micro-batches) on `crops`
-    random uint8 crops: the encoder stage alone."""
+    """A call that runs NAME_encoder's model.onnx as served (threads, micro-batches, parallel runs)
+    on `crops` random uint8 crops: the encoder stage alone."""
     from equiprobe.services.contract import PIXELS, ModelNames
-    from equiprobe.services.runtime import run_in_micro_batches
+    from equiprobe.services.runtime import EncoderRunner
 
-    session = ort_session(repo / ModelNames(encoder).onnx / "1" / "model.onnx", serving.ort_threads)
-    shape = session.get_inputs()[0].shape[1:]
+    runner = EncoderRunner.served(repo / ModelNames(encoder).onnx / "1" / "model.onnx", serving)
+    shape = runner.session.get_inputs()[0].shape[1:]
     batch = np.random.default_rng(0).integers(0, 256, (crops, *shape)).astype(np.uint8)
-    return lambda: run_in_micro_batches(session, None, {PIXELS: batch}, serving.encoder_micro_batch)
+    return lambda: runner({PIXELS: batch})
 
 
 def encoder_stage_rate(repo: Path, encoder: str, images: int, batch: int, versions: int = 31,

@@ -4,8 +4,9 @@ INT8 encoder's throughput ratio.
 Two measurements, each alternating the two repositories round by round (this machine's timings
 drift by 20% over a minute; alternating keeps the drift out of the ratio) and keeping each
 side's best round:
-- `encoder`: NAME_encoder alone (normalization + ONNX Runtime) on ready uint8 crops of the
-  images, batch `batch`: the graph the quantization changed;
+- `encoder`: NAME_encoder alone (normalization + ONNX Runtime, run as served: its threads,
+  micro-batches and parallel runs) on ready uint8 crops of the images, dynamic batches of
+  `batch`: the graph the quantization changed;
 - `embed`: NAME_embed's steps in-process (InProcessEmbed: gate, DALI, encoder), batch `batch`;
 - with `urls` (an FP32 and an INT8 server), also NAME_embed through Triton gRPC at `concurrency`.
 """
@@ -22,7 +23,7 @@ import numpy as np
 from equiprobe.services.contract import PIXELS, ModelNames
 from equiprobe.services.embed_models import InProcessEmbed
 from equiprobe.services.model_config import ServingSpec
-from equiprobe.services.runtime import ort_session
+from equiprobe.services.runtime import EncoderRunner
 
 
 @dataclass
@@ -115,13 +116,13 @@ def int8_vs_fp32(fp32_repo: Path, int8_repo: Path, encoder: str = "squeezenet1_1
     repos = {"fp32": Path(fp32_repo), "int8": Path(int8_repo)}
     embeds = {side: InProcessEmbed(repo, encoder, serving) for side, repo in repos.items()}
     crops = embeds["fp32"].preprocess.run(arrays)
-    sessions = {side: ort_session(repo / ModelNames(encoder).onnx / "1" / "model.onnx", serving.ort_threads)
-                for side, repo in repos.items()}
+    runners = {side: EncoderRunner.served(repo / ModelNames(encoder).onnx / "1" / "model.onnx", serving)
+               for side, repo in repos.items()}
 
-    def encoder_call(session) -> Callable[[], float]:
+    def encoder_call(runner) -> Callable[[], float]:
         def run() -> int:
             for i in range(0, len(crops), batch):
-                session.run(None, {PIXELS: crops[i:i + batch]})
+                runner({PIXELS: crops[i:i + batch]})
             return len(crops)
         return _timed(run)
 
@@ -133,7 +134,7 @@ def int8_vs_fp32(fp32_repo: Path, int8_repo: Path, encoder: str = "squeezenet1_1
         return _timed(run)
 
     result = PrecisionComparison(encoder, len(images), batch, rounds, gflop_per_image=gflop_per_image(encoder))
-    result.rates["encoder"] = _alternate({s: encoder_call(sessions[s]) for s in repos}, rounds)
+    result.rates["encoder"] = _alternate({s: encoder_call(runners[s]) for s in repos}, rounds)
     result.rates["embed"] = _alternate({s: embed_call(embeds[s]) for s in repos}, rounds)
     if urls is not None:
         served = dict(zip(("fp32", "int8"), urls))

@@ -61,7 +61,8 @@ def encoder_config(spec: EncoderSpec, names: ModelNames, flavour: Flavour,
     config = onnx_config(names.onnx, [tensor(PIXELS, mc.TYPE_UINT8, crop_dims(spec))],
                          [tensor(EMBEDDING, mc.TYPE_FP32, [spec.dim], is_input=False)], flavour, serving)
     if flavour == "portable":
-        string_parameters(config, micro_batch=serving.encoder_micro_batch)
+        string_parameters(config, intra_op_threads=serving.encoder_threads, micro_batch=serving.encoder_micro_batch,
+                          parallel_runs=serving.encoder_parallel_runs)
     if precision == "int8" and flavour == "native":
         for trt in config.optimization.execution_accelerators.gpu_execution_accelerator:
             trt.parameters["precision_mode"] = "INT8"
@@ -143,18 +144,16 @@ class InProcessEmbed:
 
     def __init__(self, repo: Path, encoder: str, serving: ServingSpec = ServingSpec()):
         from .pipelines import CpuPreprocessor
-        from .runtime import ort_session
+        from .runtime import EncoderRunner
 
         names = ModelNames(encoder)
         self.preprocess = CpuPreprocessor(Path(repo) / names.preprocess / "1" / "model.dali",
                                           serving.max_batch_size, serving.dali_threads)
-        self.session = ort_session(Path(repo) / names.onnx / "1" / "model.onnx", serving.ort_threads)
-        self.micro_batch = serving.encoder_micro_batch
+        self.encoder = EncoderRunner.served(Path(repo) / names.onnx / "1" / "model.onnx", serving)
 
     def __call__(self, encoded: list[np.ndarray]) -> np.ndarray:
         """Encoded images (uint8 byte arrays) -> embeddings [B, D], through the gate as served."""
-        from .runtime import run_in_micro_batches
         from .uploads import admit
 
         checked = [np.frombuffer(admit(np.asarray(e).tobytes()).data, np.uint8) for e in encoded]
-        return run_in_micro_batches(self.session, None, {PIXELS: self.preprocess.run(checked)}, self.micro_batch)[0]
+        return self.encoder({PIXELS: self.preprocess.run(checked)})[0]

@@ -38,6 +38,7 @@ class ServingSpec:
     # load the batches form anyway.
     queue_delay_us: int = 0
     dali_threads: int = 2
+    # Intra-op threads of every portable ONNX model but the encoder (probes, style networks).
     ort_threads: int = 2
     # Idle ONNX Runtime threads spin by default; beside the DALI and gate stubs on the same cores the
     # spinning burns the CPU they need (measured: the encoder's CPU per image 20.4 -> 8.3 ms at 32 in
@@ -46,6 +47,10 @@ class ServingSpec:
     # NAME_encoder runs ONNX Runtime on at most this many crops at a time (portable; 0: the
     # whole dynamic batch): services/runtime.py run_in_micro_batches has the measurements.
     encoder_micro_batch: int = 1
+    # ... and runs this many micro-batches at once, each ONNX Runtime run on encoder_threads
+    # intra-op threads: two one-thread runs beat one two-thread run (runtime.py has the figures).
+    encoder_threads: int = 1
+    encoder_parallel_runs: int = 2
     preferred_batch_sizes: tuple[int, ...] = (8, 16, 32)
     trt_cache_path: str = "/tmp/equiprobe_trt_cache"
     # Uploads over these are refused by image_gate with an error that names the cap.

@@ -113,28 +113,35 @@ def test_serving_knobs_reach_the_encoder_config():
     assert default.dynamic_batching.max_queue_delay_microseconds == 0
     assert default.parameters["allow_spinning"].string_value == "0"
     assert default.parameters["micro_batch"].string_value == "1"
-    tuned = encoder_config(spec, names, "portable", ServingSpec(max_batch_size=16, queue_delay_us=500, ort_threads=1,
-                                                                ort_spinning=True, encoder_micro_batch=4))
+    assert default.parameters["intra_op_threads"].string_value == "1"
+    assert default.parameters["parallel_runs"].string_value == "2"
+    tuned = encoder_config(spec, names, "portable", ServingSpec(max_batch_size=16, queue_delay_us=500, ort_threads=3,
+                                                                ort_spinning=True, encoder_micro_batch=4,
+                                                                encoder_threads=2, encoder_parallel_runs=3))
     assert tuned.max_batch_size == 16
     assert tuned.dynamic_batching.max_queue_delay_microseconds == 500
     assert list(tuned.dynamic_batching.preferred_batch_size) == [8, 16]
     assert tuned.parameters["allow_spinning"].string_value == "1"
-    assert tuned.parameters["intra_op_threads"].string_value == "1"
+    assert tuned.parameters["intra_op_threads"].string_value == "2"  # the encoder's, not ort_threads
     assert tuned.parameters["micro_batch"].string_value == "4"
+    assert tuned.parameters["parallel_runs"].string_value == "3"
 
 
-@pytest.mark.parametrize("micro_batch", [1, 3])
-def test_micro_batches_give_the_whole_batch_embeddings(repo, micro_batch):
-    """NAME_encoder's micro-batched runs (services/runtime.py) equal one run over the whole batch."""
+@pytest.mark.parametrize("micro_batch,parallel_runs", [(1, 1), (3, 1), (1, 2), (3, 3)])
+def test_micro_batches_give_the_whole_batch_embeddings(repo, micro_batch, parallel_runs):
+    """NAME_encoder's micro-batched runs (services/runtime.py) equal one run over the whole batch,
+    and running micro-batches side by side on threads gives exactly the one-at-a-time result, in order."""
     import numpy as np
 
     from equiprobe.services.contract import EMBEDDING, PIXELS
-    from equiprobe.services.runtime import ort_session, run_in_micro_batches
+    from equiprobe.services.runtime import EncoderRunner, run_in_micro_batches
 
-    session = ort_session(repo / ModelNames("squeezenet1_1").onnx / "1" / "model.onnx", 2)
-    shape = session.get_inputs()[0].shape[1:]
+    runner = EncoderRunner(repo / ModelNames("squeezenet1_1").onnx / "1" / "model.onnx", 1, micro_batch, parallel_runs)
+    shape = runner.session.get_inputs()[0].shape[1:]
     crops = np.random.default_rng(3).integers(0, 256, (8, *shape)).astype(np.uint8)
-    whole = session.run([EMBEDDING], {PIXELS: crops})[0]
-    parts = run_in_micro_batches(session, [EMBEDDING], {PIXELS: crops}, micro_batch)[0]
+    whole = runner.session.run([EMBEDDING], {PIXELS: crops})[0]
+    parts = runner({PIXELS: crops}, [EMBEDDING])[0]
     assert parts.shape == whole.shape
     np.testing.assert_allclose(parts, whole, rtol=1e-5, atol=1e-5 * np.abs(whole).max())
+    one_at_a_time = run_in_micro_batches(runner.session, [EMBEDDING], {PIXELS: crops}, micro_batch)[0]
+    np.testing.assert_array_equal(parts, one_at_a_time)

@@ -19,12 +19,14 @@ class TritonPythonModel:
         self.session = ort_session(version_dir / params["onnx_model"], int(params["intra_op_threads"]),
                                    spinning=params.get("allow_spinning", "0") == "1")
         self.micro_batch = int(params.get("micro_batch", "0"))  # 0: the whole batch in one run
+        self.parallel_runs = int(params.get("parallel_runs", "1"))  # micro-batches in flight at once
 
     def execute(self, requests):
         feeds = {name: [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests]
                  for name in self.input_names}
         outputs = run_in_micro_batches(self.session, self.output_names,
-                                       {n: np.concatenate(a) for n, a in feeds.items()}, self.micro_batch)
+                                       {n: np.concatenate(a) for n, a in feeds.items()}, self.micro_batch,
+                                       self.parallel_runs)
         splits = np.cumsum([len(a) for a in feeds[self.input_names[0]]])[:-1]
         per_request = zip(*[np.split(output, splits) for output in outputs])
         return [pb_utils.InferenceResponse([pb_utils.Tensor(n, chunk) for n, chunk in zip(self.output_names, chunks)])

@@ -83,7 +83,11 @@ def build_repo(
     max_batch_size: int = typer.Option(32, min=1, help="Largest batch of every batched model."),
     queue_delay_us: int = typer.Option(0, min=0, help="Dynamic batchers' extra wait for a fuller batch (µs)."),
     dali_threads: int = typer.Option(2, min=1, help="DALI CPU threads per pipeline model."),
-    ort_threads: int = typer.Option(2, min=1, help="ONNX Runtime intra-op threads of the encoder (portable)."),
+    ort_threads: int = typer.Option(2, min=1, help="ONNX Runtime intra-op threads of the other ONNX models "
+                                    "(style networks; portable)."),
+    encoder_threads: int = typer.Option(1, min=1, help="ONNX Runtime intra-op threads of each NAME_encoder run "
+                                        "(portable)."),
+    encoder_parallel_runs: int = typer.Option(2, min=1, help="NAME_encoder's micro-batches run at once (portable)."),
     ort_spinning: bool = typer.Option(False, help="Let idle ONNX Runtime threads spin (portable)."),
     encoder_micro_batch: int = typer.Option(1, min=0, help="NAME_encoder runs ONNX Runtime on at most this many "
                                             "crops at a time (portable; 0: the whole dynamic batch)."),
@@ -122,6 +126,7 @@ def build_repo(
     try:
         serving = ServingSpec(max_batch_size=max_batch_size, queue_delay_us=queue_delay_us, dali_threads=dali_threads,
                               ort_threads=ort_threads, ort_spinning=ort_spinning, encoder_micro_batch=encoder_micro_batch,
+                              encoder_threads=encoder_threads, encoder_parallel_runs=encoder_parallel_runs,
                               max_request_mb=max_request_mb,
                               max_pixels=max_pixels)
         if precision == "int8":
