@@ -338,9 +338,9 @@ def served_encoder_on_random_crops(repo: Path, encoder: str, crops: int, serving
     """A call that runs NAME_encoder's model.onnx as served (threads, micro-batches, parallel runs)
     on `crops` random uint8 crops: the encoder stage alone."""
     from equiprobe.services.contract import PIXELS, ModelNames
-    from equiprobe.services.runtime import EncoderRunner
+    from equiprobe.services.runtime import OnnxRunner
 
-    runner = EncoderRunner.served(repo / ModelNames(encoder).onnx / "1" / "model.onnx", serving)
+    runner = OnnxRunner.served_encoder(repo / ModelNames(encoder).onnx / "1" / "model.onnx", serving)
     shape = runner.session.get_inputs()[0].shape[1:]
     batch = np.random.default_rng(0).integers(0, 256, (crops, *shape)).astype(np.uint8)
     return lambda: runner({PIXELS: batch})

@@ -23,7 +23,7 @@ import numpy as np
 from equiprobe.services.contract import PIXELS, ModelNames
 from equiprobe.services.embed_models import InProcessEmbed
 from equiprobe.services.model_config import ServingSpec
-from equiprobe.services.runtime import EncoderRunner
+from equiprobe.services.runtime import OnnxRunner
 
 
 @dataclass
@@ -116,7 +116,7 @@ def int8_vs_fp32(fp32_repo: Path, int8_repo: Path, encoder: str = "squeezenet1_1
     repos = {"fp32": Path(fp32_repo), "int8": Path(int8_repo)}
     embeds = {side: InProcessEmbed(repo, encoder, serving) for side, repo in repos.items()}
     crops = embeds["fp32"].preprocess.run(arrays)
-    runners = {side: EncoderRunner.served(repo / ModelNames(encoder).onnx / "1" / "model.onnx", serving)
+    runners = {side: OnnxRunner.served_encoder(repo / ModelNames(encoder).onnx / "1" / "model.onnx", serving)
                for side, repo in repos.items()}
 
     def encoder_call(runner) -> Callable[[], float]:

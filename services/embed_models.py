@@ -144,12 +144,12 @@ class InProcessEmbed:
 
     def __init__(self, repo: Path, encoder: str, serving: ServingSpec = ServingSpec()):
         from .pipelines import CpuPreprocessor
-        from .runtime import EncoderRunner
+        from .runtime import OnnxRunner
 
         names = ModelNames(encoder)
         self.preprocess = CpuPreprocessor(Path(repo) / names.preprocess / "1" / "model.dali",
                                           serving.max_batch_size, serving.dali_threads)
-        self.encoder = EncoderRunner.served(Path(repo) / names.onnx / "1" / "model.onnx", serving)
+        self.encoder = OnnxRunner.served_encoder(Path(repo) / names.onnx / "1" / "model.onnx", serving)
 
     def __call__(self, encoded: list[np.ndarray]) -> np.ndarray:
         """Encoded images (uint8 byte arrays) -> embeddings [B, D], through the gate as served."""

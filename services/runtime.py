@@ -57,17 +57,17 @@ def _pool(workers: int):
     return ThreadPoolExecutor(workers, thread_name_prefix="ort-run")
 
 
-class EncoderRunner:
-    """An encoder's model.onnx run as NAME_encoder serves it (portable): its threads, spinning,
-    micro-batches and parallel runs from a ServingSpec, through the same run_in_micro_batches the
-    served stub calls. The in-process reference and the benchmarks run the encoder through this."""
+class OnnxRunner:
+    """A model.onnx on ONNX Runtime with its threads, spinning, micro-batches and parallel runs:
+    what the portable ONNX stub (python_models/onnx_encoder.py) serves with, and, built from a
+    ServingSpec by served_encoder, how the in-process reference and the benchmarks run NAME_encoder."""
 
     def __init__(self, path: Path, threads: int, micro_batch: int, parallel_runs: int, spinning: bool = False):
         self.session = ort_session(path, threads, spinning=spinning)
         self.micro_batch, self.parallel_runs = micro_batch, parallel_runs
 
     @classmethod
-    def served(cls, path: Path, serving) -> "EncoderRunner":
+    def served_encoder(cls, path: Path, serving) -> "OnnxRunner":
         return cls(path, serving.encoder_threads, serving.encoder_micro_batch, serving.encoder_parallel_runs,
                    spinning=serving.ort_spinning)
 

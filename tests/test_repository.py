@@ -134,9 +134,9 @@ def test_micro_batches_give_the_whole_batch_embeddings(repo, micro_batch, parall
     import numpy as np
 
     from equiprobe.services.contract import EMBEDDING, PIXELS
-    from equiprobe.services.runtime import EncoderRunner, run_in_micro_batches
+    from equiprobe.services.runtime import OnnxRunner, run_in_micro_batches
 
-    runner = EncoderRunner(repo / ModelNames("squeezenet1_1").onnx / "1" / "model.onnx", 1, micro_batch, parallel_runs)
+    runner = OnnxRunner(repo / ModelNames("squeezenet1_1").onnx / "1" / "model.onnx", 1, micro_batch, parallel_runs)
     shape = runner.session.get_inputs()[0].shape[1:]
     crops = np.random.default_rng(3).integers(0, 256, (8, *shape)).astype(np.uint8)
     whole = runner.session.run([EMBEDDING], {PIXELS: crops})[0]

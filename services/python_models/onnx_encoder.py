@@ -8,7 +8,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from equiprobe.services.python_models.common import model_parameters
-from equiprobe.services.runtime import ort_session, run_in_micro_batches
+from equiprobe.services.runtime import OnnxRunner
 
 
 class TritonPythonModel:
@@ -16,17 +16,15 @@ class TritonPythonModel:
         config, params, version_dir = model_parameters(args)
         self.input_names = [i["name"] for i in config["input"]]
         self.output_names = [o["name"] for o in config["output"]]
-        self.session = ort_session(version_dir / params["onnx_model"], int(params["intra_op_threads"]),
-                                   spinning=params.get("allow_spinning", "0") == "1")
-        self.micro_batch = int(params.get("micro_batch", "0"))  # 0: the whole batch in one run
-        self.parallel_runs = int(params.get("parallel_runs", "1"))  # micro-batches in flight at once
+        self.runner = OnnxRunner(version_dir / params["onnx_model"], int(params["intra_op_threads"]),
+                                 micro_batch=int(params.get("micro_batch", "0")),  # 0: the whole batch in one run
+                                 parallel_runs=int(params.get("parallel_runs", "1")),  # micro-batches at once
+                                 spinning=params.get("allow_spinning", "0") == "1")
 
     def execute(self, requests):
         feeds = {name: [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests]
                  for name in self.input_names}
-        outputs = run_in_micro_batches(self.session, self.output_names,
-                                       {n: np.concatenate(a) for n, a in feeds.items()}, self.micro_batch,
-                                       self.parallel_runs)
+        outputs = self.runner({n: np.concatenate(a) for n, a in feeds.items()}, self.output_names)
         splits = np.cumsum([len(a) for a in feeds[self.input_names[0]]])[:-1]
         per_request = zip(*[np.split(output, splits) for output in outputs])
         return [pb_utils.InferenceResponse([pb_utils.Tensor(n, chunk) for n, chunk in zip(self.output_names, chunks)])
