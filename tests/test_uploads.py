@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import re
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -49,6 +50,17 @@ GATE_MESSAGES = {
 }
 # Broken only for the decoder: the marker walk passes them, DALI's decoder complains.
 DECODER_ONLY = ("jpeg-junk-before-eoi", "jpeg-scan-bytes-deleted")
+
+
+def logged(server, event: str, done, timeout_s: float = 15.0) -> list[dict]:
+    """The server log's structured `event` entries once `done(entries)` holds, or when the time is
+    up: a python model's log line reaches the server's output after its response has gone out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        entries = structured_entries(list(server.log), event)
+        if done(entries) or time.monotonic() > deadline:
+            return entries
+        time.sleep(0.1)
 
 
 def infer(url: str, model: str, data: bytes, request_id: str = "", outputs=(EMBEDDING,)):
@@ -208,9 +220,10 @@ def test_partly_decoded_jpeg_is_refused_and_logged_with_its_request_id(server):
         status, message = outcome(server.config.grpc_url, NAMES.embed, data, request_id=f"req-{case}")
         assert status == "StatusCode.INVALID_ARGUMENT" and "only partly understood" in message
         assert "Corrupt JPEG data" in message, message
-    logged = structured_entries(list(server.log), "partly_decoded")
+    wanted = {f"req-{case}" for case in DECODER_ONLY}
+    entries = logged(server, "partly_decoded", lambda es: wanted <= {e["request_id"] for e in es})
     for case in DECODER_ONLY:
-        entry = next(e for e in logged if e["request_id"] == f"req-{case}")
+        entry = next(e for e in entries if e["request_id"] == f"req-{case}")
         assert entry["model"] == NAMES.preprocess and entry["decoder"] and entry["image_bytes"]
     bare = [line for line in server.log if "Corrupt JPEG data" in line and "partly_decoded" not in line]  # never bare
     assert not bare, bare[:3]
@@ -253,5 +266,5 @@ def test_decode_failures_past_the_gate_carry_the_decoders_words(server):
         message = info.value.message()
         assert info.value.status() == "StatusCode.INVALID_ARGUMENT" and re.search(words, message), (name, message)
         assert "#17" not in message and not message.rstrip().endswith(":"), message
-    entries = structured_entries(list(server.log), "decode_failed")
+    entries = logged(server, "decode_failed", lambda es: any(e["model"] == NAMES.preprocess for e in es))
     assert any(e["model"] == NAMES.preprocess and e["decoder"] for e in entries)
