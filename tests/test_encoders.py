@@ -3,8 +3,11 @@ import onnx
 import pytest
 import torch
 
+from equiprobe.clients.photos import encode
 from equiprobe.services.encoders import EncoderError, create_encoder, get_encoder, list_encoders
+from equiprobe.services.encoders.efficientnet_lite import lite2_weights_path
 from equiprobe.services.encoders.zoo import OPEN_NSFW_EMBEDDING, open_nsfw_path
+from equiprobe.services.reference import reference_preprocess
 from equiprobe.services.runtime import ort_session
 
 STUDY = ["clip_vit_b32", "clip_vit_l14", "mae_vit_l16", "vit_l16_supervised", "resnet50_simclr"]
@@ -12,8 +15,9 @@ STUDY = ["clip_vit_b32", "clip_vit_l14", "mae_vit_l16", "vit_l16_supervised", "r
 
 def test_registry_declares_bundled_and_study_encoders():
     names = {spec.name for spec in list_encoders()}
-    assert {"squeezenet1_1", "open_nsfw", *STUDY} <= names
+    assert {"squeezenet1_1", "open_nsfw", "efficientnet_lite2", *STUDY} <= names
     assert get_encoder("squeezenet1_1").dim == 512 and get_encoder("open_nsfw").dim == 1024
+    assert get_encoder("efficientnet_lite2").dim == 1280
 
 
 def test_squeezenet_logits_match_ndf_forward_pass():
@@ -43,6 +47,37 @@ def test_open_nsfw_embedding_is_the_models_pooled_features(tmp_path):
     reference = ort_session(tmp_path / "full.onnx").run([OPEN_NSFW_EMBEDDING], {"input_0": x})[0]
     assert ours.shape == (2, 1024)
     np.testing.assert_array_equal(ours, reference)
+
+
+def test_efficientnet_lite2_packaged_weights_classify_chelsea(photos, tmp_path):
+    """The packaged ImageNet weights are loaded: through the served preprocessing, chelsea's top 3
+    are the cats (285 Egyptian, 282 tiger, 281 tabby; Egyptian cat measured 0.60), which random
+    weights do not give; the embedding is the classifier's pooled input, [B, 1280]."""
+    spec = get_encoder("efficientnet_lite2")
+    x = torch.from_numpy(np.stack([reference_preprocess(encode(photos[n]), spec.preprocess)
+                                   for n in ("chelsea", "astronaut")]))
+    assert x.shape == (2, 3, 260, 260)
+    model = create_encoder("efficientnet_lite2")
+    with torch.no_grad():
+        embedding, logits = model(x), model.logits(x)
+        np.testing.assert_allclose(model.net._fc(embedding), logits, rtol=1e-5, atol=1e-5)
+    probs = torch.softmax(logits, dim=1)
+    assert embedding.shape == (2, 1280)
+    assert probs[0].argmax() == 285 and probs[0, 285] > 0.4
+    assert {285, 282, 281} == set(probs[0].topk(3).indices.tolist())
+    assert not np.allclose(embedding[0], embedding[1], atol=0.1)
+
+    with torch.no_grad():
+        random = get_encoder("efficientnet_lite2").build(random_weights=True)(x)
+    assert random.shape == (2, 1280) and not torch.allclose(random, embedding, atol=0.1)
+    # Random weights keep a signal: embeddings of order one that differ between images.
+    assert random.abs().max() > 0.1 and not torch.allclose(random[0], random[1], atol=0.1)
+
+    # --weights overrides the packaged file: a copy loads the same network.
+    copy = tmp_path / "lite2.pth"
+    copy.write_bytes(lite2_weights_path().read_bytes())
+    with torch.no_grad():
+        np.testing.assert_array_equal(create_encoder("efficientnet_lite2", weights=copy)(x[:1]), embedding[:1])
 
 
 @pytest.mark.parametrize("name", STUDY)

