@@ -2,7 +2,10 @@
 
 Real uploads are mostly photographs, with screenshots and illustrations mixed in, so the corpus takes
 the photographs of desktop-wallpaper packages and of OpenCV's samples, the illustrations those
-packages ship too, and a capped share of the screenshots and diagrams of OpenCV's HTML tutorials.
+packages ship too, and a capped share of the screenshots and diagrams of OpenCV's HTML tutorials;
+and the everyday photographs (animals, monuments, objects, places) of educational and desktop
+packages: GCompris's activities (inside its Qt resource files), Scratch's backgrounds, Kalzium's
+lab equipment, Tux Paint's templates, GNOME's user pictures and LXQt's wallpapers.
 `build_manifest()` scans the packages once; its output is committed as corpus_manifest.json and the
 dataset reads only that file, so every machine with the packages cuts the same crops.
 """
@@ -15,7 +18,9 @@ import io
 import json
 import os
 import re
+import struct
 import subprocess
+import zlib
 from collections import OrderedDict
 from functools import lru_cache
 from importlib import metadata, resources
@@ -28,7 +33,28 @@ from equiprobe.clients.datasets import Dataset, Record
 
 DEBIAN_PACKAGES = ("opencv-doc", "mate-backgrounds", "gnome-backgrounds", "plasma-workspace-wallpapers",
                    "ukui-wallpapers", "lomiri-wallpapers", "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04",
-                   "sway-backgrounds", "palapeli-data")
+                   "sway-backgrounds", "palapeli-data", "gcompris-qt-data", "scratch", "kalzium-data", "tuxpaint-data",
+                   "gnome-control-center-data", "lxqt-themes")
+# Packages that ship other images too (sprites, icons, flags, maps, colouring pages, theme parts): only these paths.
+FOLDERS = {"scratch": re.compile(r"/scratch/Media/Backgrounds/"), "kalzium-data": re.compile(r"/kalzium/data/toolpics/"),
+           "tuxpaint-data": re.compile(r"/tuxpaint/templates/|/tuxpaint/starters/(?:reef|skyline-sf-dusk)-back\."),
+           "gnome-control-center-data": re.compile(r"/pixmaps/faces/"),
+           "lxqt-themes": re.compile(r"/lxqt/wallpapers/")}
+# Packages whose images are members of Qt resource files (.rcc), written FILE.rcc:/MEMBER: GCompris's
+# activities with photographs (its paintings, cartoons, cut-out puzzle pieces and drawings are left out;
+# of "details", only the whole pictures, not the small cut-out details).
+RCC_FOLDERS = {"gcompris-qt-data": re.compile(
+    r"/activities/(?:categorization/resource/images/|clickgame/resource/sea\d|details/resource/image/[^/]+_background\."
+    r"|erase/resource/|explore_\w+/resource/|louis-braille/resource/)")}
+RCC = ".rcc:/"
+# Where a package installs its source tree's root, for copyright globs that name a folder with
+# subfolders (scratch: "Files: Media/*", installed as /usr/share/scratch/Media/Backgrounds/...).
+SOURCE_ROOTS = {"scratch": "/usr/share/scratch/"}
+# Packages added after the first corpus, by generation: their entries sort after the earlier ones, so a
+# later package's picture that joins an earlier group (by hash) never renames it or moves it to
+# another split (a group is named after its first entry).
+GENERATION = dict.fromkeys(("gcompris-qt-data", "scratch", "kalzium-data", "tuxpaint-data",
+                            "gnome-control-center-data", "lxqt-themes"), 1)
 # (distribution, import name, folder): sample images stored inside the wheels, readable offline.
 PYTHON_SOURCES = (("scikit-image", "skimage", "data"), ("scikit-learn", "sklearn", "datasets/images"),
                   ("matplotlib", "matplotlib", "mpl-data/sample_data"))
@@ -59,7 +85,18 @@ REVIEWED = {
     **dict.fromkeys(("gnome-licorice-l", "gnome-wood-d", "gnome-wood-l", "mate-ubuntu-mate-cold-no-logo",
                      "plasma-autumn", "plasma-patak", "plasma-patak-dark", "plasma-safelanding", "ukui-string",
                      "opencv-input", "opencv-pic2", "opencv-pic4", "opencv-starry-night"), "illustration"),
-    "opencv-stanford": "screenshot"}
+    "opencv-stanford": "screenshot",
+    # Issue 23's packages: the paintings among GCompris's pictures, LXQt's and Scratch's renders, and
+    # photographs with smooth sky or bokeh.
+    **dict.fromkeys((*(f"gcompris-details-{name}-background" for name in (
+        "eglise-dauvers-sur-oise", "gogh4", "portraitofperetanguy", "van-gogh-the-night-cafe", "vincentvangogh0012",
+        "vincentvangogh0013", "vincentvangogh0019", "vincentvangoghbridge")),
+        "gcompris-louis-braille-louis", "gcompris-louis-braille-chart", "gcompris-louis-braille-night-printing",
+        "lxqt-plasma-arch", "scratch-brick-wall1"), "illustration"),
+    **dict.fromkeys(("lxqt-butterfly-kenneth-wimer", "lxqt-cloud", "scratch-boardwalk"), "photograph")}
+# Folders checked by eye to hold only photographs, whose white studio backdrops, skies and bokeh fool
+# the pixel rule; REVIEWED names their exceptions.
+PHOTOGRAPH_FOLDERS = re.compile(r"/gcompris-qt/rcc/|/pixmaps/faces/|/tuxpaint/templates/")
 
 
 class CorpusError(ValueError):
@@ -125,14 +162,16 @@ def _dpkg(*args: str) -> str:
 
 def dep5_licence(text: str, path: str) -> str:
     """License of the last Files stanza (DEP-5: the last match wins) whose glob matches the path's
-    tail; a glob naming the file itself wins over wildcards, also when its folder differs (lomiri
-    lists 16.04/NAME.jpg, installed as /usr/share/backgrounds/NAME.jpg)."""
+    tail, or a relative path (from the source tree's root) as a whole; a glob naming the file itself wins
+    over wildcards, also when its folder differs (lomiri lists 16.04/NAME.jpg, installed as
+    /usr/share/backgrounds/NAME.jpg)."""
     parts, name, found, named = path.split("/"), path.rsplit("/", 1)[-1], "", ""
     for stanza in re.split(r"\n[ \t]*\n", text):
         files = re.search(r"^Files:(.*(?:\n[ \t].*)*)", stanza, re.M)
         licence_line = re.search(r"^License:[ \t]*(\S.*)", stanza, re.M)
         for glob in (files.group(1).split() if files and licence_line else ()):
-            if fnmatch.fnmatch("/".join(parts[-len(glob.split("/")):]), glob):
+            tail = "/".join(parts[-len(glob.split("/")):])
+            if fnmatch.fnmatch(tail, glob) or (not path.startswith("/") and fnmatch.fnmatch(path, glob)):
                 found = licence_line.group(1).strip()
             if glob.rsplit("/", 1)[-1] == name:
                 named = licence_line.group(1).strip()
@@ -148,6 +187,8 @@ def _copyright(package: str) -> str:
 def licence(package: str, path: str) -> str:
     """The DEP-5 License for the file, else the first License or "Licensed under" line."""
     text, file = _copyright(package), Path("/usr/share/doc") / package / "copyright"
+    root = SOURCE_ROOTS.get(package)
+    path = path.removeprefix(root) if root and path.startswith(root) else path
     line = re.search(r"^\s*(?:License:|Licen[cs]ed under)[ \t]*(\S.*)", text, re.M | re.I)
     return ((text.startswith("Format:") and dep5_licence(text, path))
             or (line.group(1).strip().rstrip(".") if line else f"unknown (see {file})"))
@@ -161,8 +202,67 @@ def python_licence(dist: str) -> str:
             or (classifiers[0] if classifiers else "") or text.split("\n", 1)[0] or "unknown (see package metadata)")
 
 
+@lru_cache(maxsize=None)
+def rcc_members(file: str) -> dict[str, tuple[int, int, int]]:
+    """Member path -> (flags, offset, size) of a Qt resource file (format 1-3: "qres", version, tree,
+    data and names offsets; tree nodes of 14 bytes, 22 from version 2; names as UTF-16BE)."""
+    data = Path(file).read_bytes()
+    if data[:4] != b"qres":
+        raise OSError(f"{file}: not a Qt resource file")
+    version, tree, payload, names = struct.unpack(">4I", data[4:20])
+    node_size = 14 if version == 1 else 22
+    members: dict[str, tuple[int, int, int]] = {}
+
+    def visit(node: int, prefix: str) -> None:
+        at = tree + node * node_size
+        name_at, flags = struct.unpack(">IH", data[at:at + 6])
+        length = struct.unpack(">H", data[names + name_at:names + name_at + 2])[0]
+        path = f"{prefix}/{data[names + name_at + 6:names + name_at + 6 + 2 * length].decode('utf-16-be')}" if node else ""
+        if flags & 2:  # a directory: its children are consecutive nodes
+            count, first = struct.unpack(">II", data[at + 6:at + 14])
+            for child in range(first, first + count):
+                visit(child, path)
+        else:
+            offset = payload + struct.unpack(">I", data[at + 10:at + 14])[0]
+            members[path] = (flags, offset + 4, struct.unpack(">I", data[offset:offset + 4])[0])
+    visit(0, "")
+    return members
+
+
+def rcc_read(file: str, member: str) -> bytes:
+    """A member's bytes as the package's author wrote them (zlib-compressed members are inflated)."""
+    flags, offset, size = rcc_members(file)[member]
+    with open(file, "rb") as handle:
+        handle.seek(offset)
+        data = handle.read(size)
+    if flags & 4:
+        raise OSError(f"{file}:{member}: zstd-compressed, not read here")
+    return zlib.decompress(data[4:]) if flags & 1 else data  # zlib: 4 bytes of the inflated size first
+
+
+def readme_licences(file: str) -> dict[str, str]:
+    """Member path -> License of the READMEs inside a resource file: stanzas of Copyright, License,
+    Source, Files and Comment lines, the files named after Files: or on lines of their own, relative
+    to the README's folder (GCompris's per-folder credits)."""
+    found: dict[str, str] = {}
+    for readme in sorted(m for m in rcc_members(file) if m.rsplit("/", 1)[-1] == "README"):
+        folder = readme.rsplit("/", 1)[0]
+        for stanza in re.split(r"\n[ \t]*\n", rcc_read(file, readme).decode("utf-8", "replace")):
+            licence_line = re.search(r"^[ \t]*License:[ \t]*(\S.*)", stanza, re.M | re.I)
+            names = [name for line in stanza.splitlines()
+                     for name in re.sub(r"^[ \t]*Files:", "", line).split()
+                     if not re.match(r"^[ \t]*[A-Za-z-]+:", line) or re.match(r"^[ \t]*Files:", line)]
+            for name in (names if licence_line else ()):
+                if name.lower().endswith(SUFFIXES):
+                    found[f"{folder}/{name}"] = licence_line.group(1).strip()
+    return found
+
+
 def resolve(path: str) -> str:
-    """A file path; python sources are written module:path/in/package (the venv differs per machine)."""
+    """A file path; python sources are written module:path/in/package (the venv differs per machine);
+    a resource file's member FILE.rcc:/MEMBER resolves to FILE.rcc."""
+    if RCC in path:
+        return path.split(RCC, 1)[0] + ".rcc"
     if ":" in path:
         module, rel = path.split(":", 1)
         try:
@@ -172,12 +272,40 @@ def resolve(path: str) -> str:
     return path
 
 
+def source_bytes(path: str) -> bytes:
+    """The source file's bytes, unchanged (a resource file's member as stored in it)."""
+    if RCC in path:
+        return rcc_read(resolve(path), "/" + path.split(RCC, 1)[1])
+    return Path(resolve(path)).read_bytes()
+
+
+def _open(path: str) -> Image.Image:
+    return Image.open(io.BytesIO(source_bytes(path))) if RCC in path else Image.open(resolve(path))
+
+
+def _rcc_candidates(package: str, version: str):
+    """Resource-file members in RCC_FOLDERS, stored uncompressed (the image file's own bytes), with the
+    README's licence, else the package's DEP-5 licence for the member's source path."""
+    for file in sorted(_dpkg("-L", package).splitlines()):
+        if not (file.endswith(".rcc") and os.path.isfile(file)):
+            continue
+        members, readmes = rcc_members(file), readme_licences(file)
+        for member in sorted(members):
+            if member.lower().endswith(SUFFIXES) and RCC_FOLDERS[package].search(member) and members[member][0] == 0:
+                licence_text = readmes.get(member) or licence(package, member.split("/", 2)[-1])
+                yield package, version, licence_text, file.removesuffix(".rcc") + RCC + member.lstrip("/")
+
+
 def _candidates():
     """(package, version, licence, path) of every image file the packages ship."""
     for package in DEBIAN_PACKAGES:
         version = _dpkg("-W", "-f=${Version}", package)
+        if package in RCC_FOLDERS:
+            yield from _rcc_candidates(package, version)
+            continue
         for path in sorted(_dpkg("-L", package).splitlines()):
-            if path.lower().endswith(SUFFIXES) and not SKIP.search(path) and os.path.isfile(path):
+            if (path.lower().endswith(SUFFIXES) and not SKIP.search(path) and os.path.isfile(path)
+                    and (package not in FOLDERS or FOLDERS[package].search(path))):
                 yield package, version, licence(package, path), path
     for dist, module, folder in PYTHON_SOURCES:
         for file in sorted((resources.files(module) / folder).iterdir(), key=lambda f: f.name):
@@ -198,6 +326,8 @@ def _name_stem(path: str) -> str:
     ela_original/ela_modified, gnome's NAME-d/NAME-l, plasma's light and dark variants."""
     if "/contents/images" in path:
         return path.split("/contents/")[0]
+    if RCC in path:  # GCompris numbers unrelated pictures (fish1..fish28): near duplicates join by hash
+        return path
     folder, name = path.rsplit("/", 1)
     stem = re.sub(r"(?<=[a-z])[LRAB]$", "", name.rpartition(".")[0])
     stem = re.sub(r"(?:[_-]?(?:left|right|original|modified|\d+)|-[dl])+$", "", stem, flags=re.I)
@@ -205,9 +335,13 @@ def _name_stem(path: str) -> str:
 
 
 def _slug(package: str, path: str) -> str:
-    """plasma-altai, mate-elephants, opencv-aloel, opencv-doc-NAME (tutorial pages), skimage-astronaut."""
+    """plasma-altai, mate-elephants, opencv-aloel, opencv-doc-NAME (tutorial pages), skimage-astronaut,
+    gcompris-ACTIVITY-NAME, gnome-face-NAME (user pictures)."""
     tag = package.removeprefix("python:").replace("scikit-", "sk").split("-")[0] + ("-doc" * path.startswith(HTML))
+    tag = "gnome-face" if package == "gnome-control-center-data" else tag
     name = _picture_key(path).replace("/contents/images_dark", "-dark").replace("/contents/images", "")
+    if RCC in path:
+        name = path.split(RCC)[0].rsplit("/", 1)[-1] + "-" + name.rsplit("/", 1)[-1]
     return f"{tag}-" + re.sub(r"[^a-z0-9]+", "-", name.rsplit("/", 1)[-1].lower()).strip("-")
 
 
@@ -216,7 +350,7 @@ def build_manifest() -> dict:
     largest: dict[str, tuple] = {}
     for package, version, licence_text, path in _candidates():
         try:
-            with Image.open(resolve(path)) as image:  # reads the header only
+            with _open(path) as image:  # reads the header only
                 quarter_turn = image.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientation
                 size = image.size[::-1] if quarter_turn else image.size
         except OSError:
@@ -225,9 +359,9 @@ def build_manifest() -> dict:
         if min(size) >= MIN_SIDE and (key not in largest or size[0] * size[1] > np.prod(largest[key][1])):
             largest[key] = ((package, version, licence_text, path), size)
     entries, seen = [], set()
-    for (package, version, licence_text, path), (width, height) in sorted(largest.values(),
-                                                                          key=lambda c: (c[0][0], c[0][3])):
-        data = Path(resolve(path)).read_bytes()
+    for (package, version, licence_text, path), (width, height) in sorted(
+            largest.values(), key=lambda c: (GENERATION.get(c[0][0], 0), c[0][0], c[0][3])):
+        data = source_bytes(path)
         sha = hashlib.sha256(data).hexdigest()
         if sha in seen:  # the same file in two packages
             continue
@@ -247,7 +381,8 @@ def build_manifest() -> dict:
         slug = _slug(entry["package"], entry["path"])
         ids[slug] = ids.get(slug, 0) + 1
         entry["id"] = slug if ids[slug] == 1 else f"{slug}-{ids[slug]}"
-        entry["kind"] = REVIEWED.get(entry["id"], entry["kind"])
+        entry["kind"] = REVIEWED.get(entry["id"]) or (
+            "photograph" if PHOTOGRAPH_FOLDERS.search(entry["path"]) else entry["kind"])
         if not entry["colour"]:
             entry["reason"] = f"grayscale: mean chroma under {GRAY_CHROMA} of 255 (excluded from the dataset)"
     _group(entries)
@@ -315,7 +450,7 @@ def _reduce(entry: dict) -> bytes:
     """A copy with the longest side at most MAX_SIDE, upright (EXIF orientation applied): photographs
     as JPEG quality 95, rendered images as PNG (exact flat colours). It decodes in a few ms, where a
     5K wallpaper PNG takes 100+ ms."""
-    with Image.open(resolve(entry["path"])) as image:
+    with _open(entry["path"]) as image:
         image.draft("RGB", (MAX_SIDE, MAX_SIDE))  # JPEG: decode at 1/2..1/8 scale directly
         rgb = _rgb(ImageOps.exif_transpose(image))
     rgb.thumbnail((MAX_SIDE, MAX_SIDE), Image.LANCZOS)

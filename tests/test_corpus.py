@@ -1,13 +1,16 @@
 import copy
+import hashlib
 import io
+import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from equiprobe.clients import corpus
-from equiprobe.clients.corpus import (KINDS, CorpusError, check_corpus, corpus_crop, corpus_dataset, dep5_licence,
-                            is_grayscale, kind_of, load_manifest, source_image, split_of, thumbnail)
+from equiprobe.clients.corpus import (DEBIAN_PACKAGES, GENERATION, KINDS, RCC, CorpusError, check_corpus, corpus_crop,
+                            corpus_dataset, dep5_licence, is_grayscale, kind_of, load_manifest, readme_licences,
+                            resolve, source_bytes, source_image, split_of, thumbnail)
 
 FIELDS = ("id", "path", "package", "package_version", "licence", "kind", "width", "height", "sha256", "colour",
           "group")
@@ -35,14 +38,15 @@ def test_manifest_is_complete(manifest):
     assert len({e["id"] for e in entries}) == len(entries)
     colour = [e for e in entries if e["colour"]]
     kinds = [e["kind"] for e in colour]
-    assert len(colour) >= 250 and kinds.count("photograph") > len(colour) / 2
-    assert kinds.count("screenshot") >= 20 and kinds.count("illustration") >= 20
-    assert len({e["group"] for e in colour}) >= 200
+    assert len(colour) >= 700 and kinds.count("photograph") > 0.7 * len(colour)
+    assert kinds.count("screenshot") >= 20 and kinds.count("illustration") >= 100
+    assert len({e["group"] for e in colour}) >= 600
     # Near duplicates share a group: stereo pairs, numbered frames, one wallpaper's light and dark variants.
     group = {e["id"]: e["group"] for e in entries}
     for pair in (("opencv-aloel", "opencv-aloer"), ("opencv-rubberwhale1", "opencv-rubberwhale2"),
                  ("opencv-left01", "opencv-left14"), ("plasma-kay", "plasma-kay-dark"),
-                 ("opencv-ela-original", "opencv-ela-modified"), ("gnome-grid-d", "gnome-grid-l")):
+                 ("opencv-ela-original", "opencv-ela-modified"), ("gnome-grid-d", "gnome-grid-l"),
+                 ("gcompris-categorization-colosseum", "gcompris-explore-monuments-colosseum")):
         assert group[pair[0]] == group[pair[1]], pair
     # Only the largest of a wallpaper's sizes, no screenshots or thumbnails.
     paths = [e["path"] for e in entries]
@@ -52,7 +56,58 @@ def test_manifest_is_complete(manifest):
 
 def test_every_source_file_is_installed():
     entries = check_corpus()
-    assert len(entries) >= 250 and [e["id"] for e in entries] == sorted(e["id"] for e in entries)
+    assert len(entries) >= 700 and [e["id"] for e in entries] == sorted(e["id"] for e in entries)
+
+
+# Issue 23's packages of everyday photographs: at least this many colour photographs each (checked by eye).
+PHOTOGRAPHS = {"gcompris-qt-data": 250, "scratch": 50, "kalzium-data": 19, "tuxpaint-data": 21,
+               "gnome-control-center-data": 13, "lxqt-themes": 11}
+FREE = re.compile(r"public domain|CC0|CC-BY(-SA)?[- ][234]\.0|GPL|LGPL|Expat|BSD|Apache", re.I)
+
+
+def test_new_packages_bring_licensed_photographs(manifest):
+    assert set(PHOTOGRAPHS) == set(GENERATION) and set(GENERATION) <= set(DEBIAN_PACKAGES)
+    new = [e for e in manifest["entries"] if e["package"] in GENERATION]
+    for e in new:
+        assert e["licence"].strip() and FREE.search(e["licence"]) and "NC" not in e["licence"], e
+        assert e["kind"] in KINDS, e
+    for package, count in PHOTOGRAPHS.items():
+        assert sum(e["colour"] and e["kind"] == "photograph" for e in new if e["package"] == package) >= count, package
+    ids = {e["id"]: e for e in new}
+    for name in ("gcompris-erase-gorilla", "gcompris-categorization-fish1", "gcompris-explore-monuments-petra",
+                 "gcompris-details-tajmahal-background", "scratch-beach-malibu", "kalzium-becherglas",
+                 "tuxpaint-sheep", "gnome-face-cat", "lxqt-after-the-rain"):
+        assert ids[name]["kind"] == "photograph" and ids[name]["colour"], name
+    # The per-file credits of GCompris's READMEs, also for names given relative to a parent folder.
+    assert ids["gcompris-erase-crab"]["licence"] == "CC0-1.0"
+    assert ids["gcompris-erase-gorilla"]["licence"] == "CC-BY-SA-4.0"
+    assert ids["gcompris-explore-monuments-petra"]["licence"] == "Public Domain"
+    assert ids["scratch-beach-malibu"]["licence"] == "CC-BY-SA-3.0"  # "Files: Media/*", from the source root
+    # Paintings, drawings and renders are not photographs.
+    assert ids["gcompris-details-van-gogh-the-night-cafe-background"]["kind"] == "illustration"
+    assert ids["scratch-party-room"]["kind"] == "illustration"
+    # Left out: cartoons, cut-out puzzle pieces, flags, colouring pages, theme parts, small avatars.
+    paths = [e["path"] for e in new]
+    assert not any(re.search(r"/words_sample/|/babyshapes/|/paintings/|/kalzium/data/maps/|/tuxpaint/starters/"
+                             r"(?!reef-back|skyline)|/lxqt/themes/|/faces/legacy/", p) for p in paths)
+
+
+def test_later_packages_never_rename_earlier_groups(manifest):
+    """A group is named after its first entry and later packages sort last: adding them keeps every
+    earlier source's group, and so its split."""
+    generation = {e["id"]: GENERATION.get(e["package"], 0) for e in manifest["entries"]}
+    for e in manifest["entries"]:
+        assert generation[e["group"]] <= generation[e["id"]], e
+
+
+def test_resource_file_members_are_the_original_bytes(manifest):
+    entry = next(e for e in manifest["entries"] if e["id"] == "gcompris-erase-gorilla")
+    assert RCC in entry["path"] and resolve(entry["path"]).endswith("/erase.rcc")
+    data = source_bytes(entry["path"])
+    assert data[:4] == b"RIFF" and data[8:12] == b"WEBP" and hashlib.sha256(data).hexdigest() == entry["sha256"]
+    assert Image.open(io.BytesIO(data)).size == (entry["width"], entry["height"])
+    credits = readme_licences(resolve(entry["path"]))
+    assert credits["/gcompris/src/activities/erase/resource/crab.webp"] == "CC0-1.0"
 
 
 def test_check_corpus_names_the_missing_package(manifest):
@@ -98,11 +153,15 @@ def test_dep5_licence_prefers_the_stanza_naming_the_file():
     assert dep5_licence(text, "/usr/share/backgrounds/Other.jpg") == "CC-BY-SA-4.0"
     assert dep5_licence(text, "/usr/share/backgrounds/mate/nature/Aqua.jpg") == "CC0-1.0"
     assert dep5_licence(text, "/usr/share/backgrounds/anything.png") == "GPL-2+"
+    media = text + "\nFiles: Help/* Media/*\nLicense: CC-BY-SA-3.0\n"  # a folder's glob covers its subfolders
+    assert dep5_licence(media, "Media/Backgrounds/Nature/lake.jpg") == "CC-BY-SA-3.0"
+    assert dep5_licence(media, "/usr/share/x/Media/Backgrounds/Nature/lake.jpg") == "GPL-2+"  # installed: tail only
 
 
 def test_crops_are_deterministic_and_varied(cache):
     entries = {e["id"]: e for e in check_corpus()}
-    picked = [entries[i] for i in ("skimage-astronaut", "plasma-altai", "opencv-aloel", "mate-ladybird")]
+    picked = [entries[i] for i in ("skimage-astronaut", "plasma-altai", "opencv-aloel", "mate-ladybird",
+                                   "gcompris-erase-gorilla")]
     first = [corpus_crop(e, j) for e in picked for j in range(6)]  # cold: builds the disk cache
     assert len(list(cache.iterdir())) == len(picked)
     corpus._memory.clear()
