@@ -163,6 +163,11 @@ def render_plots(results: dict, out: Path) -> list[Path]:
     if cards:
         written.append(plot_roc(cards, out / "detector_roc.png", "Detector ROC, test sources: originals vs "
                                 "manipulated"))
+    if results.get("everyday_cards"):
+        from .everyday_card import plot_everyday
+
+        for name, card in results["everyday_cards"].items():
+            written.append(plot_everyday(card, out / f"everyday_{_slug(name)}.png"))
     fine = [p for p in results["probes"] if get_task(p["task"]).per_transformation_plot]
     if fine:
         names = fine[0]["per_version_accuracy"].keys()
@@ -220,6 +225,10 @@ def markdown(results: dict, images: list[Path]) -> str:
                      for n in manipulations]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
+    if results.get("everyday_cards"):
+        from .everyday_card import everyday_markdown
+
+        lines += everyday_markdown(results["everyday_cards"])
     lines += ["## Table 1: probe accuracy (test images; mean +- std over seeds)", "",
               "| encoder | probe | fine-grained (31-way) | generalization (10-way) | held-out noise | held-out style |",
               "|---|---|---|---|---|---|"]
@@ -282,11 +291,13 @@ def markdown(results: dict, images: list[Path]) -> str:
 
 
 def build_report(stores: list[Path], probes: list[Path], out: Path, max_images: int = 2000,
-                 reference_cards: Optional[dict[str, dict]] = None) -> dict:
-    """`reference_cards`: detector cards of Pillow-made versions (trainer.reference_card), by detector."""
+                 reference_cards: Optional[dict[str, dict]] = None,
+                 everyday_cards: Optional[dict[str, dict]] = None) -> dict:
+    """`reference_cards`: detector cards of Pillow-made versions (trainer.reference_card), by detector;
+    `everyday_cards`: everyday-edits cards (trainer.everyday_card), by detector."""
     out.mkdir(parents=True, exist_ok=True)
     results = {"stores": [store_section(Path(s), max_images) for s in stores],
-               "probes": [], "reference_cards": reference_cards or {}}
+               "probes": [], "reference_cards": reference_cards or {}, "everyday_cards": everyday_cards or {}}
     outcomes_by_dir = {}
     for path in probes:
         section, outcomes_by_dir[str(Path(path))] = probe_section(Path(path), max_images)
