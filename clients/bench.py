@@ -262,7 +262,8 @@ def expansion_profile(encoder: str, catalog_name: str, images: list[bytes], batc
     arrays, keys = [np.frombuffer(d, np.uint8) for d in images], [image_key(d) for d in images]
 
     def cpu_ms_per_image(transforms, uploads: bool, crops: bool) -> float:
-        part = replace(catalog, transforms=tuple(transforms), classes=catalog.classes if catalog.name != "fine" else ())
+        per_row = catalog.classes == tuple(catalog.class_names)  # fine, detect: a class per row, the part's own
+        part = replace(catalog, transforms=tuple(transforms), classes=() if per_row else catalog.classes)
         with tempfile.TemporaryDirectory() as tmp:
             path = serialize_expand(part, Path(tmp) / "e.dali", "cpu", batch, 2, pre if crops else None, False, uploads)
             expander = Expander(path, part, batch, 2)

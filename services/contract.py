@@ -8,7 +8,7 @@ Families, for an encoder NAME (see the README's glossary):
 
     image_gate       IMAGE -> image                    one per repository, in front of every upload
     embed            NAME_embed = image_gate -> NAME_preprocess -> NAME_encoder
-    expansion        NAME_embed31 | _general | _groups = image_gate -> CATALOG_inputs -> NAME_expandK
+    expansion        NAME_embed31 | _general | _groups | _detect = image_gate -> CATALOG_inputs -> NAME_expandK
                      [-> style_NET -> NAME_style_resize] -> NAME_versions -> NAME_encoder
     detector         NAME_detector = NAME_embed's steps -> NAME_probe
 
@@ -48,7 +48,7 @@ DETECTOR_OUTPUTS = (TRANSFORM_PROBS, CATEGORY_PROBS, MANIPULATION_SCORE, MANIPUL
 GATE = "image_gate"
 MANIFEST = "equiprobe.json"  # in NAME_encoder: what build-repo rendered, the flavour included
 EXPANSION_MANIFEST = "versions.json"  # in NAME_embedK: row names, catalog version, style-network hashes
-CATALOG_SUFFIX = {"fine": "31", "general": "_general", "groups": "_groups"}
+CATALOG_SUFFIX = {"fine": "31", "general": "_general", "groups": "_groups", "detect": "_detect"}
 
 
 @dataclass(frozen=True)

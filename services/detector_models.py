@@ -37,7 +37,8 @@ def _outputs(meta: dict, embedding: str) -> list:
 def _parameters(meta: dict) -> dict:
     """What clients can read over gRPC (get_model_config) about the deployed probes."""
     return {"encoder": meta["encoder"], "dim": meta["dim"], "onnx_sha256": meta["encoder_onnx_sha256"],
-            "catalog_version": meta["catalog_versions"]["fine"], "category_source": meta["category_source"],
+            "catalog_version": meta["catalog_versions"][meta.get("detector_task", "fine")],  # fine or detect
+            "category_source": meta["category_source"],
             "probe_model": meta["model"], "probe_version": meta["version"],
             "threshold": repr(meta["threshold"]), "target_fpr": meta["target_fpr"]}
 

@@ -9,11 +9,13 @@ from equiprobe.trainer.tasks import TASKS, get_task
 
 
 def test_every_task_is_declared_once_and_an_unknown_one_is_named_with_the_known_ones():
-    assert list(TASKS) == ["fine", "general", "semantic", "multitask"]
+    assert list(TASKS) == ["fine", "general", "semantic", "multitask", "detect"]
     assert get_task("general").held_out and get_task("multitask").semantic and not get_task("fine").semantic
     assert [h.name for h in get_task("multitask").heads] == ["transformation", "semantic"]
-    assert [t for t in TASKS if TASKS[t].detector_part] == ["fine", "general"]
-    with pytest.raises(ValueError, match=r"unknown task 'groups'; use one of fine, general, semantic, multitask"):
+    assert [t for t in TASKS if TASKS[t].detector_part] == ["fine", "general", "detect"]
+    assert [t for t in TASKS if TASKS[t].detector] == ["fine", "detect"]
+    with pytest.raises(ValueError, match=r"unknown task 'groups'; use one of fine, general, semantic, multitask, "
+                                         r"detect"):
         get_task("groups")
 
 

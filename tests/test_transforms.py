@@ -141,10 +141,20 @@ def test_every_general_sub_transformation_changes_the_image(photos, tmp_path):
 # detail and agree in kind only.
 CLOSE = ("identity", "saturate", "grayscale", "tint", "invert", "solarize", "posterize", "brighten", "darken",
          "contrast", "vignette", "gaussian_blur", "motion_blur", "defocus_blur", "pixelate", "jpeg", "crop_zoom",
-         "rotate", "perspective", "text_overlay", "icon_overlay", "border", "downscale")
+         "rotate", "perspective", "text_overlay", "icon_overlay", "border", "downscale",
+         # the detection catalog's
+         "desaturate", "low_contrast", "jpeg_recompress", "crop_zoom_mild", "watermark", "logo", "gamma", "sepia",
+         "warm_filter", "cool_filter", "resample", "rotate_crop", "patches", "warm_then_jpeg", "gamma_then_crop")
 
 
-@pytest.mark.parametrize("catalog_name", ["fine", "general"])
+# The detection catalog's mild strengths: an overlay may touch a few hundred pixels (a small logo at
+# 35% opacity), and pixelate's finer grids (up to 96 cells) put DALI's and Pillow's nearest-neighbour
+# picks a pixel apart more often.
+CHANGED = {"detect": 0.1}
+LOOSE = {("detect", "pixelate"): 6.0}
+
+
+@pytest.mark.parametrize("catalog_name", ["fine", "general", "detect"])
 def test_pillow_reference_implements_every_transformation(catalog_name, photos, tmp_path):
     from equiprobe.services.transforms.reference import expand_reference
 
@@ -158,9 +168,9 @@ def test_pillow_reference_implements_every_transformation(catalog_name, photos, 
     for k, t in enumerate(catalog.transforms):
         difference = np.abs(dali[0, k].astype(int) - reference[k]).mean()
         if t.name in CLOSE:
-            assert difference < 2.0, (t.name, difference)
+            assert difference < LOOSE.get((catalog_name, t.name), 2.0), (t.name, difference)
         if t.name != "identity":
-            assert np.abs(reference[k].astype(int) - reference[0]).mean() > 1.0, t.name
+            assert np.abs(reference[k].astype(int) - reference[0]).mean() > CHANGED.get(catalog_name, 1.0), t.name
 
 
 def test_every_font_icon_and_style_reference_renders():
@@ -192,7 +202,7 @@ def test_catalog_inputs_from_the_bundle_equal_the_packages_and_need_none_of_them
     script = f"""
 import sys, numpy as np
 from equiprobe.services.transforms import get_catalog, assets
-cats = [get_catalog(c) for c in ("fine", "general", "groups")]
+cats = [get_catalog(c) for c in ("fine", "general", "groups", "detect")]
 keys = [f"{{i:040x}}" for i in range(40)]
 packages = [[c.host_inputs(k, 1, True) for k in keys] for c in cats]
 for m in ("matplotlib", "skimage", "sklearn"):

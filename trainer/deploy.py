@@ -57,6 +57,7 @@ from equiprobe.services.repository import RepositoryError, ServedEncoder, served
 
 from .detector_scores import DEFAULT_TARGET_FPR, load_scores
 from .probe_export import ProbeError, SavedProbe, category_names, export_probes, read_probe
+from .tasks import TASKS
 
 HISTORY = "deploy_history.json"
 VERSION_RECORD = "deployed.json"
@@ -100,10 +101,12 @@ def check_probe(trained: dict, where: str, task: str, served: ServedEncoder) -> 
 
 
 def pick_probes(probes: list[SavedProbe]) -> tuple[SavedProbe, Optional[SavedProbe]]:
-    by_task = {"fine": [p for p in probes if p.task == "fine"], "general": [p for p in probes if p.task == "general"]}
+    """The detector's probe (a task with `detector`: fine, or detect) and the optional general one."""
+    by_task = {"fine": [p for p in probes if TASKS[p.task].detector],
+               "general": [p for p in probes if p.task == "general"]}
     if len(by_task["fine"]) != 1 or len(by_task["general"]) > 1:
         given = ", ".join(f"{p.path} ({p.task})" for p in probes) or "none"
-        raise DeployError(f"deploy takes one fine probe and at most one general probe; given: {given}")
+        raise DeployError(f"deploy takes one fine (or detect) probe and at most one general probe; given: {given}")
     general = by_task["general"][0] if by_task["general"] else None
     if general is not None and general.classes != category_names():
         raise DeployError(f"{general.path}: general classes {general.classes} are not the catalog's "
@@ -444,6 +447,7 @@ def deploy(probe_dirs: list[Path], repo: Path, url=None, timeout_s: float = 120.
         meta = {"model": names.probe, "version": version, "replaced": replaced, "deployed_at": now(),
                 "encoder": served.name, "dim": served.dim, "encoder_onnx_sha256": served.onnx_sha256,
                 "catalog_versions": {p.task: p.record["catalog_version"] for p in (fine, general) if p},
+                "detector_task": fine.task,  # whose catalog's rows TRANSFORM_PROBS are: fine or detect
                 "classes": fine.classes, "categories": category_names(),
                 "category_source": exported.category_source, "parity_max_abs_diff": exported.max_abs_diff,
                 "threshold": threshold, "target_fpr": target_fpr,

@@ -99,21 +99,23 @@ def read_probe(path: Path) -> SavedProbe:
         raise ProbeError(f"{path} holds no deployable probe.pt (a {record.kind} probe)")
     spec = TASKS.get(record.task)
     if spec is None or not spec.detector_part:
-        raise ProbeError(f"{path} is a {record.task} probe; the detector takes a fine probe and optionally "
-                         "a general one")
+        raise ProbeError(f"{path} is a {record.task} probe; the detector takes a fine (or detect) probe and "
+                         "optionally a general one")
     return SavedProbe(path, record)
 
 
 def category_of(fine_classes: list[str]) -> list[str]:
-    """The general-catalog category of every fine class."""
+    """The general-catalog category of every fine class: a row of a detector task's catalog (fine,
+    or detect, whose rows of a fine kind keep its name and category)."""
     from equiprobe.services.transforms import get_catalog
 
-    by_name = {t.name: t.category for t in get_catalog("fine").transforms}
+    by_name = {t.name: t.category for spec in TASKS.values() if spec.detector
+               for t in get_catalog(spec.catalog).transforms}
     categories = []
     for name in fine_classes:
         category = by_name.get(name) or ("style" if name.startswith("neural_style_") else None)
         if category is None:
-            raise ProbeError(f"fine class {name!r} is not in the fine catalog")
+            raise ProbeError(f"fine class {name!r} is not in the fine or detect catalog")
         categories.append(category)
     return categories
 

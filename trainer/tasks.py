@@ -10,6 +10,7 @@ CLI can take the task names and their help from `TASKS` without importing torch.
     general    10-way category, trained on the seen sub-transformations, tested on all
     semantic   the dataset's label, on stores of any catalog
     multitask  transformation and semantic heads on one hidden layer, against a semantic-only probe
+    detect     one class per row of the detection catalog; the detector's figures, served in fine's place
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
     TaskSpec("multitask", "transformation and semantic heads on one hidden layer, compared with a semantic-only "
              "probe", "the multitask task", "fine", (Head("transformation", "rows"), Head("semantic", "label_names")),
              semantic_only=True, per_transformation_plot=True),
+    TaskSpec("detect", "one class per detection-catalog row (every fine kind from mild to strong, and everyday "
+             "edits): the detector trained for uploads", "the detection task", "detect", (Head("detect", "rows"),),
+             detector=True, detector_part=True, per_transformation_plot=True),
 )}
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from nvidia.dali import types
 
 from ..contract import PARAMS
-from . import fine, general, groups
+from . import detect, fine, general, groups
 from .spec import Transform, fingerprint, parse_version, sample_params, upload_quality
 
 # DALI type and rank of every host-rendered auxiliary input a transformation may ask for.
@@ -46,7 +46,9 @@ class Catalog:
             raise ValueError(f"catalog {self.name}: version {self.version!r} names another catalog")
         if not self.classes:
             object.__setattr__(self, "classes", tuple(t.name for t in self.transforms))
-        unknown = {t.category for t in self.transforms} - set(self.classes) if self.name != "fine" else set()
+        # With a class per row (fine, detect, groups) a category is a label of the row, not a class.
+        per_row = self.classes == tuple(t.name for t in self.transforms)
+        unknown = {t.category for t in self.transforms} - set(self.classes) if not per_row else set()
         if unknown:
             raise ValueError(f"catalog {self.name}: categories {unknown} are not classes")
 
@@ -119,6 +121,7 @@ CATALOGS = _apart(
     Catalog("fine", fine.VERSION, fine.TRANSFORMS),
     Catalog("general", general.VERSION, general.TRANSFORMS, general.CLASSES),
     Catalog("groups", groups.VERSION, groups.TRANSFORMS, groups=groups.GROUPS),
+    Catalog("detect", detect.VERSION, detect.TRANSFORMS),
 )
 
 

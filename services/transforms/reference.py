@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from ..reference import canvas
 from .assets import CANVAS
+from .detect import SEPIA
 from ..contract import PARAMS
 from .catalog import Catalog
 
@@ -58,7 +59,7 @@ def overlay(index_y, index_x, index_opacity, name):
     def apply(a, p, aux):
         rgba = aux[name].astype(np.float32)
         canvas = np.zeros((CANVAS, CANVAS, 4), np.float32)
-        y, x = int(p[index_y]), int(p[index_x])
+        y, x = int(round(p[index_y])), int(round(p[index_x]))  # DALI casts to integers by rounding
         h, w = min(rgba.shape[0], CANVAS - y), min(rgba.shape[1], CANVAS - x)
         canvas[y:y + h, x:x + w] = rgba[:h, :w]
         alpha = canvas[..., 3:4] / 255 * p[index_opacity]
@@ -133,6 +134,49 @@ def jpeg(a, p, aux):
     return np.asarray(Image.open(buffer).convert("RGB"))
 
 
+# The detection catalog's new kinds (services/transforms/detect.py).
+
+def gamma(a, p, aux):
+    g = 2.0 ** (p[0] * (2 * p[1] - 1))
+    return _u8((a / 255.0) ** g * 255.0)
+
+
+def sepia(a, p, aux):
+    matrix = (1 - p[0]) * np.eye(3) + p[0] * np.array(SEPIA)
+    return _u8(a.astype(np.float32) @ matrix.T)
+
+
+def _look(gains):
+    def apply(a, p, aux):
+        return _u8(a * np.array([1 + g * p[0] for g in gains]) * (1 - p[1] / 255) + p[1])
+    return apply
+
+
+def resample(a, p, aux):
+    small = Image.fromarray(a).resize((int(p[0]),) * 2, Image.BILINEAR)
+    return np.asarray(small.resize((CANVAS, CANVAS), Image.BICUBIC))
+
+
+def rotate_crop(a, p, aux):
+    t = np.deg2rad(p[0] * (2 * p[1] - 1))
+    z = np.cos(t) + abs(np.sin(t))
+    x, y, c = np.cos(t) / z, np.sin(t) / z, CANVAS / 2
+    matrix = (x, -y, c - (x - y) * c, y, x, c - (x + y) * c)  # output -> source, as DALI's inverse map
+    return np.asarray(Image.fromarray(a).transform((CANVAS, CANVAS), Image.AFFINE, matrix, Image.BILINEAR))
+
+
+def patches(a, p, aux):
+    out = a.copy()
+    for y, x, h, w, *rgb in (p[0:7], p[7:14]):
+        out[int(y):int(y) + int(h), int(x):int(x) + int(w)] = np.array(rgb, np.uint8)
+    return out
+
+
+def chain(first, second, split):
+    """The first edit with p[:split], then the second with p[split:], as detect.py's chains."""
+    return lambda a, p, aux: second(first(a, p[:split], aux), p[split:], aux)
+
+
 IMPLEMENTATIONS: dict[str, Callable] = {
     "identity": lambda a, p, aux: a,
     "hue_shift": hue_shift,
@@ -170,6 +214,24 @@ IMPLEMENTATIONS: dict[str, Callable] = {
     "grid_mask": grid_mask,
     "reference_style": style,
 }
+IMPLEMENTATIONS.update({
+    "desaturate": IMPLEMENTATIONS["saturate"],
+    "low_contrast": IMPLEMENTATIONS["contrast"],
+    "jpeg_recompress": jpeg,
+    "crop_zoom_mild": crop_zoom,
+    "watermark": IMPLEMENTATIONS["text_overlay"],
+    "logo": IMPLEMENTATIONS["icon_overlay"],
+    "gamma": gamma,
+    "sepia": sepia,
+    "warm_filter": _look((1.0, 0.25, -1.0)),
+    "cool_filter": _look((-1.0, 0.1, 1.0)),
+    "resample": resample,
+    "rotate_crop": rotate_crop,
+    "patches": patches,
+    "warm_then_jpeg": chain(_look((1.0, 0.25, -1.0)), jpeg, 2),
+    "resample_then_sharpen": chain(resample, IMPLEMENTATIONS["sharpen"], 1),
+    "gamma_then_crop": chain(gamma, crop_zoom, 2),
+})
 
 
 def implementation(name: str) -> Callable:

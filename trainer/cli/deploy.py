@@ -14,8 +14,8 @@ from .common import fail
 
 
 def deploy(
-    probe: list[Path] = typer.Option([], help="Probe directory (probe.pt + probe.json): one fine probe, and "
-                                     "optionally one general probe for CATEGORY_PROBS. Repeatable."),
+    probe: list[Path] = typer.Option([], help="Probe directory (probe.pt + probe.json): one fine (or detect) "
+                                     "probe, and optionally one general probe for CATEGORY_PROBS. Repeatable."),
     repo: Path = typer.Option(Path("model_repository"), help="Model repository (build-repo) to deploy into."),
     url: str = typer.Option(None, help="gRPC HOST:PORT of the server on REPO (model control explicit or poll): "
                             "it is made to serve the new version before deploy returns."),

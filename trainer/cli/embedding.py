@@ -22,8 +22,9 @@ def embed(
     out: Path = typer.Option(..., help="Store directory (created, or resumed if it holds this same job)."),
     url: list[str] = typer.Option(["127.0.0.1:8001"], help="Triton gRPC address HOST:PORT; with --ray, "
                                   "repeat it for every server of the fleet."),
-    catalog: str = typer.Option("fine", help="fine (31 versions), general (one per sub-transformation) or "
-                                "groups (5: identity, three rotations, a flip)."),
+    catalog: str = typer.Option("fine", help="fine (31 versions), general (one per sub-transformation), "
+                                "groups (5: identity, three rotations, a flip) or detect (the detection catalog: "
+                                "mild to strong and everyday edits)."),
     limit: Optional[int] = typer.Option(None, help="Only the first N images of the dataset."),
     shard: Optional[str] = typer.Option(None, help="I/N: this run's deterministic share of the dataset."),
     seed: int = typer.Option(0, help="Dataset seed for the transformation parameters."),

@@ -101,11 +101,15 @@ def build_repo(
                                         "each) for the detector parity: probes trained on FP32 embeddings."),
     accept_parity_failure: bool = typer.Option(False, help="int8: write the INT8 encoder even if its parity gate "
                                                "fails (recorded in the manifest as an override). Not for production."),
+    catalog: list[str] = typer.Option([], help="A catalog whose expansion to render: fine, general, groups or detect "
+                                      "(NAME_embed_detect, the detection catalog). Repeatable; default fine, general "
+                                      "and groups."),
 ) -> None:
     """Render NAME_embed (DALI -> ONNX ensemble) and the server-side expansions NAME_embed31,
-    NAME_embed_general and NAME_embed_groups."""
+    NAME_embed_general and NAME_embed_groups (--catalog picks others: NAME_embed_detect)."""
     import time
 
+    from equiprobe.services.contract import CATALOG_SUFFIX
     from equiprobe.services.encoders import EncoderError
     from equiprobe.services.model_config import ServingSpec
     from equiprobe.services.quantize import PRECISIONS, Int8Options, parity_summary
@@ -121,6 +125,10 @@ def build_repo(
         nets[name] = Path(path)
     if precision not in PRECISIONS:
         raise fail(f"--precision takes {' or '.join(PRECISIONS)}, not {precision!r}")
+    unknown = [c for c in catalog if c not in CATALOG_SUFFIX]
+    if unknown:
+        raise fail(f"--catalog takes {', '.join(CATALOG_SUFFIX)}, not {', '.join(unknown)}")
+    catalogs = {"catalogs": tuple(dict.fromkeys(catalog))} if catalog else {}  # else build_repo's default
     int8 = None
     start = time.perf_counter()
     try:
@@ -143,7 +151,7 @@ def build_repo(
                                               f"{sizes[1]}), judged on {sizes[2]} test images x 31 versions"
                                               if flavour == "portable" else ""), flush=True)
         result = build(encoder, repo, flavour, weights, random_weights, serving=serving,  # type: ignore[arg-type]
-                       style_nets=nets, precision=precision, int8=int8)
+                       style_nets=nets, precision=precision, int8=int8, **catalogs)
     except (EncoderError, ValueError) as exc:  # ParityError too: the INT8 gate's refusal, with its figures
         raise fail(str(exc))
     except typer.Exit:

@@ -14,7 +14,7 @@ transforms_app = typer.Typer(no_args_is_help=True, help="The transform catalogs.
 
 
 @transforms_app.command("list")
-def transforms_list(catalog: str = typer.Option("fine", help="fine, general or groups.")) -> None:
+def transforms_list(catalog: str = typer.Option("fine", help="fine, general, groups or detect.")) -> None:
     """List a catalog's transformations with their ids, categories and parameter ranges."""
     from equiprobe.services.transforms import get_catalog
 
@@ -32,7 +32,7 @@ def transforms_list(catalog: str = typer.Option("fine", help="fine, general or g
 def transforms_preview(
     image: Path = typer.Argument(..., help="An image file (see `equiprobe formats`)."),
     out: Path = typer.Option(Path("grid.png"), help="PNG to write."),
-    catalog: str = typer.Option("fine", help="fine, general or groups."),
+    catalog: str = typer.Option("fine", help="fine, general, groups or detect."),
     seed: int = typer.Option(0, help="Dataset seed: parameters are a function of (image, transform, seed)."),
 ) -> None:
     """Render a labelled grid of every version of IMAGE."""
