@@ -1,13 +1,16 @@
 """Content-safety scoring with `NAME_detector`: image bytes in, how it was manipulated out.
 
-The detector answers with the probability that the image is not the untouched original
-(MANIPULATION_SCORE), and the probe's distributions over the fine-grained transformations and
-the 10 categories. Top-k names come from Triton's classification extension (the label files
-the deploy writes next to the model config), so the client holds no class list of its own.
+The detector answers with the probability that the image was edited (MANIPULATION_SCORE: P(edited
+| upload) for an upload a priori as likely edited as not, calibrated on validation sources; 0.5
+means as likely edited as original), its verdict at the deployed threshold (MANIPULATED), and the
+probe's distributions over the fine-grained transformations and the 10 categories. Top-k names
+come from Triton's classification extension (the label files the deploy writes next to the model
+config), so the client holds no class list of its own.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Union
 
@@ -24,9 +27,9 @@ from equiprobe.services.contract import (CATEGORY_PROBS as CATEGORIES, EMBEDDING
 
 @dataclass
 class Score:
-    manipulation_score: float
+    manipulation_score: float  # P(edited), equal prior (calibrated); the raw 1 - P(identity) before calibration
     manipulated: bool  # the served model's verdict: score >= threshold
-    threshold: float  # the deployed operating threshold (chosen on validation sources)
+    threshold: float  # the deployed operating threshold on that probability (chosen on validation sources)
     transformations: list[tuple[str, float]]  # top-k (name, probability), most likely first
     categories: list[tuple[str, float]]
     model_version: str = ""
@@ -38,6 +41,12 @@ class Score:
         out["transformations"] = [{"name": n, "probability": p} for n, p in self.transformations]
         out["categories"] = [{"name": n, "probability": p} for n, p in self.categories]
         return out
+
+
+def format_threshold(value: float) -> str:
+    """A calibrated threshold (0.62) with three decimals; one near 0 or 1 (a raw 1 - P(identity)
+    threshold, 0.999786) with the digits that tell it apart."""
+    return f"{value:.3f}" if 0.001 <= value <= 0.999 else f"{value:.6g}"
 
 
 def parse_classification(entries: np.ndarray) -> list[tuple[str, float]]:
@@ -65,16 +74,27 @@ class Scorer:
     def check(self) -> None:
         check_model(self.client, self.url, self.model, self.headers)
 
-    @property
-    def threshold(self) -> float:
-        """The operating threshold the served detector applies, from its model config (read once)."""
-        if not hasattr(self, "_threshold"):
+    def _parameter(self, name: str, default: str) -> str:
+        """One of the served detector's model config parameters (the config is read once)."""
+        if not hasattr(self, "_parameters"):
             try:
                 config = self.client.get_model_config(self.model, as_json=True, headers=self.headers)["config"]
             except InferenceServerException as exc:
                 raise ServiceError(f"{self.model}: {self.connection.explain(exc.message())}") from None
-            self._threshold = float(config.get("parameters", {}).get("threshold", {}).get("string_value", "nan"))
-        return self._threshold
+            self._parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        return self._parameters.get(name, default)
+
+    @property
+    def threshold(self) -> float:
+        """The operating threshold the served detector applies to MANIPULATION_SCORE, from its model config."""
+        return float(self._parameter("threshold", "nan"))
+
+    @property
+    def calibration(self) -> dict:
+        """What MANIPULATION_SCORE is: the served calibration's kind, score, prior and parameters
+        (trainer/calibration.py); for a base rate pi of edited uploads, P(edited) = 1 / (1 + (1 - p)
+        / p * (1 - pi) / pi) when its prior is 0.5. {"kind": "none", ...} before calibration."""
+        return json.loads(self._parameter("calibration", '{"kind": "none", "score": "1 - P(identity)"}'))
 
     def score(self, data: Union[bytes, np.ndarray]) -> Score:
         outputs = [grpcclient.InferRequestedOutput(SCORE), grpcclient.InferRequestedOutput(MANIPULATED),

@@ -40,8 +40,10 @@ STYLED = "STYLED"  # UINT8 [224, 224, 3]: a style network's output
 # The detector's outputs (NAME_probe and NAME_detector).
 TRANSFORM_PROBS = "TRANSFORM_PROBS"
 CATEGORY_PROBS = "CATEGORY_PROBS"
+# FP32 [1]: P(edited | upload) for an upload a priori as likely edited as not: the fine probe's
+# log P(edited)/P(identity) calibrated on validation sources (trainer/calibration.py); not 1 - P(identity)
 MANIPULATION_SCORE = "MANIPULATION_SCORE"
-MANIPULATED = "MANIPULATED"
+MANIPULATED = "MANIPULATED"  # BOOL [1]: MANIPULATION_SCORE >= the deployed threshold (config parameter "threshold")
 EMBEDDING_OUT = "EMBEDDING_OUT"  # the probe's input, passed through
 DETECTOR_OUTPUTS = (TRANSFORM_PROBS, CATEGORY_PROBS, MANIPULATION_SCORE, MANIPULATED)
 

@@ -14,6 +14,8 @@ and the version switch; this module only says what the configs are.
 
 from __future__ import annotations
 
+import json
+
 from tritonclient.grpc import model_config_pb2 as mc
 
 from .contract import (CATEGORY_PROBS, DETECTOR_OUTPUTS, EMBEDDING, EMBEDDING_OUT, TRANSFORM_PROBS, DetectorNames,
@@ -35,12 +37,18 @@ def _outputs(meta: dict, embedding: str) -> list:
 
 
 def _parameters(meta: dict) -> dict:
-    """What clients can read over gRPC (get_model_config) about the deployed probes."""
+    """What clients can read over gRPC (get_model_config) about the deployed probes: among them the
+    threshold MANIPULATED applies, the score it applies to (a calibrated P(edited); a version
+    deployed before calibration served the raw 1 - P(identity)) and the calibration's parameters."""
+    calibration = meta.get("calibration") or {"kind": "none", "score": "1 - P(identity)"}
     return {"encoder": meta["encoder"], "dim": meta["dim"], "onnx_sha256": meta["encoder_onnx_sha256"],
             "catalog_version": meta["catalog_versions"][meta.get("detector_task", "fine")],  # fine or detect
             "category_source": meta["category_source"],
             "probe_model": meta["model"], "probe_version": meta["version"],
-            "threshold": repr(meta["threshold"]), "target_fpr": meta["target_fpr"]}
+            "threshold": repr(meta["threshold"]), "target_fpr": meta["target_fpr"],
+            "score": calibration.get("score", "1 - P(identity)"),
+            "calibration": json.dumps({k: v for k, v in calibration.items() if k not in ("fitted_on",
+                                      "cross_validated_log_loss")}, separators=(",", ":"))}
 
 
 def probe_config(served, meta: dict) -> mc.ModelConfig:

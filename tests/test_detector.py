@@ -102,6 +102,16 @@ def softmax_of(probe: Probe, embeddings: np.ndarray) -> np.ndarray:
         return torch.softmax(probe(torch.tensor(embeddings)), 1).numpy()
 
 
+def calibrated_score(probe_dir: Path, embeddings: np.ndarray) -> np.ndarray:
+    """MANIPULATION_SCORE by hand: the calibration train saved, applied to the torch probe's log-odds."""
+    from equiprobe.trainer.calibration import raw_log_odds
+    from equiprobe.trainer.detector_scores import load_scores
+
+    with torch.no_grad():
+        r = raw_log_odds(torch_probe(probe_dir)(torch.tensor(embeddings)), 0)[:, 0].double().numpy()
+    return load_scores(probe_dir)["calibration"].probability(r)
+
+
 def base_copy(repo: Path, out: Path) -> Path:
     """The session repository's NAME_embed models only (what the detector needs), copied."""
     return copy_models(repo, out, BASE.embed)
@@ -170,7 +180,9 @@ def test_detector_outputs_are_distributions_that_match_torch(client, jpegs, prob
         assert out[TRANSFORM_PROBS].sum() == pytest.approx(1, abs=1e-5)
         # Without a general probe, a category's probability is the sum over its transformations.
         np.testing.assert_allclose(out[CATEGORY_PROBS], out[TRANSFORM_PROBS] @ membership, atol=1e-6)
-        assert out[MANIPULATION_SCORE][0] == pytest.approx(1 - out[TRANSFORM_PROBS][0], abs=1e-6)
+        # The score is the calibrated P(edited) of the probe's log P(edited)/P(identity), not 1 - P(identity).
+        assert out[MANIPULATION_SCORE][0] == pytest.approx(calibrated_score(probes["mlp"], embedding[None])[0],
+                                                           abs=1e-5)
 
 
 def test_threshold_is_chosen_on_validation_stored_and_applied_by_the_served_model(client, deployed_repo, probes):
@@ -182,6 +194,12 @@ def test_threshold_is_chosen_on_validation_stored_and_applied_by_the_served_mode
     config = read_config(deployed_repo / NAMES.detector / "config.pbtxt")
     assert float(config.parameters["threshold"].string_value) == expected
     assert config.parameters["target_fpr"].string_value == "0.05"
+    # The threshold is on the calibrated P(edited), whose parameters clients can read too.
+    calibration = load_scores(probes["mlp"])["calibration"]
+    served = json.loads(config.parameters["calibration"].string_value)
+    assert served["kind"] == calibration.kind in ("platt", "isotonic") and served["prior"] == 0.5
+    assert config.parameters["score"].string_value.startswith("P(edited | upload)")
+    assert 0.0 < expected < 0.999  # not 0.9998 any more
     # The verdict is the served model's own: MANIPULATED == (MANIPULATION_SCORE >= threshold).
     crops = unseen_crops()[:2]
     with tempfile.TemporaryDirectory() as tmp:
@@ -211,7 +229,7 @@ def test_a_given_threshold_splits_the_scores(tmp_path, repo, probes, photo_store
     import onnxruntime as ort
 
     x = np.asarray(Store.open(photo_store).array("embeddings")[:4], np.float32).reshape(-1, 512)  # real versions
-    scores = np.unique(1 - softmax_of(torch_probe(probes["mlp"]), x)[:, 0])
+    scores = np.unique(calibrated_score(probes["mlp"], x))
     threshold = float((scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2)  # between two scores
     path = base_copy(repo, tmp_path / "repo")
     result = deploy([probes["mlp"]], path, threshold=threshold)
@@ -286,7 +304,10 @@ def test_scorer_api_agrees_with_the_raw_outputs(client, detector_server, jpegs):
     scorer = Scorer(detector_server.config.grpc_url, ENCODER, top=3, with_embedding=True)
     scorer.check()
     score, raw = scorer.score(jpegs["chelsea"]), detect(client, jpegs["chelsea"])
+    calibration = scorer.calibration  # what the score is, from the served config
     scorer.close()
+    assert calibration["kind"] in ("platt", "isotonic") and calibration["prior"] == 0.5
+    assert score.threshold == float(np.float32(score.threshold)) and 0 < score.threshold < 0.999
     assert score.manipulation_score == pytest.approx(float(raw[MANIPULATION_SCORE][0]), abs=1e-6)
     order = np.argsort(-raw[TRANSFORM_PROBS])[:3]
     assert [n for n, _ in score.transformations] == [FINE.class_names[i] for i in order]
@@ -432,7 +453,7 @@ def test_a_general_probe_gives_the_category_probabilities(tmp_path, repo, probes
     transforms, categories, score = session.run(list(OUTPUTS[:3]), {EMBEDDING: x})
     np.testing.assert_allclose(categories, softmax_of(torch_probe(probes["general"]), x), atol=1e-5)
     np.testing.assert_allclose(transforms, softmax_of(torch_probe(probes["mlp"]), x), atol=1e-5)
-    np.testing.assert_allclose(score[:, 0], 1 - transforms[:, 0], atol=1e-6)
+    np.testing.assert_allclose(score[:, 0], calibrated_score(probes["mlp"], x), atol=1e-5)  # the fine probe's
     config = read_config(path / NAMES.detector / "config.pbtxt")
     assert config.parameters["category_source"].string_value == "general probe"
     assert (path / NAMES.detector / "category_labels.txt").read_text().split("\n")[:10] == list(GENERAL.classes)

@@ -45,11 +45,25 @@ def test_toy_auc_and_roc():
     assert card["counts"] == {"originals": 4, "manipulated": 4}
 
 
+def _harrell_davis(originals, level):
+    """By hand: the Beta((n+1) level, (n+1)(1-level))-weighted mean of the sorted logits, back to a probability."""
+    from scipy.stats import beta
+
+    x = np.sort(np.asarray(originals, float))
+    n = len(x)
+    weights = [beta.cdf((i + 1) / n, (n + 1) * level, (n + 1) * (1 - level)) -
+               beta.cdf(i / n, (n + 1) * level, (n + 1) * (1 - level)) for i in range(n)]
+    return float(np.float32(1 / (1 + np.exp(-np.dot(weights, np.log(x / (1 - x)))))))
+
+
 def test_toy_thresholds():
-    # Budget 0.25 of 4 originals = 1 false positive. Score 0.4 flags only the original 0.9; 0.3 would flag two.
-    assert operating_threshold(*TOY, target_fpr=0.25) == 0.4
-    # Budget 0 false positives: the smallest score above every original is 0.95.
-    assert operating_threshold(*TOY, target_fpr=0.05) == 0.95
+    # The 0.75 quantile of the originals 0.1 0.2 0.3 0.9, estimated from all four (mostly the top two):
+    # 0.695, between the third and the fourth; it flags the original 0.9 (validation FPR 0.25).
+    threshold = operating_threshold(*TOY, target_fpr=0.25)
+    assert threshold == pytest.approx(_harrell_davis([0.1, 0.2, 0.3, 0.9], 0.75)) and 0.3 < threshold < 0.9
+    assert threshold == float(np.float32(threshold))  # what the served model compares in float32
+    # The 0.95 quantile of four originals lies close to the highest.
+    assert 0.8 < operating_threshold(*TOY, target_fpr=0.05) < 0.9
     card = _card(*TOY, threshold=0.4)
     assert card["at_threshold"] == {"fpr": 0.25, "tpr": 1.0, "identity_recall": 0.75, "precision": 0.8}
     card = _card(*TOY, threshold=0.95)
@@ -58,16 +72,16 @@ def test_toy_thresholds():
 
 def test_perfect_separation():
     scores, is_manip = _set([0.1, 0.2], [0.8, 0.9])
-    threshold = operating_threshold(scores, is_manip, 0.05)
-    assert threshold == 0.8
-    card = _card(scores, is_manip, threshold)
+    # Two originals say little about their 0.95 quantile: the estimate stays within their range.
+    assert 0.1 < operating_threshold(scores, is_manip, 0.05) < 0.2
+    card = _card(scores, is_manip, 0.8)
     assert card["auc"] == 1.0
     assert card["tpr_at_fpr_0.01"] == 1.0 and card["tpr_at_fpr_0.05"] == 1.0
     assert card["at_threshold"]["fpr"] == 0.0 and card["at_threshold"]["tpr"] == 1.0
 
 
 def test_threshold_from_validation_applied_to_test():
-    threshold = operating_threshold(*TOY, target_fpr=0.25)  # 0.4, from the toy validation set
+    threshold = 0.4  # as if chosen on a validation set
     # Test: originals 0.45 and 0.6 are >= 0.4 (2/5); manipulated 0.4 and 0.9 are (2/3), 0.39 is missed.
     # AUC: 0.4 and 0.39 beat 0.05 0.2 0.35 (3 each), 0.9 beats all 5 -> 11/15.
     test = _set([0.05, 0.45, 0.6, 0.2, 0.35], [0.4, 0.39, 0.9])
@@ -82,25 +96,25 @@ def test_threshold_from_validation_applied_to_test():
 
 def test_ties_count_as_false_positives():
     scores, is_manip = _set([0.5, 0.5, 0.1, 0.2], [0.5, 0.7])
-    # Budget 1 of 4: threshold 0.5 would flag both tied originals (2), so the next score up, 0.7, is chosen.
-    assert operating_threshold(scores, is_manip, 0.25) == 0.7
-    # Budget 2 of 4: 0.5 flags exactly the two tied originals; 0.2 would flag three.
-    assert operating_threshold(scores, is_manip, 0.5) == 0.5
-    card = _card(scores, is_manip, 0.5)
+    card = _card(scores, is_manip, 0.5)  # an original scoring exactly the threshold is flagged
     assert card["at_threshold"]["fpr"] == 0.5 and card["at_threshold"]["tpr"] == 1.0
+    # Originals all tied: every quantile is their score, and all of them are flagged.
+    tied, manipulated = _set([0.5] * 4, [0.7])
+    threshold = operating_threshold(tied, manipulated, 0.25)
+    assert threshold == float(np.float32(0.5)) and _card(tied, manipulated, threshold)["at_threshold"]["fpr"] == 1.0
 
 
-def test_tied_top_originals_exceeding_budget_go_above_every_score():
-    scores, is_manip = _set([0.9, 0.9], [0.1])
-    threshold = operating_threshold(scores, is_manip, 0.5)  # budget 1, but 0.9 flags 2
-    assert threshold == float(np.nextafter(0.9, np.inf))
-    assert _card(scores, is_manip, threshold)["at_threshold"]["fpr"] == 0.0
+def test_target_zero_goes_above_every_original():
+    scores, is_manip = _set([0.9, 0.9], [0.1, 0.95])
+    threshold = operating_threshold(scores, is_manip, 0.0)
+    assert 0.9 < threshold < 0.95 and _card(scores, is_manip, threshold)["at_threshold"]["fpr"] == 0.0
 
 
-def test_budget_rounding_allows_exactly_one_of_twenty():
-    originals = [i / 20 for i in range(20)]  # 0.0 .. 0.95
-    scores, is_manip = _set(originals, [])
-    assert operating_threshold(scores, is_manip, 0.05) == 0.95  # 1/20 = 0.05 is within budget
+def test_a_quantile_not_a_count():
+    # 20 originals 0.00 .. 0.95 (0 and 1 are clipped for the logit): the 0.95 quantile lies between
+    # the two highest, not at the highest that a budget of one false positive would allow.
+    scores, is_manip = _set([i / 20 for i in range(20)], [])
+    assert 0.9 < operating_threshold(scores, is_manip, 0.05) < 0.95
 
 
 def test_no_originals_raises():
@@ -152,7 +166,7 @@ def test_single_class_test_set_has_no_auc():
 def test_format_card():
     lines = format_card(_card(*TOY, threshold=0.4))
     assert lines[0] == "AUC 0.875  TPR@1% 0.500  TPR@5% 0.500"
-    assert lines[1] == "threshold 0.400000: FPR 0.250 TPR 1.000 identity recall 0.750 precision 0.800"
+    assert lines[1] == "threshold 0.400: FPR 0.250 TPR 1.000 identity recall 0.750 precision 0.800"
     assert lines[2] == "top category accuracy 1.000 (4 originals, 4 manipulated)"
     assert lines[3] == "per category detected/named: blur=1.00/1.00 crop=n/a/n/a color=n/a/n/a"
 

@@ -55,6 +55,7 @@ from equiprobe.services.detector_models import LABEL_FILES, detector_config, pro
 from equiprobe.services.model_config import PYTHON_MODELS
 from equiprobe.services.repository import RepositoryError, ServedEncoder, served_part
 
+from .calibration import Calibration
 from .detector_scores import DEFAULT_TARGET_FPR, load_scores
 from .probe_export import ProbeError, SavedProbe, category_names, export_probes, read_probe
 from .tasks import TASKS
@@ -404,17 +405,30 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def operating_point(fine: SavedProbe, target_fpr: float, threshold: Optional[float]) -> tuple[float, Optional[float]]:
-    """(threshold, target FPR): chosen on the probe's validation sources, or as given."""
+def operating_point(fine: SavedProbe, target_fpr: float,
+                    threshold: Optional[float]) -> tuple[float, Optional[float], Calibration]:
+    """(threshold, target FPR, calibration): the calibration saved with the probe's validation
+    scores (trainer/detector_scores.py), and the threshold on the calibrated score chosen on the
+    validation sources, or as given. Given a threshold and no scores.npz, the score stays the raw
+    1 - P(identity) (calibration "none")."""
     from .detector_card import operating_threshold
 
-    if threshold is not None:
-        return float(threshold), None
     try:
-        val = load_scores(fine.path)["val"]
-        return operating_threshold(val["score"], val["manipulated"], target_fpr), target_fpr
-    except (FileNotFoundError, ValueError) as exc:
+        scores = load_scores(fine.path)
+    except FileNotFoundError as exc:
+        if threshold is None:
+            raise DeployError(f"no operating threshold for {fine.path}: {exc}; or pass --threshold T") from None
+        return float(threshold), None, Calibration.from_dict(None)
+    except ValueError as exc:
+        raise DeployError(f"no calibration for {fine.path}: {exc}") from None
+    if threshold is not None:
+        return float(threshold), None, scores["calibration"]
+    try:
+        val = scores["val"]
+        return operating_threshold(val["score"], val["manipulated"], target_fpr), target_fpr, scores["calibration"]
+    except ValueError as exc:
         raise DeployError(f"no operating threshold for {fine.path}: {exc}; or pass --threshold T") from None
+
 
 
 def deploy(probe_dirs: list[Path], repo: Path, url=None, timeout_s: float = 120.0,
@@ -432,7 +446,7 @@ def deploy(probe_dirs: list[Path], repo: Path, url=None, timeout_s: float = 120.
     for probe in (fine, general):
         if probe is not None:
             check_probe(probe.record, str(probe.path), probe.task, served)
-    threshold, target_fpr = operating_point(fine, target_fpr, threshold)
+    threshold, target_fpr, calibration = operating_point(fine, target_fpr, threshold)
     client = connect(url) if url else None
     names = DetectorNames(served.name)
     model_dir = repo / names.probe
@@ -441,7 +455,8 @@ def deploy(probe_dirs: list[Path], repo: Path, url=None, timeout_s: float = 120.
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp)
         try:
-            exported = export_probes(fine, general, staged / "model.onnx", threshold, [p.dim for p in served.parts])
+            exported = export_probes(fine, general, staged / "model.onnx", threshold, [p.dim for p in served.parts],
+                                     calibration=calibration)
         except ProbeError as exc:
             raise DeployError(str(exc)) from None
         meta = {"model": names.probe, "version": version, "replaced": replaced, "deployed_at": now(),
@@ -450,7 +465,7 @@ def deploy(probe_dirs: list[Path], repo: Path, url=None, timeout_s: float = 120.
                 "detector_task": fine.task,  # whose catalog's rows TRANSFORM_PROBS are: fine or detect
                 "classes": fine.classes, "categories": category_names(),
                 "category_source": exported.category_source, "parity_max_abs_diff": exported.max_abs_diff,
-                "threshold": threshold, "target_fpr": target_fpr,
+                "threshold": threshold, "target_fpr": target_fpr, "calibration": calibration.as_dict(),
                 "probes": {p.task: {"path": str(p.path.resolve()), "record": p.record}
                            for p in (fine, general) if p}}
         meta["catalog_versions"].setdefault("general", served.catalog_versions["general"])

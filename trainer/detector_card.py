@@ -8,6 +8,7 @@ Every value in a card is a plain Python float/int/list/None so the card goes str
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import matplotlib
 
@@ -28,27 +29,58 @@ def _split(scores, manipulated) -> tuple[np.ndarray, np.ndarray]:
 
 
 def operating_threshold(scores, manipulated, target_fpr: float = 0.05) -> float:
-    """The smallest validation score t with FPR(t) = #(originals >= t) / #originals <= target_fpr.
+    """The threshold that flags `target_fpr` of new originals, estimated from validation scores: the
+    Harrell-Davis estimate of the originals' (1 - target_fpr) quantile (a Beta-weighted average of
+    every order statistic), taken on the logit scale of scores in [0, 1] and rounded to float32,
+    the precision the served model compares in. An original scoring exactly t counts as flagged.
 
-    Candidates are observed scores (as sklearn's roc_curve uses), so the threshold is the standard ROC
-    operating point: the highest validation TPR among thresholds meeting the FPR budget. An original scoring
-    exactly t counts as a false positive, so ties can never push the FPR over budget. If no observed score
-    meets the budget (e.g. target 0 and the top score is an original), t is the next float above every score:
-    FPR 0, TPR 0. Raises ValueError when there are no originals, because then the FPR is undefined.
+    The rule it replaces, the smallest observed score whose validation FPR is within budget, sits
+    just above the (n - b)-th of n originals (b = floor(target n) false positives allowed); the
+    share of new originals above that order statistic is Beta(b + 1, n - b), mean (b + 1) / (n + 1):
+    0.073 for target 0.05 and 40 originals, a bias of up to 1 / (n + 1). The Harrell-Davis estimate
+    is centred on the target, and of the rules simulated (empirical, conformal order statistic,
+    interpolated quantile, Gaussian fit) the nonparametric one with the smallest spread: sd of the
+    new-source FPR 0.030 at 40 originals and 0.018 at 120, against 0.040 and 0.021 before
+    (`fpr_interval` gives the interval). A conservative upper confidence bound was not chosen: the
+    promise is two-sided, and with 40 originals even zero false positives bounds the FPR only at
+    0.072. With few originals no rule pins the FPR; more originals per validation source (more
+    crops of each) do. target_fpr 0: just above every original. Raises ValueError when there are
+    no originals, because then the FPR is undefined.
     """
+    from scipy.stats import beta
+
     scores, manipulated = _split(scores, manipulated)
     if not 0.0 <= target_fpr < 1.0:
         raise ValueError(f"target_fpr must be in [0, 1), got {target_fpr}")
     originals = np.sort(scores[~manipulated])
     if originals.size == 0:
         raise ValueError("operating_threshold needs at least one original (manipulated == False) to measure FPR")
-    candidates = np.unique(scores)  # ascending
-    false_pos = originals.size - np.searchsorted(originals, candidates, side="left")  # #originals >= candidate
-    # Integer budget with a tolerance, so 0.05 * 20 originals allows exactly 1 false positive despite rounding.
-    ok = false_pos <= target_fpr * originals.size + 1e-9
-    if not ok.any():
-        return float(np.nextafter(scores.max(), np.inf))
-    return float(candidates[ok][0])
+    if target_fpr == 0.0:
+        return float(np.nextafter(np.float32(originals[-1]), np.float32(np.inf)))
+    probabilities = originals.min() >= 0.0 and originals.max() <= 1.0
+    values = _logit(originals) if probabilities else originals
+    n, level = originals.size, 1.0 - target_fpr
+    weights = np.diff(beta.cdf(np.arange(n + 1) / n, (n + 1) * level, (n + 1) * (1 - level)))
+    quantile = float(weights @ values)
+    threshold = float(np.float32(1.0 / (1.0 + np.exp(-quantile)) if probabilities else quantile))
+    return threshold
+
+
+def fpr_interval(originals: int, target_fpr: float, level: float = 0.9) -> Optional[list[float]]:
+    """Where the FPR on new sources of a threshold at the (1 - target) quantile of `originals`
+    validation originals lands with probability `level`: the share of new originals above the
+    (1 - target)(n + 1)-th order statistic is Beta(target (n + 1), (1 - target)(n + 1))."""
+    from scipy.stats import beta
+
+    if originals < 1 or not 0.0 < target_fpr < 1.0:
+        return None
+    dist = beta(target_fpr * (originals + 1), (1 - target_fpr) * (originals + 1))
+    return [float(dist.ppf((1 - level) / 2)), float(dist.ppf((1 + level) / 2))]
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-12, 1 - 1e-12)
+    return np.log(p) - np.log1p(-p)
 
 
 def _ratio(num, den) -> float | None:
@@ -137,13 +169,27 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 def format_card(card: dict) -> list[str]:
     """A few human-readable lines; per-category recall as name=detected/named."""
+    from equiprobe.clients.scoring import format_threshold
+
     op, counts = card["at_threshold"], card["counts"]
     per_cat = " ".join(f"{c}={_fmt(v['detected'], 2)}/{_fmt(v['named'], 2)}" for c, v in card["per_category"].items())
-    return [
+    lines = [
         f"AUC {_fmt(card['auc'])}  TPR@1% {_fmt(card['tpr_at_fpr_0.01'])}  TPR@5% {_fmt(card['tpr_at_fpr_0.05'])}",
-        f"threshold {card['threshold']:.6f}: FPR {_fmt(op['fpr'])} TPR {_fmt(op['tpr'])} "
+        f"threshold {format_threshold(card['threshold'])}: FPR {_fmt(op['fpr'])} TPR {_fmt(op['tpr'])} "
         f"identity recall {_fmt(op['identity_recall'])} precision {_fmt(op['precision'])}",
         f"top category accuracy {_fmt(card['top_category_accuracy'])} "
         f"({counts['originals']} originals, {counts['manipulated']} manipulated)",
         f"per category detected/named: {per_cat}",
     ]
+    if card.get("calibration"):  # train's card (trainer/detector_scores.card_for)
+        from .calibration import Calibration
+
+        rule, raw = card["threshold_rule"], card["raw"]
+        interval = rule.get("fpr_interval_90")
+        spread = f", 90% of new-source FPRs in [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
+        of_sources = f" of {rule['validation_sources']} sources" if rule.get("validation_sources") else ""
+        lines += [f"score: {Calibration.from_dict(card['calibration']).describe()}",
+                  f"threshold chosen for FPR {card['target_fpr']:g} on {rule['validation_originals']} validation "
+                  f"originals{of_sources} (validation FPR {_fmt(rule['validation_fpr'])}{spread}); raw {raw['score']}: "
+                  f"AUC {_fmt(raw['auc'])}, the same threshold at {format_threshold(raw['threshold'])}"]
+    return lines

@@ -3,7 +3,9 @@
     EMBEDDING FP32 [B, D] -> TRANSFORM_PROBS    FP32 [B, C]   softmax of the fine probe (C = 31)
                              CATEGORY_PROBS     FP32 [B, 10]  softmax of the general probe, or, without
                                                               one, TRANSFORM_PROBS summed per category
-                             MANIPULATION_SCORE FP32 [B, 1]   1 - P(identity) from the fine probe
+                             MANIPULATION_SCORE FP32 [B, 1]   P(edited), equal prior: the fine probe's
+                                                              log P(edited)/P(identity) calibrated on
+                                                              validation sources (trainer/calibration.py)
                              MANIPULATED        BOOL [B, 1]   MANIPULATION_SCORE >= the deployed threshold
                                                               (chosen on validation sources for a target FPR)
                              EMBEDDING_OUT      FP32 [B, D]   the input, passed through
@@ -126,10 +128,14 @@ def category_names() -> list[str]:
     return list(get_catalog("general").classes)
 
 
-def detector_head(fine, general, fine_classes: list[str], threshold: float = 0.5):
-    """The torch module the ONNX model is exported from (and checked against)."""
+def detector_head(fine, general, fine_classes: list[str], threshold: float = 0.5, calibration=None):
+    """The torch module the ONNX model is exported from (and checked against). MANIPULATION_SCORE
+    is `calibration` (trainer.calibration.Calibration) of the fine probe's logits; without one, the
+    raw 1 - P(identity)."""
     import torch
     from torch import nn
+
+    from .calibration import Calibration
 
     names = category_names()
     membership = np.zeros((len(fine_classes), len(names)), np.float32)
@@ -142,15 +148,17 @@ def detector_head(fine, general, fine_classes: list[str], threshold: float = 0.5
             super().__init__()
             self.fine, self.general = fine, general
             self.register_buffer("membership", torch.from_numpy(membership))
+            self.calibrate = (calibration or Calibration(kind="none", prior=None)).module(identity)
 
         def forward(self, *parts: torch.Tensor):
             embeddings = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-            transforms = torch.softmax(self.fine(embeddings), dim=1)
+            logits = self.fine(embeddings)
+            transforms = torch.softmax(logits, dim=1)
             if self.general is not None:
                 categories = torch.softmax(self.general(embeddings), dim=1)
             else:  # P(category) = sum of its transformations' probabilities
                 categories = transforms @ self.membership
-            score = 1.0 - transforms[:, identity:identity + 1]
+            score = self.calibrate(logits)  # MANIPULATION_SCORE: the calibrated P(edited)
             return transforms, categories, score, score >= threshold, embeddings
 
     return DetectorHead().eval()
@@ -164,8 +172,11 @@ class ProbeExport:
 
 
 def export_probes(fine: SavedProbe, general: Optional[SavedProbe], out: Path, threshold: float,
-                  part_dims: Optional[list[int]] = None, check_batch: int = 16) -> ProbeExport:
-    """Write the probe model to `out` and check it with ONNX Runtime; raises ProbeError on a mismatch."""
+                  part_dims: Optional[list[int]] = None, check_batch: int = 16,
+                  calibration=None) -> ProbeExport:
+    """Write the probe model to `out` and check it with ONNX Runtime; raises ProbeError on a mismatch.
+    `calibration` (trainer.calibration.Calibration) is baked in: MANIPULATION_SCORE is the calibrated
+    P(edited), and `threshold` applies to it."""
     import onnx
     import torch
 
@@ -174,7 +185,8 @@ def export_probes(fine: SavedProbe, general: Optional[SavedProbe], out: Path, th
     if IDENTITY not in fine.classes:
         raise ProbeError(f"{fine.path}: the fine probe has no {IDENTITY!r} class to score manipulation against")
     fine_model = fine.load()
-    head = detector_head(fine_model, general.load() if general else None, fine.classes, threshold)
+    head = detector_head(fine_model, general.load() if general else None, fine.classes, threshold,
+                         calibration=calibration)
     batch = torch.export.Dim("batch", min=1, max=4096)
     # Embeddings as the encoder gives them: around the training mean, at the training scale.
     rng = np.random.default_rng(0)

@@ -26,6 +26,7 @@ from typing import Optional
 
 import numpy as np
 
+from equiprobe.clients.scoring import format_threshold
 from equiprobe.clients.store import Store
 from equiprobe.services.transforms import parse_version
 
@@ -202,18 +203,50 @@ def render_plots(results: dict, out: Path) -> list[Path]:
     return written
 
 
+def calibration_lines(cards: dict[str, dict]) -> list[str]:
+    """The calibration of each trained detector: what the score is, how well it reads as a
+    probability (validation and test sources), and the raw 1 - P(identity) beside it."""
+    from .calibration import Calibration
+
+    f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = []
+    for name, c in cards.items():
+        if not c.get("calibration"):
+            continue
+        if not lines:
+            lines += ["", "Calibration (fitted on validation sources; log loss and expected calibration error "
+                      "under the equal prior; raw = 1 - P(identity), the score served before):", "",
+                      "| detector | score | log loss val / test | ECE val / test | raw log loss test | raw AUC test | "
+                      "threshold as raw score | validation originals | new-source FPR, 90% |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+        q, rule, raw = c.get("calibration_quality") or {}, c["threshold_rule"], c["raw"]
+        val, test = q.get("validation", {}), q.get("test", {})
+        get = lambda part, kind, key: part.get(kind, {}).get(key)  # noqa: E731
+        interval = rule.get("fpr_interval_90")
+        lines.append(f"| {name} | {Calibration.from_dict(c['calibration']).describe()} | "
+                     f"{f(get(val, 'calibrated', 'log_loss'))} / {f(get(test, 'calibrated', 'log_loss'))} | "
+                     f"{f(get(val, 'calibrated', 'ece'))} / {f(get(test, 'calibrated', 'ece'))} | "
+                     f"{f(get(test, 'raw', 'log_loss'))} | {f(raw['auc'])} | {format_threshold(raw['threshold'])} | "
+                     f"{rule['validation_originals']} | "
+                     + (f"{interval[0]:.3f}-{interval[1]:.3f} |" if interval else "- |"))
+    return lines
+
+
 def markdown(results: dict, images: list[Path]) -> str:
     lines = ["# equiprobe report", ""]
     cards = detector_cards(results)
     if cards:
         lines += ["## Detector card (test sources; threshold chosen on validation sources)", "",
-                  "| detector | AUC | TPR @ FPR 1% | TPR @ FPR 5% | threshold | FPR at threshold | identity recall | "
-                  "top category right |", "|---|---|---|---|---|---|---|---|"]
+                  "The score is the calibrated P(edited) for an upload a priori as likely edited as not "
+                  "(trainer/calibration.py); the threshold is on it.", "",
+                  "| detector | AUC | TPR @ FPR 1% | TPR @ FPR 5% | threshold | target FPR | FPR at threshold | "
+                  "identity recall | top category right |", "|---|---|---|---|---|---|---|---|---|"]
         for name, c in cards.items():
             f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
             at = c["at_threshold"]
             lines.append(f"| {name} | {f(c['auc'])} | {f(c['tpr_at_fpr_0.01'])} | {f(c['tpr_at_fpr_0.05'])} | "
-                         f"{c['threshold']:.6f} | {f(at['fpr'])} | {f(at['identity_recall'])} | "
+                         f"{format_threshold(c['threshold'])} | {f(c.get('target_fpr'))} | {f(at['fpr'])} | "
+                         f"{f(at['identity_recall'])} | "
                          f"{f(c['top_category_accuracy'])} |")
         manipulations = [n for n in next(iter(cards.values()))["per_category"] if n != "identity"]
         lines += ["", "Recall per category (manipulated versions scored at or above the threshold / named "
@@ -224,6 +257,7 @@ def markdown(results: dict, images: list[Path]) -> str:
                       f"{c['per_category'][n]['detected']:.2f} / {c['per_category'][n]['named']:.2f}")
                      for n in manipulations]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += calibration_lines(cards)
         lines.append("")
     if results.get("everyday_cards"):
         from .everyday_card import everyday_markdown

@@ -22,9 +22,10 @@ def deploy(
     rollback: bool = typer.Option(False, help="Return to the version the current one replaced (kept on disk)."),
     encoder: str = typer.Option(None, help="With --rollback: which detector, if REPO has several."),
     timeout: float = typer.Option(120.0, help="Seconds to wait for the server to serve the version."),
-    target_fpr: float = typer.Option(0.05, help="False-positive rate on the probe's validation sources that "
-                                     "chooses the MANIPULATED threshold."),
-    threshold: float = typer.Option(None, help="Use this MANIPULATED threshold instead of choosing one."),
+    target_fpr: float = typer.Option(0.05, help="False-positive rate on new originals that the MANIPULATED "
+                                     "threshold is chosen for, on the probe's validation sources."),
+    threshold: float = typer.Option(None, help="Use this MANIPULATED threshold (on the calibrated P(edited)) "
+                                    "instead of choosing one."),
     admin_key: Optional[str] = admin_key_option(),
     api_key: Optional[str] = api_key_option(),
     tls: bool = tls_option(),
@@ -33,6 +34,8 @@ def deploy(
     """Deploy probes as NAME_detector (IMAGE -> TRANSFORM_PROBS, CATEGORY_PROBS, MANIPULATION_SCORE,
     MANIPULATED, EMBEDDING), a new NAME_probe version; or roll back to the previous one."""
     from equiprobe.clients.connection import Connection
+    from equiprobe.clients.scoring import format_threshold
+    from equiprobe.trainer.calibration import Calibration
     from equiprobe.trainer.deploy import DeployError, deploy as run_deploy, rollback as run_rollback
 
     if rollback and probe:
@@ -53,7 +56,10 @@ def deploy(
           f"[{len(meta['categories'])}], MANIPULATION_SCORE [1], MANIPULATED [1], EMBEDDING [{meta['dim']}]")
     chosen = (f"chosen for FPR {meta['target_fpr']:g} on validation sources" if meta.get("target_fpr") is not None
               else "given")
-    print(f"operating threshold {meta['threshold']:.6f} ({chosen}): MANIPULATED = MANIPULATION_SCORE >= threshold")
+    calibration = Calibration.from_dict(meta.get("calibration"))
+    print(f"MANIPULATION_SCORE: {calibration.describe()}")
+    print(f"operating threshold {format_threshold(meta['threshold'])} ({chosen}): MANIPULATED = MANIPULATION_SCORE "
+          ">= threshold")
     if result.server:
         print(f"server {url} serves {names.probe} version {result.version} ({result.server})")
     else:

@@ -95,10 +95,11 @@ def score(
     root_certificates: Optional[Path] = root_certificates_option(),
     api_key: Optional[str] = api_key_option(),
 ) -> None:
-    """Score images: how likely each was manipulated, and how."""
+    """Score images: the probability each was edited (equal prior), the verdict at the deployed
+    threshold, and how."""
     from equiprobe.clients.connection import Connection
     from equiprobe.clients.embedding import ServiceError
-    from equiprobe.clients.scoring import Scorer
+    from equiprobe.clients.scoring import Scorer, format_threshold
 
     try:
         scorer = Scorer(Connection(url, tls, root_certificates, api_key or None), encoder, top=top)
@@ -120,8 +121,8 @@ def score(
             top_t = ", ".join(f"{t['name']} {t['probability']:.2f}" for t in result["transformations"])
             top_c = ", ".join(f"{c['name']} {c['probability']:.2f}" for c in result["categories"])
             verdict = "yes" if result["manipulated"] else "no"
-            console.print(f"[bold]{path}[/bold]  manipulated: {verdict} (score {result['manipulation_score']:.3f}, "
-                          f"threshold {result['threshold']:.6f})  "
+            console.print(f"[bold]{path}[/bold]  manipulated: {verdict} (P(edited) {result['manipulation_score']:.3f}, "
+                          f"threshold {format_threshold(result['threshold'])})  "
                           f"transformations: {top_t}  categories: {top_c}")
     scorer.close()
     if failed:
