@@ -1,5 +1,6 @@
 """Stores of several encoders over the same images joined into one: the embedding of a row is
-the concatenation of the parts' embeddings, in the order given.
+the concatenation of the parts' embeddings, in the order given; FEATURES likewise, of the parts
+that hold them (so a probe reading both sees every embedding, then every part's FEATURES).
 
 The result is a store like any other, for an encoder named "A+B" (ONNX hash "shaA+shaB",
 dim DA + DB): `equiprobe train` fits a probe on it unchanged, and `equiprobe deploy` serves
@@ -26,6 +27,17 @@ def part_names(encoder: str) -> list[str]:
     return encoder.split(COMPOSITE)
 
 
+def joined_layout(parts: list[Store]) -> list[dict]:
+    """Each part's FEATURES blocks, with the part named and their columns shifted to the joined column."""
+    layout, offset = [], 0
+    for p in parts:
+        for block in p.manifest.get("feature_layout") or []:
+            layout.append({**block, "part": p.manifest["encoder"],
+                           **{k: [block[k][0] + offset, block[k][1] + offset] for k in ("mean", "std")}})
+        offset += p.features_dim
+    return layout
+
+
 def concat_stores(paths: list[Path], out: Path, block: int = 1024) -> Store:
     if len(paths) < 2:
         raise StoreError("concat joins at least two stores")
@@ -48,7 +60,10 @@ def concat_stores(paths: list[Path], out: Path, block: int = 1024) -> Store:
                 "encoder_onnx_sha256": COMPOSITE.join(p.manifest["encoder_onnx_sha256"] for p in parts),
                 "encoder_precision": COMPOSITE.join(manifest_value(p.manifest, "encoder_precision") for p in parts),
                 "dim": sum(int(p.manifest["dim"]) for p in parts),
+                "features_dim": sum(p.features_dim for p in parts),
+                "feature_layout": joined_layout(parts),
                 "parts": [{"store": str(p.path), "encoder": p.manifest["encoder"], "dim": p.manifest["dim"],
+                           "features_dim": p.features_dim,
                            "encoder_onnx_sha256": p.manifest["encoder_onnx_sha256"],
                            "encoder_precision": manifest_value(p.manifest, "encoder_precision")} for p in parts]}
     store = Store.create_or_resume(out, manifest)
@@ -59,9 +74,10 @@ def concat_stores(paths: list[Path], out: Path, block: int = 1024) -> Store:
     for name in Store.FILES:
         if name not in ("embeddings", "status"):
             writer.arrays[name][:] = first.array(name)
-    sources = [p.array("embeddings") for p in parts]
-    for start in range(0, n, block):  # in blocks: never a whole store in memory
-        writer.arrays["embeddings"][start:start + block] = np.concatenate([s[start:start + block] for s in sources], -1)
+    for column in ("embeddings", "features") if store.features_dim else ("embeddings",):
+        sources = [p.array(column) for p in parts if column in p.files]
+        for start in range(0, n, block):  # in blocks: never a whole store in memory
+            writer.arrays[column][start:start + block] = np.concatenate([s[start:start + block] for s in sources], -1)
     for p in parts:  # a row failed in any part has no whole embedding
         writer.failures.update({e["row"]: e for e in p.errors()})
     writer.commit(list(range(n)))

@@ -19,7 +19,7 @@ from typing import Optional
 
 import numpy as np
 
-from equiprobe.services.contract import EMBEDDINGS, IMAGE, KEY, PARAMS, ROWS, SEED, UPLOADS, ExpansionNames
+from equiprobe.services.contract import EMBEDDINGS, FEATURES, IMAGE, KEY, PARAMS, ROWS, SEED, UPLOADS, ExpansionNames
 
 from .aio import AsyncTritonClient, ClientOptions, RequestError
 from .datasets import Dataset, open_dataset
@@ -120,6 +120,9 @@ def job_manifest(job: EmbedJob, dataset: Dataset, server: dict[str, str], count:
     return {
         "format_version": FORMAT_VERSION, "tool_version": TOOL_VERSION,
         "encoder": job.encoder, "encoder_onnx_sha256": server["onnx_sha256"], "dim": int(server["dim"]),
+        # The encoder's early-block statistics (services/encoders/taps.py), stored beside the embeddings.
+        "features_dim": int(server.get("features_dim", 0)),
+        "feature_layout": json.loads(server.get("feature_layout", "[]")),
         # An INT8 encoder keeps the FP32 graph's sha256 (its parity gate lets FP32 probes run on
         # it), so the precision is its own field: stores of the two never resume or join as one.
         "encoder_precision": server.get("precision", "fp32"),
@@ -148,9 +151,10 @@ async def run_embed_job(job: EmbedJob, progress: bool = True) -> dict:
 
 def server_mapper(job: EmbedJob, client: AsyncTritonClient, reuse: Optional[ReuseSource] = None) -> "ExpansionMapper":
     """The job's mapper: the server expansion, or, with an old store to reuse, the refresh."""
+    features = bool(reuse.store.features_dim) if reuse else None
     if reuse:
-        return RefreshMapper(client, job.names.embed, job.seed, job.as_uploads, reuse)
-    return ExpansionMapper(client, job.names.embed, job.seed, job.as_uploads)
+        return RefreshMapper(client, job.names.embed, job.seed, job.as_uploads, features, reuse)
+    return ExpansionMapper(client, job.names.embed, job.seed, job.as_uploads, features)
 
 
 @dataclass
@@ -162,6 +166,7 @@ class ExpansionMapper:
     model: str
     seed: int
     uploads: bool = False
+    features: Optional[bool] = None  # ask for FEATURES too; None: where the expansion publishes them
 
     async def map(self, items) -> list[Outcome]:
         return list(await asyncio.gather(*(self.one(record) for _, record in items)))
@@ -179,13 +184,18 @@ class ExpansionMapper:
             inputs[ROWS] = np.array([rows], np.int32)
         if self.uploads:
             inputs[UPLOADS] = np.array([[True]])
+        if self.features is None:
+            published = server_metadata(await self.client.model_config(self.model)).get("features_dim", "0")
+            self.features = int(published) > 0
+        outputs = [EMBEDDINGS, PARAMS, KEY] + ([FEATURES] if self.features else [])
         try:
-            out = await self.client.infer(self.model, inputs, [EMBEDDINGS, PARAMS, KEY])
+            out = await self.client.infer(self.model, inputs, outputs)
         except RequestError as exc:
             if exc.status != "StatusCode.INVALID_ARGUMENT":
                 raise
             return Outcome(reason=str(exc).split(", ", 1)[-1])
-        return Outcome(out[EMBEDDINGS][0], out[PARAMS][0], out[KEY][0, 0].decode())
+        return Outcome(out[EMBEDDINGS][0], out[PARAMS][0], out[KEY][0, 0].decode(),
+                       features=out[FEATURES][0] if self.features else None)
 
 
 @dataclass
@@ -204,11 +214,14 @@ class RefreshMapper(ExpansionMapper):
         old_key = reuse.image_key(row, record)
         if old_key is not None:
             if not reuse.missing:
-                return Outcome(*reuse.assemble(row, None, None), old_key, reused=len(reuse.new_columns))
+                embeddings, params = reuse.assemble(row, None, None)
+                return Outcome(embeddings, params, old_key, reused=len(reuse.new_columns),
+                               features=reuse.assemble_features(row, None))
             outcome = await self.one(record, reuse.missing)
             if outcome.reason:
                 return outcome
             if outcome.image_key == old_key:
+                outcome.features = reuse.assemble_features(row, outcome.features)
                 outcome.embeddings, outcome.params = reuse.assemble(row, outcome.embeddings, outcome.params)
                 outcome.reused, outcome.computed = len(reuse.new_columns), len(reuse.missing)
                 return outcome
@@ -240,7 +253,7 @@ def merge_stores(shards: list[Path], out: Path) -> Store:
         return merged  # already merged
     for s in stores:
         index = np.asarray(s.array("index"))  # the row of a global index in the unsharded store is the index
-        for name in Store.FILES:
+        for name in merged.files:
             source, target = s.array(name), writer.arrays[name]
             for start in range(0, len(index), 4096):  # in blocks: never the whole store in memory
                 rows = index[start:start + 4096]

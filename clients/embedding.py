@@ -9,7 +9,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from equiprobe.services.contract import EMBEDDING, IMAGE  # noqa: E402
+from equiprobe.services.contract import EMBEDDING, FEATURES, IMAGE  # noqa: E402
 
 
 class ServiceError(RuntimeError):
@@ -60,12 +60,22 @@ class EmbeddingClient:
 
     def embed(self, data: Union[bytes, np.ndarray]) -> np.ndarray:
         """Embed one encoded image (JPEG/PNG/BMP file bytes); returns a float32 [D] vector."""
+        return self.outputs(data, [EMBEDDING])[0]
+
+    def features(self, data: Union[bytes, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(EMBEDDING [D], FEATURES [F]) of one encoded image, for an encoder that taps early blocks."""
+        embedding, features = self.outputs(data, [EMBEDDING, FEATURES])
+        return embedding, features
+
+    def outputs(self, data: Union[bytes, np.ndarray], names: list[str]) -> list[np.ndarray]:
+        """The named outputs of NAME_embed for one encoded image, each without the batch axis."""
         try:
             result = self.client.infer(self.model, [as_image_input(data)], client_timeout=self.timeout_s,
+                                       outputs=[grpcclient.InferRequestedOutput(n) for n in names],
                                        headers=self.headers)
         except InferenceServerException as exc:
             raise ServiceError(f"{self.model}: {self.connection.explain(exc.message())}") from None
-        return result.as_numpy(EMBEDDING)[0]
+        return [result.as_numpy(n)[0] for n in names]
 
     def embed_files(self, paths: list[Path]) -> np.ndarray:
         return np.stack([self.embed(Path(p).read_bytes()) for p in paths])

@@ -36,7 +36,7 @@ class ReuseSource:
 
     def __post_init__(self):
         self.arrays = {name: self.store.array(name) for name in ("embeddings", "params", "status", "index", "keys",
-                                                                 "image_keys")}
+                                                                 "image_keys", "features") if name in self.store.files}
 
     def image_key(self, row: int, record) -> Optional[str]:
         """The old image key of the row if the old store holds this very record done, else None."""
@@ -53,19 +53,29 @@ class ReuseSource:
     def assemble(self, row: int, computed_embeddings: Optional[np.ndarray],
                  computed_params: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The new row: old columns where valid, the server's rows (in `missing` order) elsewhere."""
-        old_e, old_p = self.arrays["embeddings"][row], self.arrays["params"][row]
+        old_p = self.arrays["params"][row]
         width = self.width
-        embeddings = np.zeros((self.columns, old_e.shape[-1]), old_e.dtype)
+        embeddings = self._columns("embeddings", row, computed_embeddings)
         params = np.zeros((self.columns, width), np.float32)
-        embeddings[self.new_columns] = old_e[self.old_columns]
         # Parameter rows are zero-padded to the catalog's widest: a reused transformation has the
         # same parameters, so its values fit whichever catalog is wider.
         shared = min(width, old_p.shape[-1])
         params[self.new_columns, :shared] = old_p[self.old_columns, :shared]
         if self.missing:
-            embeddings[self.missing] = computed_embeddings
             params[self.missing] = computed_params[self.missing]
         return embeddings, params
+
+    def assemble_features(self, row: int, computed: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        """The new row's FEATURES, assembled as its embeddings (None: the stores hold none)."""
+        return self._columns("features", row, computed) if "features" in self.arrays else None
+
+    def _columns(self, name: str, row: int, computed: Optional[np.ndarray]) -> np.ndarray:
+        old = self.arrays[name][row]
+        out = np.zeros((self.columns, old.shape[-1]), old.dtype)
+        out[self.new_columns] = old[self.old_columns]
+        if self.missing:
+            out[self.missing] = computed
+        return out
 
 
 def open_reuse(old: Path, out: Path, manifest: dict) -> ReuseSource:

@@ -42,6 +42,7 @@ class Outcome:
     reason: str = ""
     reused: int = 0
     computed: int = 0
+    features: Optional[np.ndarray] = None  # [K, F] where the encoder taps early blocks
 
 
 class Mapper(Protocol):
@@ -75,7 +76,7 @@ class StoreSink:
             self.writer.fail(row, reason=outcome.reason, **where)
         else:
             self.writer.put(row, embeddings=outcome.embeddings, params=outcome.params,
-                            image_key=outcome.image_key, **where)
+                            image_key=outcome.image_key, features=outcome.features, **where)
         self.reused += outcome.reused
         self.computed += outcome.computed
 

@@ -3,6 +3,8 @@
     manifest.json    what the store holds: encoder and its ONNX hash, dimension, dtype, catalog
                      version and row names, dataset spec, seed, row count, shard, tool version
     embeddings.npy   [N, K, D] float16 (or float32): K versions of each image
+    features.npy     [N, K, F] same dtype, only where the encoder taps early blocks (manifest
+                     features_dim > 0; feature_layout says which block each column is from)
     params.npy       [N, K, W] float32: each version's drawn transformation parameters
     keys.npy         [N] unicode: the dataset's key of each image (path, or source/crop id)
     image_keys.npy   [N] unicode: SHA-256 prefix of the image bytes (parameters depend on it)
@@ -74,10 +76,10 @@ def _short(value, width: int = 60) -> str:
 
 
 # Fields that must match for a run to resume (or merge into) an existing store.
-IDENTITY_FIELDS = ("format_version", "encoder", "encoder_onnx_sha256", "encoder_precision", "dim", "dtype", "catalog",
-                   "catalog_version", "rows", "dataset", "seed", "count", "shard", "uploads")
+IDENTITY_FIELDS = ("format_version", "encoder", "encoder_onnx_sha256", "encoder_precision", "dim", "features_dim",
+                   "dtype", "catalog", "catalog_version", "rows", "dataset", "seed", "count", "shard", "uploads")
 # Fields later versions added, as stores written before them hold them implicitly.
-FIELD_DEFAULTS = {"encoder_precision": "fp32"}
+FIELD_DEFAULTS = {"encoder_precision": "fp32", "features_dim": 0}
 
 
 def manifest_value(manifest: dict, field: str):
@@ -100,8 +102,22 @@ class Store:
 
     FILES = ("embeddings", "params", "keys", "image_keys", "sources", "labels", "split", "index", "status")
     # What creating a store writes (and write_atomically's staged names), for cleaning up after one.
-    CREATED = (*(f"{name}.npy" for name in FILES), "errors.jsonl", "manifest.json", ".manifest.json.tmp",
-               ".errors.jsonl.tmp")
+    CREATED = (*(f"{name}.npy" for name in FILES), "features.npy", "errors.jsonl", "manifest.json",
+               ".manifest.json.tmp", ".errors.jsonl.tmp")
+
+    @staticmethod
+    def files_of(manifest: dict) -> tuple[str, ...]:
+        """The arrays a store of this manifest holds: FILES, and "features" where it has FEATURES."""
+        return ("features", *Store.FILES) if manifest.get("features_dim") else Store.FILES
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return self.files_of(self.manifest)
+
+    @property
+    def features_dim(self) -> int:
+        """FEATURES' width (0: the store holds none)."""
+        return int(self.manifest.get("features_dim") or 0)
 
     # -- creation and opening ---------------------------------------------------------------
     @classmethod
@@ -116,7 +132,7 @@ class Store:
                 raise StoreError(f"{path} holds a different store; refusing to overwrite it ("
                                  + "; ".join(differences) + ")")
             try:
-                for name in cls.FILES:  # a store written before blocks were reserved
+                for name in cls.files_of(found):  # a store written before blocks were reserved
                     if (path / f"{name}.npy").is_file():
                         reserve(path / f"{name}.npy")
             except OSError as exc:
@@ -154,6 +170,8 @@ class Store:
             "labels": ((n,), "int32"),
             "split": ((n,), "int8"), "index": ((n,), "int64"), "status": ((n,), "uint8"),
         }
+        if manifest.get("features_dim"):
+            shapes["features"] = ((n, k, manifest["features_dim"]), manifest["dtype"])
         return shapes
 
     @classmethod
@@ -214,16 +232,21 @@ class StoreWriter:
 
     def __init__(self, store: Store):
         self.store = store
-        self.arrays = {name: store.array(name) for name in Store.FILES}
+        self.arrays = {name: store.array(name) for name in store.files}
         self.failures = {e["row"]: e for e in store.errors()}
 
     def pending_rows(self) -> np.ndarray:
         return np.flatnonzero(np.asarray(self.arrays["status"]) == PENDING)
 
     def put(self, row: int, *, embeddings: np.ndarray, params: np.ndarray, key: str, image_key: str,
-            label: int, split: Optional[str], index: int, source: str = "") -> None:
+            label: int, split: Optional[str], index: int, source: str = "",
+            features: Optional[np.ndarray] = None) -> None:
         a = self.arrays
         a["embeddings"][row] = embeddings.astype(a["embeddings"].dtype)
+        if "features" in a:
+            if features is None:  # a store with FEATURES never holds a row without them
+                raise StoreError(f"{self.store.path} holds FEATURES, and row {row} came without them")
+            a["features"][row] = features.astype(a["features"].dtype)
         a["params"][row] = params
         self._describe(row, key, image_key, label, split, index, source)
         self.failures.pop(row, None)
@@ -233,6 +256,8 @@ class StoreWriter:
         a = self.arrays
         a["embeddings"][row] = 0
         a["params"][row] = 0
+        if "features" in a:
+            a["features"][row] = 0
         self._describe(row, key, "", label, split, index, source)
         self.failures[row] = {"row": row, "index": index, "key": key, "reason": reason}
 
@@ -249,7 +274,7 @@ class StoreWriter:
         """Data first, then the error log, then the completion record: a row is marked done or
         failed only once everything about it is on disk."""
         try:
-            for name in Store.FILES:
+            for name in self.arrays:
                 if name != "status":
                     self.arrays[name].flush()
             lines = [json.dumps(self.failures[r], sort_keys=True) for r in sorted(self.failures)]

@@ -27,6 +27,8 @@ CHECKED = "image"  # inside ensembles: the gate's checked bytes (a PPM where DAL
 PIXELS = "PIXELS"  # NAME_encoder's input: UINT8 crops [S, S, 3], the encoder's size and channel order
 EMBEDDING = "EMBEDDING"  # FP32 [D] per image
 EMBEDDINGS = "EMBEDDINGS"  # FP32 [R, D] per image: one row per catalog version picked by ROWS
+# The detector's early-layer statistics (services/encoders/taps.py), where the encoder declares taps:
+FEATURES = "FEATURES"  # FP32 [F] per image (NAME_encoder, NAME_embed); FP32 [R, F] from the expansions
 SEED = "SEED"  # INT64 [1], optional: the parameter draws' seed (default 0)
 ROWS = "ROWS"  # INT32 [R], optional: which versions to encode (default all)
 UPLOADS = "UPLOADS"  # BOOL [1], optional: re-encode each version as a JPEG upload
@@ -149,8 +151,9 @@ def embed_inputs() -> tuple[TensorSpec, ...]:
     return (TensorSpec(IMAGE, "UINT8", (-1,)),)
 
 
-def embed_outputs(dim: int) -> tuple[TensorSpec, ...]:
-    return (TensorSpec(EMBEDDING, "FP32", (dim,)),)
+def embed_outputs(dim: int, features: int = 0) -> tuple[TensorSpec, ...]:
+    """EMBEDDING [D], and FEATURES [F] where the encoder taps early blocks (features > 0)."""
+    return (TensorSpec(EMBEDDING, "FP32", (dim,)),) + ((TensorSpec(FEATURES, "FP32", (features,)),) if features else ())
 
 
 def expansion_inputs() -> tuple[TensorSpec, ...]:
@@ -158,10 +161,11 @@ def expansion_inputs() -> tuple[TensorSpec, ...]:
             TensorSpec(ROWS, "INT32", (-1,), optional=True), TensorSpec(UPLOADS, "BOOL", (1,), optional=True))
 
 
-def expansion_outputs(versions: int, params_width: int, dim: int) -> tuple[TensorSpec, ...]:
-    """EMBEDDINGS [R, D] (R = the rows asked for), PARAMS [K, W + 1] (K = the catalog's versions), KEY."""
+def expansion_outputs(versions: int, params_width: int, dim: int, features: int = 0) -> tuple[TensorSpec, ...]:
+    """EMBEDDINGS [R, D] (R = the rows asked for), PARAMS [K, W + 1] (K = the catalog's versions), KEY,
+    and FEATURES [R, F] where the encoder taps early blocks."""
     return (TensorSpec(EMBEDDINGS, "FP32", (-1, dim)), TensorSpec(PARAMS, "FP32", (versions, params_width)),
-            TensorSpec(KEY, "BYTES", (1,)))
+            TensorSpec(KEY, "BYTES", (1,))) + ((TensorSpec(FEATURES, "FP32", (-1, features)),) if features else ())
 
 
 def detector_outputs(classes: int, categories: int, dim: int, embedding: str = EMBEDDING) -> tuple[TensorSpec, ...]:
@@ -171,6 +175,21 @@ def detector_outputs(classes: int, categories: int, dim: int, embedding: str = E
             TensorSpec(embedding, "FP32", (dim,)))
 
 
-def probe_inputs(part_dims: list[int]) -> list[str]:
-    """NAME_probe's input names: EMBEDDING, or one per part of a composite encoder "A+B"."""
-    return [EMBEDDING] if len(part_dims) == 1 else [f"{EMBEDDING}_{i}" for i in range(len(part_dims))]
+@dataclass(frozen=True)
+class ProbeInput:
+    """One input of NAME_probe: which part's NAME_encoder output feeds it (EMBEDDING or FEATURES)."""
+
+    name: str
+    part: int  # the encoder's index in a composite "A+B" (0 for one encoder)
+    source: str  # EMBEDDING or FEATURES
+    dim: int
+
+
+def probe_inputs(part_dims: list[int], part_features: list[int] = ()) -> list[ProbeInput]:
+    """NAME_probe's inputs, in the order the probe concatenates them, which is a store's column
+    order: every part's EMBEDDING, then (for a probe that reads them) the FEATURES of every part
+    that has them. One encoder: EMBEDDING [, FEATURES]; a composite: EMBEDDING_0, EMBEDDING_1 [,
+    FEATURES_0, FEATURES_1]."""
+    suffix = (lambda i: "") if len(part_dims) == 1 else (lambda i: f"_{i}")
+    inputs = [ProbeInput(EMBEDDING + suffix(i), i, EMBEDDING, d) for i, d in enumerate(part_dims)]
+    return inputs + [ProbeInput(FEATURES + suffix(i), i, FEATURES, f) for i, f in enumerate(part_features) if f]

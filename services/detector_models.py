@@ -18,8 +18,8 @@ import json
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from .contract import (CATEGORY_PROBS, DETECTOR_OUTPUTS, EMBEDDING, EMBEDDING_OUT, TRANSFORM_PROBS, DetectorNames,
-                       detector_outputs, probe_inputs)
+from .contract import (CATEGORY_PROBS, DETECTOR_OUTPUTS, EMBEDDING, EMBEDDING_OUT, FEATURES, TRANSFORM_PROBS,
+                       DetectorNames, detector_outputs, probe_inputs)
 from .model_config import ServingSpec, ensemble_config, onnx_config, string_parameters, tensor, tensor_of
 
 LABEL_FILES = {TRANSFORM_PROBS: "transform_labels.txt", CATEGORY_PROBS: "category_labels.txt"}
@@ -54,8 +54,7 @@ def _parameters(meta: dict) -> dict:
 def probe_config(served, meta: dict) -> mc.ModelConfig:
     # A tiny model beside the encoder on the same cores: one thread.
     serving = ServingSpec(max_batch_size=served.embed_config.max_batch_size, ort_threads=1)
-    dims = [p.dim for p in served.parts]
-    inputs = [tensor(name, mc.TYPE_FP32, [dim]) for name, dim in zip(probe_inputs(dims), dims)]
+    inputs = [tensor(i.name, mc.TYPE_FP32, [i.dim]) for i in served_probe_inputs(served, meta)]
     config = onnx_config(meta["model"], inputs, _outputs(meta, EMBEDDING_OUT), served.flavour, serving)
     if served.flavour == "portable":
         config.backend = "python"  # model.py (services/python_models/onnx_encoder.py) is in each version
@@ -64,12 +63,19 @@ def probe_config(served, meta: dict) -> mc.ModelConfig:
     return config
 
 
+def served_probe_inputs(served, meta: dict) -> list:
+    """NAME_probe's inputs for the deployed probe: each part's EMBEDDING, and its FEATURES where
+    the probe reads them (meta "features": the probe was trained on a store's FEATURES too)."""
+    parts = served.parts
+    return probe_inputs([p.dim for p in parts], [p.features for p in parts] if meta.get("features") else [])
+
+
 def _internal(tensor_name: str, ensemble_inputs: set[str], suffix: str) -> str:
     """A NAME_embed tensor inside the detector: inputs stay; the embedding becomes internal (the
     probe passes it on as EMBEDDING); a composite's parts get a suffix, so they share no tensor."""
     if tensor_name in ensemble_inputs:
         return tensor_name
-    return ("embedding" if tensor_name == EMBEDDING else tensor_name) + suffix
+    return (tensor_name.lower() if tensor_name in (EMBEDDING, FEATURES) else tensor_name) + suffix
 
 
 def detector_config(served, names: DetectorNames, meta: dict) -> mc.ModelConfig:
@@ -78,15 +84,20 @@ def detector_config(served, names: DetectorNames, meta: dict) -> mc.ModelConfig:
     (see trainer/probe_export.py: Triton prunes the steps behind an unrequested ensemble output)."""
     embed = served.embed_config
     composite = len(served.parts) > 1
-    steps, probe_in = [], {}
-    for i, (part, name) in enumerate(zip(served.parts, probe_inputs([p.dim for p in served.parts]))):
+    steps, internal = [], {}
+    for i, part in enumerate(served.parts):
         inputs = {t.name for t in part.embed_config.input}
         suffix = f"_{i}" if composite else ""
         steps += [(s.model_name, {k: _internal(v, inputs, suffix) for k, v in s.input_map.items()},
                    {k: _internal(v, inputs, suffix) for k, v in s.output_map.items()})
                   for s in part.embed_config.ensemble_scheduling.step]
-        probe_in[name] = _internal(EMBEDDING, inputs, suffix)
+        internal[i] = lambda source, inputs=inputs, suffix=suffix: _internal(source, inputs, suffix)
+    probe_in = {p.name: internal[p.part](p.source) for p in served_probe_inputs(served, meta)}
     probe_outputs = {**{name: name for name in DETECTOR_OUTPUTS}, EMBEDDING_OUT: EMBEDDING}
+    # Triton refuses an ensemble with a tensor no step reads: a probe without FEATURES leaves the
+    # encoders' FEATURES unmapped.
+    read = {t for _, step_in, _ in steps for t in step_in.values()} | set(probe_in.values())
+    steps = [(model, step_in, {k: v for k, v in step_out.items() if v in read}) for model, step_in, step_out in steps]
     steps.append((names.probe, probe_in, probe_outputs))
     config = ensemble_config(names.detector, embed.max_batch_size, inputs=list(embed.input),
                              outputs=_outputs(meta, EMBEDDING), steps=steps)

@@ -21,8 +21,8 @@ from typing import Optional
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
-from .contract import (CHECKED, EMBEDDING, EMBEDDINGS, EXTRA, GATE, IMAGE, PIXELS, ROWS, VERSIONS, ModelNames,
-                       embed_inputs, embed_outputs)
+from .contract import (CHECKED, EMBEDDING, EMBEDDINGS, EXTRA, FEATURES, GATE, IMAGE, PIXELS, ROWS, VERSIONS,
+                       ModelNames, embed_inputs, embed_outputs)
 from .encoders import EncoderSpec
 from .export import ExportResult, export_encoder
 from .model_config import (Flavour, ServingSpec, dali_config, dynamic_batching, ensemble_config, instances,
@@ -59,7 +59,8 @@ def encoder_config(spec: EncoderSpec, names: ModelNames, flavour: Flavour,
     native keeps the FP32 graph and has TensorRT build an INT8 engine from the calibration table
     shipped beside it (the onnxruntime backend reads the table from trt_engine_cache_path)."""
     config = onnx_config(names.onnx, [tensor(PIXELS, mc.TYPE_UINT8, crop_dims(spec))],
-                         [tensor(EMBEDDING, mc.TYPE_FP32, [spec.dim], is_input=False)], flavour, serving)
+                         [tensor_of(t, is_input=False) for t in embed_outputs(spec.dim, spec.feature_dim)],
+                         flavour, serving)
     if flavour == "portable":
         string_parameters(config, intra_op_threads=serving.encoder_threads, micro_batch=serving.encoder_micro_batch,
                           parallel_runs=serving.encoder_parallel_runs)
@@ -82,10 +83,12 @@ def versions_config(spec: EncoderSpec, names: ModelNames, serving: ServingSpec) 
     config = mc.ModelConfig(
         name=names.versions, max_batch_size=max(1, serving.max_batch_size // 4),
         input=[tensor(VERSIONS, mc.TYPE_UINT8, crops, ragged=True), extra, tensor(ROWS, mc.TYPE_INT32, [-1], ragged=True)],
-        output=[tensor(EMBEDDINGS, mc.TYPE_FP32, [-1, spec.dim], is_input=False)],
+        output=[tensor(EMBEDDINGS, mc.TYPE_FP32, [-1, spec.dim], is_input=False)]
+        + ([tensor(FEATURES, mc.TYPE_FP32, [-1, spec.feature_dim], is_input=False)] if spec.features else []),
         dynamic_batching=dynamic_batching(serving, preferred=False),
         instance_group=instances("portable"))
-    string_parameters(config, encoder_model=names.onnx, encoder_max_batch_size=serving.max_batch_size, dim=spec.dim)
+    string_parameters(config, encoder_model=names.onnx, encoder_max_batch_size=serving.max_batch_size, dim=spec.dim,
+                      features=spec.feature_dim)
     return config
 
 
@@ -93,10 +96,10 @@ def embed_config(spec: EncoderSpec, names: ModelNames, serving: ServingSpec) -> 
     return ensemble_config(
         names.embed, serving.max_batch_size,
         inputs=[tensor_of(t) for t in embed_inputs()],
-        outputs=[tensor_of(t, is_input=False) for t in embed_outputs(spec.dim)],
+        outputs=[tensor_of(t, is_input=False) for t in embed_outputs(spec.dim, spec.feature_dim)],
         steps=[(GATE, {IMAGE: IMAGE}, {IMAGE: CHECKED}),
                (names.preprocess, {IMAGE: CHECKED}, {PIXELS: "pixels"}),
-               (names.onnx, {PIXELS: "pixels"}, {EMBEDDING: EMBEDDING})],
+               (names.onnx, {PIXELS: "pixels"}, {t.name: t.name for t in embed_outputs(spec.dim, spec.feature_dim)})],
     )
 
 
@@ -153,7 +156,11 @@ class InProcessEmbed:
 
     def __call__(self, encoded: list[np.ndarray]) -> np.ndarray:
         """Encoded images (uint8 byte arrays) -> embeddings [B, D], through the gate as served."""
+        return self.outputs(encoded, [EMBEDDING])[0]
+
+    def outputs(self, encoded: list[np.ndarray], names: Optional[list[str]] = None) -> list[np.ndarray]:
+        """NAME_encoder's outputs for encoded images (EMBEDDING, and FEATURES where it has them)."""
         from .uploads import admit
 
         checked = [np.frombuffer(admit(np.asarray(e).tobytes()).data, np.uint8) for e in encoded]
-        return self.encoder({PIXELS: self.preprocess.run(checked)})[0]
+        return self.encoder({PIXELS: self.preprocess.run(checked)}, names)

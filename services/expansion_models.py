@@ -42,7 +42,7 @@ from typing import Optional
 from nvidia.dali import types
 from tritonclient.grpc import model_config_pb2 as mc
 
-from .contract import (CANVAS, CHECKED, EMBEDDINGS, EXPANSION_MANIFEST, EXTRA, GATE, IMAGE, KEY,
+from .contract import (CANVAS, CHECKED, EMBEDDINGS, EXPANSION_MANIFEST, EXTRA, FEATURES, GATE, IMAGE, KEY,
                        PARAMS, ROWS, SEED, STYLED, UPLOADS, VERSIONS, ExpansionNames, expansion_inputs,
                        expansion_outputs)
 from .embed_models import crop_dims
@@ -122,12 +122,12 @@ def embed_versions_config(spec: EncoderSpec, catalog: Catalog, names: ExpansionN
         steps.append((names.style_resize, {styled_name(j): f"styled_{j}" for j in range(len(nets))},
                       {VERSIONS: "extra"}))
         encoder_in[EXTRA] = "extra"
-    steps.append((names.versions, encoder_in, {EMBEDDINGS: EMBEDDINGS}))
+    steps.append((names.versions, encoder_in, {EMBEDDINGS: EMBEDDINGS, **({FEATURES: FEATURES} if spec.features else {})}))
     return ensemble_config(
         names.embed, max(1, serving.max_batch_size // 4),
         inputs=[tensor_of(t) for t in expansion_inputs()],
         outputs=[tensor_of(t, is_input=False)
-                 for t in expansion_outputs(len(catalog.transforms), catalog.params_width, spec.dim)],
+                 for t in expansion_outputs(len(catalog.transforms), catalog.params_width, spec.dim, spec.feature_dim)],
         steps=steps,
     )
 
@@ -179,6 +179,8 @@ def build_expansion(spec: EncoderSpec, catalog_name: str, repo: Path, flavour: F
     fingerprints = row_fingerprints(catalog, {net: sha256_of(style_nets[net]) for net in nets})
     # What a bulk client must record in its store, readable over gRPC with get_model_config.
     string_parameters(configs[names.embed], encoder=spec.name, dim=spec.dim, onnx_sha256=onnx_sha256, precision=precision,
+                      features_dim=spec.feature_dim,
+                      feature_layout=json.dumps(spec.features.columns() if spec.features else []),
                       catalog=catalog.name, catalog_version=catalog.version, rows=json.dumps(rows),
                       style_nets=json.dumps({net: sha256_of(style_nets[net]) for net in nets}),
                       row_fingerprints=json.dumps(fingerprints), params_width=catalog.params_width,

@@ -1,4 +1,5 @@
-"""Export an encoder to ONNX (dynamic batch axis, input PIXELS normalized float, output EMBEDDING) and check it.
+"""Export an encoder to ONNX (dynamic batch axis, input PIXELS normalized float, outputs EMBEDDING and,
+where the encoder declares feature taps, FEATURES) and check it.
 
 The served NAME_encoder wraps this graph behind its normalization (onnx_wrappers.wrap_for_crops).
 
@@ -21,24 +22,32 @@ import numpy as np
 import onnx
 import torch
 
-from .contract import EMBEDDING, PIXELS
+from .contract import EMBEDDING, FEATURES, PIXELS
 from .encoders import EncoderSpec, Preprocess
 from .encoders.registry import Network
+from .encoders.taps import TappedNetwork, exported_taps, tap_onnx, tapped_reference
 from .runtime import ort_session
 
 RELATIVE_TOLERANCE = 1e-4
+# FEATURES' standard deviations are a one-pass float32 sqrt(E[x^2] - E[x]^2), held to a centred
+# float64 reference (services/encoders/taps.py): cancellation on nearly constant channels measured
+# up to 1.2e-3 of the largest value.
+FEATURES_TOLERANCE = 5e-3
 
 
 @dataclass
 class ExportResult:
     path: Path
     sha256: str
-    max_abs_diff: float
+    max_abs_diff: float  # EMBEDDING's
     reference_scale: float  # max |embedding| of the reference, the scale of the tolerance
+    features_max_abs_diff: float = 0.0  # FEATURES', where the encoder taps blocks
+    features_scale: float = 0.0
 
     @property
     def within_tolerance(self) -> bool:
-        return self.max_abs_diff <= RELATIVE_TOLERANCE * max(1.0, self.reference_scale)
+        return (self.max_abs_diff <= RELATIVE_TOLERANCE * max(1.0, self.reference_scale)
+                and self.features_max_abs_diff <= FEATURES_TOLERANCE * max(1.0, self.features_scale))
 
 
 def sha256_of(path: Path) -> str:
@@ -68,41 +77,60 @@ def _rename_io(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _export_torch(module: torch.nn.Module, example: np.ndarray, path: Path) -> None:
+def output_names(spec: EncoderSpec) -> list[str]:
+    """The exported graph's outputs, in order: EMBEDDING, then FEATURES where the spec taps blocks."""
+    return [EMBEDDING, FEATURES] if spec.features else [EMBEDDING]
+
+
+def _export_torch(module: torch.nn.Module, example: np.ndarray, path: Path, outputs: list[str]) -> None:
     batch = torch.export.Dim("batch", min=1, max=4096)
     # The exporter prints its progress to stdout even with verbose=False; keep CLI output clean.
     with contextlib.redirect_stdout(io.StringIO()):
         torch.onnx.export(
             module, (torch.from_numpy(example),), str(path),
-            input_names=[PIXELS], output_names=[EMBEDDING],
+            input_names=[PIXELS], output_names=outputs,
             dynamic_shapes=({0: batch},), external_data=False, dynamo=True, verbose=False,
         )
 
 
-def _reference(network: Network, x: np.ndarray) -> np.ndarray:
-    if isinstance(network, torch.nn.Module):
+def _reference(network, x: np.ndarray) -> list[np.ndarray]:
+    """The source network's outputs: a torch module (or a tapped reference callable) or an ONNX graph."""
+    if callable(network):
         with torch.no_grad():
-            return network(torch.from_numpy(x)).numpy()
+            out = network(torch.from_numpy(x))
+        return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "source.onnx"
         onnx.save(network, str(source))
         session = ort_session(source)
-        return session.run(None, {session.get_inputs()[0].name: x})[0]
+        return session.run(None, {session.get_inputs()[0].name: x})
 
 
 def export_encoder(spec: EncoderSpec, network: Network, path: Path, check_batch: int = 3) -> ExportResult:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    outputs = output_names(spec)
     x = random_normalized_batch(spec.preprocess, check_batch)
-    reference = _reference(network, x)
+    reference = _reference(tapped_reference(spec, network), x)
     if isinstance(network, torch.nn.Module):
-        _export_torch(network, random_normalized_batch(spec.preprocess, 2, seed=1), path)
+        if spec.features is None:
+            _export_torch(network, random_normalized_batch(spec.preprocess, 2, seed=1), path, outputs)
+        else:  # the blocks' activations as outputs, then the statistics as ONNX nodes (encoders/taps.py)
+            taps = exported_taps(spec.features)
+            _export_torch(TappedNetwork(network, spec.features).eval(), random_normalized_batch(spec.preprocess, 2, seed=1),
+                          path, [EMBEDDING, *(block for block, _ in taps.blocks)])
+            onnx.save(tap_onnx(onnx.load(str(path)), taps, FEATURES, drop_tapped_outputs=True), str(path))
     else:
+        if spec.features is not None:
+            network = tap_onnx(network, spec.features, FEATURES)
         onnx.save(_rename_io(network), str(path))
     onnx.checker.check_model(str(path))
-    served = ort_session(path).run([EMBEDDING], {PIXELS: x})[0]
-    if served.shape != (check_batch, spec.dim):
-        raise ValueError(f"exported {spec.name} gives shape {served.shape}, expected {(check_batch, spec.dim)}")
+    served = ort_session(path).run(outputs, {PIXELS: x})
+    for name, array, dim in zip(outputs, served, (spec.dim, spec.feature_dim)):
+        if array.shape != (check_batch, dim):
+            raise ValueError(f"exported {spec.name} gives {name} of shape {array.shape}, expected {(check_batch, dim)}")
     return ExportResult(path=path, sha256=sha256_of(path),
-                        max_abs_diff=float(np.abs(served - reference).max()),
-                        reference_scale=float(np.abs(reference).max()))
+                        max_abs_diff=float(np.abs(served[0] - reference[0]).max()),
+                        reference_scale=float(np.abs(reference[0]).max()),
+                        **({"features_max_abs_diff": float(np.abs(served[1] - reference[1]).max()),
+                            "features_scale": float(np.abs(reference[1]).max())} if spec.features else {}))

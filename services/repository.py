@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from .contract import CATALOG_SUFFIX, EMBEDDING, MANIFEST, ExpansionNames, ModelNames
+from .contract import CATALOG_SUFFIX, EMBEDDING, FEATURES, MANIFEST, ExpansionNames, ModelNames
 from .embed_models import render_embed, render_gate
 from .encoders import EncoderSpec, get_encoder
 from .expansion_models import build_expansion
@@ -91,6 +91,7 @@ def _render(encoder: str, repo: Path, flavour: Flavour, weights: Optional[Path],
     # encoder's identity, recorded by stores and probes and checked by deploy (an INT8 build
     # keeps it: its parity gate is what lets FP32-trained probes run on it).
     manifest = {**asdict(result), "repo": str(repo), "dim": spec.dim, "catalogs": list(catalogs),
+                "features_dim": spec.feature_dim, "feature_layout": spec.features.columns() if spec.features else [],
                 "preprocess": asdict(spec.preprocess), "random_weights": random_weights,
                 "renderer_sha256": renderer_fingerprint()}
     return result, manifest
@@ -212,6 +213,7 @@ class ServedEncoder:
     catalog_versions: dict[str, str]  # catalog -> catalog version of the repo's expansion (else this code's)
     embed_config: object  # NAME_embed's ModelConfig: the detector repeats its steps
     parts: list["ServedEncoder"] = None  # type: ignore[assignment]  # a composite's encoders, else [self]
+    features: int = 0  # FEATURES' width from NAME_embed (0: the encoder taps no blocks); a composite: the sum
 
     def __post_init__(self):
         if self.parts is None:
@@ -225,6 +227,7 @@ def served_part(repo: Path, encoder: str) -> ServedEncoder:
     manifest = read_manifest(repo, encoder)
     embed = read_config(Path(repo) / names.embed / "config.pbtxt")
     (embedding,) = [o for o in embed.output if o.name == EMBEDDING]
+    features = [int(o.dims[0]) for o in embed.output if o.name == FEATURES]
     versions = {}
     for catalog in CATALOG_SUFFIX:
         expansion = Path(repo) / ExpansionNames(encoder, catalog).embed / "config.pbtxt"
@@ -232,4 +235,4 @@ def served_part(repo: Path, encoder: str) -> ServedEncoder:
         versions[catalog] = (params["catalog_version"].string_value if "catalog_version" in params
                              else get_catalog(catalog).version)
     return ServedEncoder(Path(repo), encoder, int(embedding.dims[0]), manifest["onnx_sha256"], manifest["flavour"],
-                         versions, embed)
+                         versions, embed, features=sum(features))

@@ -137,7 +137,7 @@ def test_train_writes_the_given_probe_and_baseline_config(tmp_path):
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "mlp" / "probe.json").read_text())["config"]
     assert config == {"kind": "mlp", "hidden": 64, "dropout": 0.1, "lr": 0.002, "weight_decay": 1e-4,
-                      "batch_size": 128, "max_epochs": 3, "patience": 2}
+                      "batch_size": 128, "max_epochs": 3, "patience": 2, "features": False}
     result = runner.invoke(app, ["train", "--store", str(store), "--out", str(tmp_path / "logreg"), "--probe",
                                  "logreg", "--c-grid", "0.1", "--c-grid", "1", "--max-iter", "50",
                                  "--baseline-seed", "3", "--baseline-batch-size", "256", "--max-examples", "500",

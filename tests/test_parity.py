@@ -60,10 +60,34 @@ def test_store_identity_equals_served_embedding_at_any_size(server, files, tmp_p
     identity = list(store.manifest["rows"]).index("identity")
     keys = [str(k).rsplit("/", 1)[-1] for k in store.array("keys")]
     client = EmbeddingClient(server.config.grpc_url, ENCODER)
+    assert store.features_dim == 1664  # squeezenet1_1's FEATURES, stored beside the embeddings
     try:
         for row, key in enumerate(keys):
             stored = np.asarray(store.array("embeddings")[row, identity], np.float32)
+            embedding, features = client.features(images[key])
             assert cosine(stored, client.embed(images[key])) >= MIN_COSINE, key
+            np.testing.assert_array_equal(embedding, client.embed(images[key]))
+            # The detector's FEATURES: the store's identity version is what NAME_embed serves.
+            assert cosine(np.asarray(store.array("features")[row, identity], np.float32), features) >= MIN_COSINE, key
+    finally:
+        client.close()
+
+
+def test_served_features_equal_the_in_process_pipeline(server, repo, files):
+    """NAME_embed's FEATURES over gRPC against the repository's own DALI and ONNX files run here."""
+    from equiprobe.services.contract import EMBEDDING, FEATURES
+    from equiprobe.services.embed_models import InProcessEmbed
+
+    _, images = files
+    local = InProcessEmbed(repo, ENCODER)
+    client = EmbeddingClient(server.config.grpc_url, ENCODER)
+    try:
+        for name, data in images.items():
+            embedding, features = client.features(data)
+            expected = local.outputs([np.frombuffer(data, np.uint8)], [EMBEDDING, FEATURES])
+            np.testing.assert_allclose(embedding, expected[0][0], rtol=1e-5, atol=1e-4)
+            np.testing.assert_allclose(features, expected[1][0], rtol=1e-5, atol=1e-3)
+            assert features.shape == (1664,)
     finally:
         client.close()
 

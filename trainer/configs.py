@@ -21,6 +21,9 @@ class ProbeConfig:
     batch_size: int = 1024
     max_epochs: int = 100
     patience: int = 8  # epochs without a better validation accuracy before stopping
+    # Also read the store's FEATURES (the encoder's early blocks, services/encoders/taps.py) beside
+    # its embeddings: the detector's lever for artifacts the final embedding is trained to ignore.
+    features: bool = False
 
 
 @dataclass(frozen=True)

@@ -84,13 +84,20 @@ class ProbeData:
     val_rows: np.ndarray
     test_rows: np.ndarray
     image_labels: Optional[np.ndarray] = None  # [N] semantic label of every image (semantic tasks)
+    # The store's columns an example reads, concatenated in this order: "embeddings", then
+    # "features" for a probe that also reads the early blocks (the served probe's input order).
+    inputs: tuple[str, ...] = ("embeddings",)
 
     @classmethod
-    def from_store(cls, store: Store, task: Task, split_by: str = "store") -> "ProbeData":
+    def from_store(cls, store: Store, task: Task, split_by: str = "store", features: bool = False) -> "ProbeData":
         """split_by "store": the store's split by source where it has one (else a hash of the
-        source); "hash": by a hash of the image key, 80/20 (images of one source on both sides)."""
+        source); "hash": by a hash of the image key, 80/20 (images of one source on both sides).
+        features: examples are the embedding and the FEATURES of each version, concatenated."""
         if split_by not in ("store", "hash"):
             raise ValueError(f"unknown split {split_by!r}; use store or hash")
+        if features and not store.features_dim:
+            raise ValueError(f"{store.path} holds no FEATURES (encoder {store.manifest['encoder']} taps no early "
+                             "blocks, or the store was embedded before FEATURES existed); train without --features")
         status = np.asarray(store.array("status"))
         split = np.asarray(store.array("split"))
         rows = np.flatnonzero(status == DONE)  # failed rows have no embeddings
@@ -106,7 +113,8 @@ class ProbeData:
             val = np.array([_unit_hash(u, "validation") < VALIDATION_FRACTION for u in units[train]], bool)
         if not val.any() and len(train) > 1:
             val[-1] = True  # tiny stores: at least one validation image
-        data = cls(store, task, train[~val], train[val], rows[test])
+        data = cls(store, task, train[~val], train[val], rows[test],
+                   inputs=("embeddings", "features") if features else ("embeddings",))
         if not len(data.train_rows) or not len(data.test_rows):
             raise ValueError(f"{store.path}: {len(data.train_rows)} training and {len(data.test_rows)} test images; "
                              "both sides need at least one")
@@ -122,7 +130,13 @@ class ProbeData:
 
     @property
     def dim(self) -> int:
-        return int(self.store.manifest["dim"])
+        """The width of an example: the embedding's, plus FEATURES' where the probe reads them."""
+        return sum(self.input_dims)
+
+    @property
+    def input_dims(self) -> list[int]:
+        return [int(self.store.manifest["dim"]) if name == "embeddings" else self.store.features_dim
+                for name in self.inputs]
 
     def examples(self, part: str) -> tuple[np.ndarray, np.ndarray]:
         """(image rows, version indices) of every example of a part."""
@@ -138,13 +152,15 @@ class ProbeData:
         order = np.arange(len(rows))
         if shuffle_seed is not None:
             np.random.default_rng(shuffle_seed).shuffle(order)
-        embeddings = self.store.array("embeddings")
+        columns = [self.store.array(name) for name in self.inputs]
+        edges = np.cumsum([0, *self.input_dims])
         for start in range(0, len(order), batch_size):
             pick = order[start:start + batch_size]
             # Sorted gathers read the memory map front to back; the batch order is restored after.
             sort = np.argsort(rows[pick], kind="stable")
             chunk = np.empty((len(pick), self.dim), np.float32)
-            chunk[sort] = embeddings[rows[pick][sort], versions[pick][sort]]
+            for column, lo, hi in zip(columns, edges[:-1], edges[1:]):
+                chunk[sort, lo:hi] = column[rows[pick][sort], versions[pick][sort]]
             yield chunk, self.labels(rows[pick], versions[pick]), versions[pick]
 
     def labels(self, rows: np.ndarray, versions: np.ndarray) -> np.ndarray:

@@ -1,15 +1,18 @@
 """`make demo`: the main job end to end on the built-in corpus.
 
-Build the portable repository for the candidate encoders (squeezenet1_1, open_nsfw); start the
-real Triton server (explicit model control, so the detector can be deployed into it live);
-check one served embedding against the in-process pipeline and send a corrupt file; bulk-embed
-one crop of every corpus source in all 31 versions per encoder (and smaller generalization and
-rotation/flip group stores) into memory-mapped stores, split by source; train the fine-grained
-MLP probe of every candidate (each encoder alone, and both concatenated: the stores joined) and
-the generalization probe; pick the detector by validation AUC
-(never test data) and deploy it with its threshold for 5% FPR on validation sources; write the
-report with the detector card, on DALI-made and on Pillow-made versions of test sources; score
-new crops of test sources; stop the server cleanly.
+Build the portable repository for the candidate encoders (by default the embedded squeezenet1_1;
+`equiprobe demo --candidates A --candidates B` adds others and their concatenation); start the
+real Triton server (explicit model control, so the detector can be deployed into it live); check
+one served embedding against the in-process pipeline and send a corrupt file; bulk-embed one crop
+of every corpus source in the detection catalog's versions (edits from mild to strong, everyday
+ones included) per candidate, and smaller study stores (the fine catalog, generalization,
+rotation/flip groups), into memory-mapped stores split by source; train the detector probe of
+every candidate on its embedding and early-block FEATURES (and, for the default encoder, one on
+the embedding alone), and the study's probes; pick the detector by validation AUC (never test
+data) and deploy it with its calibrated score and its threshold for 5% FPR on validation
+sources; write the report with the detector cards (detection-catalog, strong fine-catalog edits
+made by DALI and by Pillow, and the everyday-edits card made with scikit-image) on test sources;
+score new crops of test sources; stop the server cleanly.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,20 +35,25 @@ from equiprobe.services.server import TritonServer, loopback_config
 from equiprobe.trainer.configs import ProbeConfig
 
 DATASET = "corpus"
-ENCODER = "squeezenet1_1"  # the embedded default: also the generalization and groups stores
-CANDIDATES = ("squeezenet1_1", "open_nsfw")  # each alone, and both concatenated (COMPOSITE)
-COMPOSITE = "+".join(CANDIDATES)  # the detector is the candidate with the best validation AUC
-FINE_IMAGES = 0  # x 31 versions; 0: one crop of every corpus source
-GENERAL_IMAGES = 150  # x 47 versions: 28 seen sub-transformations and 19 held out
-GROUPS_IMAGES = 100  # x 5 versions: identity, three rotations, a flip (exact group G-EED)
+ENCODER = "squeezenet1_1"  # the embedded default: also the study's fine, generalization and groups stores
+CANDIDATES = (ENCODER,)  # detector encoders: each alone, and all of them concatenated when several
+DETECTOR_CATALOG = "detect"  # what the detector trains on (services/transforms/detect.py)
+DETECT_IMAGES = 0  # x 47 versions; 0: one crop of every corpus source
+FINE_IMAGES = 200  # x 31 versions: the study's fine-grained task (Table 1) and the strong-edit cards
+GENERAL_IMAGES = 100  # x 47 versions: 28 seen sub-transformations and 19 held out
+GROUPS_IMAGES = 60  # x 5 versions: identity, three rotations, a flip (exact group G-EED)
 SEEDS = [0, 1]  # the study repeats 5 seeds (equiprobe train's default); two keep the demo short
 MAX_EPOCHS = 60
-PROBE = ProbeConfig(kind="mlp", max_epochs=MAX_EPOCHS)  # the probes it trains (equiprobe demo's options change it)
-REFERENCE_IMAGES = 40  # test sources whose Pillow-made versions the served detector scores
+# The probes it trains (equiprobe demo's options change it). The detector candidates read the
+# encoders' early-block FEATURES beside their embeddings (`features`); the study's probes and one
+# embedding-only detector candidate of ENCODER read the embedding alone.
+PROBE = ProbeConfig(kind="mlp", max_epochs=MAX_EPOCHS, features=True)
+REFERENCE_IMAGES = 40  # test sources whose Pillow-made and scikit-image-made versions the served detector scores
 SHOWN_VERSIONS = ("identity", "gaussian_blur", "text_overlay", "reference_style")
 
 
-def run_demo(workdir: str, probe: ProbeConfig = PROBE) -> None:
+def run_demo(workdir: str, probe: ProbeConfig = PROBE, candidates: tuple[str, ...] = CANDIDATES) -> None:
+    from equiprobe.clients.concat import COMPOSITE
     from equiprobe.clients.corpus import check_corpus
     from equiprobe.clients.datasets import open_dataset
 
@@ -54,12 +63,12 @@ def run_demo(workdir: str, probe: ProbeConfig = PROBE) -> None:
     t0 = time.perf_counter()
     dataset = open_dataset(DATASET)
     # Crop 0 of every corpus image comes first (clients/corpus.py), then crop 1 of each...
-    fine_images = FINE_IMAGES or len(check_corpus())
-    sources = len({dataset.record(i).source for i in range(fine_images)})
+    detect_images = DETECT_IMAGES or len(check_corpus())
+    sources = len({dataset.record(i).source for i in range(detect_images)})
     console.rule("1. build the model repository")
     shutil.rmtree(repo, ignore_errors=True)  # the demo's own repository: fresh, so the detector starts at v1
-    for encoder in CANDIDATES:
-        catalogs = ("fine", "general", "groups") if encoder == ENCODER else ("fine",)
+    for encoder in dict.fromkeys((ENCODER, *candidates)):
+        catalogs = (DETECTOR_CATALOG, "fine", "general", "groups") if encoder == ENCODER else (DETECTOR_CATALOG,)
         result = build_repo(encoder, repo, catalogs=catalogs)
         console.print(f"{result.flavour} repository [bold]{repo}[/bold]: {encoder}, {len(result.models)} models; "
                       f"ONNX export max abs diff vs torch {result.export_max_abs_diff:.2g}")
@@ -70,27 +79,36 @@ def run_demo(workdir: str, probe: ProbeConfig = PROBE) -> None:
         console.print(f"tritonserver ready on gRPC {url} (pid {server.process.pid})")
         check_service(console, repo, url, dataset.record(0).load())
 
-        console.rule(f"3. bulk-embed the built-in corpus ({fine_images} images, {sources} sources) into stores")
-        fine = {e: bulk_embed(console, url, work / f"store_fine_{e}", "fine", fine_images, e) for e in CANDIDATES}
-        fine[COMPOSITE] = join_stores(console, work, fine)
+        console.rule(f"3. bulk-embed the built-in corpus ({detect_images} images, {sources} sources) into stores")
+        detect = {e: bulk_embed(console, url, work / f"store_{DETECTOR_CATALOG}_{e}", DETECTOR_CATALOG, detect_images, e)
+                  for e in candidates}
+        if len(candidates) > 1:
+            detect[COMPOSITE.join(candidates)] = join_stores(console, work, detect, candidates)
+        fine = bulk_embed(console, url, work / "store_fine", "fine", FINE_IMAGES)
         general = bulk_embed(console, url, work / "store_general", "general", GENERAL_IMAGES)
         groups = bulk_embed(console, url, work / "store_groups", "groups", GROUPS_IMAGES)
 
-        console.rule(f"4. train the fine-grained MLP probe of every candidate and the generalization probe "
-                     f"(seeds {SEEDS})")
-        probes = {f"fine_{e}": train_demo_probe(console, work, store, "fine", e, probe) for e, store in fine.items()}
-        probes["general"] = train_demo_probe(console, work, general, "general", ENCODER, probe)
-        chosen = pick_detector(console, probes)
+        console.rule(f"4. train the detector probe of every candidate, and the study's probes (seeds {SEEDS})")
+        detectors = {e: train_demo_probe(console, work, store, DETECTOR_CATALOG, e, probe) for e, store in detect.items()}
+        if ENCODER in detect:  # what the FEATURES add: the same detector on the embedding alone
+            detectors[f"{ENCODER} (embedding only)"] = train_demo_probe(
+                console, work, detect[ENCODER], DETECTOR_CATALOG, ENCODER, replace(probe, features=False))
+        study = replace(probe, features=False)  # the study probes the embedding
+        studies = {"fine": train_demo_probe(console, work, fine, "fine", ENCODER, study),
+                   "general": train_demo_probe(console, work, general, "general", ENCODER, study)}
+        chosen = pick_detector(console, detectors)
+        encoder = chosen.split(" ")[0]
 
         console.rule("5. deploy the chosen detector into the running server")
-        deploy_detector(console, repo, url, probes, chosen)
+        deploy_detector(console, repo, url, detectors[chosen])
 
-        console.rule("6. report: detector card, tables, invariance (G-EED, copy detection), plots")
-        report = write_report(console, work, url, chosen, fine, [general, groups], probes)
+        console.rule("6. report: detector cards, tables, invariance (G-EED, copy detection), plots")
+        report = write_report(console, work, url, encoder, detectors[chosen], [*detect.values(), fine],
+                              [general, groups], [*detectors.values(), *studies.values()], fine)
 
         console.rule("7. score new crops of test sources and transformed versions of them")
-        score_held_out(console, url, chosen, dataset, fine_images)
-    grid = render_grid_for(work / "transforms_fine.png", dataset.record(0).load())
+        score_held_out(console, url, encoder, dataset, max(detect_images, FINE_IMAGES))
+    grid = render_grid_for(work / "transforms_detect.png", dataset.record(0).load(), DETECTOR_CATALOG)
     console.rule("8. stopped")
     console.print(f"server stopped; processes left in its group: {len(server.group_pids())}; "
                   f"shared-memory files left: {len(server.shared_memory_files())}")
@@ -133,14 +151,15 @@ def bulk_embed(console: Console, url: str, out: Path, catalog: str, images: int,
     return out
 
 
-def join_stores(console: Console, work: Path, fine: dict[str, Path]) -> Path:
-    from equiprobe.clients.concat import concat_stores
+def join_stores(console: Console, work: Path, stores: dict[str, Path], parts: tuple[str, ...]) -> Path:
+    from equiprobe.clients.concat import COMPOSITE, concat_stores
 
-    out = work / f"store_fine_{COMPOSITE}"
+    name = COMPOSITE.join(parts)
+    out = work / f"store_{DETECTOR_CATALOG}_{name}"
     shutil.rmtree(out, ignore_errors=True)
-    joined = concat_stores([fine[e] for e in CANDIDATES], out)
-    console.print(f"{COMPOSITE} fine store [bold]{out}[/bold]: the two stores joined, {joined.manifest['dim']}-d "
-                  "embeddings")
+    joined = concat_stores([stores[e] for e in parts], out)
+    console.print(f"{name} {DETECTOR_CATALOG} store [bold]{out}[/bold]: the stores joined, {joined.manifest['dim']}-d "
+                  f"embeddings, {joined.features_dim} FEATURES")
     return out
 
 
@@ -148,80 +167,104 @@ def train_demo_probe(console: Console, work: Path, store: Path, task: str, encod
                      probe: ProbeConfig = PROBE) -> Path:
     from equiprobe.trainer.train import train_probes
 
-    out = work / f"probe_{task}_{encoder}_{probe.kind}"
+    out = work / f"probe_{task}_{encoder}_{probe.kind}{'_features' if probe.features else ''}"
     t0 = time.perf_counter()
     record = train_probes(store, task, probe, SEEDS, out)
     images = record["images"]
-    console.print(f"{encoder} {task}: {images['train']} train / {images['val']} validation / {images['test']} test "
-                  f"images, test accuracy {record['summary']['test_accuracy']['mean']:.3f}, "
-                  f"{time.perf_counter() - t0:.0f} s -> {out}")
+    console.print(f"{encoder} {task}{' (+FEATURES)' if probe.features else ''}: {images['train']} train / "
+                  f"{images['val']} validation / {images['test']} test images, test accuracy "
+                  f"{record['summary']['test_accuracy']['mean']:.3f}, {time.perf_counter() - t0:.0f} s -> {out}")
     return out
 
 
-def pick_detector(console: Console, probes: dict[str, Path]) -> str:
+def pick_detector(console: Console, detectors: dict[str, Path]) -> str:
     """The candidate with the best validation AUC; test figures are printed, never used to choose."""
     from equiprobe.trainer.probe_record import ProbeRecord
 
-    table = Table("encoder", "validation AUC", "test AUC", "TPR @ FPR 5% (test)", "top category (test)",
-                  "fine-grained acc. (test)", title="detector candidates: originals vs manipulated versions")
+    table = Table("candidate", "inputs", "validation AUC", "test AUC", "TPR @ FPR 5% (test)", "top category (test)",
+                  f"{DETECTOR_CATALOG} acc. (test)", title=f"detector candidates on {DETECTOR_CATALOG}-catalog "
+                  "versions of test sources: originals vs edited")
     cards = {}
-    for name, path in probes.items():
-        if name.startswith("fine_"):
-            record = ProbeRecord.read(path)
-            cards[name[len("fine_"):]] = c = record.detector
-            table.add_row(name[len("fine_"):], f"{c['validation_auc']:.3f}", f"{c['auc']:.3f}",
-                          f"{c['tpr_at_fpr_0.05']:.3f}", f"{c['top_category_accuracy']:.3f}",
-                          f"{record.summary['test_accuracy']['mean']:.3f}")
+    for name, path in detectors.items():
+        record = ProbeRecord.read(path)
+        cards[name] = c = record.detector
+        table.add_row(name, "embedding + FEATURES" if record.features_dim else "embedding",
+                      f"{c['validation_auc']:.3f}", f"{c['auc']:.3f}", f"{c['tpr_at_fpr_0.05']:.3f}",
+                      f"{c['top_category_accuracy']:.3f}", f"{record.summary['test_accuracy']['mean']:.3f}")
     console.print(table)
     chosen = max(cards, key=lambda e: cards[e]["validation_auc"])
     console.print(f"chosen by validation AUC: [bold]{chosen}[/bold]")
     return chosen
 
 
-def write_report(console: Console, work: Path, url: str, chosen: str, fine: dict[str, Path], others: list[Path],
-                 probes: dict[str, Path]) -> Path:
+def write_report(console: Console, work: Path, url: str, encoder: str, detector: Path, stores: list[Path],
+                 others: list[Path], probes: list[Path], fine: Path) -> Path:
+    """The report, with the chosen detector's cards: its own (detection-catalog versions of test
+    sources), on the study's strong edits made by DALI (the fine store's test sources, offline, as
+    served) and by Pillow, and the everyday-edits card (scikit-image), the last two scored by the
+    served detector."""
     from equiprobe.trainer.detector_card import format_card
+    from equiprobe.trainer.everyday_card import cannot_see, everyday_card, format_everyday
     from equiprobe.trainer.reference_card import reference_card
     from equiprobe.trainer.report import build_report, detector_cards
+    from equiprobe.trainer.store_card import StoreCardError, card_on_store
 
     out = work / "report"
-    reference = {f"{chosen}_detector": reference_card(url, chosen, fine[chosen], REFERENCE_IMAGES)}
-    stores = [fine[e] for e in CANDIDATES] + others  # the joined store's invariance is its parts'
-    results = build_report(stores, list(probes.values()), out, max_images=500, reference_cards=reference)
-    for name, card in detector_cards(results).items():
-        console.print(f"[bold]detector card, {name}[/bold] (test sources)")
-        for line in format_card(card):
-            console.print("  " + line)
-    row = next(r for r in results["table1"] if r["encoder"] == ENCODER)
+    name = f"{encoder}_detector"
+    reference = {name: reference_card(url, encoder, fine, REFERENCE_IMAGES)}
+    everyday = {name: everyday_card(url, encoder, fine, REFERENCE_IMAGES)}
+    try:  # a composite detector has no fine store of its own encoder
+        strong = {f"{name} on fine": card_on_store(detector, fine)}
+    except StoreCardError as exc:
+        console.print(f"no DALI-made strong-edit card: {exc}")
+        strong = {}
+    results = build_report(stores + others, probes, out, max_images=500, reference_cards=reference,
+                           everyday_cards=everyday, store_cards=strong)
+    for card_name, card in detector_cards(results).items():
+        if card_name.startswith(encoder) or card_name.startswith(name):
+            console.print(f"[bold]detector card, {card_name}[/bold] (test sources)")
+            for line in format_card(card):
+                console.print("  " + line)
+    console.print(f"[bold]everyday-edits card, {name}[/bold] (scikit-image, test sources)")
+    for line in format_everyday(everyday[name]):
+        console.print("  " + line, markup=False, highlight=False)
+    console.print(cannot_see(everyday[name]), markup=False)
+    row = next(r for r in results["table1"] if r["encoder"] == ENCODER and r.get("fine"))
     cell = lambda s: f"{s['mean']:.3f} +- {s['std']:.3f}" if s else "-"  # noqa: E731
     table = Table("encoder", "probe", "fine-grained (31-way)", "generalization (10-way)", "held-out noise",
                   "held-out style", title="Table 1 layout: test accuracy on held-out sources "
-                  "(chance 0.032 and 0.100)")
+                  "(chance 0.032 and 0.100; the embedding alone, as the study)")
     table.add_row(row["encoder"], row["probe"], cell(row.get("fine")), cell(row.get("general")),
                   cell(row.get("held_out_noise")), cell(row.get("held_out_style")))
     console.print(table)
-    fine = results["stores"][list(CANDIDATES).index(ENCODER)]
-    geed = fine["latent_geed"]["per_transformation"]
+    study = next(s for s in results["stores"] if s["path"] == str(fine))
+    for r in study.get("layerwise", {}).get("rows", []):
+        console.print(f"layer-wise linear probe {r['block']:>12} ({r['columns']:>4} values): 31-way accuracy "
+                      f"{r['test_accuracy']:.3f}, AUC edited vs original {r['test_auc']:.3f}")
+    geed = study["latent_geed"]["per_transformation"]
     most, least = max(geed, key=lambda n: geed[n]["cosine"]), min(geed, key=lambda n: geed[n]["cosine"])
     console.print(f"latent G-EED (cosine, / M): most moved by {most} {geed[most]['cosine']:.2f}, least by {least} "
                   f"{geed[least]['cosine']:.2f}; copy detection recall@1 "
-                  f"{fine['copy_detection']['overall']['recall@1']:.2f}, @10 {fine['copy_detection']['overall']['recall@10']:.2f}")
+                  f"{study['copy_detection']['overall']['recall@1']:.2f}, "
+                  f"@10 {study['copy_detection']['overall']['recall@10']:.2f}")
     groups = results["stores"][-1]["latent_geed"]["groups"]
     console.print("exact group G-EED (euclidean, / M): " + ", ".join(
-        f"{name} {{{', '.join(g['members'])}}} {g['euclidean']:.2f}" for name, g in groups.items()))
+        f"{g_name} {{{', '.join(g['members'])}}} {g['euclidean']:.2f}" for g_name, g in groups.items()))
     return out
 
 
-def deploy_detector(console: Console, repo: Path, url: str, probes: dict[str, Path], chosen: str) -> None:
+def deploy_detector(console: Console, repo: Path, url: str, detector: Path) -> None:
+    from equiprobe.clients.scoring import format_threshold
     from equiprobe.trainer.deploy import deploy
 
-    given = [probes[f"fine_{chosen}"]] + ([probes["general"]] if chosen == ENCODER else [])
-    result = deploy(given, repo, url)
+    result = deploy([detector], repo, url)
     meta = result.meta
+    inputs = f"EMBEDDING [{meta['dim']}]" + (f" and FEATURES [{meta['features_dim']}]" if meta.get("features") else "")
     console.print(f"{result.names.probe} version {result.version} serving ({result.server}); "
-                  f"{result.names.detector}: IMAGE -> TRANSFORM_PROBS [31], CATEGORY_PROBS [10], "
-                  f"MANIPULATION_SCORE [1], MANIPULATED [1], EMBEDDING [{meta['dim']}]; threshold "
-                  f"{meta['threshold']:.6f} for FPR {meta['target_fpr']:g} on validation sources")
+                  f"{result.names.detector}: IMAGE -> {inputs} -> TRANSFORM_PROBS [{len(meta['classes'])}], "
+                  f"CATEGORY_PROBS [{len(meta['categories'])}], MANIPULATION_SCORE [1] (calibrated P(edited), equal "
+                  f"prior), MANIPULATED [1]; threshold {format_threshold(meta['threshold'])} for FPR "
+                  f"{meta['target_fpr']:g} on validation sources")
 
 
 def unseen_crops(dataset, stored: int, count: int = 4) -> list[tuple[str, bytes]]:
@@ -237,13 +280,13 @@ def unseen_crops(dataset, stored: int, count: int = 4) -> list[tuple[str, bytes]
 
 
 def score_held_out(console: Console, url: str, encoder: str, dataset, stored: int) -> None:
-    from equiprobe.clients.scoring import Scorer
+    from equiprobe.clients.scoring import Scorer, format_threshold
     from equiprobe.services.transforms import get_catalog
     from equiprobe.services.transforms.preview import expand_one
 
     catalog = get_catalog("fine")
     scorer = Scorer(url, encoder, top=1)
-    table = Table("source (test)", "version", "manipulated?", "score", "top transformation", "top category")
+    table = Table("source (test)", "version", "manipulated?", "P(edited)", "top transformation", "top category")
     verdicts: dict[bool, list[bool]] = {False: [], True: []}
     top1 = []
     for source, data in unseen_crops(dataset, stored):
@@ -257,16 +300,16 @@ def score_held_out(console: Console, url: str, encoder: str, dataset, stored: in
                 table.add_row(source[-28:], t.name, "yes" if score.manipulated else "no",
                               f"{score.manipulation_score:.3f}", f"{tn} {tp:.2f}", f"{cn} {cp:.2f}")
     console.print(table)
-    console.print(f"threshold {scorer.threshold:.6f}: originals flagged {np.mean(verdicts[False]):.0%} of "
+    console.print(f"threshold {format_threshold(scorer.threshold)}: originals flagged {np.mean(verdicts[False]):.0%} of "
                   f"{len(verdicts[False])}, transformed versions flagged {np.mean(verdicts[True]):.0%} of "
                   f"{len(verdicts[True])}; top transformation right for {np.mean(top1):.0%} (JPEG uploads)")
     scorer.close()
 
 
-def render_grid_for(out: Path, data: bytes) -> Path:
+def render_grid_for(out: Path, data: bytes, catalog_name: str = "fine") -> Path:
     from equiprobe.services.transforms import get_catalog
     from equiprobe.services.transforms.preview import expand_one, render_grid
 
-    catalog = get_catalog("fine")
+    catalog = get_catalog(catalog_name)
     versions, params = expand_one(catalog, data, seed=0)
     return render_grid(catalog, versions, params, out)

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Optional
 
 from equiprobe.services.contract import CATEGORY_PROBS, TRANSFORM_PROBS, DetectorNames, ModelNames
-from equiprobe.services.detector_models import LABEL_FILES, detector_config, probe_config
+from equiprobe.services.detector_models import LABEL_FILES, detector_config, probe_config, served_probe_inputs
 from equiprobe.services.model_config import PYTHON_MODELS
 from equiprobe.services.repository import RepositoryError, ServedEncoder, served_part
 
@@ -78,7 +78,8 @@ def served_encoder(repo: Path, encoder: str) -> ServedEncoder:
         return _served(repo, encoder)
     parts = [_served(repo, name) for name in part_names(encoder)]
     return ServedEncoder(repo, encoder, sum(p.dim for p in parts), COMPOSITE.join(p.onnx_sha256 for p in parts),
-                         parts[0].flavour, parts[0].catalog_versions, parts[0].embed_config, parts)
+                         parts[0].flavour, parts[0].catalog_versions, parts[0].embed_config, parts,
+                         features=sum(p.features for p in parts))
 
 
 def _served(repo: Path, encoder: str) -> ServedEncoder:
@@ -91,8 +92,10 @@ def _served(repo: Path, encoder: str) -> ServedEncoder:
 
 def check_probe(trained: dict, where: str, task: str, served: ServedEncoder) -> None:
     """Refuse, in one line naming both values, a probe made for something the repository does not serve."""
+    features = int(trained.get("features_dim") or 0)  # a probe that reads FEATURES beside the embedding
     checks = (("encoder", trained["encoder"], served.name),
-              ("embedding dim", int(trained["dim"]), served.dim),
+              ("embedding dim", int(trained["dim"]) - features, served.dim),
+              *((("FEATURES dim", features, served.features),) if features else ()),
               ("encoder ONNX sha256", trained["encoder_onnx_sha256"], served.onnx_sha256),
               (f"{task} catalog version", trained["catalog_version"], served.catalog_versions[task]))
     for what, probe_value, repo_value in checks:
@@ -109,6 +112,11 @@ def pick_probes(probes: list[SavedProbe]) -> tuple[SavedProbe, Optional[SavedPro
         given = ", ".join(f"{p.path} ({p.task})" for p in probes) or "none"
         raise DeployError(f"deploy takes one fine (or detect) probe and at most one general probe; given: {given}")
     general = by_task["general"][0] if by_task["general"] else None
+    fine = by_task["fine"][0]
+    if general is not None and general.saved.features_dim != fine.saved.features_dim:
+        raise DeployError(f"{fine.path} and {general.path} read different inputs (FEATURES width "
+                          f"{fine.saved.features_dim} vs {general.saved.features_dim}); train both with or "
+                          "without --features")
     if general is not None and general.classes != category_names():
         raise DeployError(f"{general.path}: general classes {general.classes} are not the catalog's "
                           f"{category_names()}")
@@ -430,7 +438,6 @@ def operating_point(fine: SavedProbe, target_fpr: float,
         raise DeployError(f"no operating threshold for {fine.path}: {exc}; or pass --threshold T") from None
 
 
-
 def deploy(probe_dirs: list[Path], repo: Path, url=None, timeout_s: float = 120.0,
            target_fpr: float = DEFAULT_TARGET_FPR, threshold: Optional[float] = None) -> DeployResult:
     """Export the probes, write them as the next NAME_probe version, select it, and (given a url) load it.
@@ -452,15 +459,18 @@ def deploy(probe_dirs: list[Path], repo: Path, url=None, timeout_s: float = 120.
     model_dir = repo / names.probe
     replaced = selected_version(model_dir)
     version = max(versions_on_disk(model_dir), default=0) + 1
+    reads_features = bool(fine.saved.features_dim)
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp)
         try:
-            exported = export_probes(fine, general, staged / "model.onnx", threshold, [p.dim for p in served.parts],
+            exported = export_probes(fine, general, staged / "model.onnx", threshold,
+                                     served_probe_inputs(served, {"features": reads_features}),
                                      calibration=calibration)
         except ProbeError as exc:
             raise DeployError(str(exc)) from None
         meta = {"model": names.probe, "version": version, "replaced": replaced, "deployed_at": now(),
                 "encoder": served.name, "dim": served.dim, "encoder_onnx_sha256": served.onnx_sha256,
+                "features": reads_features, "features_dim": served.features if reads_features else 0,
                 "catalog_versions": {p.task: p.record["catalog_version"] for p in (fine, general) if p},
                 "detector_task": fine.task,  # whose catalog's rows TRANSFORM_PROBS are: fine or detect
                 "classes": fine.classes, "categories": category_names(),

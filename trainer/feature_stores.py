@@ -137,6 +137,7 @@ def baseline_manifest(source: Store, featurizer: Featurizer, features: str, seed
     m = source.manifest
     return {**m, "encoder": featurizer.name, "encoder_onnx_sha256": featurizer.weights_sha256,
             "dim": featurizer.dim, "dtype": featurizer.dtype or m["dtype"], "tool_version": TOOL_VERSION,
+            "features_dim": 0, "feature_layout": [],  # a baseline is its featurizer's output alone
             "baseline": {"features": features, "source_store": str(source.path), "source_encoder": m["encoder"],
                          "source_encoder_onnx_sha256": m["encoder_onnx_sha256"],
                          "weights_seed": seed if features == "random-encoder" else None}}

@@ -12,7 +12,9 @@
 
 A probe of a composite encoder "A+B" (trained on a joined store, clients/concat.py) takes one
 input per part, EMBEDDING_0 [B, DA] and EMBEDDING_1 [B, DB], and concatenates them first, as the
-store did; EMBEDDING_OUT is the concatenation.
+store did; EMBEDDING_OUT is the concatenation. A probe trained with --features also takes each
+part's FEATURES (FEATURES, or FEATURES_0 and FEATURES_1) after the embeddings, in a store's
+column order (services/contract.probe_inputs); EMBEDDING_OUT is still the embeddings alone.
 
 The pass-through is for the detector ensemble: Triton (2.51) prunes the steps behind an ensemble
 output a request did not ask for, even when a later step consumes that tensor, so an EMBEDDING
@@ -39,7 +41,7 @@ from typing import Optional
 
 import numpy as np
 
-from equiprobe.services.contract import (DETECTOR_OUTPUTS as OUTPUTS, EMBEDDING_OUT,
+from equiprobe.services.contract import (DETECTOR_OUTPUTS as OUTPUTS, EMBEDDING, EMBEDDING_OUT, ProbeInput,
                                         probe_inputs)
 
 from .probe_record import ProbeRecord, ProbeRecordError
@@ -128,7 +130,8 @@ def category_names() -> list[str]:
     return list(get_catalog("general").classes)
 
 
-def detector_head(fine, general, fine_classes: list[str], threshold: float = 0.5, calibration=None):
+def detector_head(fine, general, fine_classes: list[str], threshold: float = 0.5, embedding_parts: int = 0,
+                  calibration=None):
     """The torch module the ONNX model is exported from (and checked against). MANIPULATION_SCORE
     is `calibration` (trainer.calibration.Calibration) of the fine probe's logits; without one, the
     raw 1 - P(identity)."""
@@ -152,6 +155,10 @@ def detector_head(fine, general, fine_classes: list[str], threshold: float = 0.5
 
         def forward(self, *parts: torch.Tensor):
             embeddings = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+            if embedding_parts:  # the inputs after them are FEATURES: passed to the probes, not passed through
+                passed = parts[0] if embedding_parts == 1 else torch.cat(parts[:embedding_parts], dim=1)
+            else:
+                passed = embeddings
             logits = self.fine(embeddings)
             transforms = torch.softmax(logits, dim=1)
             if self.general is not None:
@@ -159,7 +166,7 @@ def detector_head(fine, general, fine_classes: list[str], threshold: float = 0.5
             else:  # P(category) = sum of its transformations' probabilities
                 categories = transforms @ self.membership
             score = self.calibrate(logits)  # MANIPULATION_SCORE: the calibrated P(edited)
-            return transforms, categories, score, score >= threshold, embeddings
+            return transforms, categories, score, score >= threshold, passed
 
     return DetectorHead().eval()
 
@@ -172,7 +179,7 @@ class ProbeExport:
 
 
 def export_probes(fine: SavedProbe, general: Optional[SavedProbe], out: Path, threshold: float,
-                  part_dims: Optional[list[int]] = None, check_batch: int = 16,
+                  inputs: Optional[list[ProbeInput]] = None, check_batch: int = 16,
                   calibration=None) -> ProbeExport:
     """Write the probe model to `out` and check it with ONNX Runtime; raises ProbeError on a mismatch.
     `calibration` (trainer.calibration.Calibration) is baked in: MANIPULATION_SCORE is the calibrated
@@ -185,18 +192,19 @@ def export_probes(fine: SavedProbe, general: Optional[SavedProbe], out: Path, th
     if IDENTITY not in fine.classes:
         raise ProbeError(f"{fine.path}: the fine probe has no {IDENTITY!r} class to score manipulation against")
     fine_model = fine.load()
+    inputs = inputs or probe_inputs([fine.dim])
     head = detector_head(fine_model, general.load() if general else None, fine.classes, threshold,
-                         calibration=calibration)
+                         embedding_parts=sum(i.source == EMBEDDING for i in inputs), calibration=calibration)
     batch = torch.export.Dim("batch", min=1, max=4096)
     # Embeddings as the encoder gives them: around the training mean, at the training scale.
     rng = np.random.default_rng(0)
     mean, std = fine_model.mean.numpy(), fine_model.std.numpy()
     x = (mean + std * rng.normal(size=(check_batch, fine.dim))).astype(np.float32)
-    part_dims = part_dims or [fine.dim]
+    part_dims = [i.dim for i in inputs]
     if sum(part_dims) != fine.dim:
         raise ProbeError(f"{fine.path}: the encoder parts give {sum(part_dims)} dims, the probe takes {fine.dim}")
     xs = np.split(x, np.cumsum(part_dims)[:-1], axis=1)
-    names = probe_inputs(part_dims)
+    names = [i.name for i in inputs]
     # The exporter prints its progress to stdout even with verbose=False; keep CLI output clean.
     with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
         torch.onnx.export(head, tuple(torch.from_numpy(p[:2]) for p in xs), str(out), input_names=names,

@@ -27,8 +27,9 @@ class ProbeRecordError(ValueError):
 class ProbeRecord:
     kind: str  # linear, mlp, logreg or knn
     task: str  # a trainer.tasks name
-    dim: int
+    dim: int  # the probe's input width: the embedding's, plus features_dim where it reads FEATURES
     classes: list[str]
+    features_dim: Optional[int] = None  # FEATURES' width where the probe reads them beside the embedding
     heads: Optional[list[dict]] = None  # [{"name", "classes"}] per head
     split: Optional[str] = None  # "store" or "hash"
     catalog: str

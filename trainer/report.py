@@ -56,6 +56,7 @@ def probe_section(directory: Path, max_images: int) -> tuple[dict, Optional[Outc
     section = {
         "dir": str(directory), "kind": record.kind, "task": record.task, "encoder": record.encoder,
         "catalog_version": record.catalog_version, "store": record.store, "summary": record.summary,
+        "features_dim": record.features_dim,
         "images": record.images, "seeds": record.seeds,
         "per_version_accuracy": _mean_over_runs(runs, "per_version_accuracy"),
     }
@@ -70,7 +71,8 @@ def probe_section(directory: Path, max_images: int) -> tuple[dict, Optional[Outc
     if (directory / "probe.pt").exists() and store_path and (store_path / "manifest.json").exists():
         model, _ = load_probe(directory)
         store = Store.open(store_path)
-        data = ProbeData.from_store(store, Task.from_store(store, record.task), record.split or "store")
+        data = ProbeData.from_store(store, Task.from_store(store, record.task), record.split or "store",
+                                    features=bool(record.features_dim))
         predicted, truth, versions = predict(model, data, "test")
         if predicted.ndim == 1:
             classes = len(data.task.classes)
@@ -80,7 +82,7 @@ def probe_section(directory: Path, max_images: int) -> tuple[dict, Optional[Outc
             rows, _ = data.examples("test")  # predict reads the examples in this order
             keys, names = np.asarray(store.array("image_keys")), store.manifest["rows"]
             outcomes = {(str(keys[r]), names[v]): bool(c) for r, v, c in zip(rows, versions, predicted == truth)}
-        if spec.softmax_geed:
+        if spec.softmax_geed and not record.features_dim:  # the study's G-EED is of embeddings alone
             section["softmax_geed"] = invariance.softmax_geed(model, store, max_images=max_images)
     return section, outcomes
 
@@ -92,6 +94,10 @@ def store_section(path: Path, max_images: int) -> dict:
                "catalog_version": m["catalog_version"], "dataset": m["dataset"], "rows": m["rows"]}
     section["latent_geed"] = invariance.latent_geed(store, max_images=max_images)
     section["copy_detection"] = invariance.copy_detection_recall(store, max_images=max_images)
+    if m["catalog"] == "fine" and store.features_dim:  # the encoder's tapped blocks, each probed alone
+        from .layerwise import layerwise_table
+
+        section["layerwise"] = layerwise_table(path, progress=False)
     return section
 
 
@@ -134,6 +140,8 @@ def table1(probes: list[dict]) -> list[dict]:
     """The study's Table 1: one row per (encoder, probe kind)."""
     rows: dict[tuple[str, str], dict] = {}
     for p in probes:
+        if not get_task(p["task"]).table1 or p.get("features_dim"):  # the study's cells, of the embedding alone
+            continue
         row = rows.setdefault((p["encoder"], p["kind"]), {"encoder": p["encoder"], "probe": p["kind"]})
         row.update({column: p["summary"].get(metric) for column, metric in get_task(p["task"]).table1})
     return list(rows.values())
@@ -152,8 +160,9 @@ def _slug(text: str) -> str:
 def detector_cards(results: dict) -> dict[str, dict]:
     """name -> card: every fine probe's (DALI-made versions of its store's test sources), and
     the cards of Pillow-made versions scored by the served detector, where the report has them."""
-    cards = {f"{p['encoder']} {p['kind']} (DALI-made)": p["detector_card"] for p in results["probes"]
-             if "detector_card" in p}
+    cards = {f"{p['encoder']} {p['kind']} {p['task']}{' +FEATURES' if p.get('features_dim') else ''} (DALI-made)":
+             p["detector_card"] for p in results["probes"] if "detector_card" in p}
+    cards.update({f"{name} (DALI-made)": card for name, card in results.get("store_cards", {}).items()})
     cards.update({f"{name} (Pillow-made)": card for name, card in results.get("reference_cards", {}).items()})
     return cards
 
@@ -188,6 +197,11 @@ def render_plots(results: dict, out: Path) -> list[Path]:
                 f"{p['encoder']} {p['kind']}: accuracy per style", p["per_style_accuracy"]))
     for s in results["stores"]:
         tag = f"{_slug(s['encoder'])}_{s['catalog']}"
+        if "layerwise" in s:
+            from .layerwise import plot_layerwise
+
+            written.append(out / f"layerwise_{tag}.png")
+            plot_layerwise(s["layerwise"], written[-1])
         geed = s["latent_geed"]["per_transformation"]
         names = list(geed)
         written.append(plots.grouped_bars(
@@ -311,6 +325,16 @@ def markdown(results: dict, images: list[Path]) -> str:
                       "| group | members | G-EED euclidean | G-EED cosine |", "|---|---|---|---|"]
             for name, g in geed["groups"].items():
                 lines.append(f"| {name} | {', '.join(g['members'])} | {g['euclidean']:.3f} | {g['cosine']:.3f} |")
+    layerwise = [s for s in results["stores"] if "layerwise" in s]
+    if layerwise:
+        lines += ["", "## Layer-wise linear probes (Alain and Bengio): how much of the fine task each block holds", "",
+                  "One standardized logistic regression per block's pooled statistics (FEATURES), per final "
+                  "embedding and on everything; C chosen on validation sources, figures on test sources.", "",
+                  "| encoder | block | values | C | 31-way accuracy | AUC edited vs original |", "|---|---|---|---|---|---|"]
+        for s in layerwise:
+            for r in s["layerwise"]["rows"]:
+                lines.append(f"| {s['encoder']} | {r['block']} | {r['columns']} | {r['C']:g} | "
+                             f"{r['test_accuracy']:.3f} | {r['test_auc']:.3f} |")
     probes_geed = [p for p in results["probes"] if "softmax_geed" in p]
     if probes_geed:
         lines += ["", "## Softmax G-EED of the probes (KL between the probe's outputs on x and t x)", "",
@@ -326,12 +350,15 @@ def markdown(results: dict, images: list[Path]) -> str:
 
 def build_report(stores: list[Path], probes: list[Path], out: Path, max_images: int = 2000,
                  reference_cards: Optional[dict[str, dict]] = None,
-                 everyday_cards: Optional[dict[str, dict]] = None) -> dict:
+                 everyday_cards: Optional[dict[str, dict]] = None,
+                 store_cards: Optional[dict[str, dict]] = None) -> dict:
     """`reference_cards`: detector cards of Pillow-made versions (trainer.reference_card), by detector;
-    `everyday_cards`: everyday-edits cards (trainer.everyday_card), by detector."""
+    `everyday_cards`: everyday-edits cards (trainer.everyday_card), by detector; `store_cards`: a
+    detector's cards on another store's DALI-made test versions (trainer.store_card), by name."""
     out.mkdir(parents=True, exist_ok=True)
     results = {"stores": [store_section(Path(s), max_images) for s in stores],
-               "probes": [], "reference_cards": reference_cards or {}, "everyday_cards": everyday_cards or {}}
+               "probes": [], "reference_cards": reference_cards or {}, "everyday_cards": everyday_cards or {},
+               "store_cards": store_cards or {}}
     outcomes_by_dir = {}
     for path in probes:
         section, outcomes_by_dir[str(Path(path))] = probe_section(Path(path), max_images)

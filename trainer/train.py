@@ -82,7 +82,7 @@ def train_probes(store_path: Path, task_name: str, config: ProbeConfig, seeds: l
                  progress: bool = True, split_by: str = "store") -> dict:
     store = Store.open(store_path)
     task = Task.from_store(store, task_name)
-    data = ProbeData.from_store(store, task, split_by)
+    data = ProbeData.from_store(store, task, split_by, features=config.features)
     runs, best = [], None
     statistics = data.feature_statistics()  # one pass over the store, shared by every seed
     from rich.progress import Progress
@@ -118,6 +118,7 @@ def probe_record(store_path: Path, data: ProbeData, split_by: str, runs: list[di
     m = data.store.manifest
     return ProbeRecord(
         task=data.task.name, dim=data.dim, classes=data.task.classes,
+        features_dim=data.store.features_dim if "features" in data.inputs else None,
         heads=[{"name": name, "classes": classes} for name, classes in data.task.heads], split=split_by,
         catalog=m["catalog"], catalog_version=m["catalog_version"], rows=m["rows"], encoder=m["encoder"],
         encoder_onnx_sha256=m["encoder_onnx_sha256"], store=str(store_path),

@@ -55,6 +55,35 @@ class Preprocess:
         return np.ascontiguousarray(np.moveaxis(x, -1, -3)) if self.layout == "CHW" else x
 
 
+@dataclass(frozen=True)
+class FeatureTaps:
+    """The early blocks whose activations feed NAME_encoder's FEATURES output, besides EMBEDDING.
+
+    Each block gives, per channel, the mean and then the standard deviation of its activation over
+    space; FEATURES is those, block after block, in the order declared (so 2 x the channels in all).
+    Why: the final embedding is trained to ignore what edits change (blur, noise, resampling,
+    overlays), the first blocks still see it (measured on held-out photographs, issue 23: the
+    statistics of squeezenet1_1's conv1..fire5 gave AUC 0.93 against 0.81 for the embedding).
+    A block is a submodule path of a torch network (NCHW), or a tensor name of an ONNX graph.
+    """
+
+    blocks: tuple[tuple[str, int], ...]  # (block, channels)
+    layout: Literal["NCHW", "NHWC"] = "NCHW"  # of an ONNX graph's tensors (torch modules: NCHW)
+
+    @property
+    def dim(self) -> int:
+        return 2 * sum(channels for _, channels in self.blocks)
+
+    def columns(self) -> list[dict]:
+        """Where each block's statistics sit in FEATURES (stores and probes record it)."""
+        out, start = [], 0
+        for block, channels in self.blocks:
+            out.append({"block": block, "channels": channels, "mean": [start, start + channels],
+                        "std": [start + channels, start + 2 * channels]})
+            start += 2 * channels
+        return out
+
+
 # What a builder returns: a torch module mapping a preprocessed batch to [B, D] embeddings,
 # or an ONNX graph that already does (open_nsfw ships as ONNX only).
 Network = Union[torch.nn.Module, onnx.ModelProto]
@@ -70,6 +99,12 @@ class EncoderSpec:
     description: str = ""
     # Where real weights come from: "bundled" (a package ships them) or a hint for --weights.
     weights_source: str = "bundled"
+    # Early blocks tapped for the detector's FEATURES; None: NAME_encoder gives EMBEDDING only.
+    features: Optional[FeatureTaps] = None
+
+    @property
+    def feature_dim(self) -> int:
+        return self.features.dim if self.features else 0
 
     @property
     def needs_weights_file(self) -> bool:

@@ -182,19 +182,33 @@ def bench_detector(
     versus: Optional[str] = typer.Option(None, help="Compare against this encoder's NAME_detector instead of "
                                          "NAME_embed: e.g. --encoder squeezenet1_1+open_nsfw --versus squeezenet1_1 "
                                          "gives the concatenated detector's cost against the single one."),
+    features_images: int = typer.Option(64, help="Images for the in-process FEATURES cost (before/after)."),
 ) -> None:
-    """NAME_detector p50/p99 at concurrency 1 and 16, and its throughput against NAME_embed alone
+    """The detector's CPU ms per image before and after FEATURES (in-process, side by side); then
+    NAME_detector p50/p99 at concurrency 1 and 16, and its throughput against NAME_embed alone
     (or against another detector)."""
     from equiprobe.clients.bench import bench_images, run_detector_bench
+    from equiprobe.clients.concat import part_names
+    from equiprobe.services.encoders import get_encoder
     from equiprobe.services.server import ServerError, TritonServer, loopback_config
+    from equiprobe.trainer.features_cost import features_cost
 
+    data = bench_images(images)
+    costs = [features_cost(part, data[:features_images]) for part in part_names(encoder)
+             if get_encoder(part).features is not None]
+    for cost in costs:
+        table = Table("stage", "before FEATURES", "after FEATURES", "ratio", title=(
+            f"{cost['encoder']} detector, CPU ms per image in-process ({cost['images']} JPEG photos, cheapest of "
+            f"alternating rounds; after: EMBEDDING + {cost['features_dim']} FEATURES from one pass, probe on both)"))
+        for row in cost["rows"]:
+            table.add_row(row["stage"], f"{row['before']:.2f}", f"{row['after']:.2f}", f"{row['after'] / row['before']:.2f}")
+        Console(width=140).print(table)
     for name in [encoder] + ([versus] if versus else []):
         if not (repo / f"{name}_detector" / "config.pbtxt").exists():
             raise fail(f"no {name}_detector in {repo}: run `make demo`, or train a probe and "
                        f"`equiprobe deploy --probe DIR --repo {repo}`")
     baseline = (versus, "detector") if versus else (encoder, "embed")
     other = f"{baseline[0]}_{baseline[1]}"
-    data = bench_images(images)
     try:
         with TritonServer(loopback_config(repo)) as server:
             rows = run_detector_bench(server.config.grpc_url, encoder, data, baseline=baseline)
@@ -202,7 +216,8 @@ def bench_detector(
         raise fail(str(exc))
     print_side_by_side(f"{encoder}_detector vs {other} through gRPC: {images} JPEG photos per row", rows,
                        ("detector", "baseline"), ("in flight", "detector img/s", "p50 ms", "p99 ms", f"{other} img/s",
-                                                  "p50 ms", "p99 ms", "ratio"), json_out)
+                                                  "p50 ms", "p99 ms", "ratio"), None)
+    write_json(json_out, {"features_cost": costs, "served": rows})
 
 
 def rates_table(title: str) -> Table:

@@ -32,6 +32,8 @@ PROBE_HELP = {
     "weight_decay": "Adam weight decay.",
     "max_epochs": "Upper bound; early stopping on validation usually ends sooner.",
     "patience": "Epochs without a better validation accuracy before stopping early.",
+    "features": "Also read the store's FEATURES (pooled statistics of the encoder's early blocks) beside its "
+                "embeddings; deploy then feeds the served FEATURES to the probe.",
 }
 BASELINE_HELP = {
     "c_grid": "logreg: the values of C tried (the best on validation is kept). Repeatable.",

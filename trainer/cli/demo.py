@@ -11,12 +11,16 @@ from .common import probe_options
 
 @probe_options(skip=(), rename={"kind": "probe"}, unset="the demo's (trainer/demo.py PROBE)")
 def demo(workdir: str = typer.Option("build/demo", help="Where the demo writes its files."),
+         candidates: Optional[list[str]] = typer.Option(None, help="Detector encoders (repeatable): each alone, and "
+                                                        "all concatenated when several; the best validation AUC is "
+                                                        "deployed. Default: squeezenet1_1 (trainer/demo.py "
+                                                        "CANDIDATES); more take longer than 15 minutes."),
          probe_fields: Optional[dict] = None) -> None:
     """The main job end to end on the embedded default (squeezenet1_1, package photos).
 
-    The probe options change the probes it trains (every candidate's and the generalization probe)."""
+    The probe options change the probes it trains (every candidate's and the study's)."""
     from dataclasses import replace
 
-    from equiprobe.trainer.demo import PROBE, run_demo
+    from equiprobe.trainer.demo import CANDIDATES, PROBE, run_demo
 
-    run_demo(workdir, replace(PROBE, **probe_fields))
+    run_demo(workdir, replace(PROBE, **probe_fields), tuple(candidates) if candidates else CANDIDATES)

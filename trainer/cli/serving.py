@@ -54,7 +54,7 @@ def export(
 ) -> None:
     """Export an encoder to ONNX with a dynamic batch axis and check it against torch."""
     from equiprobe.services.encoders import EncoderError, get_encoder
-    from equiprobe.services.export import RELATIVE_TOLERANCE, export_encoder
+    from equiprobe.services.export import FEATURES_TOLERANCE, RELATIVE_TOLERANCE, export_encoder
 
     out = out or Path("build/onnx") / f"{encoder}.onnx"
     try:
@@ -66,6 +66,9 @@ def export(
     print(f"wrote {result.path} (sha256 {result.sha256[:16]}...)")
     print(f"ONNX Runtime vs source: max abs diff {result.max_abs_diff:.3g} on embeddings up to "
           f"{result.reference_scale:.3g} (tolerance {RELATIVE_TOLERANCE:g} relative): {status}")
+    if result.features_scale:
+        print(f"FEATURES: max abs diff {result.features_max_abs_diff:.3g} on values up to {result.features_scale:.3g} "
+              f"(tolerance {FEATURES_TOLERANCE:g} relative)")
     if not result.within_tolerance:
         raise typer.Exit(code=1)
 

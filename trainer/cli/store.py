@@ -31,6 +31,9 @@ def store_info(path: Path = typer.Argument(..., help="Store directory.")) -> Non
     for key in ("dataset", "shard", "limit", "count", "encoder", "encoder_onnx_sha256", "dim", "dtype", "catalog",
                 "catalog_version", "seed", "tool_version"):
         table.add_row(key, str(m.get(key)))
+    blocks = [c["block"] for c in m.get("feature_layout") or []]
+    table.add_row("FEATURES", f"{store.features_dim} (mean and std per channel of {', '.join(blocks)})" if blocks
+                  else "none")
     table.add_row("versions per image", f"{len(m['rows'])} ({', '.join(m['rows'][:4])}, ...)")
     table.add_row("labels", f"{len(m['label_names'])} ({', '.join(m['label_names'][:5])}...)" if m["label_names"]
                   else "none")
