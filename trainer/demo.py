@@ -52,7 +52,8 @@ REFERENCE_IMAGES = 40  # test sources whose Pillow-made and scikit-image-made ve
 SHOWN_VERSIONS = ("identity", "gaussian_blur", "text_overlay", "reference_style")
 
 
-def run_demo(workdir: str, probe: ProbeConfig = PROBE, candidates: tuple[str, ...] = CANDIDATES) -> None:
+def run_demo(workdir: str, probe: ProbeConfig = PROBE, candidates: tuple[str, ...] = CANDIDATES,
+             detect_images: int = DETECT_IMAGES) -> None:
     from equiprobe.clients.concat import COMPOSITE
     from equiprobe.clients.corpus import check_corpus
     from equiprobe.clients.datasets import open_dataset
@@ -63,7 +64,7 @@ def run_demo(workdir: str, probe: ProbeConfig = PROBE, candidates: tuple[str, ..
     t0 = time.perf_counter()
     dataset = open_dataset(DATASET)
     # Crop 0 of every corpus image comes first (clients/corpus.py), then crop 1 of each...
-    detect_images = DETECT_IMAGES or len(check_corpus())
+    detect_images = detect_images or len(check_corpus())
     sources = len({dataset.record(i).source for i in range(detect_images)})
     console.rule("1. build the model repository")
     shutil.rmtree(repo, ignore_errors=True)  # the demo's own repository: fresh, so the detector starts at v1

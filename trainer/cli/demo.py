@@ -15,6 +15,8 @@ def demo(workdir: str = typer.Option("build/demo", help="Where the demo writes i
                                                         "all concatenated when several; the best validation AUC is "
                                                         "deployed. Default: squeezenet1_1 (trainer/demo.py "
                                                         "CANDIDATES); more take longer than 15 minutes."),
+         detect_images: int = typer.Option(0, help="Corpus crops embedded in the detection catalog per candidate; "
+                                           "0: one crop of every source."),
          probe_fields: Optional[dict] = None) -> None:
     """The main job end to end on the embedded default (squeezenet1_1, package photos).
 
@@ -23,4 +25,4 @@ def demo(workdir: str = typer.Option("build/demo", help="Where the demo writes i
 
     from equiprobe.trainer.demo import CANDIDATES, PROBE, run_demo
 
-    run_demo(workdir, replace(PROBE, **probe_fields), tuple(candidates) if candidates else CANDIDATES)
+    run_demo(workdir, replace(PROBE, **probe_fields), tuple(candidates) if candidates else CANDIDATES, detect_images)
