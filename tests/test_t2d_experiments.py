@@ -99,7 +99,7 @@ def test_transfer_shows_d_transforms_above_d_objects(tmp_path):
     """The paper's finding at a CPU-test size: a model trained on (O1, T1) transfers better to new objects
     under its own transformations (D_transforms) than to its own objects under new ones (D_objects).
     Seeded (run seed 3: T1 blur, rotate, hflip; T2 translate, colour, scale). At this small size the gap
-    depends on which categories land in T2 (in the quick profile's runs too, see the README), so the
+    depends on which categories land in T2 (in the quick profile's runs too, see docs/transforms2d.md), so the
     margin asserted is well below the one this seed gives (0.62 vs 0.28 here)."""
     profile = get_profile("quick", objects_per_set=10, train=2000, val=200, epochs=6, target_train=600,
                           target_test=300, runs=1)

@@ -206,7 +206,7 @@ def serve(
     """Run the real Triton server on this repository until SIGINT/SIGTERM.
 
     Off loopback: gRPC with TLS (or --insecure), HTTP for health probes only, keys through
-    Triton's restricted protocols (README "Exposing the server")."""
+    Triton's restricted protocols (docs/serving.md, "Exposing the server")."""
     from equiprobe.services.security import http_health_only
     from equiprobe.services.server import MODEL_CONTROL_MODES, ServerConfig, ServerError, TritonServer
 
