@@ -145,13 +145,16 @@ async def run_embed_job(job: EmbedJob, progress: bool = True) -> dict:
         manifest = job_manifest(job, dataset, server_metadata(await client.model_config(job.names.embed)),
                                 len(indices))
         sink = StoreSink(job.out, manifest, job.reuse)
-        return await run(lambda row: dataset.record(int(indices[row])), server_mapper(job, client, sink.reuse),
-                         sink, chunk_size=job.chunk_size, progress=progress)
+        mapper = server_mapper(job, client, manifest, sink.reuse)
+        return await run(lambda row: dataset.record(int(indices[row])), mapper, sink, chunk_size=job.chunk_size,
+                         progress=progress)
 
 
-def server_mapper(job: EmbedJob, client: AsyncTritonClient, reuse: Optional[ReuseSource] = None) -> "ExpansionMapper":
-    """The job's mapper: the server expansion, or, with an old store to reuse, the refresh."""
-    features = bool(reuse.store.features_dim) if reuse else None
+def server_mapper(job: EmbedJob, client: AsyncTritonClient, manifest: dict,
+                  reuse: Optional[ReuseSource] = None) -> "ExpansionMapper":
+    """The job's mapper: the server expansion, or, with an old store to reuse, the refresh. It asks
+    for FEATURES where the job's store holds them (the server published them: job_manifest)."""
+    features = bool(manifest.get("features_dim"))
     if reuse:
         return RefreshMapper(client, job.names.embed, job.seed, job.as_uploads, features, reuse)
     return ExpansionMapper(client, job.names.embed, job.seed, job.as_uploads, features)
@@ -166,7 +169,7 @@ class ExpansionMapper:
     model: str
     seed: int
     uploads: bool = False
-    features: Optional[bool] = None  # ask for FEATURES too; None: where the expansion publishes them
+    features: bool = False  # ask for FEATURES too
 
     async def map(self, items) -> list[Outcome]:
         return list(await asyncio.gather(*(self.one(record) for _, record in items)))
@@ -184,9 +187,6 @@ class ExpansionMapper:
             inputs[ROWS] = np.array([rows], np.int32)
         if self.uploads:
             inputs[UPLOADS] = np.array([[True]])
-        if self.features is None:
-            published = server_metadata(await self.client.model_config(self.model)).get("features_dim", "0")
-            self.features = int(published) > 0
         outputs = [EMBEDDINGS, PARAMS, KEY] + ([FEATURES] if self.features else [])
         try:
             out = await self.client.infer(self.model, inputs, outputs)

@@ -26,13 +26,13 @@ class EmbedActor:
     """One Ray actor: a gRPC client to the server it is told, mapping each chunk it is given."""
 
     def __init__(self, job: EmbedJob, manifest: dict):
-        self.job, self.dataset = job, open_dataset(job.dataset)
+        self.job, self.manifest, self.dataset = job, manifest, open_dataset(job.dataset)
         self.reuse = open_reuse(job.reuse, job.out, manifest) if job.reuse else None
 
     async def map(self, rows: list[int], indices: list[int], url: str) -> list[Outcome]:
         # An async actor: Ray runs its methods on the actor's own event loop.
         async with AsyncTritonClient(replace(self.job.client, url=url)) as client:
-            mapper = server_mapper(self.job, client, self.reuse)
+            mapper = server_mapper(self.job, client, self.manifest, self.reuse)
             return await mapper.map([(r, self.dataset.record(i)) for r, i in zip(rows, indices)])
 
 

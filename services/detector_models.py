@@ -84,15 +84,13 @@ def detector_config(served, names: DetectorNames, meta: dict) -> mc.ModelConfig:
     (see trainer/probe_export.py: Triton prunes the steps behind an unrequested ensemble output)."""
     embed = served.embed_config
     composite = len(served.parts) > 1
-    steps, internal = [], {}
+    steps, scopes = [], []  # scopes: each part's (ensemble inputs, suffix)
     for i, part in enumerate(served.parts):
-        inputs = {t.name for t in part.embed_config.input}
-        suffix = f"_{i}" if composite else ""
-        steps += [(s.model_name, {k: _internal(v, inputs, suffix) for k, v in s.input_map.items()},
-                   {k: _internal(v, inputs, suffix) for k, v in s.output_map.items()})
+        scopes.append(({t.name for t in part.embed_config.input}, f"_{i}" if composite else ""))
+        steps += [(s.model_name, {k: _internal(v, *scopes[i]) for k, v in s.input_map.items()},
+                   {k: _internal(v, *scopes[i]) for k, v in s.output_map.items()})
                   for s in part.embed_config.ensemble_scheduling.step]
-        internal[i] = lambda source, inputs=inputs, suffix=suffix: _internal(source, inputs, suffix)
-    probe_in = {p.name: internal[p.part](p.source) for p in served_probe_inputs(served, meta)}
+    probe_in = {p.name: _internal(p.source, *scopes[p.part]) for p in served_probe_inputs(served, meta)}
     probe_outputs = {**{name: name for name in DETECTOR_OUTPUTS}, EMBEDDING_OUT: EMBEDDING}
     # Triton refuses an ensemble with a tensor no step reads: a probe without FEATURES leaves the
     # encoders' FEATURES unmapped.

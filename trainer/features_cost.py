@@ -44,7 +44,6 @@ def _probe_session(dim: int, tmp: Path, name: str, hidden: int = 2048, classes: 
 
 
 def features_cost(encoder: str, images: list[bytes], rounds: int = 4) -> dict:
-    from equiprobe.services.embed_models import InProcessEmbed  # noqa: F401  (the same steps, documented there)
     from equiprobe.services.encoders import create_encoder, get_encoder
     from equiprobe.services.export import export_encoder
     from equiprobe.services.model_config import ServingSpec
