@@ -110,6 +110,8 @@ def export_encoder(spec: EncoderSpec, network: Network, path: Path, check_batch:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     outputs = output_names(spec)
+    if isinstance(network, torch.nn.Module) and spec.features is not None:
+        network = TappedNetwork(network, spec.features).eval()  # one set of hooks: reference and export
     x = random_normalized_batch(spec.preprocess, check_batch)
     reference = _reference(tapped_reference(spec, network), x)
     if isinstance(network, torch.nn.Module):
@@ -117,8 +119,8 @@ def export_encoder(spec: EncoderSpec, network: Network, path: Path, check_batch:
             _export_torch(network, random_normalized_batch(spec.preprocess, 2, seed=1), path, outputs)
         else:  # the blocks' activations as outputs, then the statistics as ONNX nodes (encoders/taps.py)
             taps = exported_taps(spec.features)
-            _export_torch(TappedNetwork(network, spec.features).eval(), random_normalized_batch(spec.preprocess, 2, seed=1),
-                          path, [EMBEDDING, *(block for block, _ in taps.blocks)])
+            _export_torch(network, random_normalized_batch(spec.preprocess, 2, seed=1), path,
+                          [EMBEDDING, *(block for block, _ in taps.blocks)])
             onnx.save(tap_onnx(onnx.load(str(path)), taps, FEATURES, drop_tapped_outputs=True), str(path))
     else:
         if spec.features is not None:

@@ -125,6 +125,8 @@ def tapped_reference(spec: EncoderSpec, network):
     (an ONNX graph's tapped tensors read with ONNX Runtime); the network itself otherwise."""
     if spec.features is None:
         return network
+    if isinstance(network, TappedNetwork):
+        return network.features
     if isinstance(network, torch.nn.Module):
         return TappedNetwork(network, spec.features).eval().features
     import onnxruntime as ort
