@@ -1,0 +1,354 @@
+"""An index of known images: which known image is an upload an (edited) copy of?
+
+Pure index code, numpy and faiss only (a Triton python backend loads it; nothing here reads
+stores: `clients/index_build.py` does). An index is a directory:
+
+    index.faiss    the faiss index (faiss.write_index): one L2-normalised vector per known image,
+                   its identity version's embedding; inner product = cosine similarity
+    keys.npy       [N] unicode: the image key of each vector, in id order (unique)
+    store_ids.npy  [N] int32: which source store (index.json's "stores") holds the image
+    rows.npy       [N] int64: its row in that store, where its edited versions are
+    index.json     metadata: format version, encoder, its ONNX sha256, dim, metric, kind and the
+                   kind's parameters, count, the source stores (path, catalog, catalog version,
+                   images indexed), recall against exact search, the shard, created time,
+                   and index.faiss's size and sha256
+
+Kinds: "flat" (exact, faiss IndexFlatIP), "ivf" (IndexIVFFlat), "hnsw" (IndexHNSWFlat),
+"ivfpq" (IndexIVFPQ, compressed); "auto" picks flat up to AUTO_FLAT_MAX vectors, ivf up to
+AUTO_IVF_MAX, ivfpq above. A directory is written whole into a hidden temp directory beside
+it, every file fsynced, then swapped in by rename: a crash leaves the old index or the new one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import faiss
+import numpy as np
+
+FORMAT_VERSION = 1
+METRIC = "inner_product"  # on L2-normalised vectors: cosine similarity
+KINDS = ("flat", "ivf", "hnsw", "ivfpq")
+AUTO_FLAT_MAX = 100_000  # exact search up to here: 100k x D=1000 float32 is 400 MB, ~10 ms a query
+AUTO_IVF_MAX = 2_000_000  # IVF-Flat up to here (8 GB at D=1000); IVF-PQ above
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 128
+TRAIN_MAX = 200_000  # vectors the IVF quantizers are trained on at most
+EPS = 1e-12
+
+FILES = ("index.faiss", "keys.npy", "store_ids.npy", "rows.npy", "index.json")
+# What must agree between every store (and index) that goes into one index.
+COMPATIBLE_FIELDS = ("encoder", "encoder_onnx_sha256", "dim")
+
+
+class MatchIndexError(ValueError):
+    """An index that cannot be used: missing, corrupt, inconsistent, or mixing encoders."""
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    """float32 rows scaled to length 1 (a zero row stays zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    return np.ascontiguousarray(x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), EPS), dtype=np.float32)
+
+
+# -- kinds --------------------------------------------------------------------------------------
+
+def choose_kind(count: int, kind: str = "auto") -> str:
+    if kind == "auto":
+        return "flat" if count <= AUTO_FLAT_MAX else "ivf" if count <= AUTO_IVF_MAX else "ivfpq"
+    if kind not in KINDS:
+        raise MatchIndexError(f"unknown index kind {kind!r}; one of auto, {', '.join(KINDS)}")
+    return kind
+
+
+def kind_params(kind: str, count: int, dim: int) -> dict:
+    """The faiss parameters of a kind for `count` vectors of `dim` (all derived from the sizes)."""
+    if kind == "flat":
+        return {}
+    if kind == "hnsw":
+        return {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": HNSW_EF_SEARCH}
+    # IVF: ~4 sqrt(N) lists, at least 39 training vectors a list (faiss' k-means minimum)
+    nlist = max(1, min(int(4 * math.sqrt(count)), count // 39))
+    params = {"nlist": nlist, "nprobe": min(nlist, max(8, nlist // 16))}
+    if kind == "ivfpq":
+        # m sub-quantizers of >= 8 dims each (m divides dim): m bytes a vector at 8 bits
+        m = max([c for c in range(1, max(1, dim // 8) + 1) if dim % c == 0])
+        # 2^nbits centroids per sub-quantizer need that many training vectors (39x recommended)
+        nbits = int(max(1, min(8, math.floor(math.log2(max(2, train_size(kind, count, nlist) // 39))))))
+        params.update(m=m, nbits=nbits)
+    return params
+
+
+def train_size(kind: str, count: int, nlist: int) -> int:
+    """How many vectors an IVF kind is trained on (0: the kind needs no training)."""
+    if kind not in ("ivf", "ivfpq"):
+        return 0
+    return int(min(count, max(64 * nlist, 10_000), TRAIN_MAX))
+
+
+def new_index(kind: str, dim: int, params: dict) -> faiss.Index:
+    """An empty faiss index of `kind` (IVF kinds still untrained)."""
+    ip = faiss.METRIC_INNER_PRODUCT
+    if kind == "flat":
+        return faiss.IndexFlatIP(dim)
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, params["M"], ip)
+        index.hnsw.efConstruction = params["efConstruction"]
+        index.hnsw.efSearch = params["efSearch"]
+        return index
+    quantizer = faiss.IndexFlatIP(dim)
+    if kind == "ivf":
+        index = faiss.IndexIVFFlat(quantizer, dim, params["nlist"], ip)
+    elif kind == "ivfpq":
+        index = faiss.IndexIVFPQ(quantizer, dim, params["nlist"], params["m"], params["nbits"], ip)
+    else:
+        raise MatchIndexError(f"unknown index kind {kind!r}")
+    index.nprobe = params["nprobe"]  # faiss' python wrapper keeps `quantizer` alive with the index
+    return index
+
+
+# -- exact search over a stream of chunks (the ground truth of recall) --------------------------
+
+class ExactTopK:
+    """The exact top-k ids and similarities of fixed queries among vectors seen chunk by chunk
+    (chunks in id order: `update(chunk, first_id)`), never holding more than one chunk."""
+
+    def __init__(self, queries: np.ndarray, k: int):
+        self.queries = unit(queries)
+        self.k = k
+        self.sims = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        self.ids = np.full((len(queries), k), -1, dtype=np.int64)
+
+    def update(self, chunk: np.ndarray, first_id: int) -> None:
+        if not len(chunk) or not len(self.queries):
+            return
+        sims = self.queries @ unit(chunk).T
+        ids = np.broadcast_to(np.arange(first_id, first_id + len(chunk)), sims.shape)
+        if sims.shape[1] > self.k:  # the chunk's own top k first (linear), then the sort of 2k columns
+            best = np.argpartition(-sims, self.k - 1, axis=1)[:, :self.k]
+            sims, ids = np.take_along_axis(sims, best, 1), np.take_along_axis(ids, best, 1)
+        sims = np.concatenate([self.sims, sims], 1)
+        ids = np.concatenate([self.ids, ids], 1)
+        order = np.lexsort((ids, -sims), axis=1)[:, :self.k]  # ties: the lower id first
+        self.sims = np.take_along_axis(sims, order, 1)
+        self.ids = np.take_along_axis(ids, order, 1)
+
+
+def recall_figures(approx_ids: np.ndarray, exact: ExactTopK, owners: np.ndarray, queries_from: str) -> dict:
+    """recall@k: the fraction of queries whose exact nearest neighbour is in the approximate
+    top k; match@1: the fraction whose own image (`owners`, an id per query) is ranked first,
+    approximately and exactly."""
+    nearest = exact.ids[:, :1]
+    n = max(1, len(owners))
+    return {"queries": int(len(owners)), "queries_from": queries_from,
+            "recall@1": float((approx_ids[:, :1] == nearest).any(1).sum() / n),
+            "recall@10": float((approx_ids[:, :10] == nearest).any(1).sum() / n),
+            "match@1": float((approx_ids[:, 0] == owners).sum() / n),
+            "match@1_exact": float((exact.ids[:, 0] == owners).sum() / n)}
+
+
+# -- metadata -----------------------------------------------------------------------------------
+
+def check_compatible(have: dict, new: dict, have_name: str, new_name: str) -> None:
+    """Refuse to put vectors of different encoders (or weights, or dims) into one index."""
+    for name in COMPATIBLE_FIELDS:
+        if have.get(name) != new.get(name):
+            raise MatchIndexError(f"{name} differs: {have_name} has {have.get(name)!r}, {new_name} has "
+                                  f"{new.get(name)!r}; one index holds one encoder's embeddings")
+
+
+def describe_memory(meta: dict) -> dict:
+    """Bytes of the index (index.faiss, about what it takes in memory) and of its keys and
+    locations, per vector and per million images."""
+    count = max(1, int(meta.get("count") or 0))
+    index_bytes = int(meta.get("index_bytes") or 0)
+    side = int(meta.get("side_bytes") or 0)
+    return {"index_bytes": index_bytes, "keys_and_locations_bytes": side,
+            "bytes_per_vector": (index_bytes + side) / count,
+            "bytes_per_million_images": (index_bytes + side) / count * 1e6}
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+@dataclass
+class MatchIndex:
+    path: Path
+    meta: dict
+    index: faiss.Index
+    keys: np.ndarray
+    store_ids: np.ndarray
+    rows: np.ndarray
+    _positions: Optional[dict] = field(default=None, repr=False)
+
+    @property
+    def count(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["dim"])
+
+    @classmethod
+    def open(cls, path: Path, verify: bool = False) -> "MatchIndex":
+        """Load an index directory; ValueError (one line naming the file) for anything missing,
+        corrupt or inconsistent. `verify`: also check index.faiss's sha256."""
+        path = Path(path)
+        meta = read_meta(path)
+        faiss_path = path / "index.faiss"
+        if not faiss_path.is_file():
+            raise MatchIndexError(f"{faiss_path} is missing; the index is incomplete")
+        size = faiss_path.stat().st_size
+        if meta.get("index_bytes") is not None and size != meta["index_bytes"]:
+            raise MatchIndexError(f"{faiss_path} is {size} bytes, index.json says {meta['index_bytes']}: "
+                                  "truncated or replaced")
+        if verify and meta.get("index_sha256") and sha256_of(faiss_path) != meta["index_sha256"]:
+            raise MatchIndexError(f"{faiss_path}: sha256 differs from index.json's; the file is corrupt")
+        try:
+            index = faiss.read_index(str(faiss_path))
+        except RuntimeError as exc:
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+            raise MatchIndexError(f"{faiss_path} is corrupt or truncated (faiss: {reason.split(': ', 1)[-1]})") \
+                from None
+        arrays = {}
+        for name in ("keys", "store_ids", "rows"):
+            file = path / f"{name}.npy"
+            try:
+                arrays[name] = np.load(file, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as exc:
+                raise MatchIndexError(f"{file} is missing or unreadable ({exc})") from None
+        for name, array in arrays.items():
+            if len(array) != index.ntotal or index.ntotal != meta.get("count"):
+                raise MatchIndexError(f"{path / (name + '.npy')} holds {len(array)} entries, index.faiss "
+                                      f"{index.ntotal} vectors, index.json count {meta.get('count')}: they must agree")
+        if index.d != meta.get("dim"):
+            raise MatchIndexError(f"{faiss_path} holds {index.d}-dim vectors, index.json says dim {meta.get('dim')}")
+        return cls(path, meta, index, arrays["keys"], arrays["store_ids"], arrays["rows"])
+
+    def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(similarities [m, k] float32, ids [m, k] int64 (-1: none), keys [m, k] ("" for none))
+        of embeddings [m, D] (or [D]); queries are L2-normalised here."""
+        queries = np.atleast_2d(np.asarray(queries))
+        if queries.shape[-1] != self.dim:
+            raise MatchIndexError(f"queries are {queries.shape[-1]}-dim, the index holds {self.dim}-dim vectors")
+        k = max(1, min(k, self.count))
+        sims, ids = self.index.search(unit(queries), k)
+        keys = np.where(ids >= 0, self.keys[np.maximum(ids, 0)], "")
+        return sims, ids, keys
+
+    def location(self, id_: int) -> tuple[str, int]:
+        """(store path, row) of vector `id_`: where the image's versions are."""
+        store = self.meta["stores"][int(self.store_ids[id_])]
+        return store["path"], int(self.rows[id_])
+
+    def id_of(self, key: str) -> int:
+        if self._positions is None:
+            self._positions = {str(k): i for i, k in enumerate(self.keys)}
+        return self._positions.get(key, -1)
+
+    def memory(self) -> dict:
+        return describe_memory(self.meta)
+
+
+def read_meta(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_dir():
+        raise MatchIndexError(f"{path} is not an index directory (it does not exist)" if not path.exists()
+                              else f"{path} is not an index directory (not a directory)")
+    file = path / "index.json"
+    try:
+        meta = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise MatchIndexError(f"{file} is missing; {path} is not an index") from None
+    except (OSError, ValueError) as exc:
+        raise MatchIndexError(f"{file} is unreadable ({exc})") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise MatchIndexError(f"{file}: format version {meta.get('format_version')!r}, this code reads "
+                              f"{FORMAT_VERSION}")
+    return meta
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def write_index(path: Path, index: faiss.Index, keys: np.ndarray, store_ids: np.ndarray, rows: np.ndarray,
+                meta: dict, replace: bool = False) -> dict:
+    """Write an index directory atomically; returns the metadata written (sizes, count, times added)."""
+    path = Path(path)
+    if len(keys) != index.ntotal or len(store_ids) != index.ntotal or len(rows) != index.ntotal:
+        raise MatchIndexError(f"{path}: {index.ntotal} vectors, {len(keys)} keys, {len(store_ids)} store ids, "
+                              f"{len(rows)} rows: they must agree")
+    if path.exists() and not replace:
+        raise MatchIndexError(f"{path} exists; refusing to overwrite it (add to it with `index add`, or remove it)")
+    if path.exists() and not (path / "index.json").is_file() and (not path.is_dir() or any(path.iterdir())):
+        raise MatchIndexError(f"{path} exists and is not an index; refusing to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir()
+    try:
+        faiss.write_index(index, str(staged / "index.faiss"))
+        keys = np.asarray(keys)
+        if keys.dtype.kind != "U":
+            keys = keys.astype(str)
+        np.save(staged / "keys.npy", keys)
+        np.save(staged / "store_ids.npy", np.asarray(store_ids, dtype=np.int32))
+        np.save(staged / "rows.npy", np.asarray(rows, dtype=np.int64))
+        meta = {**meta, "format_version": FORMAT_VERSION, "metric": METRIC, "count": int(index.ntotal),
+                "dim": int(index.d), "index_bytes": (staged / "index.faiss").stat().st_size,
+                "index_sha256": sha256_of(staged / "index.faiss"),
+                "side_bytes": sum((staged / f).stat().st_size for f in ("keys.npy", "store_ids.npy", "rows.npy")),
+                "created": meta.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        (staged / "index.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        for name in FILES:
+            _fsync(staged / name)
+        _fsync(staged)
+        if path.exists():
+            if not _exchange(staged, path):  # two renames: a crash between them leaves the old one at .old
+                old = path.parent / f".{path.name}.old-{os.getpid()}"
+                os.replace(path, old)
+                os.replace(staged, path)
+                staged = old
+            shutil.rmtree(staged, ignore_errors=True)  # now the old index
+        else:
+            os.replace(staged, path)
+        _fsync(path.parent)
+    except BaseException:
+        if staged.exists() and staged.name.startswith(f".{path.name}.tmp-"):
+            shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return meta

@@ -1,0 +1,233 @@
+"""Match indexes (services/match_index.py, clients/index_build.py, `equiprobe index`) on small
+synthetic stores whose geometry is known (no server needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from equiprobe.clients.index_build import add_to_index, build_index, merge_indexes
+from equiprobe.clients.store import Store, StoreWriter
+from equiprobe.services import match_index as mx
+from equiprobe.services.match_index import MatchIndex
+from equiprobe.trainer.cli import app
+
+ROWS = ["identity", "blur", "crop"]
+D = 32
+
+
+def write_store(path: Path, embeddings: np.ndarray, prefix: str = "img", rows=ROWS, encoder: str = "synthetic",
+                done=None) -> Path:
+    """A store holding exactly `embeddings` [N, K, D]; rows not in `done` stay pending."""
+    n, k, d = embeddings.shape
+    manifest = {"format_version": 2, "tool_version": "test", "encoder": encoder, "encoder_onnx_sha256": "0" * 64,
+                "dim": d, "dtype": "float16", "catalog": "synthetic", "catalog_version": "synthetic-1",
+                "rows": list(rows), "params_width": 1, "row_labels": list(range(k)), "classes": list(rows),
+                "row_splits": ["both"] * k, "dataset": f"synthetic:{prefix}", "label_names": [], "limit": None,
+                "seed": 0, "count": n, "shard": None}
+    writer = StoreWriter(Store.create_or_resume(path, manifest))
+    done = list(range(n)) if done is None else done
+    for r in done:
+        writer.put(r, embeddings=embeddings[r], params=np.zeros((k, 1)), key=f"{prefix}{r:04d}",
+                   image_key=f"{r:016x}", label=-1, split="test", index=r)
+    writer.commit(done)
+    return path
+
+
+def versions(n: int, seed: int, k: int = len(ROWS), spread: float = 0.15) -> np.ndarray:
+    """[n, k, D]: a random identity per image; its edited versions close to it."""
+    rng = np.random.default_rng(seed)
+    content = rng.normal(size=(n, 1, D))
+    edits = spread * rng.normal(size=(n, k, D))
+    edits[:, 0] = 0
+    return content + edits
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("match")
+    a = versions(300, 1)
+    b = versions(120, 2)
+    b[:20] = a[:20]  # store b's first 20 images are store a's, under other keys
+    store_a = write_store(root / "a", a, "a", done=[r for r in range(300) if r != 7])  # row 7 pending
+    store_b = write_store(root / "b", b, "b")
+    return root, (store_a, a), (store_b, b)
+
+
+def test_build_finds_each_identity_and_its_edited_versions(stores, tmp_path):
+    root, (store_a, a), _ = stores
+    meta = build_index([store_a], tmp_path / "ix", progress=False)
+    assert meta["kind"] == "flat" and meta["count"] == 299 and meta["recall"] is None
+    assert meta["encoder"] == "synthetic" and meta["dim"] == D and meta["metric"] == "inner_product"
+    assert meta["catalogs"] == ["synthetic/synthetic-1"] and meta["stores"][0]["images"] == 299
+    assert sorted(os.listdir(tmp_path)) == ["ix"]  # no staged directory left behind
+    index = MatchIndex.open(tmp_path / "ix", verify=True)
+    done = [r for r in range(300) if r != 7]
+    sims, ids, keys = index.search(a[done, 0], k=5)
+    assert list(keys[:, 0]) == [f"a{r:04d}" for r in done]
+    assert np.allclose(sims[:, 0], 1.0, atol=1e-3)
+    assert "a0007" not in set(index.keys)  # a pending row is not indexed
+    for column in (1, 2):
+        _, _, keys = index.search(a[done, column], k=1)
+        assert list(keys[:, 0]) == [f"a{r:04d}" for r in done]
+    # where each image's versions are
+    path, row = index.location(index.id_of("a0042"))
+    assert Path(path) == store_a.resolve() and row == 42
+
+
+def test_add_appends_and_keeps_the_old_answers(stores, tmp_path):
+    root, (store_a, a), (store_b, b) = stores
+    build_index([store_a], tmp_path / "ix", progress=False)
+    before = MatchIndex.open(tmp_path / "ix")
+    old_sims, old_ids, old_keys = before.search(a[:50, 1], k=3)
+    meta = add_to_index(tmp_path / "ix", store_b, progress=False)
+    assert meta["added"] == 120 and meta["count"] == 299 + 120 and meta["skipped_duplicates"] == 0
+    after = MatchIndex.open(tmp_path / "ix")
+    assert [s["images"] for s in after.meta["stores"]] == [299, 120]
+    _, _, keys = after.search(b[20:, 2], k=1)
+    assert list(keys[:, 0]) == [f"b{r:04d}" for r in range(20, 120)]
+    sims, ids, keys = after.search(a[20:50, 1], k=1)  # (the new images may come in at ranks 2 and 3)
+    assert (keys[:, 0] == old_keys[20:, 0]).all() and (ids[:, 0] == old_ids[20:, 0]).all()
+    assert np.allclose(sims[:, 0], old_sims[20:, 0])
+    path, row = after.location(after.id_of("b0100"))
+    assert Path(path) == store_b.resolve() and row == 100
+    again = add_to_index(tmp_path / "ix", store_b, progress=False)  # the same keys: nothing added
+    assert again["added"] == 0 and again["skipped_duplicates"] == 120
+    assert MatchIndex.open(tmp_path / "ix").count == 419
+
+
+def test_duplicate_keys_across_stores_are_indexed_once(stores, tmp_path):
+    root, (store_a, a), _ = stores
+    meta = build_index([store_a, store_a], tmp_path / "ix", progress=False)
+    assert meta["count"] == 299 and meta["skipped_duplicates"] == 299
+
+
+def test_merged_shards_answer_like_one_build(stores, tmp_path):
+    root, (store_a, a), (store_b, b) = stores
+    single = build_index([store_a, store_b], tmp_path / "one", progress=False)
+    for i in range(3):
+        build_index([store_a, store_b], tmp_path / f"s{i}", shard=f"{i}/3", progress=False)
+    shard_counts = [MatchIndex.open(tmp_path / f"s{i}").count for i in range(3)]
+    assert sum(shard_counts) == single["count"] and min(shard_counts) > 0
+    merged = merge_indexes([tmp_path / "s2", tmp_path / "s0", tmp_path / "s1"], tmp_path / "merged", progress=False)
+    assert merged["count"] == single["count"] and merged["kind"] == single["kind"]
+    assert [s["images"] for s in merged["stores"]] == [s["images"] for s in single["stores"]]
+    one, joined = MatchIndex.open(tmp_path / "one"), MatchIndex.open(tmp_path / "merged")
+    assert (one.keys == joined.keys).all() and (one.rows == joined.rows).all()
+    queries = np.concatenate([a[:, 2], b[:, 1]])
+    s1, i1, k1 = one.search(queries, k=10)
+    s2, i2, k2 = joined.search(queries, k=10)
+    assert (i1 == i2).all() and (k1 == k2).all() and np.array_equal(s1, s2)
+    with pytest.raises(ValueError, match="expected each of 0/3"):
+        merge_indexes([tmp_path / "s0", tmp_path / "s1"], tmp_path / "half", progress=False)
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw", "ivfpq"])
+def test_approximate_kinds_report_recall(stores, tmp_path, kind):
+    root, (store_a, a), (store_b, b) = stores
+    meta = build_index([store_a, store_b], tmp_path / "ix", kind=kind, progress=False)
+    recall = meta["recall"]
+    assert meta["kind"] == kind and recall["queries"] > 0 and recall["queries_from"] == "non-identity versions"
+    assert 0 <= recall["recall@1"] <= recall["recall@10"] <= 1 and recall["match@1_exact"] > 0.9
+    if kind != "ivfpq":  # uncompressed: near exact on this small set
+        assert recall["recall@10"] > 0.9
+    stored = json.loads((tmp_path / "ix" / "index.json").read_text())
+    assert stored["recall"] == recall and stored["params"] == meta["params"]
+    index = MatchIndex.open(tmp_path / "ix")
+    _, _, keys = index.search(b[20:, 0], k=10)
+    found = (keys == np.array([f"b{r:04d}" for r in range(20, 120)])[:, None]).any(1).mean()
+    assert found > (0.5 if kind == "ivfpq" else 0.9)  # 3-bit PQ codes here: 400 vectors train no more
+
+
+def test_broken_indexes_are_refused_with_the_file_named(stores, tmp_path):
+    root, (store_a, a), _ = stores
+    build_index([store_a], tmp_path / "ix", progress=False)
+    with pytest.raises(ValueError, match="nowhere.*does not exist"):
+        MatchIndex.open(tmp_path / "nowhere")
+    faiss_file = tmp_path / "ix" / "index.faiss"
+    good = faiss_file.read_bytes()
+    faiss_file.write_bytes(good[:len(good) // 2])  # truncated
+    with pytest.raises(ValueError, match="index.faiss.*truncated"):
+        MatchIndex.open(tmp_path / "ix")
+    faiss_file.write_bytes(b"\x01" * len(good))  # same size, garbage
+    with pytest.raises(ValueError, match="index.faiss is corrupt"):
+        MatchIndex.open(tmp_path / "ix")
+    faiss_file.write_bytes(good)
+    keys = np.load(tmp_path / "ix" / "keys.npy")
+    np.save(tmp_path / "ix" / "keys.npy", keys[:-1])
+    with pytest.raises(ValueError, match="keys.npy holds 298 entries"):
+        MatchIndex.open(tmp_path / "ix")
+
+
+def test_a_failed_rewrite_leaves_the_old_index(stores, tmp_path, monkeypatch):
+    root, (store_a, a), (store_b, b) = stores
+    build_index([store_a], tmp_path / "ix", progress=False)
+
+    def broken(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(mx.faiss, "write_index", broken)
+    with pytest.raises(OSError, match="disk full"):
+        add_to_index(tmp_path / "ix", store_b, progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["ix"] and MatchIndex.open(tmp_path / "ix").count == 299
+
+
+def test_mixed_encoders_and_stores_without_identity_are_refused(stores, tmp_path):
+    root, (store_a, a), _ = stores
+    other = write_store(tmp_path / "other", versions(10, 3), "o", encoder="clip_vit_b32")
+    with pytest.raises(ValueError, match="encoder differs: .*'synthetic'.*'clip_vit_b32'"):
+        build_index([store_a, other], tmp_path / "ix", progress=False)
+    build_index([store_a], tmp_path / "ix", progress=False)
+    with pytest.raises(ValueError, match="encoder differs: .*'synthetic'.*'clip_vit_b32'"):
+        add_to_index(tmp_path / "ix", other, progress=False)
+    wide = write_store(tmp_path / "wide", np.ones((4, 3, D * 2)), "w")
+    with pytest.raises(ValueError, match="dim differs: .*32.*64"):
+        build_index([store_a, wide], tmp_path / "ix2", progress=False)
+    edited_only = write_store(tmp_path / "edited", versions(5, 4, k=2), "e", rows=["blur", "crop"])
+    with pytest.raises(ValueError, match="no 'identity' version"):
+        build_index([edited_only], tmp_path / "ix3", progress=False)
+
+
+def test_cli_build_add_info(stores, tmp_path):
+    root, (store_a, a), (store_b, b) = stores
+    runner = CliRunner()
+    out = tmp_path / "ix"
+    result = runner.invoke(app, ["index", "build", "--store", str(store_a), "--out", str(out), "--kind", "hnsw",
+                                 "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "299 images, hnsw" in result.output and "recall@1" in result.output
+    result = runner.invoke(app, ["index", "add", "--index", str(out), "--store", str(store_b), "--quiet"])
+    assert result.exit_code == 0 and "120 added" in result.output, result.output
+    result = runner.invoke(app, ["index", "info", str(out), "--json"])
+    info = json.loads(result.output)
+    assert info["count"] == 419 and info["kind"] == "hnsw" and len(info["stores"]) == 2
+    assert info["memory"]["bytes_per_vector"] > D * 4 and info["recall"]["recall@1"] > 0.5
+    result = runner.invoke(app, ["index", "info", str(out)])
+    assert result.exit_code == 0 and "per million images" in result.output
+    result = runner.invoke(app, ["index", "build", "--store", str(store_a), "--out", str(out), "--quiet"])
+    assert result.exit_code == 1 and "exists" in result.output
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    result = runner.invoke(app, ["index", "build", "--store", str(store_a), "--out", str(tmp_path / "notes"),
+                                 "--force", "--quiet"])
+    assert result.exit_code == 1 and "not an index" in result.output
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+    result = runner.invoke(app, ["index", "build", "--store", str(store_a), "--out", str(out), "--force", "--quiet"])
+    assert result.exit_code == 0 and MatchIndex.open(out).count == 299, result.output
+    result = runner.invoke(app, ["index", "info", str(tmp_path / "missing")])
+    assert result.exit_code == 1 and "missing" in result.output
+
+
+def test_index_help_loads_no_faiss():
+    code = ("import sys; from equiprobe.trainer.cli import main\n"
+            "try:\n    main(['index', 'build', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print('LOADED', 'faiss' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "LOADED False" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]

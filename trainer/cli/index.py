@@ -1,0 +1,113 @@
+"""`equiprobe index build`, `add`, `merge` and `info`: indexes of known images for matching
+(docs/match.md). faiss is imported in the commands only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .common import fail
+
+index_app = typer.Typer(no_args_is_help=True, help="Indexes of known images, for matching uploads (docs/match.md).")
+
+KIND_HELP = ("auto (flat up to 100,000 images, ivf up to 2,000,000, ivfpq above), flat (exact), ivf, hnsw or "
+             "ivfpq.")
+
+
+def _summary(meta: dict) -> str:
+    line = f"{meta['count']} images, {meta['kind']}, dim {meta['dim']}, encoder {meta['encoder']}"
+    recall = meta.get("recall")
+    if recall:
+        line += (f"; recall@1 {recall['recall@1']:.3f}, recall@10 {recall['recall@10']:.3f} against exact search, "
+                 f"match@1 {recall['match@1']:.3f} (exact {recall['match@1_exact']:.3f}) on {recall['queries']} "
+                 f"queries ({recall['queries_from']})")
+    return line
+
+
+@index_app.command("build")
+def index_build(store: list[Path] = typer.Option(..., "--store", help="A store to index (repeatable)."),
+                out: Path = typer.Option(..., help="Index directory to write."),
+                kind: str = typer.Option("auto", help=KIND_HELP),
+                shard: Optional[str] = typer.Option(None, help="I/N: index only the I-th of N slices of the rows "
+                                                    "(exact); join the N shards with `index merge`."),
+                seed: int = typer.Option(0, help="Seed of the recall queries and the IVF training sample."),
+                force: bool = typer.Option(False, help="Replace OUT if it exists."),
+                quiet: bool = typer.Option(False, help="No progress bar.")) -> None:
+    """Index the identity version of every done image of the stores (cosine similarity)."""
+    from equiprobe.clients.index_build import build_index
+
+    try:
+        meta = build_index(store, out, kind=kind, shard=shard, seed=seed, replace=force, progress=not quiet)
+    except ValueError as exc:
+        raise fail(str(exc))
+    print(f"{out}: {_summary(meta)}; {meta['skipped_duplicates']} duplicate keys skipped")
+
+
+@index_app.command("add")
+def index_add(index: Path = typer.Option(..., help="Index directory to add to (rewritten atomically)."),
+              store: Path = typer.Option(..., help="Store whose done images to add."),
+              seed: int = typer.Option(0, help="Seed of the recall queries."),
+              quiet: bool = typer.Option(False, help="No progress bar.")) -> None:
+    """Append a store's images (keys already indexed are skipped and counted)."""
+    from equiprobe.clients.index_build import add_to_index
+
+    try:
+        meta = add_to_index(index, store, seed=seed, progress=not quiet)
+    except ValueError as exc:
+        raise fail(str(exc))
+    print(f"{index}: {meta['added']} added, {meta['skipped_duplicates']} duplicate keys skipped; {_summary(meta)}")
+
+
+@index_app.command("merge")
+def index_merge(out: Path = typer.Option(..., help="Index directory to write."),
+                shards: list[Path] = typer.Argument(..., help="Shard indexes 0/N .. N-1/N."),
+                kind: str = typer.Option("auto", help=KIND_HELP),
+                seed: int = typer.Option(0, help="Seed of the recall queries and the IVF training sample."),
+                force: bool = typer.Option(False, help="Replace OUT if it exists."),
+                quiet: bool = typer.Option(False, help="No progress bar.")) -> None:
+    """Join shard indexes into the index one build would have made."""
+    from equiprobe.clients.index_build import merge_indexes
+
+    try:
+        meta = merge_indexes(shards, out, kind=kind, seed=seed, replace=force, progress=not quiet)
+    except ValueError as exc:
+        raise fail(str(exc))
+    print(f"{out}: {_summary(meta)}")
+
+
+@index_app.command("info")
+def index_info(path: Path = typer.Argument(..., help="Index directory."),
+               as_json: bool = typer.Option(False, "--json", help="One JSON object."),
+               verify: bool = typer.Option(False, help="Also check index.faiss's sha256.")) -> None:
+    """Print an index's metadata and what it takes in memory."""
+    from equiprobe.services.match_index import MatchIndex
+
+    try:
+        meta = MatchIndex.open(path, verify=verify).meta
+    except ValueError as exc:
+        raise fail(str(exc))
+    from equiprobe.services.match_index import describe_memory
+
+    memory = describe_memory(meta)
+    if as_json:
+        print(json.dumps({**meta, "memory": memory}, sort_keys=True))
+        return
+    table = Table("field", "value", title=str(path), show_header=False)
+    for key in ("count", "kind", "params", "metric", "dim", "encoder", "encoder_onnx_sha256", "catalogs", "created",
+                "updated", "format_version", "shard", "skipped_duplicates"):
+        table.add_row(key, str(meta.get(key)))
+    recall = meta.get("recall")
+    table.add_row("recall", "exact search" if meta["kind"] == "flat" else _summary(meta).split("; ", 1)[-1]
+                  if recall else "not measured")
+    table.add_row("memory", f"{memory['index_bytes']:,} bytes index + {memory['keys_and_locations_bytes']:,} keys "
+                  f"and locations; {memory['bytes_per_vector']:,.0f} bytes a vector, "
+                  f"{memory['bytes_per_million_images'] / 1e9:,.2f} GB per million images")
+    for i, store in enumerate(meta["stores"]):
+        table.add_row(f"store {i}", f"{store['path']}: {store['images']} images indexed of {store['rows']} rows "
+                      f"({store['catalog']}/{store['catalog_version']}, {store['versions']} versions)")
+    Console(width=160).print(table)
