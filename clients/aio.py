@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -20,8 +19,7 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from .connection import refusal
-from .embedding import ServiceError
+from .connection import ClientOptions, ServiceError, refusal  # noqa: F401  (ClientOptions: the asyncio client's API)
 
 RETRYABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
 
@@ -32,26 +30,6 @@ class RequestError(ServiceError):
     def __init__(self, message: str, status: str):
         super().__init__(message)
         self.status = status
-
-
-@dataclass
-class ClientOptions:
-    url: str
-    max_in_flight: int = 8
-    timeout_s: float = 120.0
-    # A request that fails with UNAVAILABLE or DEADLINE_EXCEEDED is retried, with exponential
-    # backoff, until `retry_for_s` seconds after its first failure: long enough for a server to
-    # be restarted (seconds here, a minute for a pod); `retries` (None: no count) also caps it.
-    retries: Optional[int] = None
-    retry_for_s: float = 60.0
-    backoff_s: float = 0.25
-    max_backoff_s: float = 4.0
-    # TLS: PEM files; `ssl` alone uses the system's root certificates.
-    ssl: bool = False
-    root_certificates: Optional[Path] = None
-    private_key: Optional[Path] = None
-    certificate_chain: Optional[Path] = None
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 class AsyncTritonClient:

@@ -24,6 +24,33 @@ from equiprobe.services.security import (ADMIN_KEY_ENV, ADMIN_KEY_HEADER, API_KE
 _RESTRICTED = re.compile(r"is restricted, expecting header '(?:" + GRPC_HEADER_PREFIX + r")?([^']+)'")
 
 
+class ServiceError(RuntimeError):
+    """The server is unreachable, the model is missing, or a request was refused."""
+
+
+@dataclass
+class ClientOptions:
+    """The asyncio client's options (clients/aio.py); defined beside the Connection that fills them
+    (`client_options`), so that neither module imports the other."""
+
+    url: str
+    max_in_flight: int = 8
+    timeout_s: float = 120.0
+    # A request that fails with UNAVAILABLE or DEADLINE_EXCEEDED is retried, with exponential
+    # backoff, until `retry_for_s` seconds after its first failure: long enough for a server to
+    # be restarted (seconds here, a minute for a pod); `retries` (None: no count) also caps it.
+    retries: Optional[int] = None
+    retry_for_s: float = 60.0
+    backoff_s: float = 0.25
+    max_backoff_s: float = 4.0
+    # TLS: PEM files; `ssl` alone uses the system's root certificates.
+    ssl: bool = False
+    root_certificates: Optional[Path] = None
+    private_key: Optional[Path] = None
+    certificate_chain: Optional[Path] = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class Connection:
     url: str  # gRPC HOST:PORT
@@ -68,8 +95,6 @@ class Connection:
 
     def client_options(self, **options):
         """ClientOptions of the asyncio client (clients/aio.py) for this connection."""
-        from .aio import ClientOptions
-
         return ClientOptions(self.url, ssl=self.ssl, root_certificates=self.root_certificates,
                              headers=self.grpc_headers(), **options)
 

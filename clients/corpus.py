@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from equiprobe.clients.datasets import Dataset, Record
+from equiprobe.clients.records import Dataset, Record
 
 DEBIAN_PACKAGES = ("opencv-doc", "mate-backgrounds", "gnome-backgrounds", "plasma-workspace-wallpapers",
                    "ukui-wallpapers", "lomiri-wallpapers", "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04",

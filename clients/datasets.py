@@ -24,49 +24,19 @@ import glob
 import gzip
 import io
 import tarfile
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
 from equiprobe.services.uploads import IMAGE_SUFFIXES
 
+from .records import Dataset, DatasetError, Record  # noqa: F401  (the dataset API lives here)
+
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                    "ankle boot")
-
-
-class DatasetError(ValueError):
-    """A dataset spec that cannot be read; the message says how to fix it."""
-
-
-@dataclass(frozen=True)
-class Record:
-    index: int
-    key: str
-    label: int  # -1: none
-    split: Optional[str]  # "train", "validation", "test" or None (the trainer splits by source)
-    load: Callable[[], bytes]
-    # What the image was made from (a photograph, a semantic group): every image of one source
-    # lands on one side of every split, so no test source was ever seen in training.
-    source: str = ""
-
-    def __post_init__(self):
-        if not self.source:
-            object.__setattr__(self, "source", self.key)
-
-
-@dataclass
-class Dataset:
-    spec: str
-    label_names: list[str]
-    count: int
-    record: Callable[[int], Record]
-
-    def __len__(self) -> int:
-        return self.count
 
 
 # -- the built-in corpus (clients/corpus.py) ----------------------------------------------------

@@ -11,9 +11,7 @@ from tritonclient.utils import InferenceServerException
 
 from equiprobe.services.contract import EMBEDDING, FEATURES, IMAGE  # noqa: E402
 
-
-class ServiceError(RuntimeError):
-    """The server is unreachable, the model is missing, or a request was refused."""
+from .connection import ServiceError, as_connection, explain  # noqa: F401  (ServiceError: raised to callers)
 
 
 def as_image_input(data: Union[bytes, np.ndarray]) -> grpcclient.InferInput:
@@ -26,7 +24,6 @@ def as_image_input(data: Union[bytes, np.ndarray]) -> grpcclient.InferInput:
 def check_model(client: grpcclient.InferenceServerClient, url: str, model: str,
                 headers: Optional[dict] = None) -> None:
     """Raise a ServiceError that says what is missing: the server, the model, or a key."""
-    from .connection import explain
 
     try:
         live = client.is_server_live(headers=headers, client_timeout=5)
@@ -46,8 +43,6 @@ class EmbeddingClient:
     """`url`: gRPC HOST:PORT, or a clients.connection.Connection (TLS, keys)."""
 
     def __init__(self, url, encoder: str, timeout_s: float = 60.0):
-        from .connection import as_connection
-
         self.connection = as_connection(url)
         self.url = self.connection.url
         self.headers = self.connection.grpc_headers() or None
