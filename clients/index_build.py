@@ -15,10 +15,17 @@ comes first.
 Sharded builds: `--shard i/n` indexes the i-th of n contiguous slices of the DONE, de-duplicated
 rows of the stores, always exactly (flat); `merge_indexes` joins the shards in order (the ids of
 one build over the same stores) and builds the asked kind over them.
+
+References: every build, add and merge also writes references.npy [N, W] float16, each indexed
+image's identity embedding as stored (not normalised) followed by its identity FEATURES where
+the stores hold them (W = dim + features_dim; every store of an index has the same
+features_dim): what the reference-aware probe (trainer/match_probe.py) compares an upload with.
+They are read CHUNK rows at a time too.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -49,7 +56,13 @@ def identity_column(store: Store) -> int:
 
 def encoder_fields(manifest: dict) -> dict:
     return {"encoder": manifest.get("encoder"), "encoder_onnx_sha256": manifest.get("encoder_onnx_sha256"),
-            "dim": manifest.get("dim"), "encoder_precision": manifest.get("encoder_precision", "fp32")}
+            "dim": manifest.get("dim"), "encoder_precision": manifest.get("encoder_precision", "fp32"),
+            "features_dim": int(manifest.get("features_dim") or 0)}
+
+
+def reference_width(fields: dict) -> int:
+    """W of references.npy: the embedding's width plus FEATURES'."""
+    return int(fields["dim"]) + int(fields.get("features_dim") or 0)
 
 
 def open_stores(paths: Sequence[Path], against: Optional[dict] = None, against_name: str = "") -> list[Store]:
@@ -72,7 +85,8 @@ def store_entry(store: Store, images: int) -> dict:
     m = store.manifest
     return {"path": str(Path(store.path).resolve()), "images": int(images), "rows": int(m.get("count") or 0),
             "catalog": m.get("catalog"), "catalog_version": m.get("catalog_version"), "dataset": m.get("dataset"),
-            "versions": len(m.get("rows") or []), "shard": m.get("shard")}
+            "versions": len(m.get("rows") or []), "shard": m.get("shard"), "seed": m.get("seed"),
+            "uploads": m.get("uploads")}
 
 
 def locate(stores: Sequence[Store], store_ids: Sequence[int], known: Optional[np.ndarray] = None
@@ -148,6 +162,40 @@ class StoreReader:
     def chunks(self, size: int = CHUNK) -> Iterator[tuple[int, np.ndarray]]:
         for start in range(0, self.count, size):
             yield start, self.take(np.arange(start, min(start + size, self.count)))
+
+    def references(self, positions: np.ndarray) -> np.ndarray:
+        """float16 [b, W]: the identity embeddings as stored, then their identity FEATURES (if any)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        out = None
+        sids = self.store_ids[positions]
+        for sid in np.unique(sids):
+            where = np.flatnonzero(sids == sid)
+            store, rows = self.stores[sid], self.rows[positions[where]]
+            columns = [store.array("embeddings")] + ([store.array("features")] if store.features_dim else [])
+            block = np.concatenate([np.asarray(c[rows, self.columns[sid]], dtype=np.float16) for c in columns], 1)
+            if out is None:
+                out = np.zeros((len(positions), block.shape[-1]), dtype=np.float16)
+            out[where] = block
+        return out if out is not None else np.zeros((0, 1), np.float16)
+
+    def reference_chunks(self, size: int = CHUNK) -> Iterator[np.ndarray]:
+        for start in range(0, self.count, size):
+            yield self.references(np.arange(start, min(start + size, self.count)))
+
+
+def memmap_chunks(references: np.ndarray, size: int = CHUNK) -> Iterator[np.ndarray]:
+    """An index's references.npy (a memory map), CHUNK rows at a time."""
+    for start in range(0, len(references), size):
+        yield np.asarray(references[start:start + size])
+
+
+def index_references(index: mx.MatchIndex, against: dict, name: str) -> Iterator[np.ndarray]:
+    """The references of an index's vectors in id order: its references.npy, or, for an index
+    written before references existed, read from its source stores (they must still be there)."""
+    if index.references is not None:
+        return memmap_chunks(index.references)
+    stores = open_stores([e["path"] for e in index.meta["stores"]], against=against, against_name=name)
+    return StoreReader(stores, index.store_ids, index.rows).reference_chunks()
 
 
 @dataclass
@@ -298,7 +346,8 @@ def build_index(store_paths: Sequence[Path], out: Path, kind: str = "auto", shar
     meta = _meta(fields, kind, params, [store_entry(s, c) for s, c in zip(stores, counts)], recall,
                  shard=f"{parsed[0]}/{parsed[1]}" if parsed else None, shard_of=int(total) if parsed else None,
                  seed=seed, skipped_duplicates=skipped)
-    return mx.write_index(out, index, keys, sids, rows, meta, replace=replace)
+    return mx.write_index(out, index, keys, sids, rows, meta, replace=replace, references=reader.reference_chunks(),
+                          reference_width=reference_width(fields))
 
 
 def add_to_index(index_path: Path, store_path: Path, seed: int = 0, progress: bool = True) -> dict:
@@ -336,7 +385,13 @@ def add_to_index(index_path: Path, store_path: Path, seed: int = 0, progress: bo
                 "skipped_duplicates": int(meta.get("skipped_duplicates") or 0) + skipped}
     if not len(new_rows):
         return {**meta, "added": 0, "skipped_duplicates": skipped}
-    written = mx.write_index(Path(index_path), index, keys, sids, rows, new_meta, replace=True)
+    fields = encoder_fields(store.manifest)
+    references = itertools.chain(index_references(current, meta, f"index {index_path}"),
+                                 StoreReader(stores, new_sids, new_rows).reference_chunks())
+    # the probe stays: it was trained for this encoder and these source stores
+    new_meta["features_dim"] = fields["features_dim"]
+    written = mx.write_index(Path(index_path), index, keys, sids, rows, new_meta, replace=True, references=references,
+                             reference_width=reference_width(fields), keep=(mx.PROBE_DIR,))
     return {**written, "added": int(len(new_rows)), "skipped_duplicates": skipped}
 
 
@@ -369,6 +424,7 @@ def merge_indexes(shard_paths: Sequence[Path], out: Path, kind: str = "auto", se
     if len(np.unique(keys)) != len(keys):
         raise MatchIndexError("the shards share keys; were they built from the same stores with the same --shard N?")
     fields = {f: first.meta.get(f) for f in ("encoder", "encoder_onnx_sha256", "dim", "encoder_precision")}
+    fields["features_dim"] = int(first.meta.get("features_dim") or 0)
     kind = mx.choose_kind(len(keys), kind)
     params = mx.kind_params(kind, len(keys), fields["dim"])
     index = mx.new_index(kind, fields["dim"], params)
@@ -386,4 +442,6 @@ def merge_indexes(shard_paths: Sequence[Path], out: Path, kind: str = "auto", se
     entries = [{**e, "images": int(c)} for e, c in zip(first.meta["stores"], counts)]
     meta = _meta(fields, kind, params, entries, recall, shard=None, merged_shards=n, seed=seed,
                  skipped_duplicates=int(first.meta.get("skipped_duplicates") or 0))
-    return mx.write_index(out, index, keys, sids, rows, meta, replace=replace)
+    references = itertools.chain.from_iterable(index_references(s, first.meta, f"shard {s.path}") for s in shards)
+    return mx.write_index(out, index, keys, sids, rows, meta, replace=replace, references=references,
+                          reference_width=reference_width(fields))

@@ -8,6 +8,10 @@ stores: `clients/index_build.py` does). An index is a directory:
     keys.npy       [N] unicode: the image key of each vector, in id order (unique)
     store_ids.npy  [N] int32: which source store (index.json's "stores") holds the image
     rows.npy       [N] int64: its row in that store, where its edited versions are
+    references.npy [N, W] float16: each image's identity embedding as stored (not normalised),
+                   then its identity FEATURES where the stores hold them (W = dim + features_dim):
+                   what the reference-aware probe (INDEX/probe/, trainer/match_probe.py) compares
+                   an upload with; read by memory map
     index.json     metadata: format version, encoder, its ONNX sha256, dim, metric, kind and the
                    kind's parameters, count, the source stores (path, catalog, catalog version,
                    images indexed), recall against exact search, the shard, created time,
@@ -45,8 +49,13 @@ TRAIN_MAX = 200_000  # vectors the IVF quantizers are trained on at most
 EPS = 1e-12
 
 FILES = ("index.faiss", "keys.npy", "store_ids.npy", "rows.npy", "index.json")
+REFERENCES = "references.npy"
+# The reference-aware probe, a directory inside the index (trainer/match_probe.py writes it).
+PROBE_DIR, PROBE_ONNX, PROBE_JSON = "probe", "match_probe.onnx", "match_probe.json"
 # What must agree between every store (and index) that goes into one index.
-COMPATIBLE_FIELDS = ("encoder", "encoder_onnx_sha256", "dim")
+COMPATIBLE_FIELDS = ("encoder", "encoder_onnx_sha256", "dim", "features_dim")
+# What an index written before a field existed holds implicitly.
+FIELD_DEFAULTS = {"features_dim": 0}
 
 
 class MatchIndexError(ValueError):
@@ -160,9 +169,10 @@ def recall_figures(approx_ids: np.ndarray, exact: ExactTopK, owners: np.ndarray,
 def check_compatible(have: dict, new: dict, have_name: str, new_name: str) -> None:
     """Refuse to put vectors of different encoders (or weights, or dims) into one index."""
     for name in COMPATIBLE_FIELDS:
-        if have.get(name) != new.get(name):
-            raise MatchIndexError(f"{name} differs: {have_name} has {have.get(name)!r}, {new_name} has "
-                                  f"{new.get(name)!r}; one index holds one encoder's embeddings")
+        a, b = have.get(name, FIELD_DEFAULTS.get(name)), new.get(name, FIELD_DEFAULTS.get(name))
+        if a != b:
+            raise MatchIndexError(f"{name} differs: {have_name} has {a!r}, {new_name} has "
+                                  f"{b!r}; one index holds one encoder's embeddings")
 
 
 def describe_memory(meta: dict) -> dict:
@@ -173,7 +183,9 @@ def describe_memory(meta: dict) -> dict:
     side = int(meta.get("side_bytes") or 0)
     return {"index_bytes": index_bytes, "keys_and_locations_bytes": side,
             "bytes_per_vector": (index_bytes + side) / count,
-            "bytes_per_million_images": (index_bytes + side) / count * 1e6}
+            "bytes_per_million_images": (index_bytes + side) / count * 1e6,
+            # on disk, read by memory map (the probe's references), not held in memory
+            "references_bytes": int(meta.get("references_bytes") or 0)}
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -186,6 +198,7 @@ class MatchIndex:
     keys: np.ndarray
     store_ids: np.ndarray
     rows: np.ndarray
+    references: Optional[np.ndarray] = field(default=None, repr=False)  # [N, W] float16 memmap; None: older index
     _positions: Optional[dict] = field(default=None, repr=False)
 
     @property
@@ -230,7 +243,28 @@ class MatchIndex:
                                       f"{index.ntotal} vectors, index.json count {meta.get('count')}: they must agree")
         if index.d != meta.get("dim"):
             raise MatchIndexError(f"{faiss_path} holds {index.d}-dim vectors, index.json says dim {meta.get('dim')}")
-        return cls(path, meta, index, arrays["keys"], arrays["store_ids"], arrays["rows"])
+        return cls(path, meta, index, arrays["keys"], arrays["store_ids"], arrays["rows"], read_references(path, meta))
+
+    @property
+    def reference_width(self) -> Optional[int]:
+        """W of references.npy (dim + features_dim); None for an index written before references."""
+        return None if self.references is None else int(self.references.shape[1])
+
+    def reference(self, ids: np.ndarray) -> np.ndarray:
+        """float32 [m, W]: the references of vectors `ids` (read from the memory map)."""
+        if self.references is None:
+            raise MatchIndexError(f"{self.path} has no {REFERENCES} (written before references existed); rebuild it "
+                                  "with `index build`")
+        ids = np.asarray(ids, dtype=np.int64)
+        order = np.argsort(ids, kind="stable")  # gathers front to back, the order restored after
+        out = np.empty((len(ids), self.references.shape[1]), np.float32)
+        out[order] = self.references[ids[order]]
+        return out
+
+    @property
+    def probe_path(self) -> Path:
+        """Where the reference-aware probe is (INDEX/probe/; it may not exist)."""
+        return self.path / PROBE_DIR
 
     def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(similarities [m, k] float32, ids [m, k] int64 (-1: none), keys [m, k] ("" for none))
@@ -255,6 +289,24 @@ class MatchIndex:
 
     def memory(self) -> dict:
         return describe_memory(self.meta)
+
+
+def read_references(path: Path, meta: dict) -> Optional[np.ndarray]:
+    """references.npy by memory map, checked against index.json; None for an index written before it."""
+    file = Path(path) / REFERENCES
+    if not file.is_file():
+        if meta.get("reference_width") is not None:
+            raise MatchIndexError(f"{file} is missing; the index is incomplete")
+        return None
+    try:
+        references = np.load(file, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise MatchIndexError(f"{file} is unreadable ({exc})") from None
+    width = meta.get("reference_width")
+    if references.ndim != 2 or references.shape != (meta.get("count"), width) or references.dtype != np.float16:
+        raise MatchIndexError(f"{file} is {references.dtype} {references.shape}, index.json says float16 "
+                              f"({meta.get('count')}, {width}): they must agree")
+    return references
 
 
 def read_meta(path: Path) -> dict:
@@ -304,9 +356,30 @@ def _exchange(a: Path, b: Path) -> bool:
     return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
+def _write_references(file: Path, references, count: int, width: int) -> None:
+    """references.npy [count, width] float16 from an array or from chunks [b, width] in id order."""
+    out = np.lib.format.open_memmap(file, mode="w+", dtype=np.float16, shape=(count, width))
+    chunks = [references] if isinstance(references, np.ndarray) else references
+    at = 0
+    for chunk in chunks:
+        chunk = np.asarray(chunk)
+        if chunk.ndim != 2 or chunk.shape[1] != width or at + len(chunk) > count:
+            raise MatchIndexError(f"{file}: a chunk of references {chunk.shape} does not fit [{count}, {width}] "
+                                  f"at row {at}")
+        out[at:at + len(chunk)] = chunk
+        at += len(chunk)
+    if at != count:
+        raise MatchIndexError(f"{file}: {at} references for {count} vectors")
+    out.flush()
+    del out
+
+
 def write_index(path: Path, index: faiss.Index, keys: np.ndarray, store_ids: np.ndarray, rows: np.ndarray,
-                meta: dict, replace: bool = False) -> dict:
-    """Write an index directory atomically; returns the metadata written (sizes, count, times added)."""
+                meta: dict, replace: bool = False, references=None, reference_width: Optional[int] = None,
+                keep: tuple[str, ...] = ()) -> dict:
+    """Write an index directory atomically; returns the metadata written (sizes, count, times added).
+    `references`: an array [N, W] or chunks of it in id order (references.npy; W `reference_width`);
+    `keep`: subdirectories of the index being replaced to carry over (the probe, on `index add`)."""
     path = Path(path)
     if len(keys) != index.ntotal or len(store_ids) != index.ntotal or len(rows) != index.ntotal:
         raise MatchIndexError(f"{path}: {index.ntotal} vectors, {len(keys)} keys, {len(store_ids)} store ids, "
@@ -327,6 +400,17 @@ def write_index(path: Path, index: faiss.Index, keys: np.ndarray, store_ids: np.
         np.save(staged / "keys.npy", keys)
         np.save(staged / "store_ids.npy", np.asarray(store_ids, dtype=np.int32))
         np.save(staged / "rows.npy", np.asarray(rows, dtype=np.int64))
+        files = FILES
+        if references is not None:
+            _write_references(staged / REFERENCES, references, int(index.ntotal), int(reference_width))
+            files = (*FILES, REFERENCES)
+            meta = {**meta, "reference_width": int(reference_width),
+                    "references_bytes": (staged / REFERENCES).stat().st_size}
+        else:
+            meta = {k: v for k, v in meta.items() if k not in ("reference_width", "references_bytes")}
+        for name in keep:
+            if (path / name).is_dir():
+                shutil.copytree(path / name, staged / name)
         meta = {**meta, "format_version": FORMAT_VERSION, "metric": METRIC, "count": int(index.ntotal),
                 "dim": int(index.d), "index_bytes": (staged / "index.faiss").stat().st_size,
                 "index_sha256": sha256_of(staged / "index.faiss"),
@@ -334,7 +418,7 @@ def write_index(path: Path, index: faiss.Index, keys: np.ndarray, store_ids: np.
                 "created": meta.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         (staged / "index.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-        for name in FILES:
+        for name in files:
             _fsync(staged / name)
         _fsync(staged)
         if path.exists():

@@ -231,3 +231,56 @@ def test_index_help_loads_no_faiss():
             "print('LOADED', 'faiss' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "LOADED False" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def write_store_with_features(path: Path, embeddings: np.ndarray, features: np.ndarray, prefix: str) -> Path:
+    n, k, d = embeddings.shape
+    manifest = {"format_version": 2, "tool_version": "test", "encoder": "synthetic", "encoder_onnx_sha256": "0" * 64,
+                "dim": d, "dtype": "float16", "catalog": "synthetic", "catalog_version": "synthetic-1",
+                "rows": list(ROWS), "params_width": 1, "row_labels": list(range(k)), "classes": list(ROWS),
+                "row_splits": ["both"] * k, "dataset": f"synthetic:{prefix}", "label_names": [], "limit": None,
+                "seed": 0, "count": n, "shard": None, "features_dim": features.shape[-1],
+                "feature_layout": [{"block": "synthetic", "width": features.shape[-1]}]}
+    writer = StoreWriter(Store.create_or_resume(path, manifest))
+    for r in range(n):
+        writer.put(r, embeddings=embeddings[r], features=features[r], params=np.zeros((k, 1)), key=f"{prefix}{r:04d}",
+                   image_key=f"{r:016x}", label=-1, split="test", index=r)
+    writer.commit(list(range(n)))
+    return path
+
+
+def test_references_are_the_identity_rows_with_features(stores, tmp_path):
+    root, (store_a, a), _ = stores
+    rng = np.random.default_rng(5)
+    f_a, f_b = rng.normal(size=(40, 3, 8)), rng.normal(size=(30, 3, 8))
+    e_a, e_b = versions(40, 11), versions(30, 12)
+    fa = write_store_with_features(tmp_path / "fa", e_a, f_a, "fa")
+    fb = write_store_with_features(tmp_path / "fb", e_b, f_b, "fb")
+    expected = np.concatenate([np.concatenate([e_a[:, 0], f_a[:, 0]], 1), np.concatenate([e_b[:, 0], f_b[:, 0]], 1)])
+    expected = expected.astype(np.float16)
+    meta = build_index([fa], tmp_path / "ix", progress=False)
+    assert meta["reference_width"] == D + 8 and meta["features_dim"] == 8 and meta["references_bytes"] > 0
+    index = MatchIndex.open(tmp_path / "ix")
+    assert isinstance(index.references, np.memmap) and index.reference_width == D + 8
+    assert np.array_equal(np.asarray(index.references), expected[:40])  # raw, not normalised
+    assert np.array_equal(index.reference([3, 1]), expected[[3, 1]].astype(np.float32))
+    (tmp_path / "ix" / "probe").mkdir()
+    (tmp_path / "ix" / "probe" / "match_probe.json").write_text("{}")
+    add_to_index(tmp_path / "ix", fb, progress=False)
+    grown = MatchIndex.open(tmp_path / "ix")
+    assert np.array_equal(np.asarray(grown.references), expected)
+    assert (tmp_path / "ix" / "probe" / "match_probe.json").read_text() == "{}"  # `add` keeps the probe
+    for i in range(2):
+        build_index([fa, fb], tmp_path / f"s{i}", shard=f"{i}/2", progress=False)
+    merge_indexes([tmp_path / "s1", tmp_path / "s0"], tmp_path / "merged", progress=False)
+    assert np.array_equal(np.asarray(MatchIndex.open(tmp_path / "merged").references), expected)
+    meta = build_index([store_a], tmp_path / "noft", progress=False)  # no FEATURES: W = D
+    assert meta["reference_width"] == D and meta["features_dim"] == 0
+    assert MatchIndex.open(tmp_path / "noft").references.shape == (299, D)
+    with pytest.raises(ValueError, match="features_dim differs: .*0.*8"):
+        build_index([store_a, fa], tmp_path / "mixed", progress=False)
+    with pytest.raises(ValueError, match="features_dim differs"):
+        add_to_index(tmp_path / "noft", fb, progress=False)
+    np.save(tmp_path / "noft" / "references.npy", np.zeros((298, D), np.float16))
+    with pytest.raises(ValueError, match="references.npy is float16 \\(298, 32\\)"):
+        MatchIndex.open(tmp_path / "noft")

@@ -1,5 +1,6 @@
-"""`equiprobe index build`, `add`, `merge` and `info`: indexes of known images for matching
-(docs/match.md). faiss is imported in the commands only."""
+"""`equiprobe index build`, `add`, `merge`, `info` and `train-probe`: indexes of known images for
+matching, and the reference-aware probe that names an upload's edit (docs/match.md). faiss and
+torch are imported in the commands only."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .common import fail
+from equiprobe.trainer.match_probe import CONFIG_HELP, MatchProbeConfig
+
+from .common import config_options, fail
 
 index_app = typer.Typer(no_args_is_help=True, help="Indexes of known images, for matching uploads (docs/match.md).")
 
@@ -92,10 +95,18 @@ def index_info(path: Path = typer.Argument(..., help="Index directory."),
     except ValueError as exc:
         raise fail(str(exc))
     from equiprobe.services.match_index import describe_memory
+    from equiprobe.trainer.match_probe import describe, read_record
 
     memory = describe_memory(meta)
+    try:
+        probe = read_record(path)
+    except ValueError as exc:
+        raise fail(str(exc))
     if as_json:
-        print(json.dumps({**meta, "memory": memory}, sort_keys=True))
+        summary = None if probe is None else {k: probe.get(k) for k in (
+            "classes", "catalog", "catalog_version", "width", "features_dim", "copy_threshold", "copy_target_fpr",
+            "edited_threshold", "edited_target_fpr", "store", "trained_at", "validation")}
+        print(json.dumps({**meta, "memory": memory, "probe": summary}, sort_keys=True))
         return
     table = Table("field", "value", title=str(path), show_header=False)
     for key in ("count", "kind", "params", "metric", "dim", "encoder", "encoder_onnx_sha256", "catalogs", "created",
@@ -110,4 +121,39 @@ def index_info(path: Path = typer.Argument(..., help="Index directory."),
     for i, store in enumerate(meta["stores"]):
         table.add_row(f"store {i}", f"{store['path']}: {store['images']} images indexed of {store['rows']} rows "
                       f"({store['catalog']}/{store['catalog_version']}, {store['versions']} versions)")
+    table.add_row("references", f"{meta['count']} x {meta['reference_width']} float16 (embedding {meta['dim']} + "
+                  f"FEATURES {meta.get('features_dim') or 0}), {memory['references_bytes']:,} bytes"
+                  if meta.get("reference_width") else "none (built before references; rebuild for the probe)")
+    table.add_row("probe", describe(probe))
     Console(width=160).print(table)
+
+
+@index_app.command("train-probe")
+@config_options(MatchProbeConfig, "probe_fields", helps=CONFIG_HELP)
+def index_train_probe(index: Path = typer.Option(..., help="Index directory; the probe is written to INDEX/probe/."),
+                      store: Path = typer.Option(..., help="Store of the same images (keys) as the index, of another "
+                                                 "catalog or seed than the index's stores: its versions are the "
+                                                 "queries."),
+                      quiet: bool = typer.Option(False, help="No progress bar."),
+                      probe_fields: Optional[dict] = None) -> None:
+    """Train the reference-aware probe: what was done to an upload, given the known image it matched."""
+    from equiprobe.trainer.match_probe_train import train_match_probe
+
+    try:
+        record = train_match_probe(index, store, MatchProbeConfig(**(probe_fields or {})), progress=not quiet)
+    except ValueError as exc:
+        raise fail(str(exc))
+    val = record["validation"]
+    probe, base, copy = val["probe"], val["baseline"], val["copy"]
+
+    def fmt(value) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    print(f"{index}/probe: {len(record['classes'])} classes ({record['catalog']}), W {record['width']}; "
+          f"{record['training']['images']} training and {val['val']['images']} validation images")
+    print(f"validation {val['classes']}-way accuracy {fmt(probe['accuracy'])} (nearest stored version "
+          f"{fmt(base['accuracy'])}), category {fmt(probe['category_accuracy'])} ({fmt(base['category_accuracy'])}), "
+          f"edited AUC {fmt(probe['edited_auc'])} ({fmt(base['edited_auc'])})")
+    print(f"copy threshold {record['copy_threshold']:.4f} (cosine; non-copies through {copy['non_copy_fpr']:.4f}, "
+          f"copies {copy['copy_recall']:.3f}); edited threshold {record['edited_threshold']:.4f} "
+          f"(identity pairs through {probe['fpr_at_threshold']:.3f}, edited {probe['tpr_at_threshold']:.3f})")

@@ -1,0 +1,266 @@
+"""The reference-aware probe: given an upload and the known image it matched, what was done to it?
+
+The index (services/match_index.py) finds the known image an upload is a copy of; this probe
+then names the edit from the pair (QUERY, REFERENCE): the upload's [embedding, FEATURES] and the
+matched image's reference from the index's references.npy, both W = dim + features_dim wide.
+`equiprobe index train-probe --index INDEX --store STORE` trains it (trainer/match_probe_train.py)
+and writes, atomically, INDEX/probe/:
+
+    match_probe.onnx   QUERY FP32 [-1, W], REFERENCE FP32 [-1, W]
+                         -> TRANSFORM_PROBS FP32 [-1, C]  softmax over STORE's classes (identity included)
+                            EDITED_SCORE    FP32 [-1, 1]  calibrated P(edited), equal prior, of
+                                                          r = log P(not identity) / P(identity)
+    match_probe.json   {"format": 1, "classes", "categories", "identity", "width", "features_dim",
+                        "encoder", "encoder_onnx_sha256", "catalog", "catalog_version",
+                        "copy_threshold" (cosine), "copy_target_fpr", "edited_threshold" (on
+                        EDITED_SCORE), "edited_target_fpr", "calibration", "validation", "store",
+                        "trained_at", ...}
+
+This module is light (numpy; ONNX Runtime where a probe is run): the CLI reads MatchProbeConfig's
+defaults from it, and `score_pairs` / `name_edit` / `match_uploads` run a written probe in-process,
+the reference the served results are compared with.
+
+Why the index must not come from STORE itself: the probe learns from pairs (version k of an
+image in STORE, the index's reference of the same key). Were the reference STORE's own identity
+version, every (identity, identity) pair would differ by exactly zero, and a fresh re-upload of
+the original, which never does, would look edited when served. A store draws each version's
+upload JPEG quality from (seed, transform id, key), and catalogs have distinct identity ids, so
+the identity versions of one key in two stores of other catalogs (or seeds) are independent
+re-encodings. `check_independent` refuses an index built from STORE (same path, or same catalog
+and seed) and one whose references equal STORE's identity versions (stores embedded without
+uploads).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+FORMAT = 1
+IDENTITY = "identity"
+# The ONNX graph's tensor names (the same strings as services/contract.py's QUERY, REFERENCE,
+# TRANSFORM_PROBS and EDITED_SCORE, which NAME_match reads).
+QUERY, REFERENCE = "QUERY", "REFERENCE"
+TRANSFORM_PROBS, EDITED_SCORE = "TRANSFORM_PROBS", "EDITED_SCORE"
+OUTPUTS = (TRANSFORM_PROBS, EDITED_SCORE)
+# Identity pairs whose reference equals the query's identity version exactly: above this share
+# the encodings are not independent (the stores were embedded without uploads).
+MAX_IDENTICAL_SHARE = 0.5
+
+
+class MatchProbeError(ValueError):
+    """A probe that cannot be trained or used as asked; the message says why in one line."""
+
+
+@dataclass(frozen=True)
+class MatchProbeConfig:
+    """`equiprobe index train-probe`'s settings (one CLI option per field)."""
+
+    hidden: int = 512  # width of the one hidden layer
+    dropout: float = 0.2
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    epochs: int = 60  # at most; early stopping on validation accuracy usually ends sooner
+    patience: int = 8  # epochs without a better validation accuracy before stopping
+    batch_size: int = 1024
+    seed: int = 0
+    copy_target_fpr: float = 0.01  # share of new photos (in no index) the copy threshold lets through
+    edited_target_fpr: float = 0.05  # share of re-uploaded originals called edited
+    max_copy_queries: int = 20_000  # validation versions searched for the copy threshold, at most
+
+    def __post_init__(self):
+        for name in ("copy_target_fpr", "edited_target_fpr"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise MatchProbeError(f"{name} must be in (0, 1), not {getattr(self, name)}")
+        if self.hidden < 1 or self.batch_size < 1 or self.epochs < 1:
+            raise MatchProbeError("hidden, batch_size and epochs must be positive")
+
+
+CONFIG_HELP = {
+    "hidden": "Width of the probe's hidden layer.",
+    "dropout": "Dropout after the hidden layer.",
+    "lr": "Adam's learning rate.",
+    "weight_decay": "Adam's weight decay.",
+    "epochs": "Training epochs at most (early stopping on validation accuracy).",
+    "patience": "Epochs without a better validation accuracy before stopping.",
+    "batch_size": "Pairs per training step.",
+    "seed": "Seed of the weights, the batch order and the copy-threshold queries.",
+    "copy_target_fpr": "Share of new photos (in no index) that the copy threshold may call copies, on validation.",
+    "edited_target_fpr": "Share of re-uploaded originals that the edited threshold may call edited, on validation.",
+    "max_copy_queries": "Validation versions searched for the copy threshold, at most.",
+}
+
+
+# -- which stores may train against which index ------------------------------------------------
+
+def check_independent(index_meta: dict, store_path: Path, store_manifest: dict, index_name: str = "the index") -> None:
+    """Refuse an index built from STORE itself (its path, or its catalog and seed): its references
+    would be STORE's own identity versions (one line)."""
+    path = str(Path(store_path).resolve())
+    catalog, seed = store_manifest.get("catalog"), store_manifest.get("seed")
+    for entry in index_meta.get("stores") or []:
+        if entry.get("path") == path:
+            raise MatchProbeError(f"{index_name} was built from {path} itself; train the probe on another store of "
+                                  "the same images (another catalog or seed), whose identity versions are "
+                                  "independent encodings of the references")
+        if entry.get("catalog") != catalog:
+            continue
+        other_seed = entry.get("seed")
+        if other_seed is None:  # an index written before stores' seeds were recorded
+            try:
+                other_seed = json.loads((Path(entry["path"]) / "manifest.json").read_text()).get("seed")
+            except (OSError, ValueError):
+                other_seed = None
+        if other_seed is None or other_seed == seed:
+            raise MatchProbeError(f"{index_name} was built from store {entry.get('path')} of the same catalog "
+                                  f"({catalog}) and {'seed ' + str(seed) if other_seed is not None else 'an unknown seed'}"
+                                  " as the training store: their identity versions are the same encodings; use "
+                                  "a store of another catalog or seed")
+
+
+def identical_share(queries: np.ndarray, references: np.ndarray) -> float:
+    """Share of rows where a query (an identity version) equals its reference exactly, in float16."""
+    if not len(queries):
+        return 0.0
+    q, o = np.asarray(queries, np.float16), np.asarray(references, np.float16)
+    return float((q == o).all(axis=1).mean())
+
+
+# -- thresholds -----------------------------------------------------------------------------------
+
+def copy_threshold(non_copies: np.ndarray, target_fpr: float) -> float:
+    """The lowest float32 similarity at which at most `target_fpr` of `non_copies` (each query's
+    best similarity among images other than its own) reach it (>= counts as a copy)."""
+    values = np.sort(np.asarray(non_copies, np.float32))[::-1]
+    if not len(values):
+        raise MatchProbeError("no non-copy similarities to set the copy threshold on (an index of one image?)")
+    allowed = int(np.floor(target_fpr * len(values)))
+    return float(np.nextafter(values[allowed], np.float32(np.inf)))
+
+
+def leave_one_out(sims: np.ndarray, ids: np.ndarray, owners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(best similarity among images other than the query's own, valid) from a top-k search: what
+    the query would have matched were its own image in no index (a new photo)."""
+    other = (ids != owners[:, None]) & (ids >= 0)
+    first = np.argmax(other, axis=1)
+    valid = other.any(axis=1)
+    return np.take_along_axis(sims, first[:, None], 1)[:, 0], valid
+
+
+# -- reading and running a written probe ----------------------------------------------------------
+
+@dataclass
+class LoadedProbe:
+    path: Path  # INDEX/probe
+    record: dict  # match_probe.json
+    session: object  # onnxruntime.InferenceSession
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.record["classes"])
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self.record["categories"])
+
+    @property
+    def width(self) -> int:
+        return int(self.record["width"])
+
+
+def read_record(index_path: Path) -> Optional[dict]:
+    """INDEX/probe/match_probe.json, or None where the index has no probe."""
+    from equiprobe.services.match_index import PROBE_DIR, PROBE_JSON
+
+    file = Path(index_path) / PROBE_DIR / PROBE_JSON
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise MatchProbeError(f"{file} is unreadable ({exc})") from None
+
+
+def load_probe(index, threads: Optional[int] = None) -> LoadedProbe:
+    """The probe of an index (a MatchIndex), checked against it, with an ONNX Runtime session."""
+    from equiprobe.services.match_index import PROBE_DIR, PROBE_ONNX
+    from equiprobe.services.runtime import ort_session
+
+    record = read_record(index.path)
+    if record is None:
+        raise MatchProbeError(f"{index.path} has no probe ({PROBE_DIR}/); train one with `equiprobe index train-probe`")
+    if record.get("format") != FORMAT:
+        raise MatchProbeError(f"{index.path / PROBE_DIR}: probe format {record.get('format')!r}, this code reads {FORMAT}")
+    for field in ("encoder", "encoder_onnx_sha256"):
+        if record.get(field) != index.meta.get(field):
+            raise MatchProbeError(f"{field} differs: the probe has {record.get(field)!r}, index {index.path} "
+                                  f"{index.meta.get(field)!r}")
+    if index.reference_width is not None and record["width"] != index.reference_width:
+        raise MatchProbeError(f"the probe takes {record['width']}-wide pairs, {index.path}'s references are "
+                              f"{index.reference_width} wide")
+    return LoadedProbe(index.path / PROBE_DIR, record, ort_session(index.path / PROBE_DIR / PROBE_ONNX, threads))
+
+
+def score_pairs(index, probe: Optional[LoadedProbe], queries: np.ndarray, reference_ids: Sequence[int]) -> dict:
+    """The probe on (queries [m, W], the index's references of `reference_ids` [m]), in-process
+    with ONNX Runtime: {"transform_probs" [m, C], "edited_score" [m], "edited" [m] (score >=
+    edited_threshold)}. `probe` None: the index's own (load_probe)."""
+    probe = probe or load_probe(index)
+    queries = np.atleast_2d(np.asarray(queries, np.float32))
+    if queries.shape[1] != probe.width:
+        raise MatchProbeError(f"queries are {queries.shape[1]} wide, the probe takes {probe.width} "
+                              f"(embedding {index.dim} + FEATURES {probe.record['features_dim']})")
+    references = index.reference(np.asarray(reference_ids, np.int64))
+    probs, score = probe.session.run(list(OUTPUTS), {QUERY: queries, REFERENCE: references})
+    score = score[:, 0]
+    return {"transform_probs": probs, "edited_score": score,
+            "edited": score >= np.float32(probe.record["edited_threshold"])}
+
+
+def name_edit(index, probe: Optional[LoadedProbe], queries: np.ndarray, reference_ids: Sequence[int]) -> list[dict]:
+    """Per pair: {"transformation", "category", "probability", "edited_score", "edited"}."""
+    probe = probe or load_probe(index)
+    scored = score_pairs(index, probe, queries, reference_ids)
+    best = scored["transform_probs"].argmax(1)
+    return [{"transformation": probe.classes[b], "category": probe.categories[b],
+             "probability": float(scored["transform_probs"][i, b]), "edited_score": float(scored["edited_score"][i]),
+             "edited": bool(scored["edited"][i])} for i, b in enumerate(best)]
+
+
+def match_uploads(index, probe: Optional[LoadedProbe], queries: np.ndarray, k: int = 5) -> list[dict]:
+    """What matching serves, in-process: uploads [m, W] (embedding, then FEATURES) searched in the
+    index by their embeddings; the best match is a copy at similarity >= copy_threshold, and for a
+    copy the probe names the edit against it. Per upload: {"keys", "similarities", "copy",
+    "edited", "transformation", "category", "edit_score" (-1 for a non-copy)}."""
+    probe = probe or load_probe(index)
+    queries = np.atleast_2d(np.asarray(queries, np.float32))
+    sims, ids, keys = index.search(queries[:, :index.dim], k)
+    copy = (ids[:, 0] >= 0) & (sims[:, 0] >= np.float32(probe.record["copy_threshold"]))
+    out = [{"keys": [str(x) for x in keys[i]], "similarities": [float(x) for x in sims[i]], "copy": bool(copy[i]),
+            "edited": False, "transformation": "", "category": "", "edit_score": -1.0} for i in range(len(queries))]
+    where = np.flatnonzero(copy)
+    if len(where):
+        for i, named in zip(where, name_edit(index, probe, queries[where], ids[where, 0])):
+            out[i].update(edited=named["edited"], transformation=named["transformation"], category=named["category"],
+                          edit_score=named["edited_score"])
+    return out
+
+
+def describe(record: Optional[dict]) -> str:
+    """One line for `index info`."""
+    if not record:
+        return "none (equiprobe index train-probe)"
+    val = record.get("validation") or {}
+    probe, base = val.get("probe") or {}, val.get("baseline") or {}
+    line = (f"{len(record['classes'])} classes ({record['catalog']}), W {record['width']}; copy threshold "
+            f"{record['copy_threshold']:.4f} (cosine, FPR {record['copy_target_fpr']:g}), edited threshold "
+            f"{record['edited_threshold']:.4f} (FPR {record['edited_target_fpr']:g})")
+    if probe.get("accuracy") is not None:
+        line += f"; validation accuracy {probe['accuracy']:.3f}"
+        if base.get("accuracy") is not None:
+            line += f" (nearest stored version {base['accuracy']:.3f})"
+    return line + f"; trained {record.get('trained_at')} on {record.get('store')}"

@@ -1,0 +1,531 @@
+"""`equiprobe index train-probe`: trains the reference-aware probe (trainer/match_probe.py) on pairs
+of a store's versions and an index's references, sets its thresholds on validation sources, and
+writes INDEX/probe/ atomically.
+
+Pairs: for every done image of STORE whose key the index holds, each of its K versions (the
+query) with the index's reference of that key; the label is the version's class in STORE's
+catalog (identity included). Splits are STORE's, by source (trainer/data.py): training sources
+train, validation sources stop training early and fit the calibration and both thresholds, test
+sources are never read.
+
+The probe: [q, o, q - o] (q, o each W = embedding + FEATURES), standardized with the training
+pairs' mean and deviation (buffers), one hidden layer (ReLU, dropout), C logits. TRANSFORM_PROBS
+is their softmax; EDITED_SCORE the calibration (trainer/calibration.py, fitted on validation
+pairs, grouped by source) of r = log P(not identity) / P(identity).
+
+Thresholds, on validation sources only:
+  copy_threshold    each validation image's versions in STORE are searched in the index. Copies:
+                    the best match's cosine. Non-copies, a new photo in no index, simulated leave
+                    one out: the same queries' best cosine among indexed images other than their
+                    own. The threshold is the lowest (float32) cosine that at most
+                    copy_target_fpr of the non-copies reach (an order statistic: on validation
+                    the share is within the target).
+  edited_threshold  on EDITED_SCORE: the Harrell-Davis (1 - edited_target_fpr) quantile of the
+                    validation identity pairs' scores (trainer/detector_card.operating_threshold,
+                    the detector's rule).
+
+Baseline, no probe: the nearest stored version. For a query and its matched original, the
+original's versions where the index found it (its source store's row, `MatchIndex.location`)
+are compared with the query by cosine; the nearest one's class names the edit (by name, so an
+index of another catalog still answers for the classes both share), and 1 - cosine(query,
+reference) is its edited score. STORE's own versions of the image would hold the query itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from equiprobe.clients.index_build import encoder_fields
+from equiprobe.clients.store import DONE, Store
+from equiprobe.services import match_index as mx
+
+from .calibration import calibration_quality, fit_calibration, raw_log_odds
+from .match_probe import (EDITED_SCORE, FORMAT, IDENTITY, MAX_IDENTICAL_SHARE, OUTPUTS, QUERY, REFERENCE,
+                          TRANSFORM_PROBS, MatchProbeConfig, MatchProbeError, check_independent, copy_threshold,
+                          identical_share, leave_one_out)
+from .probes import device
+
+PARITY_TOLERANCE = 1e-5  # ONNX Runtime against torch, every output
+CHUNK_IMAGES = 256  # images read at once in evaluation
+SEARCH_CHUNK = 4096
+TORCH_FILE = "match_probe.pt"  # the torch weights beside the ONNX graph (research, parity checks)
+
+
+def categories_of(classes: list[str], catalog: Optional[str]) -> list[str]:
+    """The category of each class: the class itself in a catalog whose classes are categories
+    (general), else the transformation's category, looked up in `catalog` first, then the
+    others; a user's neural style network is style; an unknown name stays its own category."""
+    from equiprobe.services.transforms import CATALOGS
+
+    own = CATALOGS.get(catalog)
+    if own is not None and list(own.classes) != own.class_names:
+        return list(classes)
+    by_name: dict[str, str] = {}
+    for name in [n for n in CATALOGS if n != catalog] + ([catalog] if own is not None else []):
+        by_name.update({t.name: t.category for t in CATALOGS[name].transforms})  # the store's own catalog last: wins
+    general = set(CATALOGS["general"].classes)
+    return [by_name.get(c) or (c if c in general else "style" if c.startswith("neural_style_") else c) for c in classes]
+
+
+# -- pairs ----------------------------------------------------------------------------------------
+
+@dataclass
+class Part:
+    rows: np.ndarray  # STORE rows (images)
+    ids: np.ndarray  # the index's ids of the same keys
+    sources: np.ndarray
+
+
+class PairData:
+    """Pairs (version k of STORE's image r, the index's reference of r's key), read by memory map."""
+
+    def __init__(self, store: Store, index: mx.MatchIndex, parts: dict[str, Part]):
+        self.store, self.index, self.parts = store, index, parts
+        m = store.manifest
+        self.classes = list(m["classes"])
+        self.rows_names = list(m["rows"])
+        self.labels = np.asarray(m.get("row_labels") or range(len(self.rows_names)), np.int64)
+        self.versions = np.arange(len(self.rows_names))
+        self.identity = self.classes.index(IDENTITY)
+        self.dim, self.features_dim = int(m["dim"]), store.features_dim
+        self.width = self.dim + self.features_dim
+        self.columns = [store.array("embeddings")] + ([store.array("features")] if self.features_dim else [])
+
+    def count(self, part: str) -> int:
+        return len(self.parts[part].rows) * len(self.versions)
+
+    def queries(self, rows: np.ndarray, versions: np.ndarray) -> np.ndarray:
+        """float32 [b, W]: STORE's versions `versions` of images `rows` (embedding, then FEATURES)."""
+        order = np.argsort(rows, kind="stable")  # the memory map front to back, the order restored after
+        out = np.empty((len(rows), self.width), np.float32)
+        at = 0
+        for column in self.columns:
+            block = column[rows[order], versions[order]]
+            out[order, at:at + block.shape[1]] = block
+            at += block.shape[1]
+        return out
+
+    def images(self, rows: np.ndarray) -> np.ndarray:
+        """float32 [b, K, W]: every version of images `rows` (sorted reads)."""
+        order = np.argsort(rows, kind="stable")
+        out = np.empty((len(rows), len(self.versions), self.width), np.float32)
+        at = 0
+        for column in self.columns:
+            block = column[rows[order]]
+            out[order, :, at:at + block.shape[2]] = block
+            at += block.shape[2]
+        return out
+
+    def batches(self, part: str, batch_size: int, shuffle_seed: Optional[int] = None
+                ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(queries [b, W], references [b, W], labels [b]) over every pair of a part."""
+        p = self.parts[part]
+        positions = np.repeat(np.arange(len(p.rows)), len(self.versions))
+        versions = np.tile(self.versions, len(p.rows))
+        order = np.arange(len(positions))
+        if shuffle_seed is not None:
+            np.random.default_rng(shuffle_seed).shuffle(order)
+        for start in range(0, len(order), batch_size):
+            pick = order[start:start + batch_size]
+            pos, ver = positions[pick], versions[pick]
+            yield self.queries(p.rows[pos], ver), self.index.reference(p.ids[pos]), self.labels[ver]
+
+    def chunks(self, part: str, size: int = CHUNK_IMAGES) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(positions in the part [b], versions [b, K, W], references [b, W]), image by image."""
+        p = self.parts[part]
+        for start in range(0, len(p.rows), size):
+            pos = np.arange(start, min(start + size, len(p.rows)))
+            yield pos, self.images(p.rows[pos]), self.index.reference(p.ids[pos])
+
+    def statistics(self, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and deviation of the training pairs' [q, o, q - o], streamed."""
+        total = np.zeros(3 * self.width)
+        total_sq = np.zeros(3 * self.width)
+        count = 0
+        for q, o, _ in self.batches("train", batch_size):
+            x = np.concatenate([q, o, q - o], 1).astype(np.float64)
+            total += x.sum(0)
+            total_sq += (x ** 2).sum(0)
+            count += len(x)
+        mean = total / count
+        std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12))
+        return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+
+
+def split_parts(store: Store, index: mx.MatchIndex) -> tuple[dict[str, Part], dict]:
+    """STORE's training and validation images (by source, as every probe splits) whose keys the
+    index holds; test sources are left out."""
+    from .data import ProbeData, Task
+
+    k = len(store.manifest["rows"])
+    # Any task without semantic labels gives the store's split; "fine" only names it.
+    task = Task("fine", list(store.manifest["classes"]), np.zeros(k, np.int64), np.arange(k), np.arange(k))
+    data = ProbeData.from_store(store, task)
+    keys = store.array("keys")
+    sources = store.sources()
+    parts, counts = {}, {"done": int((np.asarray(store.array("status")) == DONE).sum())}
+    for name, rows in (("train", data.train_rows), ("val", data.val_rows)):
+        ids = np.array([index.id_of(str(key)) for key in np.asarray(keys[rows])], np.int64)
+        keep = ids >= 0
+        parts[name] = Part(rows[keep], ids[keep], np.asarray(sources[rows[keep]]))
+        counts[name] = {"images": int(keep.sum()), "not_indexed": int((~keep).sum()),
+                        "sources": int(len(np.unique(parts[name].sources)))}
+        if not keep.any():
+            raise MatchProbeError(f"none of {store.path}'s {len(rows)} {'training' if name == 'train' else 'validation'}"
+                                  f" images has its key in index {index.path}; index the same images (another "
+                                  "store of the same corpus)")
+    return parts, counts
+
+
+# -- the probe ------------------------------------------------------------------------------------
+
+class MatchProbe(nn.Module):
+    """(query [B, W], reference [B, W]) -> logits [B, C] of [q, o, q - o], standardized."""
+
+    def __init__(self, width: int, classes: int, hidden: int, dropout: float, mean: np.ndarray, std: np.ndarray):
+        super().__init__()
+        self.register_buffer("mean", torch.from_numpy(mean))
+        self.register_buffer("std", torch.from_numpy(std))
+        self.head = nn.Sequential(nn.Linear(3 * width, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                  nn.Linear(hidden, classes))
+
+    def forward(self, query: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([query, reference, query - reference], dim=1)
+        return self.head((x - self.mean) / self.std)
+
+
+class MatchHead(nn.Module):
+    """What the ONNX graph is exported from: TRANSFORM_PROBS and EDITED_SCORE."""
+
+    def __init__(self, probe: MatchProbe, calibration, identity: int):
+        super().__init__()
+        self.probe = probe
+        self.calibrate = calibration.module(identity)
+
+    def forward(self, query: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.probe(query, reference)
+        return torch.softmax(logits, dim=1), self.calibrate(logits)
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, data: PairData, part: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(logits [n, C] float32, labels [n], positions [n]) of every pair of a part, image by image
+    (pairs in image order, versions within)."""
+    model.eval()
+    at = next(model.parameters()).device
+    out, positions = [], []
+    for pos, versions, references in data.chunks(part):
+        b, k, w = versions.shape
+        q = torch.from_numpy(versions.reshape(b * k, w)).to(at)
+        o = torch.from_numpy(np.repeat(references, k, axis=0)).to(at)
+        out.append(model(q, o).float().cpu().numpy())
+        positions.append(np.repeat(pos, k))
+    positions = np.concatenate(positions)
+    return np.concatenate(out), np.tile(data.labels, len(data.parts[part].rows)), positions
+
+
+def fit(data: PairData, config: MatchProbeConfig, progress: bool = True) -> tuple[MatchProbe, dict]:
+    """Adam on shuffled training pairs; the epoch of best validation accuracy is kept."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    torch.manual_seed(config.seed)
+    mean, std = data.statistics()
+    model = MatchProbe(data.width, len(data.classes), config.hidden, config.dropout, mean, std).to(device())
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    loss_fn = nn.CrossEntropyLoss()
+    at = device()
+    best, best_state, best_epoch, history = -1.0, None, 0, []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[status]}"))
+    with Progress(*columns, disable=not progress, transient=True) as bar:
+        task = bar.add_task("training the match probe (epochs)", total=config.epochs, status="")
+        for epoch in range(config.epochs):
+            model.train()
+            losses = []
+            for q, o, y in data.batches("train", config.batch_size, shuffle_seed=config.seed * 100_003 + epoch):
+                optimizer.zero_grad()
+                loss = loss_fn(model(torch.from_numpy(q).to(at), torch.from_numpy(o).to(at)),
+                               torch.from_numpy(y).to(at))
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+            logits, labels, _ = logits_of(model, data, "val")
+            accuracy = float((logits.argmax(1) == labels).mean())
+            history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_accuracy": accuracy})
+            if accuracy > best:
+                best, best_epoch = accuracy, epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            bar.update(task, advance=1, status=f"loss {np.mean(losses):.3f}, validation accuracy {accuracy:.3f} "
+                                               f"(best {best:.3f} at {best_epoch})")
+            if epoch - best_epoch >= config.patience:
+                break
+    model.load_state_dict(best_state)
+    return model.eval(), {"epochs_run": len(history), "best_epoch": best_epoch, "history": history}
+
+
+# -- validation: the nearest stored version, copies ------------------------------------------------
+
+def _auc(scores: np.ndarray, positive: np.ndarray) -> Optional[float]:
+    from sklearn.metrics import roc_auc_score
+
+    if positive.all() or not positive.any():
+        return None
+    return float(roc_auc_score(positive, scores))
+
+
+def nearest_stored_version(data: PairData) -> dict:
+    """The baseline on validation pairs: [n] predicted class names and categories (None where the
+    original's store is gone), and the edited score 1 - cosine(query, reference)."""
+    index, part = data.index, data.parts["val"]
+    stores: dict[int, Optional[tuple]] = {}
+    names, categories, scores, missing = [], [], [], set()
+    for pos, versions, references in data.chunks("val"):
+        b, k, _ = versions.shape
+        q = mx.unit(versions[:, :, :data.dim])  # [b, K, D]
+        scores.append((1.0 - np.einsum("bkd,bd->bk", q, mx.unit(references[:, :data.dim]))).reshape(-1))
+        chunk_names = np.full((b, k), None, dtype=object)
+        chunk_categories = np.full((b, k), None, dtype=object)
+        ids = part.ids[pos]
+        sids, rows = index.store_ids[ids], index.rows[ids]
+        for sid in np.unique(sids):
+            if sid not in stores:
+                entry = index.meta["stores"][int(sid)]
+                try:
+                    store = Store.open(Path(entry["path"]))
+                    m = store.manifest
+                    labels = np.asarray(m.get("row_labels") or range(len(m["rows"])))
+                    class_names = [m["classes"][j] for j in labels]
+                    stores[sid] = (store.array("embeddings"), np.array(class_names, object),
+                                   np.array(categories_of(class_names, m.get("catalog")), object))
+                except (OSError, ValueError):
+                    stores[sid] = None
+                    missing.add(entry["path"])
+            if stores[sid] is None:
+                continue
+            embeddings, class_names, class_categories = stores[sid]
+            where = np.flatnonzero(sids == sid)
+            order = np.argsort(rows[where], kind="stable")
+            theirs = np.empty((len(where), embeddings.shape[1], embeddings.shape[2]), np.float32)
+            theirs[order] = embeddings[rows[where][order]]
+            nearest = np.einsum("bkd,bjd->bkj", q[where], mx.unit(theirs)).argmax(2)  # [g, K]
+            chunk_names[where] = class_names[nearest]
+            chunk_categories[where] = class_categories[nearest]
+        names.append(chunk_names.reshape(-1))
+        categories.append(chunk_categories.reshape(-1))
+    return {"names": np.concatenate(names), "categories": np.concatenate(categories),
+            "scores": np.concatenate(scores), "missing_stores": sorted(missing)}
+
+
+def copy_figures(data: PairData, config: MatchProbeConfig) -> dict:
+    """The copy threshold and what it does on validation: each query a validation image's
+    version (at most max_copy_queries, drawn with the seed), searched in the index."""
+    part = data.parts["val"]
+    n = len(part.rows) * len(data.versions)
+    rng = np.random.default_rng(config.seed)
+    pick = np.sort(rng.choice(n, min(n, config.max_copy_queries), replace=False))
+    positions, versions = pick // len(data.versions), pick % len(data.versions)
+    embeddings = data.store.array("embeddings")
+    copies, others, valid, matched = [], [], [], []
+    for start in range(0, len(pick), SEARCH_CHUNK):
+        pos, ver = positions[start:start + SEARCH_CHUNK], versions[start:start + SEARCH_CHUNK]
+        rows = part.rows[pos]
+        order = np.argsort(rows, kind="stable")
+        queries = np.empty((len(pos), data.dim), np.float32)
+        queries[order] = embeddings[rows[order], ver[order]]
+        sims, ids, _ = data.index.search(queries, 2)
+        owners = part.ids[pos]
+        copies.append(sims[:, 0])
+        matched.append(ids[:, 0] == owners)
+        loo, ok = leave_one_out(sims, ids, owners)
+        others.append(loo)
+        valid.append(ok)
+    copies, matched = np.concatenate(copies), np.concatenate(matched)
+    non_copies = np.concatenate(others)[np.concatenate(valid)]
+    threshold = copy_threshold(non_copies, config.copy_target_fpr)
+    t = np.float32(threshold)
+    quantiles = {f"{q:g}": float(np.quantile(non_copies, q)) for q in (0.5, 0.9, 0.99)}
+    return {"threshold": threshold, "queries": int(len(copies)), "non_copies": int(len(non_copies)),
+            "match@1": float(matched.mean()), "copy_recall": float((copies >= t).mean()),
+            "copy_recall_matched": float(((copies >= t) & matched).mean()),
+            "non_copy_fpr": float((non_copies >= t).mean()), "non_copy_similarity_quantiles": quantiles,
+            "copy_similarity_median": float(np.median(copies)),
+            "rule": "lowest float32 cosine that at most copy_target_fpr of the leave-one-out non-copies reach"}
+
+
+# -- export and writing ---------------------------------------------------------------------------
+
+def export(head: MatchHead, q: np.ndarray, o: np.ndarray, out: Path) -> float:
+    """Write the ONNX graph and check it against torch with ONNX Runtime; returns the largest
+    difference (raises MatchProbeError above PARITY_TOLERANCE)."""
+    import onnx
+
+    from equiprobe.services.runtime import ort_session
+
+    head = head.cpu().eval()
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    # The exporter prints its progress to stdout even with verbose=False; keep CLI output clean
+    # (and its note that the two inputs share the one batch axis: they do).
+    with contextlib.redirect_stdout(io.StringIO()), torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*axis name.*")
+        torch.onnx.export(head, (torch.from_numpy(q[:2]), torch.from_numpy(o[:2])), str(out),
+                          input_names=[QUERY, REFERENCE], output_names=list(OUTPUTS),
+                          dynamic_shapes=({0: batch}, {0: batch}), external_data=False, dynamo=True, verbose=False)
+        reference = [t.numpy() for t in head(torch.from_numpy(q), torch.from_numpy(o))]
+    onnx.checker.check_model(str(out))
+    served = ort_session(out).run(list(OUTPUTS), {QUERY: q, REFERENCE: o})
+    diff = max(float(np.abs(s.astype(np.float32) - r).max()) if s.shape == r.shape else np.inf
+               for s, r in zip(served, reference))
+    if not diff <= PARITY_TOLERANCE:
+        raise MatchProbeError(f"the exported match probe differs from torch by {diff:.3g} (tolerance "
+                              f"{PARITY_TOLERANCE:g}); nothing was written")
+    return diff
+
+
+def load_torch_head(probe_dir: Path) -> MatchHead:
+    """The torch module a written probe was exported from (match_probe.pt and match_probe.json)."""
+    import json
+
+    from .calibration import Calibration
+
+    record = json.loads((Path(probe_dir) / mx.PROBE_JSON).read_text())
+    state = torch.load(Path(probe_dir) / TORCH_FILE, map_location="cpu", weights_only=True)
+    width, classes = int(record["width"]), len(record["classes"])
+    probe = MatchProbe(width, classes, int(record["config"]["hidden"]), float(record["config"]["dropout"]),
+                       np.zeros(3 * width, np.float32), np.ones(3 * width, np.float32))
+    probe.load_state_dict(state)
+    return MatchHead(probe, Calibration.from_dict(record["calibration"]), int(record["identity"])).eval()
+
+
+def swap_in(staged: Path, target: Path) -> None:
+    """Replace `target` (a directory, or nothing) by `staged` in one rename where Linux allows."""
+    if target.exists():
+        if not mx._exchange(staged, target):  # two renames: a crash between them leaves the old one aside
+            old = target.parent / f".{target.name}.old-{os.getpid()}"
+            os.replace(target, old)
+            os.replace(staged, target)
+            staged = old
+        shutil.rmtree(staged, ignore_errors=True)
+    else:
+        os.replace(staged, target)
+    mx._fsync(target.parent)
+
+
+# -- the whole command ----------------------------------------------------------------------------
+
+def train_match_probe(index_path: Path, store_path: Path, config: MatchProbeConfig = MatchProbeConfig(),
+                      progress: bool = True) -> dict:
+    """Train, calibrate, threshold, export and write INDEX/probe/; returns match_probe.json's content."""
+    import json
+
+    from .detector_card import operating_threshold
+
+    index = mx.MatchIndex.open(index_path)
+    store = Store.open(Path(store_path))
+    m = store.manifest
+    check_independent(index.meta, store.path, m, f"index {index_path}")
+    mx.check_compatible(index.meta, encoder_fields(m), f"index {index_path}", f"store {store.path}")
+    if index.references is None:
+        raise MatchProbeError(f"index {index_path} has no references.npy (built before references existed); rebuild "
+                              "it with `equiprobe index build`")
+    if IDENTITY not in m["classes"] or IDENTITY not in m["rows"]:
+        raise MatchProbeError(f"{store.path} has no '{IDENTITY}' class to tell edited from original")
+    parts, counts = split_parts(store, index)
+    data = PairData(store, index, parts)
+    if index.reference_width != data.width:
+        raise MatchProbeError(f"index {index_path}'s references are {index.reference_width} wide, {store.path}'s "
+                              f"versions {data.width} (embedding {data.dim} + FEATURES {data.features_dim})")
+    identity_version = data.rows_names.index(IDENTITY)
+    sample = np.concatenate([parts["train"].rows[:2000], parts["val"].rows[:2000]])
+    sample_ids = np.concatenate([parts["train"].ids[:2000], parts["val"].ids[:2000]])
+    share = identical_share(data.queries(sample, np.full(len(sample), identity_version)), index.reference(sample_ids))
+    if share > MAX_IDENTICAL_SHARE:
+        raise MatchProbeError(f"{share:.0%} of {store.path}'s identity versions equal the index's references exactly: "
+                              "not independent encodings (stores embedded without --uploads?); a re-uploaded original "
+                              "would look edited")
+
+    model, training = fit(data, config, progress)
+    logits, labels, positions = logits_of(model, data, "val")
+    identity = data.identity
+    edited = labels != identity
+    groups = parts["val"].sources[positions]
+    r = raw_log_odds(torch.from_numpy(logits), identity)[:, 0].double().numpy()
+    calibration = fit_calibration(r, edited, groups)
+    head = MatchHead(model.cpu(), calibration, identity).eval()
+    with torch.no_grad():
+        scores = head.calibrate(torch.from_numpy(logits))[:, 0].numpy()
+    edited_threshold = operating_threshold(scores, edited, config.edited_target_fpr)
+    predicted = logits.argmax(1)
+    categories = categories_of(data.classes, m.get("catalog"))
+    cat = np.array(categories, object)
+    probe_figures = {
+        "accuracy": float((predicted == labels).mean()), "category_accuracy": float((cat[predicted] == cat[labels]).mean()),
+        "edited_auc": _auc(scores, edited), "identity_pairs_mean_score": float(scores[~edited].mean()),
+        "edited_pairs_mean_score": float(scores[edited].mean()),
+        "fpr_at_threshold": float((scores[~edited] >= edited_threshold).mean()),
+        "tpr_at_threshold": float((scores[edited] >= edited_threshold).mean()),
+        "calibration_quality": calibration_quality(scores, edited)}
+    base = nearest_stored_version(data)
+    answered = np.array([n is not None for n in base["names"]], bool)
+    true_names = np.array(data.classes, object)[labels]
+    baseline = {"method": "nearest stored version (cosine) of the original where the index found it",
+                "edited_score": "1 - cosine(query, reference)", "answered": float(answered.mean()),
+                "accuracy": float((base["names"][answered] == true_names[answered]).mean()) if answered.any() else None,
+                "category_accuracy": (float((base["categories"][answered] == cat[labels][answered]).mean())
+                                      if answered.any() else None),
+                "edited_auc": _auc(base["scores"], edited), "missing_stores": base["missing_stores"]}
+    copies = copy_figures(data, config)
+
+    probe_dir = index.path / mx.PROBE_DIR
+    staged = index.path / f".{mx.PROBE_DIR}.tmp-{os.getpid()}"
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir()
+    try:
+        _, check_versions, check_references = next(data.chunks("val", 16))
+        b, k, w = check_versions.shape
+        q_check = check_versions.reshape(b * k, w)
+        o_check = np.repeat(check_references, k, axis=0)
+        parity = export(head, q_check, o_check, staged / mx.PROBE_ONNX)
+        record = {
+            "format": FORMAT, "classes": data.classes, "categories": categories, "identity": identity,
+            "width": data.width, "features_dim": data.features_dim, "dim": data.dim,
+            "inputs": {QUERY: ["FP32", [-1, data.width]], REFERENCE: ["FP32", [-1, data.width]]},
+            "outputs": {TRANSFORM_PROBS: ["FP32", [-1, len(data.classes)]], EDITED_SCORE: ["FP32", [-1, 1]]},
+            "encoder": index.meta.get("encoder"), "encoder_onnx_sha256": index.meta.get("encoder_onnx_sha256"),
+            "catalog": m.get("catalog"), "catalog_version": m.get("catalog_version"),
+            "copy_threshold": copies["threshold"], "copy_target_fpr": config.copy_target_fpr,
+            "edited_threshold": edited_threshold, "edited_target_fpr": config.edited_target_fpr,
+            "calibration": calibration.as_dict(),
+            "validation": {"pairs": int(len(labels)), "identity_pairs": int((~edited).sum()), **counts,
+                           "classes": len(data.classes), "probe": probe_figures, "baseline": baseline,
+                           "copy": {k_: v for k_, v in copies.items() if k_ != "threshold"},
+                           "edited_threshold_rule": "Harrell-Davis (1 - edited_target_fpr) quantile of the "
+                                                    "validation identity pairs' EDITED_SCORE (logit scale)",
+                           "identical_references": share},
+            "training": {**training, "pairs": data.count("train"), "images": counts["train"]["images"]},
+            "config": asdict(config), "parity_max_abs_diff": parity,
+            "index": {"path": str(index.path.resolve()), "count": index.count,
+                      "index_sha256": index.meta.get("index_sha256"),
+                      "stores": [e["path"] for e in index.meta["stores"]]},
+            "store": str(Path(store.path).resolve()),
+            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        (staged / mx.PROBE_JSON).write_text(json.dumps(record, indent=2, sort_keys=True))
+        torch.save(model.state_dict(), staged / TORCH_FILE)
+        for name in (mx.PROBE_ONNX, mx.PROBE_JSON, TORCH_FILE):
+            mx._fsync(staged / name)
+        mx._fsync(staged)
+        swap_in(staged, probe_dir)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return record
