@@ -11,6 +11,7 @@ Families, for an encoder NAME (see the README's glossary):
     expansion        NAME_embed31 | _general | _groups | _detect = image_gate -> CATALOG_inputs -> NAME_expandK
                      [-> style_NET -> NAME_style_resize] -> NAME_versions -> NAME_encoder
     detector         NAME_detector = NAME_embed's steps -> NAME_probe
+    match            NAME_matcher = NAME_embed's steps -> NAME_match (a known-image index, versioned)
 
 NAME_encoder is the only model that holds the encoder's weights: NAME_embed calls it in the
 ensemble, every expansion through NAME_versions (one python model per encoder that picks ROWS
@@ -48,6 +49,20 @@ MANIPULATION_SCORE = "MANIPULATION_SCORE"
 MANIPULATED = "MANIPULATED"  # BOOL [1]: MANIPULATION_SCORE >= the deployed threshold (config parameter "threshold")
 EMBEDDING_OUT = "EMBEDDING_OUT"  # the probe's input, passed through
 DETECTOR_OUTPUTS = (TRANSFORM_PROBS, CATEGORY_PROBS, MANIPULATION_SCORE, MANIPULATED)
+
+# NAME_match's and NAME_matcher's outputs (matching an upload against an index of known images).
+MATCH_KEYS = "MATCH_KEYS"  # BYTES [k]: the keys of the k nearest known images, best first ("" where none)
+MATCH_SIMILARITIES = "MATCH_SIMILARITIES"  # FP32 [k]: their cosine similarities to the upload
+COPY = "COPY"  # BOOL [1]: the best match's similarity >= the deployed copy threshold
+EDITED = "EDITED"  # BOOL [1]: a copy, and the reference-aware probe's EDITED_SCORE >= its threshold
+TRANSFORMATION = "TRANSFORMATION"  # BYTES [1]: the probe's most likely transformation of the best match ("" if none)
+CATEGORY = "CATEGORY"  # BYTES [1]: that transformation's category ("" if none)
+EDIT_SCORE = "EDIT_SCORE"  # FP32 [1]: the probe's EDITED_SCORE (-1 without a probe, or for a non-copy)
+MATCH_OUTPUTS = (MATCH_KEYS, MATCH_SIMILARITIES, COPY, EDITED, TRANSFORMATION, CATEGORY, EDIT_SCORE)
+# The reference-aware probe's ONNX graph (probe/match_probe.onnx in an index; run inside NAME_match):
+QUERY = "QUERY"  # FP32 [n, W]: the upload's [embedding, features]
+REFERENCE = "REFERENCE"  # FP32 [n, W]: the matched known image's, from the index's references.npy
+EDITED_SCORE = "EDITED_SCORE"  # FP32 [n, 1]: how likely QUERY is an edited REFERENCE (besides TRANSFORM_PROBS)
 
 GATE = "image_gate"
 MANIFEST = "equiprobe.json"  # in NAME_encoder: what build-repo rendered, the flavour included
@@ -145,6 +160,21 @@ class DetectorNames:
         return f"{self.encoder}_detector"
 
 
+@dataclass(frozen=True)
+class MatchNames:
+    encoder: str
+
+    @property
+    def match(self) -> str:
+        """NAME_match: python, the deployed index (versioned): EMBEDDING [, FEATURES] -> MATCH_OUTPUTS."""
+        return f"{self.encoder}_match"
+
+    @property
+    def matcher(self) -> str:
+        """NAME_matcher: ensemble, NAME_embed's steps with NAME_match as the last step."""
+        return f"{self.encoder}_matcher"
+
+
 # -- what a client sends and gets -------------------------------------------------------------
 
 def embed_inputs() -> tuple[TensorSpec, ...]:
@@ -193,3 +223,16 @@ def probe_inputs(part_dims: list[int], part_features: list[int] = ()) -> list[Pr
     suffix = (lambda i: "") if len(part_dims) == 1 else (lambda i: f"_{i}")
     inputs = [ProbeInput(EMBEDDING + suffix(i), i, EMBEDDING, d) for i, d in enumerate(part_dims)]
     return inputs + [ProbeInput(FEATURES + suffix(i), i, FEATURES, f) for i, f in enumerate(part_features) if f]
+
+
+def match_inputs(dim: int, features: int = 0) -> tuple[TensorSpec, ...]:
+    """NAME_match's inputs: EMBEDDING [D], and FEATURES [F] where the index's references hold them."""
+    return (TensorSpec(EMBEDDING, "FP32", (dim,)),) + ((TensorSpec(FEATURES, "FP32", (features,)),) if features else ())
+
+
+def match_outputs(k: int) -> tuple[TensorSpec, ...]:
+    """NAME_match's and NAME_matcher's outputs: the k best matches and the verdict on the best."""
+    return (TensorSpec(MATCH_KEYS, "BYTES", (k,)), TensorSpec(MATCH_SIMILARITIES, "FP32", (k,)),
+            TensorSpec(COPY, "BOOL", (1,)), TensorSpec(EDITED, "BOOL", (1,)),
+            TensorSpec(TRANSFORMATION, "BYTES", (1,)), TensorSpec(CATEGORY, "BYTES", (1,)),
+            TensorSpec(EDIT_SCORE, "FP32", (1,)))

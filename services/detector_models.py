@@ -78,11 +78,11 @@ def _internal(tensor_name: str, ensemble_inputs: set[str], suffix: str) -> str:
     return (tensor_name.lower() if tensor_name in (EMBEDDING, FEATURES) else tensor_name) + suffix
 
 
-def detector_config(served, names: DetectorNames, meta: dict) -> mc.ModelConfig:
-    """NAME_embed's ensemble (same IMAGE input, same steps) with the probe as a last step. The
-    encoders' embeddings go to the probe, and EMBEDDING comes back from the probe's pass-through
-    (see trainer/probe_export.py: Triton prunes the steps behind an unrequested ensemble output)."""
-    embed = served.embed_config
+def embed_steps(served) -> tuple[list, list]:
+    """NAME_embed's ensemble steps (a composite's parts side by side on the same IMAGE) as steps of
+    a larger ensemble, with their EMBEDDING and FEATURES internal (lower case, a composite's with a
+    suffix per part), and each part's scope (ensemble inputs, suffix) for `_internal`: what the
+    detector and the matcher (services/match_models.py) put in front of their last step."""
     composite = len(served.parts) > 1
     steps, scopes = [], []  # scopes: each part's (ensemble inputs, suffix)
     for i, part in enumerate(served.parts):
@@ -90,12 +90,25 @@ def detector_config(served, names: DetectorNames, meta: dict) -> mc.ModelConfig:
         steps += [(s.model_name, {k: _internal(v, *scopes[i]) for k, v in s.input_map.items()},
                    {k: _internal(v, *scopes[i]) for k, v in s.output_map.items()})
                   for s in part.embed_config.ensemble_scheduling.step]
+    return steps, scopes
+
+
+def unread_outputs_dropped(steps: list, last_step_reads: set[str]) -> list:
+    """Triton refuses an ensemble with a tensor no step reads: a last step without FEATURES leaves
+    the encoders' FEATURES unmapped."""
+    read = {t for _, step_in, _ in steps for t in step_in.values()} | last_step_reads
+    return [(model, step_in, {k: v for k, v in step_out.items() if v in read}) for model, step_in, step_out in steps]
+
+
+def detector_config(served, names: DetectorNames, meta: dict) -> mc.ModelConfig:
+    """NAME_embed's ensemble (same IMAGE input, same steps) with the probe as a last step. The
+    encoders' embeddings go to the probe, and EMBEDDING comes back from the probe's pass-through
+    (see trainer/probe_export.py: Triton prunes the steps behind an unrequested ensemble output)."""
+    embed = served.embed_config
+    steps, scopes = embed_steps(served)
     probe_in = {p.name: _internal(p.source, *scopes[p.part]) for p in served_probe_inputs(served, meta)}
     probe_outputs = {**{name: name for name in DETECTOR_OUTPUTS}, EMBEDDING_OUT: EMBEDDING}
-    # Triton refuses an ensemble with a tensor no step reads: a probe without FEATURES leaves the
-    # encoders' FEATURES unmapped.
-    read = {t for _, step_in, _ in steps for t in step_in.values()} | set(probe_in.values())
-    steps = [(model, step_in, {k: v for k, v in step_out.items() if v in read}) for model, step_in, step_out in steps]
+    steps = unread_outputs_dropped(steps, set(probe_in.values()))
     steps.append((names.probe, probe_in, probe_outputs))
     config = ensemble_config(names.detector, embed.max_batch_size, inputs=list(embed.input),
                              outputs=_outputs(meta, EMBEDDING), steps=steps)

@@ -151,8 +151,8 @@ def place_version(staged: Path, model_dir: Path, version: int) -> Path:
     final = model_dir / str(version)
     try:
         os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the version from a server running as another user
-        for item in staged.iterdir():
-            shutil.copy2(item, staging / item.name)
+        for item in staged.iterdir():  # links are followed: a staged version may link to what it copies
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, staging / item.name)
         os.rename(staging, final)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
@@ -170,46 +170,73 @@ PROBE_LINKS = {"config.pbtxt": "probe.pbtxt", **{f: f for f in LABEL_FILES.value
 DETECTOR_LINKS = {"config.pbtxt": "detector.pbtxt", **{f: f for f in LABEL_FILES.values()}}
 
 
+@dataclass(frozen=True)
+class VersionedPair:
+    """A versioned model and the ensemble that ends with it, switched together by one selection:
+    NAME_probe and NAME_detector here, NAME_match and NAME_matcher (trainer/match_deploy.py)."""
+
+    model: str
+    ensemble: str
+    model_links: dict  # name in the model directory -> name in the selection
+    ensemble_links: dict  # the same for the ensemble's directory
+    version_parameter: str  # the ensemble's config parameter that names the model version it serves
+
+
+def detector_pair(names: DetectorNames) -> VersionedPair:
+    return VersionedPair(names.probe, names.detector, PROBE_LINKS, DETECTOR_LINKS, "probe_version")
+
+
+def read_history(model_dir: Path) -> dict:
+    history_file = model_dir / HISTORY
+    return (json.loads(history_file.read_text()) if history_file.is_file()
+            else {"model": model_dir.name, "events": []})
+
+
 def select(served: ServedEncoder, names: DetectorNames, meta: dict, event: dict,
            new_version: Optional[Path] = None) -> None:
     """Make the repository serve `meta`'s version (placing `new_version`, a finished version
     directory, first), and log `event` in the history, in one atomic switch (module docstring)."""
-    probe_dir, detector_dir = served.repo / names.probe, served.repo / names.detector
-    history_file = probe_dir / HISTORY
-    history = (json.loads(history_file.read_text()) if history_file.is_file()
-               else {"model": names.probe, "events": []})
+    history = read_history(served.repo / names.probe)
     history["events"].append(event)
-    files = _selection_files(served, names, meta, history)
-    if probe_dir.is_dir():
+    switch_selection(served, detector_pair(names), meta["version"],
+                     _selection_files(served, names, meta, history), new_version)
+
+
+def switch_selection(served: ServedEncoder, pair: VersionedPair, version: int, files: dict[str, str],
+                     new_version: Optional[Path] = None) -> None:
+    """Write `files` as a new selection of `pair.model` and switch both directories to it in one
+    rename (placing `new_version` as `version` first); the first time, build both directories."""
+    model_dir, ensemble_dir = served.repo / pair.model, served.repo / pair.ensemble
+    staging_parent = served.repo / ModelNames(served.parts[0].name).embed
+    if model_dir.is_dir():
         if new_version is not None:
-            place_version(new_version, probe_dir, meta["version"])
-        _adopt(probe_dir, detector_dir)
-        previous = os.readlink(probe_dir / SELECTED)
-        selection = _write_selection(probe_dir, meta["version"], files)
-        _link(probe_dir / SELECTED, selection.name, selection)  # the switch
-        _fsync_dir(probe_dir)
-        if detector_dir.is_dir():
-            _link_all(probe_dir, detector_dir, selection)  # links an adopted selection had no file for
+            place_version(new_version, model_dir, version)
+        _adopt(model_dir, ensemble_dir, pair)
+        previous = os.readlink(model_dir / SELECTED)
+        selection = _write_selection(model_dir, version, files)
+        _link(model_dir / SELECTED, selection.name, selection)  # the switch
+        _fsync_dir(model_dir)
+        if ensemble_dir.is_dir():
+            _link_all(model_dir, ensemble_dir, selection, pair)  # links an adopted selection had no file for
         else:  # a first deploy killed between its two renames
-            _staged_model_dirs(served.repo / ModelNames(served.parts[0].name).embed, (names.detector,),
-                               lambda staging: _detector_dir(staging / names.detector, names), served.repo)
-        _prune(probe_dir, keep={previous, selection.name})
+            _staged_model_dirs(staging_parent, (pair.ensemble,),
+                               lambda staging: _ensemble_dir(staging / pair.ensemble, pair), served.repo)
+        _prune(model_dir, keep={previous, selection.name})
         return
 
     def build(staging: Path) -> None:
-        probe = staging / names.probe
-        probe.mkdir()
+        model = staging / pair.model
+        model.mkdir()
         if new_version is not None:
-            place_version(new_version, probe, meta["version"])
-        os.symlink(_write_selection(probe, meta["version"], files).name, probe / SELECTED)
-        for name, target in PROBE_LINKS.items():
-            os.symlink(f"{SELECTED}/{target}", probe / name)
-        _detector_dir(staging / names.detector, names)
+            place_version(new_version, model, version)
+        os.symlink(_write_selection(model, version, files).name, model / SELECTED)
+        for name, target in pair.model_links.items():
+            os.symlink(f"{SELECTED}/{target}", model / name)
+        _ensemble_dir(staging / pair.ensemble, pair)
 
     # The first deploy: both model directories made whole where Triton does not look (a hidden
     # directory inside NAME_embed; a hidden one in the repository would be taken for a model).
-    _staged_model_dirs(served.repo / ModelNames(served.parts[0].name).embed,
-                       (names.probe, names.detector), build, served.repo)
+    _staged_model_dirs(staging_parent, (pair.model, pair.ensemble), build, served.repo)
 
 
 def _selection_files(served: ServedEncoder, names: DetectorNames, meta: dict, history: dict) -> dict[str, str]:
@@ -234,10 +261,10 @@ def _write_selection(probe_dir: Path, version: int, files: dict[str, str]) -> Pa
     return selection
 
 
-def _detector_dir(path: Path, names: DetectorNames) -> None:
+def _ensemble_dir(path: Path, pair: VersionedPair) -> None:
     (path / "1").mkdir(parents=True)  # an ensemble's (empty) version
-    for name, target in DETECTOR_LINKS.items():
-        os.symlink(f"../{names.probe}/{SELECTED}/{target}", path / name)
+    for name, target in pair.ensemble_links.items():
+        os.symlink(f"../{pair.model}/{SELECTED}/{target}", path / name)
 
 
 def _staged_model_dirs(staging_parent: Path, dirs: tuple[str, ...], build, repo: Path) -> None:
@@ -254,25 +281,26 @@ def _staged_model_dirs(staging_parent: Path, dirs: tuple[str, ...], build, repo:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _adopt(probe_dir: Path, detector_dir: Path) -> None:
+def _adopt(probe_dir: Path, detector_dir: Path, pair: VersionedPair) -> None:
     """A repository deployed before selections: its selection's files, copied as they are into a
     selection, become links to it one by one (each link shows the same content: no switch yet)."""
     if (probe_dir / SELECTED).is_symlink():
         return
     files = {}
-    for model_dir, links in ((probe_dir, PROBE_LINKS), (detector_dir, DETECTOR_LINKS)):
+    for model_dir, links in ((probe_dir, pair.model_links), (detector_dir, pair.ensemble_links)):
         for name, target in links.items():
             if (model_dir / name).is_file():
                 files[target] = (model_dir / name).read_text()
     selection = _write_selection(probe_dir, selected_version(probe_dir) or 0, files)
     _link(probe_dir / SELECTED, selection.name, selection)
-    _link_all(probe_dir, detector_dir, selection, only=set(files))
+    _link_all(probe_dir, detector_dir, selection, pair, only=set(files))
 
 
-def _link_all(probe_dir: Path, detector_dir: Path, selection: Path, only: Optional[set] = None) -> None:
+def _link_all(probe_dir: Path, detector_dir: Path, selection: Path, pair: VersionedPair,
+              only: Optional[set] = None) -> None:
     """Each name the two model directories read through `.selected` (of `only`) as a link there."""
-    for model_dir, links, prefix in ((probe_dir, PROBE_LINKS, ""),
-                                     (detector_dir, DETECTOR_LINKS, f"../{probe_dir.name}/")):
+    for model_dir, links, prefix in ((probe_dir, pair.model_links, ""),
+                                     (detector_dir, pair.ensemble_links, f"../{probe_dir.name}/")):
         for name, target in links.items():
             if (only is None or target in only) and not (model_dir / name).is_symlink():
                 _link(model_dir / name, f"{prefix}{SELECTED}/{target}", selection)
@@ -344,16 +372,17 @@ def connect(url) -> _Server:
     return client
 
 
-def switch_server(client, url, names: DetectorNames, version: int, timeout_s: float) -> str:
+def switch_server(client, url, pair: VersionedPair, version: int, timeout_s: float) -> str:
     """Make the server serve `version`: load_model in explicit mode; in poll mode wait for its
-    rescan. Returns once the probe serves only that version and the detector is reloaded."""
+    rescan. Returns once the model (the probe) serves only that version and the ensemble (the
+    detector) is reloaded."""
     from tritonclient.utils import InferenceServerException
 
     from equiprobe.clients.connection import refusal
 
     url = getattr(url, "url", url)
     how = "loaded"
-    for model in (names.probe, names.detector):
+    for model in (pair.model, pair.ensemble):
         try:
             client.load_model(model, client_timeout=timeout_s)
         except InferenceServerException as exc:
@@ -366,7 +395,7 @@ def switch_server(client, url, names: DetectorNames, version: int, timeout_s: fl
                               f"load {model} (it keeps serving the previous version; `equiprobe deploy --rollback` "
                               f"selects that one again): {message}") from None
     deadline = time.monotonic() + timeout_s
-    while not _serving(client, names, version):
+    while not _serving(client, pair, version):
         if time.monotonic() > deadline:
             raise DeployError(f"version {version} is in the repository, but the server at {url} did not serve it "
                               f"within {timeout_s:.0f} s (a server started with --model-control none never "
@@ -376,18 +405,18 @@ def switch_server(client, url, names: DetectorNames, version: int, timeout_s: fl
     return how
 
 
-def _serving(client, names: DetectorNames, version: int) -> bool:
+def _serving(client, pair: VersionedPair, version: int) -> bool:
     from tritonclient.utils import InferenceServerException
 
     from equiprobe.clients.connection import refusal
 
     try:
         index = client.get_model_repository_index(as_json=True).get("models", [])
-        ready = {m.get("version") for m in index if m["name"] == names.probe and m.get("state") == "READY"}
-        if ready != {str(version)} or not client.is_model_ready(names.detector):
+        ready = {m.get("version") for m in index if m["name"] == pair.model and m.get("state") == "READY"}
+        if ready != {str(version)} or not client.is_model_ready(pair.ensemble):
             return False
-        parameters = client.get_model_config(names.detector, as_json=True)["config"].get("parameters", {})
-        return parameters.get("probe_version", {}).get("string_value") == str(version)
+        parameters = client.get_model_config(pair.ensemble, as_json=True)["config"].get("parameters", {})
+        return parameters.get(pair.version_parameter, {}).get("string_value") == str(version)
     except InferenceServerException as exc:
         refused = refusal(exc.message(), getattr(client, "headers", None))
         if refused:  # waiting will not bring a key
@@ -487,7 +516,7 @@ def deploy(probe_dirs: list[Path], repo: Path, url=None, timeout_s: float = 120.
                                      "probes": {task: p["path"] for task, p in meta["probes"].items()}}, staged)
     result = DeployResult("deploy", repo, served.flavour, names, version, replaced, meta)
     if client is not None:
-        result.server = switch_server(client, url, names, version, timeout_s)
+        result.server = switch_server(client, url, detector_pair(names), version, timeout_s)
     return result
 
 
@@ -525,5 +554,5 @@ def rollback(repo: Path, encoder: Optional[str] = None, url=None,
     select(served, names, meta, {"action": "rollback", "version": target, "replaced": current, "at": now()})
     result = DeployResult("rollback", repo, served.flavour, names, target, current, meta)
     if client is not None:
-        result.server = switch_server(client, url, names, target, timeout_s)
+        result.server = switch_server(client, url, detector_pair(names), target, timeout_s)
     return result

@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 
 import typer
 
-from . import bench, corpus, demo, deploy, embedding, index, report, serving, store, t2d, training, transforms
+from . import bench, corpus, demo, deploy, embedding, index, match, report, serving, store, t2d, training, transforms
 from .common import fail  # noqa: F401 (for callers: equiprobe.trainer.cli.fail)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -28,6 +28,7 @@ app.command()(serving.serve)
 app.add_typer(transforms.transforms_app, name="transforms")
 app.command()(embedding.embed)
 app.command()(embedding.score)
+app.command()(match.match)
 app.add_typer(store.store_app, name="store")
 app.add_typer(index.index_app, name="index")
 app.add_typer(corpus.corpus_app, name="corpus")

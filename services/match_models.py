@@ -1,0 +1,60 @@
+"""The match family: NAME_match (a deployed index of known images) and NAME_matcher (an ensemble).
+
+    NAME_match    python (python_models/match.py, services/matching.py), versioned: EMBEDDING [D]
+                  (+ FEATURES [F] where the index's references hold them) -> MATCH_KEYS [k],
+                  MATCH_SIMILARITIES [k], COPY, EDITED, TRANSFORMATION, CATEGORY, EDIT_SCORE [1];
+                  its version directory is the index directory, copied whole
+    NAME_matcher  ensemble: NAME_embed's steps (image_gate -> NAME_preprocess -> NAME_encoder) with
+                  NAME_match as the last step; IMAGE -> the same outputs
+
+Both flavours run NAME_match in the python backend on the CPU (faiss-cpu and ONNX Runtime; the
+`server` extra). Rendered from what the repository serves (repository.ServedEncoder) and the
+deployed version's record (`meta`, written by trainer/match_deploy.py), which owns the files and
+the version switch.
+"""
+
+from __future__ import annotations
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from .contract import EMBEDDING, FEATURES, MATCH_OUTPUTS, MatchNames, match_inputs, match_outputs
+from .detector_models import _internal, embed_steps, unread_outputs_dropped
+from .model_config import ServingSpec, dynamic_batching, ensemble_config, instances, string_parameters, tensor_of
+
+
+def _parameters(meta: dict) -> dict:
+    """What clients read over gRPC (get_model_config) about the deployed index."""
+    probe = meta.get("probe") or {}
+    return {"encoder": meta["encoder"], "dim": meta["dim"], "onnx_sha256": meta["encoder_onnx_sha256"],
+            "features_dim": meta["features_dim"], "k": meta["k"], "copy_threshold": repr(meta["copy_threshold"]),
+            "copy_threshold_source": meta["copy_threshold_source"], "index_version": meta["version"],
+            "index_count": meta["count"], "index_kind": meta["kind"], "index_sha256": meta["index_sha256"],
+            "probe": "yes" if probe else "no",
+            "edited_threshold": repr(probe["edited_threshold"]) if probe else "none"}
+
+
+def match_config(served, names: MatchNames, meta: dict) -> mc.ModelConfig:
+    serving = ServingSpec(max_batch_size=served.embed_config.max_batch_size)
+    config = mc.ModelConfig(name=names.match, backend="python", max_batch_size=serving.max_batch_size,
+                            input=[tensor_of(s) for s in match_inputs(meta["dim"], meta["features_dim"])],
+                            output=[tensor_of(s, is_input=False) for s in match_outputs(meta["k"])],
+                            dynamic_batching=dynamic_batching(serving, preferred=False),
+                            instance_group=instances("portable"))  # faiss on the CPU in both flavours
+    config.version_policy.specific.versions.append(meta["version"])
+    string_parameters(config, intra_op_threads=1, **_parameters(meta))  # a small probe beside the encoder
+    return config
+
+
+def matcher_config(served, names: MatchNames, meta: dict) -> mc.ModelConfig:
+    """NAME_embed's ensemble (same IMAGE input, same steps) with NAME_match as a last step."""
+    steps, scopes = embed_steps(served)
+    match_in = {EMBEDDING: _internal(EMBEDDING, *scopes[0])}
+    if meta["features_dim"]:
+        match_in[FEATURES] = _internal(FEATURES, *scopes[0])
+    steps = unread_outputs_dropped(steps, set(match_in.values()))
+    steps.append((names.match, match_in, {name: name for name in MATCH_OUTPUTS}))
+    config = ensemble_config(names.matcher, served.embed_config.max_batch_size,
+                             inputs=list(served.embed_config.input),
+                             outputs=[tensor_of(s, is_input=False) for s in match_outputs(meta["k"])], steps=steps)
+    string_parameters(config, **_parameters(meta))
+    return config

@@ -1,0 +1,311 @@
+"""Served matching (issue 24): an index of real squeezenet1_1 embeddings of the package photos,
+deployed as NAME_match / NAME_matcher into a copy of the session repository's NAME_embed models
+and served by a real Triton server in explicit model control. The indexes here have no
+reference-aware probe: the no-probe path (COPY from --copy-threshold; EDITED false,
+TRANSFORMATION and CATEGORY empty, EDIT_SCORE -1)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from equiprobe.clients.embedding import EmbeddingClient, as_image_input
+from equiprobe.clients.index_build import build_index
+from equiprobe.clients.matching import parse_outputs
+from equiprobe.clients.store import Store, StoreWriter
+from equiprobe.services.contract import (CATEGORY, COPY, EDIT_SCORE, EDITED, EMBEDDING, FEATURES, MATCH_KEYS,
+                                         MATCH_OUTPUTS, MATCH_SIMILARITIES, TRANSFORMATION, MatchNames, ModelNames)
+from equiprobe.services.match_index import MatchIndex
+from equiprobe.services.repository import read_manifest, served_part
+from equiprobe.services.server import TritonServer, loopback_config
+
+from .conftest import ENCODER, copy_models
+
+EQUIPROBE = str(Path(sys.executable).parent / "equiprobe")
+NAMES, BASE = MatchNames(ENCODER), ModelNames(ENCODER)
+COPY_THRESHOLD = 0.95
+HELD_OUT = ("moon", "flower")  # photos in no index
+
+pytestmark = pytest.mark.server  # (conftest marks tests by its own fixtures' names)
+
+
+def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([EQUIPROBE, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def tree_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file() or p.is_symlink()):
+        digest.update(str(file.relative_to(path)).encode())
+        digest.update(file.read_bytes() if file.is_file() else str(file.readlink()).encode())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def match_repo(repo, tmp_path_factory) -> Path:
+    return copy_models(repo, tmp_path_factory.mktemp("match") / "repo", BASE.embed)
+
+
+@pytest.fixture(scope="module")
+def match_server(match_repo):
+    config = loopback_config(match_repo, model_control_mode="explicit", startup_models=(BASE.embed,))
+    with TritonServer(config) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(match_server):
+    c = grpcclient.InferenceServerClient(match_server.config.grpc_url)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def served(match_server, jpegs) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(EMBEDDING, FEATURES) of every package photo, from the served NAME_embed."""
+    embedder = EmbeddingClient(match_server.config.grpc_url, ENCODER)
+    return {name: embedder.features(data) for name, data in jpegs.items()}
+
+
+def write_store(path: Path, repo: Path, vectors: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+    """A store of the identity version only, holding the served vectors as they are."""
+    names = sorted(vectors)
+    part = served_part(repo, ENCODER)
+    manifest = {"format_version": 2, "tool_version": "test", "encoder": ENCODER,
+                "encoder_onnx_sha256": read_manifest(repo, ENCODER)["onnx_sha256"], "dim": part.dim,
+                "features_dim": part.features, "dtype": "float32", "catalog": "photos", "catalog_version": "photos-1",
+                "rows": ["identity"], "params_width": 1, "row_labels": [0], "classes": ["identity"],
+                "row_splits": ["both"], "dataset": "package-photos", "label_names": [], "limit": None, "seed": 0,
+                "count": len(names), "shard": None}
+    writer = StoreWriter(Store.create_or_resume(path, manifest))
+    for r, name in enumerate(names):
+        embedding, features = vectors[name]
+        writer.put(r, embeddings=embedding[None], params=np.zeros((1, 1)), key=name, image_key=f"{r:016x}",
+                   label=-1, split="test", index=r, features=features[None])
+    writer.commit(list(range(len(names))))
+    return path
+
+
+@pytest.fixture(scope="module")
+def indexes(served, match_repo, tmp_path_factory) -> dict[str, Path]:
+    """v1: every photo but the held-out ones; v2: half of them (other answers)."""
+    root = tmp_path_factory.mktemp("indexes")
+    known = {n: v for n, v in served.items() if n not in HELD_OUT}
+    half = {n: v for n, v in sorted(known.items())[::2]}
+    out = {}
+    for name, vectors in (("v1", known), ("v2", half)):
+        build_index([write_store(root / f"store_{name}", match_repo, vectors)], root / name, progress=False)
+        out[name] = root / name
+    return out
+
+
+@pytest.fixture(scope="module")
+def deployed(match_server, match_repo, indexes) -> Path:
+    proc = run_cli("deploy", "--index", str(indexes["v1"]), "--repo", str(match_repo), "--url",
+                   match_server.config.grpc_url, "--copy-threshold", str(COPY_THRESHOLD))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"deployed {NAMES.match} version 1" in proc.stdout and "no probe" in proc.stdout
+    return match_repo
+
+
+def matcher_outputs(client, data: bytes) -> dict[str, np.ndarray]:
+    result = client.infer(NAMES.matcher, [as_image_input(data)],
+                          outputs=[grpcclient.InferRequestedOutput(n) for n in MATCH_OUTPUTS])
+    return {n: result.as_numpy(n)[0] for n in MATCH_OUTPUTS}
+
+
+def keys_of(outputs) -> list[str]:
+    return [k.decode() for k in outputs[MATCH_KEYS]]
+
+
+# -- what NAME_matcher answers ---------------------------------------------------------------------
+
+def test_served_matches_equal_an_in_process_search_of_the_served_embedding(client, deployed, indexes, served, jpegs):
+    index = MatchIndex.open(indexes["v1"])
+    names = sorted(jpegs)
+    with ThreadPoolExecutor(8) as pool:  # concurrent requests: the batcher hands NAME_match several at once
+        answers = list(pool.map(lambda n: matcher_outputs(client, jpegs[n]), names))
+    sims, ids, keys = index.search(np.stack([served[n][0] for n in names]), 5)
+    for name, answer, s, k in zip(names, answers, sims, keys):
+        assert keys_of(answer) == list(k), name
+        np.testing.assert_allclose(answer[MATCH_SIMILARITIES], s, atol=1e-4)
+        assert bool(answer[COPY][0]) == (s[0] >= COPY_THRESHOLD)
+        # no probe: nothing about the edit
+        assert not answer[EDITED][0] and answer[TRANSFORMATION][0] == b"" and answer[CATEGORY][0] == b""
+        assert answer[EDIT_SCORE][0] == -1.0
+    # a known upload finds itself, a copy; the held-out photos are no copies of anything
+    for name, answer in zip(names, answers):
+        if name in HELD_OUT:
+            assert name not in keys_of(answer) and not answer[COPY][0]
+        else:
+            assert keys_of(answer)[0] == name and answer[COPY][0] and answer[MATCH_SIMILARITIES][0] > 0.9999
+
+
+def test_one_batch_request_to_the_match_model_answers_row_by_row(client, deployed, indexes, served):
+    names = sorted(served)[:6]
+    embeddings = np.stack([served[n][0] for n in names])
+    inputs = [grpcclient.InferInput(EMBEDDING, list(embeddings.shape), "FP32")]
+    inputs[0].set_data_from_numpy(embeddings)
+    config = client.get_model_config(NAMES.match, as_json=True)["config"]
+    if any(i["name"] == FEATURES for i in config["input"]):  # the index's references hold FEATURES
+        features = np.stack([served[n][1] for n in names])
+        inputs.append(grpcclient.InferInput(FEATURES, list(features.shape), "FP32"))
+        inputs[1].set_data_from_numpy(features)
+    result = client.infer(NAMES.match, inputs)
+    _, _, keys = MatchIndex.open(indexes["v1"]).search(embeddings, 5)
+    assert [[k.decode() for k in row] for row in result.as_numpy(MATCH_KEYS)] == keys.tolist()
+    assert config["parameters"]["copy_threshold"]["string_value"] == repr(COPY_THRESHOLD)
+
+
+def test_match_cli_prints_one_json_object_per_file(match_server, deployed, jpegs, tmp_path):
+    files = []
+    for name in ("astronaut", HELD_OUT[0]):
+        files.append(tmp_path / f"{name}.jpg")
+        files[-1].write_bytes(jpegs[name])
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(jpegs["coffee"][:500])
+    proc = run_cli("match", *map(str, files), str(broken), str(tmp_path / "missing.jpg"), "--url",
+                   match_server.config.grpc_url, "--encoder", ENCODER, "--json", "--top", "3")
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert proc.returncode == 1, proc.stderr  # two files could not be matched; the others were
+    assert [line["file"] for line in lines] == [str(f) for f in (*files, broken, tmp_path / "missing.jpg")]
+    for line in lines[:2]:
+        assert set(line) == {"file", "matches", "copy", "edited", "transformation", "category", "score"}
+        assert len(line["matches"]) == 3 and set(line["matches"][0]) == {"key", "similarity"}
+        sims = [m["similarity"] for m in line["matches"]]
+        assert sims == sorted(sims, reverse=True)
+        assert line["edited"] is False and line["transformation"] is None and line["category"] is None
+        assert line["score"] == -1.0
+    assert lines[0]["copy"] is True and lines[0]["matches"][0]["key"] == "astronaut"
+    assert lines[1]["copy"] is False
+    assert "truncated" in lines[2]["error"] and "No such file" in lines[3]["error"]
+    dead = run_cli("match", str(files[0]), "--url", "127.0.0.1:1", "--json", timeout=60)
+    assert dead.returncode == 1 and "no Triton server answers at 127.0.0.1:1" in dead.stderr
+
+
+# -- versions --------------------------------------------------------------------------------------
+
+def match_version_served(client, served) -> str:
+    embedding, features = served["astronaut"]
+    inputs = [grpcclient.InferInput(EMBEDDING, [1, len(embedding)], "FP32")]
+    inputs[0].set_data_from_numpy(embedding[None])
+    if any(i["name"] == FEATURES for i in client.get_model_config(NAMES.match, as_json=True)["config"]["input"]):
+        inputs.append(grpcclient.InferInput(FEATURES, [1, len(features)], "FP32"))
+        inputs[1].set_data_from_numpy(features[None])
+    return client.infer(NAMES.match, inputs).get_response().model_version
+
+
+def test_deploy_and_rollback_under_load_fail_no_request(match_server, client, deployed, indexes, served, jpegs):
+    url = match_server.config.grpc_url
+    probe_image = jpegs["coffee"]
+    before = keys_of(matcher_outputs(client, probe_image))
+    stop, answers, failures = threading.Event(), [], []
+
+    def keep_asking():
+        own = grpcclient.InferenceServerClient(url)
+        while not stop.is_set():
+            try:
+                answers.append(keys_of(matcher_outputs(own, probe_image)))
+            except InferenceServerException as exc:
+                failures.append(exc.message())
+        own.close()
+
+    worker = threading.Thread(target=keep_asking)
+    worker.start()
+    try:
+        proc = run_cli("deploy", "--index", str(indexes["v2"]), "--repo", str(deployed), "--url", url,
+                       "--copy-threshold", str(COPY_THRESHOLD))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "version 2, replacing version 1" in proc.stdout
+        assert match_version_served(client, served) == "2"
+        during = keys_of(matcher_outputs(client, probe_image))
+        rolled = run_cli("deploy", "--rollback", "--matcher", "--repo", str(deployed), "--url", url)
+        assert rolled.returncode == 0, rolled.stderr[-2000:]
+        assert f"rolled back to {NAMES.match} version 1, replacing version 2" in rolled.stdout
+        assert match_version_served(client, served) == "1"
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        worker.join()
+    assert failures == [] and len(answers) > 10
+    assert during != before  # another index really served
+    assert keys_of(matcher_outputs(client, probe_image)) == before
+    assert {tuple(a) for a in answers} == {tuple(before), tuple(during)}  # each answer whole from one version
+    events = json.loads((deployed / NAMES.match / "deploy_history.json").read_text())["events"]
+    assert [(e["action"], e["version"]) for e in events[-3:]] == [("deploy", 1), ("deploy", 2), ("rollback", 1)]
+    assert (deployed / NAMES.match / "2" / "index.faiss").is_file()  # kept for a later rollback
+
+
+def test_a_corrupt_index_is_refused_and_a_corrupted_version_fails_to_load_alone(match_server, client, deployed,
+                                                                                indexes, served, jpegs, tmp_path):
+    url = match_server.config.grpc_url
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(indexes["v1"], corrupt)
+    with open(corrupt / "index.faiss", "r+b") as f:
+        f.truncate(100)
+    digest = tree_digest(deployed)
+    refused = run_cli("deploy", "--index", str(corrupt), "--repo", str(deployed), "--url", url,
+                      "--copy-threshold", "0.9")
+    assert refused.returncode == 1 and "index.faiss is 100 bytes" in refused.stderr and "truncated" in refused.stderr
+    assert tree_digest(deployed) == digest  # nothing written
+    # A version whose index is damaged on disk after the deploy: its load fails, naming the file.
+    placed = run_cli("deploy", "--index", str(indexes["v1"]), "--repo", str(deployed), "--copy-threshold", "0.9")
+    assert placed.returncode == 0, placed.stderr[-2000:]
+    version = placed.stdout.split("version ")[1].split(",")[0]
+    with open(deployed / NAMES.match / version / "index.faiss", "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(InferenceServerException) as failed:
+        client.load_model(NAMES.match)
+    message = failed.value.message()
+    assert f"{NAMES.match}/{version}/index.faiss is 100 bytes" in message and "truncated" in message, message
+    # The server stays up; the previous version and the other models keep answering.
+    assert client.is_server_live() and client.is_model_ready(BASE.embed)
+    assert match_version_served(client, served) == "1"
+    assert keys_of(matcher_outputs(client, jpegs["coffee"]))[0] == "coffee"
+    rolled = run_cli("deploy", "--rollback", "--matcher", "--repo", str(deployed), "--url", url)
+    assert rolled.returncode == 0, rolled.stderr[-2000:]
+    assert f"rolled back to {NAMES.match} version 1, replacing version {version}" in rolled.stdout
+
+
+# -- refusals (no server) --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field,value", [("encoder_onnx_sha256", "f" * 64), ("dim", 7)])
+def test_an_index_of_another_encoder_is_refused_writing_nothing(field, value, repo, indexes, tmp_path):
+    path = copy_models(repo, tmp_path / "repo", BASE.embed)
+    other = tmp_path / "other"
+    shutil.copytree(indexes["v2"], other)
+    meta = json.loads((other / "index.json").read_text())
+    served_value = meta[field]
+    (other / "index.json").write_text(json.dumps({**meta, field: value}))
+    digest = tree_digest(path)
+    proc = run_cli("deploy", "--index", str(other), "--repo", str(path), "--copy-threshold", "0.9", timeout=60)
+    assert proc.returncode == 1
+    assert repr(value) in proc.stderr and repr(served_value) in proc.stderr and "nothing was changed" in proc.stderr
+    assert tree_digest(path) == digest
+
+
+def test_an_index_without_a_probe_needs_a_copy_threshold(repo, indexes, tmp_path):
+    path = copy_models(repo, tmp_path / "repo", BASE.embed)
+    proc = run_cli("deploy", "--index", str(indexes["v2"]), "--repo", str(path), timeout=60)
+    assert proc.returncode == 1 and "--copy-threshold" in proc.stderr
+    assert not (path / NAMES.match).exists()
+
+
+def test_parse_outputs_drops_missing_matches():
+    outputs = {MATCH_KEYS: np.array([b"a", b""], object), MATCH_SIMILARITIES: np.array([0.5, -np.inf], np.float32),
+               COPY: np.array([False]), EDITED: np.array([False]), TRANSFORMATION: np.array([b""], object),
+               CATEGORY: np.array([b""], object), EDIT_SCORE: np.array([-1.0], np.float32)}
+    match = parse_outputs(outputs)
+    assert match.matches == [("a", 0.5)] and match.transformation is None and match.score == -1.0
