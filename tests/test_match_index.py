@@ -284,3 +284,21 @@ def test_references_are_the_identity_rows_with_features(stores, tmp_path):
     np.save(tmp_path / "noft" / "references.npy", np.zeros((298, D), np.float16))
     with pytest.raises(ValueError, match="references.npy is float16 \\(298, 32\\)"):
         MatchIndex.open(tmp_path / "noft")
+
+
+def test_an_index_written_before_references_gets_them_from_its_stores(stores, tmp_path):
+    root, (store_a, a), (store_b, b) = stores
+    build_index([store_a], tmp_path / "ix", progress=False)
+    (tmp_path / "ix" / "references.npy").unlink()  # as slice 1 wrote it
+    meta = json.loads((tmp_path / "ix" / "index.json").read_text())
+    for field in ("reference_width", "references_bytes", "features_dim"):
+        meta.pop(field)
+    (tmp_path / "ix" / "index.json").write_text(json.dumps(meta))
+    old = MatchIndex.open(tmp_path / "ix")
+    assert old.references is None and old.reference_width is None
+    with pytest.raises(ValueError, match="no references.npy"):
+        old.reference([0])
+    add_to_index(tmp_path / "ix", store_b, progress=False)  # reads the old rows' references from store a
+    grown = MatchIndex.open(tmp_path / "ix")
+    done = [r for r in range(300) if r != 7]
+    assert np.array_equal(np.asarray(grown.references), np.concatenate([a[done, 0], b[:, 0]]).astype(np.float16))

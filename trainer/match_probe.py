@@ -15,6 +15,7 @@ and writes, atomically, INDEX/probe/:
                         "copy_threshold" (cosine), "copy_target_fpr", "edited_threshold" (on
                         EDITED_SCORE), "edited_target_fpr", "calibration", "validation", "store",
                         "trained_at", ...}
+    match_probe.pt     the torch weights the graph was exported from (research, parity checks)
 
 This module is light (numpy; ONNX Runtime where a probe is run): the CLI reads MatchProbeConfig's
 defaults from it, and `score_pairs` / `name_edit` / `match_uploads` run a written probe in-process,
