@@ -25,11 +25,8 @@ import numpy as np
 
 from .contract import (CATEGORY, COPY, EDIT_SCORE, EDITED, EDITED_SCORE, MATCH_KEYS, MATCH_SIMILARITIES, QUERY,
                        REFERENCE, TRANSFORM_PROBS, TRANSFORMATION)
-from .match_index import MatchIndex, MatchIndexError
+from .match_index import PROBE_DIR, PROBE_JSON, PROBE_ONNX, REFERENCES, MatchIndex, MatchIndexError
 
-PROBE_DIR = "probe"
-PROBE_ONNX, PROBE_JSON = "match_probe.onnx", "match_probe.json"
-REFERENCES = "references.npy"
 DEFAULT_K = 5
 NO_SCORE = -1.0  # EDIT_SCORE where there is no probe or no copy
 
@@ -108,7 +105,6 @@ class ServedIndex:
     k: int
     copy_threshold: float
     probe: Optional[MatchProbe] = None
-    references: Optional[np.ndarray] = None  # [N, W] by memory map; only with a probe
 
     @property
     def features_dim(self) -> int:
@@ -120,25 +116,22 @@ class ServedIndex:
         """A deployed index version; MatchIndexError (one line naming the file) for anything
         missing or corrupt. `copy_threshold`: None takes the probe's."""
         path = Path(path)
-        index = MatchIndex.open(path)
-        probe = references = None
+        index = MatchIndex.open(path)  # references.npy by memory map, checked, where the index has it
+        probe = None
         if has_probe(path):
+            if index.references is None:
+                raise MatchIndexError(f"{path / REFERENCES} is missing; the probe compares uploads with these "
+                                      "references")
             probe = MatchProbe(path, index.meta, threads)
-            file = path / REFERENCES
-            try:
-                references = np.load(file, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError, EOFError) as exc:
-                raise MatchIndexError(f"{file} is missing or unreadable ({exc}); the probe compares uploads "
-                                      "with these references") from None
-            if references.ndim != 2 or references.shape != (index.count, reference_width(index.meta)):
-                raise MatchIndexError(f"{file} holds {references.shape}, the index {index.count} references of "
-                                      f"width {reference_width(index.meta)}")
+            if index.reference_width != int(probe.record["width"]):
+                raise MatchIndexError(f"{path / PROBE_DIR / PROBE_JSON}: the probe reads width {probe.record['width']},"
+                                      f" {path / REFERENCES} is {index.reference_width} wide")
         if copy_threshold is None:
             if probe is None:
                 raise MatchIndexError(f"{path}: no copy threshold given and no {PROBE_DIR}/{PROBE_JSON} to take one "
                                       "from")
             copy_threshold = probe.copy_threshold
-        return cls(index, int(k), float(copy_threshold), probe, references)
+        return cls(index, int(k), float(copy_threshold), probe)
 
     def match(self, embeddings: np.ndarray, features: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
         """The outputs of NAME_match for [n, D] embeddings (and [n, F] FEATURES), all searched at once."""
@@ -151,7 +144,7 @@ class ServedIndex:
             ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
             keys = np.concatenate([keys.astype(object), np.full((n, pad), "", object)], 1)
         sims = np.where(ids >= 0, sims, -np.inf).astype(np.float32)
-        copy = (ids[:, 0] >= 0) & (sims[:, 0] >= self.copy_threshold)
+        copy = (ids[:, 0] >= 0) & (sims[:, 0] >= np.float32(self.copy_threshold))
         edited = np.zeros(n, bool)
         score = np.full(n, NO_SCORE, np.float32)
         transformation, category = np.full(n, b"", object), np.full(n, b"", object)
@@ -160,14 +153,10 @@ class ServedIndex:
             query = embeddings[rows]
             if self.features_dim:
                 query = np.concatenate([query, np.asarray(features, np.float32).reshape(n, -1)[rows]], 1)
-            best = ids[rows, 0]
-            order = np.argsort(best)  # memory-mapped rows read in file order
-            reference = np.empty((len(rows), self.references.shape[1]), np.float32)
-            reference[order] = self.references[best[order]]
-            probs, edit_score = self.probe(query, reference)
+            probs, edit_score = self.probe(query, self.index.reference(ids[rows, 0]))
             top = probs.argmax(1)
             score[rows] = edit_score
-            edited[rows] = edit_score >= self.probe.edited_threshold
+            edited[rows] = edit_score >= np.float32(self.probe.edited_threshold)
             transformation[rows] = [self.probe.classes[t].encode() for t in top]
             category[rows] = [self.probe.categories[t].encode() for t in top]
         return {MATCH_KEYS: np.array([[str(key).encode() for key in row] for row in keys], dtype=object),

@@ -1,13 +1,15 @@
 """Served matching (issue 24): an index of real squeezenet1_1 embeddings of the package photos,
 deployed as NAME_match / NAME_matcher into a copy of the session repository's NAME_embed models
-and served by a real Triton server in explicit model control. The indexes here have no
-reference-aware probe: the no-probe path (COPY from --copy-threshold; EDITED false,
-TRANSFORMATION and CATEGORY empty, EDIT_SCORE -1)."""
+and served by a real Triton server in explicit model control. First without a reference-aware
+probe (COPY from --copy-threshold; EDITED false, TRANSFORMATION and CATEGORY empty, EDIT_SCORE
+-1), then with a real one trained by `equiprobe index train-probe` on a second store of the same
+photos (Pillow-made edits, embedded by the same server)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -41,8 +43,8 @@ HELD_OUT = ("moon", "flower")  # photos in no index
 pytestmark = pytest.mark.server  # (conftest marks tests by its own fixtures' names)
 
 
-def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([EQUIPROBE, *args], capture_output=True, text=True, timeout=timeout)
+def run_cli(*args: str, timeout: float = 180, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([EQUIPROBE, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def tree_digest(path: Path) -> str:
@@ -79,21 +81,25 @@ def served(match_server, jpegs) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {name: embedder.features(data) for name, data in jpegs.items()}
 
 
-def write_store(path: Path, repo: Path, vectors: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
-    """A store of the identity version only, holding the served vectors as they are."""
+def write_store(path: Path, repo: Path, vectors: dict, rows=("identity",), catalog: str = "photos",
+                splits: dict = None) -> Path:
+    """A store holding the served vectors as they are: vectors[name] = (EMBEDDING [K, D] or [D],
+    FEATURES [K, F] or [F]), one version per row name."""
     names = sorted(vectors)
     part = served_part(repo, ENCODER)
+    k = len(rows)
     manifest = {"format_version": 2, "tool_version": "test", "encoder": ENCODER,
                 "encoder_onnx_sha256": read_manifest(repo, ENCODER)["onnx_sha256"], "dim": part.dim,
-                "features_dim": part.features, "dtype": "float32", "catalog": "photos", "catalog_version": "photos-1",
-                "rows": ["identity"], "params_width": 1, "row_labels": [0], "classes": ["identity"],
-                "row_splits": ["both"], "dataset": "package-photos", "label_names": [], "limit": None, "seed": 0,
-                "count": len(names), "shard": None}
+                "features_dim": part.features, "dtype": "float32", "catalog": catalog, "catalog_version": f"{catalog}-1",
+                "rows": list(rows), "params_width": 1, "row_labels": list(range(k)), "classes": list(rows),
+                "row_splits": ["both"] * k, "dataset": "package-photos", "label_names": [], "limit": None,
+                "seed": 0, "count": len(names), "shard": None}
     writer = StoreWriter(Store.create_or_resume(path, manifest))
     for r, name in enumerate(names):
         embedding, features = vectors[name]
-        writer.put(r, embeddings=embedding[None], params=np.zeros((1, 1)), key=name, image_key=f"{r:016x}",
-                   label=-1, split="test", index=r, features=features[None])
+        writer.put(r, embeddings=embedding.reshape(k, -1), params=np.zeros((k, 1)), key=name, image_key=f"{r:016x}",
+                   label=-1, split=(splits or {}).get(name, "test"), index=r, source=name,
+                   features=features.reshape(k, -1))
     writer.commit(list(range(len(names))))
     return path
 
@@ -309,3 +315,84 @@ def test_parse_outputs_drops_missing_matches():
                CATEGORY: np.array([b""], object), EDIT_SCORE: np.array([-1.0], np.float32)}
     match = parse_outputs(outputs)
     assert match.matches == [("a", 0.5)] and match.transformation is None and match.score == -1.0
+
+
+# -- with a reference-aware probe ------------------------------------------------------------------
+
+EDITS = ("identity", "blur", "darken", "mirror")
+
+
+def edited(image: np.ndarray, edit: str) -> bytes:
+    """A Pillow-made version of a photo, as the JPEG an upload would be (the identity re-encoded
+    at another quality than the index's photo: an independent encoding)."""
+    from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+
+    from equiprobe.clients.photos import encode
+
+    picture = Image.fromarray(image)
+    picture = {"identity": lambda p: p, "blur": lambda p: p.filter(ImageFilter.GaussianBlur(4)),
+               "darken": lambda p: ImageEnhance.Brightness(p).enhance(0.4), "mirror": ImageOps.mirror}[edit](picture)
+    return encode(np.asarray(picture), quality=75)
+
+
+@pytest.fixture(scope="module")
+def probe_index(match_server, match_repo, indexes, photos, tmp_path_factory) -> tuple[Path, dict]:
+    """A copy of index v1 with a probe trained on a second store of its photos (EDITS, embedded
+    by the served NAME_embed); returns it and the uploads {(photo, edit): JPEG}."""
+    root = tmp_path_factory.mktemp("probe")
+    embedder = EmbeddingClient(match_server.config.grpc_url, ENCODER)
+    known = sorted(n for n in photos if n not in HELD_OUT)
+    uploads = {(n, e): edited(photos[n], e) for n in known for e in EDITS}
+    vectors = {}
+    for name in known:
+        pairs = [embedder.features(uploads[name, e]) for e in EDITS]
+        vectors[name] = (np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
+    splits = {name: ("test", "validation", "train", "train")[i % 4] for i, name in enumerate(known)}
+    store = write_store(root / "edits", match_repo, vectors, rows=EDITS, catalog="photo-edits", splits=splits)
+    index = root / "index"
+    shutil.copytree(indexes["v1"], index)
+    proc = run_cli("index", "train-probe", "--index", str(index), "--store", str(store), "--quiet",
+                   "--hidden", "64", "--epochs", "40", env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return index, uploads
+
+
+def test_a_probed_index_names_the_edit_of_a_copy_as_the_in_process_probe_does(match_server, client, deployed,
+                                                                              probe_index, served, jpegs, tmp_path):
+    from equiprobe.trainer.match_probe import load_probe, match_uploads
+
+    index_path, uploads = probe_index
+    url = match_server.config.grpc_url
+    proc = run_cli("deploy", "--index", str(index_path), "--repo", str(deployed), "--url", url)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "reference-aware probe" in proc.stdout and "(probe)" in proc.stdout
+    index = MatchIndex.open(index_path)
+    probe = load_probe(index)
+    classes = set(probe.record["classes"])
+    cases = [(n, e, data) for (n, e), data in sorted(uploads.items())] + [(n, "held out", jpegs[n]) for n in HELD_OUT]
+    embedder = EmbeddingClient(url, ENCODER)
+    copies = 0
+    for name, edit, data in cases:
+        answer = matcher_outputs(client, data)
+        embedding, features = embedder.features(data)
+        (expected,) = match_uploads(index, probe, np.concatenate([embedding, features])[None], k=5)
+        assert keys_of(answer) == expected["keys"], (name, edit)
+        np.testing.assert_allclose(answer[MATCH_SIMILARITIES], expected["similarities"], atol=1e-4)
+        assert bool(answer[COPY][0]) == expected["copy"], (name, edit)
+        assert answer[TRANSFORMATION][0].decode() == expected["transformation"], (name, edit)
+        assert answer[CATEGORY][0].decode() == expected["category"], (name, edit)
+        assert answer[EDIT_SCORE][0] == pytest.approx(expected["edit_score"], abs=1e-4)
+        if abs(expected["edit_score"] - probe.record["edited_threshold"]) > 1e-4:  # not on the threshold
+            assert bool(answer[EDITED][0]) == expected["edited"], (name, edit)
+        if answer[COPY][0]:
+            copies += 1
+            assert answer[TRANSFORMATION][0].decode() in classes and 0.0 <= answer[EDIT_SCORE][0] <= 1.0
+        else:
+            assert answer[TRANSFORMATION][0] == b"" and answer[EDIT_SCORE][0] == -1.0 and not answer[EDITED][0]
+    assert copies >= len(uploads) // 2  # the known photos' versions are mostly copies
+    # the CLI: a copy's transformation and category are named
+    file = tmp_path / "astronaut.jpg"
+    file.write_bytes(uploads["astronaut", "identity"])
+    line = json.loads(run_cli("match", str(file), "--url", url, "--encoder", ENCODER, "--json").stdout)
+    assert line["matches"][0]["key"] == "astronaut" and line["copy"] is True
+    assert line["transformation"] in classes and line["category"] is not None and 0.0 <= line["score"] <= 1.0
