@@ -287,16 +287,19 @@ def _auc(scores: np.ndarray, positive: np.ndarray) -> Optional[float]:
 
 def nearest_stored_version(data: PairData) -> dict:
     """The baseline on validation pairs: [n] predicted class names and categories (None where the
-    original's store is gone), and the edited score 1 - cosine(query, reference)."""
+    original's store is gone), whether the original's store has the pair's class at all
+    ("shared"), and the edited score 1 - cosine(query, reference)."""
     index, part = data.index, data.parts["val"]
     stores: dict[int, Optional[tuple]] = {}
-    names, categories, scores, missing = [], [], [], set()
+    names, categories, scores, shared, missing = [], [], [], [], set()
+    true_names = np.array(data.classes, object)[data.labels]  # [K]
     for pos, versions, references in data.chunks("val"):
         b, k, _ = versions.shape
         q = mx.unit(versions[:, :, :data.dim])  # [b, K, D]
         scores.append((1.0 - np.einsum("bkd,bd->bk", q, mx.unit(references[:, :data.dim]))).reshape(-1))
         chunk_names = np.full((b, k), None, dtype=object)
         chunk_categories = np.full((b, k), None, dtype=object)
+        chunk_shared = np.zeros((b, k), bool)
         ids = part.ids[pos]
         sids, rows = index.store_ids[ids], index.rows[ids]
         for sid in np.unique(sids):
@@ -321,11 +324,13 @@ def nearest_stored_version(data: PairData) -> dict:
             theirs[order] = embeddings[rows[where][order]]
             nearest = np.einsum("bkd,bjd->bkj", q[where], mx.unit(theirs)).argmax(2)  # [g, K]
             chunk_names[where] = class_names[nearest]
+            chunk_shared[where] = np.isin(true_names, class_names)[None]
             chunk_categories[where] = class_categories[nearest]
         names.append(chunk_names.reshape(-1))
         categories.append(chunk_categories.reshape(-1))
+        shared.append(chunk_shared.reshape(-1))
     return {"names": np.concatenate(names), "categories": np.concatenate(categories),
-            "scores": np.concatenate(scores), "missing_stores": sorted(missing)}
+            "scores": np.concatenate(scores), "shared": np.concatenate(shared), "missing_stores": sorted(missing)}
 
 
 def copy_figures(data: PairData, config: MatchProbeConfig) -> dict:
@@ -479,11 +484,16 @@ def train_match_probe(index_path: Path, store_path: Path, config: MatchProbeConf
     base = nearest_stored_version(data)
     answered = np.array([n is not None for n in base["names"]], bool)
     true_names = np.array(data.classes, object)[labels]
+    shared = base["shared"]  # pairs whose class the originals' stores have: the baseline can name it
+    probe_figures["accuracy_shared_classes"] = float((predicted == labels)[shared].mean()) if shared.any() else None
     baseline = {"method": "nearest stored version (cosine) of the original where the index found it",
                 "edited_score": "1 - cosine(query, reference)", "answered": float(answered.mean()),
                 "accuracy": float((base["names"][answered] == true_names[answered]).mean()) if answered.any() else None,
                 "category_accuracy": (float((base["categories"][answered] == cat[labels][answered]).mean())
                                       if answered.any() else None),
+                "accuracy_shared_classes": (float((base["names"][shared] == true_names[shared]).mean())
+                                            if shared.any() else None),
+                "shared_classes_share": float(shared.mean()),
                 "edited_auc": _auc(base["scores"], edited), "missing_stores": base["missing_stores"]}
     copies = copy_figures(data, config)
 

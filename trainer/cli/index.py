@@ -154,6 +154,9 @@ def index_train_probe(index: Path = typer.Option(..., help="Index directory; the
     print(f"validation {val['classes']}-way accuracy {fmt(probe['accuracy'])} (nearest stored version "
           f"{fmt(base['accuracy'])}), category {fmt(probe['category_accuracy'])} ({fmt(base['category_accuracy'])}), "
           f"edited AUC {fmt(probe['edited_auc'])} ({fmt(base['edited_auc'])})")
+    if base.get("shared_classes_share") is not None and base["shared_classes_share"] < 1:
+        print(f"on the {base['shared_classes_share']:.0%} of pairs whose class the index's stores have: accuracy "
+              f"{fmt(probe['accuracy_shared_classes'])} (nearest stored version {fmt(base['accuracy_shared_classes'])})")
     print(f"copy threshold {record['copy_threshold']:.4f} (cosine; non-copies through {copy['non_copy_fpr']:.4f}, "
           f"copies {copy['copy_recall']:.3f}); edited threshold {record['edited_threshold']:.4f} "
           f"(identity pairs through {probe['fpr_at_threshold']:.3f}, edited {probe['tpr_at_threshold']:.3f})")
