@@ -160,3 +160,25 @@ def index_train_probe(index: Path = typer.Option(..., help="Index directory; the
     print(f"copy threshold {record['copy_threshold']:.4f} (cosine; non-copies through {copy['non_copy_fpr']:.4f}, "
           f"copies {copy['copy_recall']:.3f}); edited threshold {record['edited_threshold']:.4f} "
           f"(identity pairs through {probe['fpr_at_threshold']:.3f}, edited {probe['tpr_at_threshold']:.3f})")
+
+
+@index_app.command("card")
+def index_card(index: Path = typer.Option(..., help="Index directory (with its probe: index train-probe)."),
+               store: Path = typer.Option(..., help="Store of another catalog than the index's stores: its test "
+                                          "images are the queries (in the index: copies; not: new photos)."),
+               out: Optional[Path] = typer.Option(None, help="Directory for match_card.json and match_card.png.")) -> None:
+    """The match card on test sources: recall@1/@10, micro-AP, copies called, edits named, edited AUC."""
+    import json
+
+    from equiprobe.trainer.match_card import format_match_card, plot_match_card, store_match_card
+
+    try:
+        card = store_match_card(index, store)
+    except ValueError as exc:
+        raise fail(str(exc))
+    print("\n".join(format_match_card(card)))
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "match_card.json").write_text(json.dumps(card, indent=2))
+        plot_match_card(card, out / "match_card.png")
+        print(f"wrote {out / 'match_card.json'} and {out / 'match_card.png'}")
