@@ -408,3 +408,8 @@ def bench_train(
                   f"{read['examples_per_s']:,.0f} rows/s ({read['mb_per_s']:.0f} MB/s)")
     console.print(f"sklearn logreg time / torch linear time = {results['logreg_time_over_torch_linear']:.2f}; "
                   f"accuracy torch linear - logreg = {results['accuracy_torch_linear_minus_logreg']:+.3f}")
+
+
+from .bench_match import bench_match  # noqa: E402  (its own module: clients/match_bench.py's tables)
+
+bench_app.command("match")(bench_match)

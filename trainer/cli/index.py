@@ -33,15 +33,37 @@ def _summary(meta: dict) -> str:
 
 
 @index_app.command("build")
-def index_build(store: list[Path] = typer.Option(..., "--store", help="A store to index (repeatable)."),
+def index_build(store: list[Path] = typer.Option([], "--store", help="A store to index (repeatable); or --dataset."),
                 out: Path = typer.Option(..., help="Index directory to write."),
                 kind: str = typer.Option("auto", help=KIND_HELP),
                 shard: Optional[str] = typer.Option(None, help="I/N: index only the I-th of N slices of the rows "
                                                     "(exact); join the N shards with `index merge`."),
+                dataset: Optional[str] = typer.Option(None, help="Instead of --store: a dataset (corpus, folder:PATH, "
+                                                      "list:FILE, tar:GLOB...) whose images the server at --url "
+                                                      "embeds (identity version only), then indexed."),
+                encoder: Optional[str] = typer.Option(None, help="With --dataset: the served encoder."),
+                url: str = typer.Option("127.0.0.1:8001", help="With --dataset: Triton gRPC address HOST:PORT."),
+                store_dir: Optional[Path] = typer.Option(None, help="With --dataset: keep the store here (resumable); "
+                                                         "default a temporary one beside OUT, removed after."),
+                catalog: str = typer.Option("groups", help="With --dataset: the expansion asked for its identity row "
+                                            "alone (any catalog the server has; groups is the cheapest)."),
+                limit: Optional[int] = typer.Option(None, help="With --dataset: only the first N images."),
+                ray: bool = typer.Option(False, "--ray", help="Build --shards shard indexes as Ray tasks and merge "
+                                         "them (the stores on a filesystem every node reads)."),
+                shards: Optional[int] = typer.Option(None, help="With --ray: shards (default the cluster's CPUs)."),
+                ray_address: Optional[str] = typer.Option(None, help="With --ray: cluster address (default RAY_ADDRESS "
+                                                          "or a local one)."),
                 seed: int = typer.Option(0, help="Seed of the recall queries and the IVF training sample."),
                 force: bool = typer.Option(False, help="Replace OUT if it exists."),
                 quiet: bool = typer.Option(False, help="No progress bar.")) -> None:
     """Index the identity version of every done image of the stores (cosine similarity)."""
+    if dataset or ray or not store:
+        from .index_sources import build_from_sources, describe_sources
+
+        meta = build_from_sources(store, out, kind, shard, seed, force, quiet, dataset, encoder, url, store_dir, catalog,
+                                  limit, ray, shards, ray_address)
+        print(f"{out}: {_summary(meta)}; {meta['skipped_duplicates']} duplicate keys skipped; {describe_sources(meta)}")
+        return
     from equiprobe.clients.index_build import build_index
 
     try:
