@@ -56,3 +56,14 @@ def test_a_store_whose_test_images_are_in_no_index_is_refused(world, tmp_path): 
     with pytest.raises(ValueError, match="none of its test images"):
         store_match_card(tmp_path / "ix", detect)
 
+
+
+def test_report_carries_the_match_card(half, tmp_path):
+    index, detect = half
+    result = CliRunner().invoke(app, ["report", "--store", str(detect), "--index", str(index), "--out", str(tmp_path),
+                                      "--max-images", "50"])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "report.md").read_text()
+    assert "## Matching against known images" in text and "recall@1" in text
+    assert json.loads((tmp_path / "results.json").read_text())["match_cards"]["store"]["recall@1"] > 0.9
+    assert (tmp_path / "match_card.png").exists()

@@ -167,6 +167,23 @@ def detector_cards(results: dict) -> dict[str, dict]:
     return cards
 
 
+def match_markdown(cards: dict) -> list[str]:
+    """The matcher's cards (issue 24): test sources against an index of known images."""
+    if not cards:
+        return []
+    from .match_card import format_match_card
+    from .match_served_card import format_served_match_card
+
+    lines = ["## Matching against known images (test sources)", ""]
+    if cards.get("store"):
+        lines += ["DALI-made versions of a store's test images (trainer/match_card.py):", "", "```",
+                  *format_match_card(cards["store"]), "```", ""]
+    if cards.get("served"):
+        lines += ["Everyday edits made by scikit-image/scipy/numpy, through the served matcher "
+                  "(trainer/match_served_card.py):", "", "```", *format_served_match_card(cards["served"]), "```", ""]
+    return lines
+
+
 def render_plots(results: dict, out: Path) -> list[Path]:
     written = []
     cards = detector_cards(results)
@@ -178,6 +195,10 @@ def render_plots(results: dict, out: Path) -> list[Path]:
 
         for name, card in results["everyday_cards"].items():
             written.append(plot_everyday(card, out / f"everyday_{_slug(name)}.png"))
+    if (results.get("match_cards") or {}).get("store"):
+        from .match_card import plot_match_card
+
+        written.append(plot_match_card(results["match_cards"]["store"], out / "match_card.png"))
     fine = [p for p in results["probes"] if get_task(p["task"]).per_transformation_plot]
     if fine:
         names = fine[0]["per_version_accuracy"].keys()
@@ -277,6 +298,7 @@ def markdown(results: dict, images: list[Path]) -> str:
         from .everyday_card import everyday_markdown
 
         lines += everyday_markdown(results["everyday_cards"])
+    lines += match_markdown(results.get("match_cards") or {})
     lines += ["## Table 1: probe accuracy (test images; mean +- std over seeds)", "",
               "| encoder | probe | fine-grained (31-way) | generalization (10-way) | held-out noise | held-out style |",
               "|---|---|---|---|---|---|"]
@@ -351,14 +373,16 @@ def markdown(results: dict, images: list[Path]) -> str:
 def build_report(stores: list[Path], probes: list[Path], out: Path, max_images: int = 2000,
                  reference_cards: Optional[dict[str, dict]] = None,
                  everyday_cards: Optional[dict[str, dict]] = None,
-                 store_cards: Optional[dict[str, dict]] = None) -> dict:
+                 store_cards: Optional[dict[str, dict]] = None,
+                 match_cards: Optional[dict[str, dict]] = None) -> dict:
     """`reference_cards`: detector cards of Pillow-made versions (trainer.reference_card), by detector;
     `everyday_cards`: everyday-edits cards (trainer.everyday_card), by detector; `store_cards`: a
-    detector's cards on another store's DALI-made test versions (trainer.store_card), by name."""
+    detector's cards on another store's DALI-made test versions (trainer.store_card), by name;
+    `match_cards`: the matcher's cards ("store": trainer.match_card, "served": trainer.match_served_card)."""
     out.mkdir(parents=True, exist_ok=True)
     results = {"stores": [store_section(Path(s), max_images) for s in stores],
                "probes": [], "reference_cards": reference_cards or {}, "everyday_cards": everyday_cards or {},
-               "store_cards": store_cards or {}}
+               "store_cards": store_cards or {}, "match_cards": match_cards or {}}
     outcomes_by_dir = {}
     for path in probes:
         section, outcomes_by_dir[str(Path(path))] = probe_section(Path(path), max_images)
