@@ -25,8 +25,8 @@ from .contract import (CHECKED, EMBEDDING, EMBEDDINGS, EXTRA, FEATURES, GATE, IM
                        ModelNames, embed_inputs, embed_outputs)
 from .encoders import EncoderSpec
 from .export import ExportResult, export_encoder
-from .model_config import (Flavour, ServingSpec, dali_config, dynamic_batching, ensemble_config, instances,
-                           onnx_config, python_model, string_parameters, tensor, tensor_of, write_config)
+from .model_config import (Flavour, PlannedModel, ServingSpec, dali_config, dynamic_batching, ensemble_config,
+                           instances, onnx_config, python_backend, string_parameters, tensor, tensor_of)
 from .onnx_wrappers import wrap_for_crops
 from .pipelines import serialize_preprocess
 from .quantize import trt_calibration_table
@@ -103,20 +103,33 @@ def embed_config(spec: EncoderSpec, names: ModelNames, serving: ServingSpec) -> 
     )
 
 
-def render_gate(repo: Path, serving: ServingSpec) -> list[str]:
-    config = gate_config(serving)
-    (repo / GATE / "1").mkdir(parents=True, exist_ok=True)
-    python_model(config, "image_gate.py", repo / GATE / "1")
-    write_config(repo / GATE, config)
-    return [GATE]
+def gate_models(serving: ServingSpec) -> dict[str, PlannedModel]:
+    return {GATE: python_backend(gate_config(serving), "image_gate.py")}
 
 
-def render_embed(spec: EncoderSpec, repo: Path, flavour: Flavour, serving: ServingSpec, network,
-                 export: Optional[ExportResult] = None, precision: str = "fp32") -> tuple[list[str], ExportResult]:
-    """NAME_preprocess, NAME_encoder, NAME_versions and NAME_embed; returns the model names and the
-    export (its sha256 is the encoder's identity, recorded in stores and probes). NAME_encoder's
-    model.onnx is the FP32 graph in every precision: an INT8 build (services/repository.py)
-    quantizes it, or writes TensorRT's table beside it, after this."""
+def embed_models(spec: EncoderSpec, flavour: Flavour, serving: ServingSpec,
+                 precision: str = "fp32") -> dict[str, PlannedModel]:
+    """NAME_preprocess, NAME_encoder, NAME_versions and NAME_embed as rendered (configs and model.py
+    sources; pure: no export, no DALI serialization). write_embed_artifacts writes the rest."""
+    names = ModelNames(spec.name)
+    configs = {names.preprocess: preprocess_config(spec, names, flavour, serving),
+               names.onnx: encoder_config(spec, names, flavour, serving, precision),
+               names.versions: versions_config(spec, names, serving),
+               names.embed: embed_config(spec, names, serving)}
+    models = {name: PlannedModel(config) for name, config in configs.items()}
+    if flavour == "portable":
+        models[names.preprocess] = python_backend(configs[names.preprocess], "dali_pipeline.py")
+        models[names.onnx] = python_backend(configs[names.onnx], "onnx_encoder.py")
+    models[names.versions] = python_backend(configs[names.versions], "versions_encoder.py")
+    return models
+
+
+def write_embed_artifacts(spec: EncoderSpec, repo: Path, flavour: Flavour, serving: ServingSpec, network,
+                          export: Optional[ExportResult] = None) -> ExportResult:
+    """The embed family's files but its configs and model.py (embed_models): NAME_preprocess's
+    model.dali and NAME_encoder's model.onnx. Returns the export (its sha256 is the encoder's
+    identity, recorded in stores and probes). model.onnx is the FP32 graph in every precision: an
+    INT8 build (services/repository.py) quantizes it, or writes TensorRT's table beside it, after this."""
     names = ModelNames(spec.name)
     version = lambda model: repo / model / "1"  # noqa: E731
     for model in (names.preprocess, names.onnx, names.versions, names.embed):
@@ -128,17 +141,7 @@ def render_embed(spec: EncoderSpec, repo: Path, flavour: Flavour, serving: Servi
     serialize_preprocess(spec.preprocess, version(names.preprocess) / "model.dali",
                          device="gpu" if flavour == "native" else "cpu",
                          max_batch_size=serving.max_batch_size, num_threads=serving.dali_threads)
-    configs = {names.preprocess: preprocess_config(spec, names, flavour, serving),
-               names.onnx: encoder_config(spec, names, flavour, serving, precision),
-               names.versions: versions_config(spec, names, serving),
-               names.embed: embed_config(spec, names, serving)}
-    if flavour == "portable":
-        python_model(configs[names.preprocess], "dali_pipeline.py", version(names.preprocess))
-        python_model(configs[names.onnx], "onnx_encoder.py", version(names.onnx))
-    python_model(configs[names.versions], "versions_encoder.py", version(names.versions))
-    for model, config in configs.items():
-        write_config(repo / model, config)
-    return list(configs), export
+    return export
 
 
 class InProcessEmbed:

@@ -48,8 +48,8 @@ from .contract import (CANVAS, CHECKED, EMBEDDINGS, EXPANSION_MANIFEST, EXTRA, F
 from .embed_models import crop_dims
 from .encoders import EncoderSpec
 from .export import sha256_of
-from .model_config import (Flavour, ServingSpec, dali_config, dynamic_batching, ensemble_config, instances,
-                           onnx_config, python_model, string_parameters, tensor, tensor_of, write_config)
+from .model_config import (Flavour, PlannedModel, ServingSpec, dali_config, dynamic_batching, ensemble_config,
+                           instances, onnx_config, python_backend, string_parameters, tensor, tensor_of)
 from .onnx_wrappers import wrap_style_network
 from .pipelines import CANVAS_SIZE
 from .transforms import get_catalog
@@ -140,62 +140,85 @@ def row_fingerprints(catalog: Catalog, style_nets: dict[str, str]) -> list[str]:
     return catalog.fingerprints + styled
 
 
-def build_expansion(spec: EncoderSpec, catalog_name: str, repo: Path, flavour: Flavour, serving: ServingSpec,
-                    onnx_sha256: str, style_nets: Optional[dict[str, Path]] = None, precision: str = "fp32") -> list[str]:
-    """Render one catalog's expansion for one encoder (and any style networks); returns model names.
+def expansion_rows(catalog: Catalog, style_nets: dict[str, str]) -> tuple[list[str], list[str]]:
+    """EMBEDDINGS' row names and fingerprints: the catalog's, then one per style network (NET: sha256)."""
+    nets = sorted(style_nets)
+    return (catalog.class_names + [f"neural_style_{net}" for net in nets],
+            row_fingerprints(catalog, {net: style_nets[net] for net in nets}))
+
+
+def expansion_models(spec: EncoderSpec, catalog_name: str, flavour: Flavour, serving: ServingSpec, onnx_sha256: str,
+                     style_nets: Optional[dict[str, str]] = None, precision: str = "fp32") -> dict[str, PlannedModel]:
+    """One catalog's expansion for one encoder (and any style networks, NET: sha256 of its ONNX file)
+    as rendered: configs and model.py sources, pure (no DALI serialization, no files).
     `precision` is NAME_encoder's (fp32 or int8), published for the stores to record."""
+    catalog = get_catalog(catalog_name)
+    names = ExpansionNames(spec.name, catalog_name)
+    style_nets = dict(style_nets or {})
+    nets = sorted(style_nets)
+    models = {names.inputs: python_backend(inputs_config(catalog, names, serving, len(catalog.transforms) + len(nets)),
+                                           "transform_inputs.py"),
+              names.expand: PlannedModel(expand_config(spec, catalog, names, flavour, serving, emit_canvas=bool(nets)))}
+    dali_models, onnx_models = [names.expand], []
+    for net in nets:
+        models[names.style(net)] = PlannedModel(style_config(net, flavour, serving))
+        onnx_models.append(names.style(net))
+    if nets:
+        models[names.style_resize] = PlannedModel(dali_config(
+            names.style_resize, [canvas_tensor(styled_name(j), True) for j in range(len(nets))],
+            [tensor(VERSIONS, mc.TYPE_UINT8, [len(nets), *crop_dims(spec)], is_input=False)],
+            flavour, serving))
+        dali_models.append(names.style_resize)
+    embed = embed_versions_config(spec, catalog, names, serving, nets)
+    rows, fingerprints = expansion_rows(catalog, style_nets)
+    # What a bulk client must record in its store, readable over gRPC with get_model_config.
+    string_parameters(embed, encoder=spec.name, dim=spec.dim, onnx_sha256=onnx_sha256, precision=precision,
+                      features_dim=spec.feature_dim,
+                      feature_layout=json.dumps(spec.features.columns() if spec.features else []),
+                      catalog=catalog.name, catalog_version=catalog.version, rows=json.dumps(rows),
+                      style_nets=json.dumps({net: style_nets[net] for net in nets}),
+                      row_fingerprints=json.dumps(fingerprints), params_width=catalog.params_width,
+                      row_labels=json.dumps(catalog.labels.tolist()), classes=json.dumps(list(catalog.classes)),
+                      row_splits=json.dumps([t.split for t in catalog.transforms]))
+    models[names.embed] = PlannedModel(embed)
+    if flavour == "portable":
+        for model in dali_models:
+            models[model] = python_backend(models[model].config, "dali_pipeline.py")
+        for model in onnx_models:
+            models[model] = python_backend(models[model].config, "onnx_encoder.py")
+    return models
+
+
+def style_net_digests(style_nets: Optional[dict[str, Path]]) -> dict[str, str]:
+    return {net: sha256_of(path) for net, path in sorted((style_nets or {}).items())}
+
+
+def write_expansion_artifacts(spec: EncoderSpec, catalog_name: str, repo: Path, flavour: Flavour,
+                              serving: ServingSpec, style_nets: Optional[dict[str, Path]] = None) -> None:
+    """One catalog's expansion files but its configs and model.py (expansion_models): the inputs
+    model's asset bundle, the DALI pipelines, the wrapped style networks and versions.json."""
     catalog = get_catalog(catalog_name)
     names = ExpansionNames(spec.name, catalog_name)
     nets = sorted(style_nets or {})
     version = lambda model: repo / model / "1"  # noqa: E731
     device = "gpu" if flavour == "native" else "cpu"
-    configs = {names.inputs: inputs_config(catalog, names, serving, len(catalog.transforms) + len(nets)),
-               names.expand: expand_config(spec, catalog, names, flavour, serving, emit_canvas=bool(nets))}
-    for model in configs:
+    for model in (names.inputs, names.expand):
         version(model).mkdir(parents=True, exist_ok=True)
-    python_model(configs[names.inputs], "transform_inputs.py", version(names.inputs))
     write_bundle(version(names.inputs) / BUNDLE)  # fonts, icons, style references: no matplotlib/skimage at serve time
     serialize_expand(catalog, version(names.expand) / "model.dali", device, serving.max_batch_size,
                      serving.dali_threads, pre=spec.preprocess, emit_canvas=bool(nets))
-    dali_models, onnx_models = [names.expand], []
     for net in nets:
-        model = names.style(net)
-        version(model).mkdir(parents=True, exist_ok=True)
-        wrap_style_network(style_nets[net], version(model) / "model.onnx")
-        configs[model] = style_config(net, flavour, serving)
-        onnx_models.append(model)
+        version(names.style(net)).mkdir(parents=True, exist_ok=True)
+        wrap_style_network(style_nets[net], version(names.style(net)) / "model.onnx")
     if nets:
         version(names.style_resize).mkdir(parents=True, exist_ok=True)
-        styled = [styled_name(j) for j in range(len(nets))]
-        serialize_resize(styled, spec.preprocess, version(names.style_resize) / "model.dali", device,
-                            serving.max_batch_size, serving.dali_threads)
-        configs[names.style_resize] = dali_config(
-            names.style_resize, [canvas_tensor(n, True) for n in styled],
-            [tensor(VERSIONS, mc.TYPE_UINT8, [len(nets), *crop_dims(spec)], is_input=False)],
-            flavour, serving)
-        dali_models.append(names.style_resize)
-    configs[names.embed] = embed_versions_config(spec, catalog, names, serving, nets)
-    rows = catalog.class_names + [f"neural_style_{net}" for net in nets]
-    fingerprints = row_fingerprints(catalog, {net: sha256_of(style_nets[net]) for net in nets})
-    # What a bulk client must record in its store, readable over gRPC with get_model_config.
-    string_parameters(configs[names.embed], encoder=spec.name, dim=spec.dim, onnx_sha256=onnx_sha256, precision=precision,
-                      features_dim=spec.feature_dim,
-                      feature_layout=json.dumps(spec.features.columns() if spec.features else []),
-                      catalog=catalog.name, catalog_version=catalog.version, rows=json.dumps(rows),
-                      style_nets=json.dumps({net: sha256_of(style_nets[net]) for net in nets}),
-                      row_fingerprints=json.dumps(fingerprints), params_width=catalog.params_width,
-                      row_labels=json.dumps(catalog.labels.tolist()), classes=json.dumps(list(catalog.classes)),
-                      row_splits=json.dumps([t.split for t in catalog.transforms]))
+        serialize_resize([styled_name(j) for j in range(len(nets))], spec.preprocess,
+                         version(names.style_resize) / "model.dali", device, serving.max_batch_size,
+                         serving.dali_threads)
     version(names.embed).mkdir(parents=True, exist_ok=True)
-    if flavour == "portable":
-        for model in dali_models:
-            python_model(configs[model], "dali_pipeline.py", version(model))
-        for model in onnx_models:
-            python_model(configs[model], "onnx_encoder.py", version(model))
-    for model, config in configs.items():
-        write_config(repo / model, config)
+    digests = style_net_digests(style_nets)
+    rows, fingerprints = expansion_rows(catalog, digests)
     (repo / names.embed / EXPANSION_MANIFEST).write_text(json.dumps({
         "catalog": catalog.name, "catalog_version": catalog.version, "rows": rows,
-        "style_nets": {net: sha256_of(style_nets[net]) for net in nets}, "row_fingerprints": fingerprints,
+        "style_nets": digests, "row_fingerprints": fingerprints,
     }, indent=2))
-    return list(configs)

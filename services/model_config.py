@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -93,9 +93,32 @@ def instances(flavour: Flavour, count: int = 1) -> list:
     return [mc.ModelInstanceGroup(count=count, kind=kind)]
 
 
-def python_model(config: mc.ModelConfig, source: str, version_dir: Path) -> None:
+@dataclass
+class PlannedModel:
+    """What one model of a repository gets, decided without writing anything: its config and, for
+    the python backend, the python_models/ source copied into its version directory as model.py."""
+
+    config: mc.ModelConfig
+    python_source: Optional[str] = None
+
+    @property
+    def text(self) -> str:
+        """config.pbtxt as write_config writes it."""
+        return text_format.MessageToString(self.config)
+
+
+def python_backend(config: mc.ModelConfig, source: str) -> PlannedModel:
+    """The config served by the python backend from python_models/SOURCE (nothing is written)."""
     config.backend = "python"
-    shutil.copy2(PYTHON_MODELS / source, version_dir / "model.py")
+    return PlannedModel(config, source)
+
+
+def write_model(repo: Path, name: str, model: PlannedModel) -> None:
+    """A planned model into REPO/NAME: model.py (python backend) into version 1, then config.pbtxt."""
+    if model.python_source is not None:
+        (repo / name / "1").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PYTHON_MODELS / model.python_source, repo / name / "1" / "model.py")
+    write_config(repo / name, model.config)
 
 
 def dali_config(name: str, inputs: list, outputs: list, flavour: Flavour, serving: ServingSpec) -> mc.ModelConfig:

@@ -24,17 +24,22 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .contract import CATALOG_SUFFIX, EMBEDDING, FEATURES, MANIFEST, ExpansionNames, ModelNames
-from .embed_models import render_embed, render_gate
+from .embed_models import embed_models, gate_models, write_embed_artifacts
 from .encoders import EncoderSpec, get_encoder
-from .expansion_models import build_expansion
+from .expansion_models import expansion_models, style_net_digests, write_expansion_artifacts
 from .export import ExportResult, sha256_of
-from .model_config import FLAVOURS, Flavour, ServingSpec, read_config
+from .model_config import FLAVOURS, Flavour, PlannedModel, ServingSpec, read_config, write_model
 from .quantize import (METHOD, PRECISIONS, CpuTwin, Int8Options, ParityError, cosine_parity, gate_failures,
                        options_record, parity_summary, quantize_encoder, trt_calibration_table,
                        write_trt_calibration)
 
 
 # -- the whole repository -------------------------------------------------------------------
+
+# NAME_embedK's onnx_sha256 where no export was made (plan_repository alone, the golden configs):
+# the hash of an exported graph depends on the weights and the torch/ONNX versions, not on the code.
+ONNX_SHA256_UNKNOWN = "<sha256 of the exported encoder graph: known after export>"
+
 
 @dataclass
 class BuildResult:
@@ -74,15 +79,37 @@ def build_repo(encoder: str, repo: Path, flavour: Flavour = "portable", weights:
     return result
 
 
+def plan_repository(encoder: str, flavour: Flavour = "portable", serving: ServingSpec = ServingSpec(),
+                    catalogs: tuple[str, ...] = ("fine", "general", "groups"), onnx_sha256: str = ONNX_SHA256_UNKNOWN,
+                    style_nets: Optional[dict[str, str]] = None, precision: str = "fp32") -> list[dict[str, PlannedModel]]:
+    """What build_repo writes for each model (config.pbtxt, and model.py's source for the python
+    backend), family by family, without exporting, serializing DALI pipelines or writing a file:
+    a pure function of the encoder's spec, flavour, serving knobs, catalogs and precision. The
+    export's sha256 (NAME_embedK's onnx_sha256) and the style networks' (NET: sha256) are known
+    only from files: build_repo passes the real ones; left out, onnx_sha256 is ONNX_SHA256_UNKNOWN.
+    services/golden_configs.py renders these into tests/golden/configs."""
+    if flavour not in FLAVOURS:
+        raise ValueError(f"unknown flavour {flavour!r}; use 'portable' or 'native'")
+    spec = get_encoder(encoder)
+    families = [gate_models(serving), embed_models(spec, flavour, serving, precision)]
+    families += [expansion_models(spec, catalog, flavour, serving, onnx_sha256, style_nets, precision)
+                 for catalog in catalogs]
+    return families
+
+
 def _render(encoder: str, repo: Path, flavour: Flavour, weights: Optional[Path], random_weights: bool,
             serving: ServingSpec, export: Optional[ExportResult], catalogs: tuple[str, ...],
             style_nets: Optional[dict[str, Path]], precision: str) -> tuple[BuildResult, dict]:
     spec = get_encoder(encoder)
-    embed_models, export = render_embed(spec, repo, flavour, serving, lambda: spec.build(weights, random_weights),
-                                        export, precision)
-    models = render_gate(repo, serving) + embed_models
+    export = write_embed_artifacts(spec, repo, flavour, serving, lambda: spec.build(weights, random_weights), export)
     for catalog in catalogs:
-        models += build_expansion(spec, catalog, repo, flavour, serving, export.sha256, style_nets, precision)
+        write_expansion_artifacts(spec, catalog, repo, flavour, serving, style_nets)
+    families = plan_repository(encoder, flavour, serving, catalogs, export.sha256, style_net_digests(style_nets),
+                               precision)
+    for family in families:  # the configs last: a rescanning server finds each model's files in place
+        for name, model in family.items():
+            write_model(repo, name, model)
+    models = [name for family in families for name in family]
 
     result = BuildResult(encoder=encoder, flavour=flavour, repo=repo, models=models,
                          onnx_sha256=export.sha256, export_max_abs_diff=export.max_abs_diff,
