@@ -21,6 +21,13 @@ image's identity embedding as stored (not normalised) followed by its identity F
 the stores hold them (W = dim + features_dim; every store of an index has the same
 features_dim): what the reference-aware probe (trainer/match_probe.py) compares an upload with.
 They are read CHUNK rows at a time too.
+
+The copy projection (`build --projection-from STORE`, services/match_projection.py): Fisher's
+projection learned from every version of STORE's training-source images (split train, DONE),
+W wide (embedding, then FEATURES), streamed PROJECTION_CHUNK images at a time; STORE must be of
+the index's encoder. The faiss vectors are then unit(projection(reference)) (references.npy stays
+raw), the recall queries are projected the same way, `add` projects new references with the
+index's projection.npz, and `merge` needs every shard to carry the same file, byte for byte.
 """
 
 from __future__ import annotations
@@ -32,9 +39,11 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from equiprobe.clients.store import DONE, Store
+from equiprobe.clients.store import DONE, SPLITS, Store
 from equiprobe.services import match_index as mx
-from equiprobe.services.match_index import MatchIndexError
+from equiprobe.services.match_index import PROJECTION, MatchIndexError
+from equiprobe.services.match_projection import DIM as PROJECTION_DIM
+from equiprobe.services.match_projection import Projection, fit_projection
 
 CHUNK = 4096
 QUERY_IMAGES = 500
@@ -42,6 +51,7 @@ MAX_QUERIES = 2000
 PERTURBATION = 0.1  # a perturbed identity query: + Gaussian noise of this norm (on the unit vector)
 IDENTITY = "identity"
 RECALL_DEPTH = 10
+PROJECTION_CHUNK = 64  # training images a chunk when learning the projection: [b, K, W] float32
 
 
 # -- stores -------------------------------------------------------------------------------------
@@ -79,6 +89,57 @@ def open_stores(paths: Sequence[Path], against: Optional[dict] = None, against_n
             mx.check_compatible(against, encoder_fields(store.manifest), against_name, f"store {store.path}")
         stores.append(store)
     return stores
+
+
+def full_columns(store: Store) -> list:
+    """The memory maps of a store's vectors, in W order: embeddings, then FEATURES (if any)."""
+    return [store.array("embeddings")] + ([store.array("features")] if store.features_dim else [])
+
+
+def read_versions(store: Store, rows: np.ndarray) -> np.ndarray:
+    """float32 [b, K, W]: every version of `rows` (sorted rows), embedding then FEATURES."""
+    return np.concatenate([np.asarray(c[rows], np.float32) for c in full_columns(store)], -1)
+
+
+class TrainingVersions:
+    """Every version of a store's DONE training-source images (split train), [b, K, W] float32
+    chunks of PROJECTION_CHUNK images; iterable again and again (fit_projection reads it twice)."""
+
+    def __init__(self, store: Store, size: int = PROJECTION_CHUNK):
+        self.store, self.size = store, size
+        status, split = np.asarray(store.array("status")), np.asarray(store.array("split"))
+        self.rows = np.flatnonzero((status == DONE) & (split == SPLITS["train"]))
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for start in range(0, len(self.rows), self.size):
+            yield read_versions(self.store, self.rows[start:start + self.size])
+
+
+def learn_projection(path: Path, fields: dict, against_name: str, dim: int = PROJECTION_DIM
+                     ) -> tuple[Projection, dict]:
+    """The copy projection from store `path`'s training sources (it must be of `fields`' encoder,
+    ONNX file, dim and FEATURES width); returns it and index.json's "projection" record."""
+    store = Store.open(Path(path))
+    theirs = encoder_fields(store.manifest)
+    for name in mx.COMPATIBLE_FIELDS:
+        a, b = fields.get(name, mx.FIELD_DEFAULTS.get(name)), theirs.get(name, mx.FIELD_DEFAULTS.get(name))
+        if a != b:
+            raise MatchIndexError(f"{name} differs: {against_name} has {a!r}, --projection-from {store.path} has "
+                                  f"{b!r}; the projection must be learned from the same encoder's vectors")
+    identity = identity_column(store)
+    versions = TrainingVersions(store)
+    if not len(versions.rows):
+        raise MatchIndexError(f"--projection-from {store.path}: no done training-source images (split train) to "
+                              "learn the copy projection from")
+    if len(store.manifest["rows"]) < 2:
+        raise MatchIndexError(f"--projection-from {store.path}: the store holds only the identity version; the "
+                              "projection learns from edited versions")
+    if dim < 1:
+        raise MatchIndexError(f"--projection-dim must be at least 1, not {dim}")
+    projection = fit_projection(versions, identity=identity, dim=dim)
+    return projection, {"store": str(Path(store.path).resolve()), "images": int(len(versions.rows)),
+                        "versions": len(store.manifest["rows"]), "catalog": store.manifest.get("catalog"),
+                        "split": "train"}
 
 
 def store_entry(store: Store, images: int) -> dict:
@@ -132,10 +193,12 @@ def parse_shard(shard: Optional[str]) -> Optional[tuple[int, int]]:
 
 @dataclass
 class StoreReader:
-    """The identity vectors of located rows, by position, read from the stores' memory maps."""
+    """The identity vectors of located rows, by position, read from the stores' memory maps
+    (with a projection: unit(projection(reference)), the reference as references.npy holds it)."""
     stores: Sequence[Store]  # indexed by store id
     store_ids: np.ndarray
     rows: np.ndarray
+    projection: Optional[Projection] = None
 
     def __post_init__(self):
         self.columns = {sid: identity_column(s) for sid, s in enumerate(self.stores) if s is not None}
@@ -147,6 +210,8 @@ class StoreReader:
 
     def take(self, positions: np.ndarray) -> np.ndarray:
         positions = np.asarray(positions, dtype=np.int64)
+        if self.projection is not None:
+            return mx.unit(self.projection(self.references(positions).astype(np.float32)))
         out = None
         sids = self.store_ids[positions]
         for sid in np.unique(sids):
@@ -230,14 +295,16 @@ class IndexReader:
 
 def sample_queries(reader: StoreReader, seed: int = 0, images: int = QUERY_IMAGES,
                    max_queries: int = MAX_QUERIES) -> tuple[np.ndarray, np.ndarray, str]:
-    """(queries [Q, D], the id of each query's own image, what they are) for `images` indexed
-    images drawn with `seed`: their non-identity versions, at most max_queries in all."""
+    """(queries [Q, search dim], the id of each query's own image, what they are) for `images`
+    indexed images drawn with `seed`: their non-identity versions, at most max_queries in all
+    (W wide and projected, where the reader has a projection)."""
     rng = np.random.default_rng(seed)
     n = reader.count
     positions = np.sort(rng.choice(n, min(n, images), replace=False))
     per_image = max(1, max_queries // max(1, len(positions)))
     queries, owners, kinds = [], [], set()
     sids = reader.store_ids[positions]
+    project = reader.projection
     for sid in np.unique(sids):
         chosen = positions[sids == sid]
         store, identity = reader.stores[sid], reader.columns[sid]
@@ -245,7 +312,10 @@ def sample_queries(reader: StoreReader, seed: int = 0, images: int = QUERY_IMAGE
         embeddings = store.array("embeddings")
         for start in range(0, len(chosen), 256):
             part = chosen[start:start + 256]
-            block = np.asarray(embeddings[reader.rows[part]], dtype=np.float32)  # [b, K, D]
+            if project is None:
+                block = np.asarray(embeddings[reader.rows[part]], dtype=np.float32)  # [b, K, D]
+            else:  # [b, K, W] -> [b, K, d]
+                block = project(read_versions(store, reader.rows[part]))
             for j, position in enumerate(part):
                 if others:
                     picks = rng.choice(others, min(per_image, len(others)), replace=False)
@@ -310,9 +380,11 @@ def _meta(fields: dict, kind: str, params: dict, entries: list[dict], recall: Op
 # -- build, add, merge --------------------------------------------------------------------------
 
 def build_index(store_paths: Sequence[Path], out: Path, kind: str = "auto", shard: Optional[str] = None,
-                seed: int = 0, replace: bool = False, progress: bool = True) -> dict:
+                seed: int = 0, replace: bool = False, progress: bool = True, projection_from: Optional[Path] = None,
+                projection_dim: int = PROJECTION_DIM) -> dict:
     """Index the identity versions of the stores' DONE rows into the directory `out`; returns
-    its metadata (with "skipped_duplicates")."""
+    its metadata (with "skipped_duplicates"). `projection_from`: a store of the same encoder whose
+    training sources teach the copy projection (projection_dim dims) the vectors are indexed in."""
     out = Path(out)
     if out.exists() and not replace:
         raise MatchIndexError(f"{out} exists; refusing to overwrite it (add to it with `index add`, or remove it)")
@@ -331,10 +403,15 @@ def build_index(store_paths: Sequence[Path], out: Path, kind: str = "auto", shar
         raise MatchIndexError("no done rows to index in " + ", ".join(str(p) for p in store_paths)
                               + (f" (shard {shard})" if parsed else ""))
     fields = encoder_fields(stores[0].manifest)
+    projection, projection_meta = None, None
+    if projection_from is not None:
+        projection, projection_meta = learn_projection(projection_from, fields, f"store {stores[0].path}",
+                                                       projection_dim)
+    search_dim = projection.dim if projection is not None else fields["dim"]
     kind = mx.choose_kind(len(rows), kind)
-    params = mx.kind_params(kind, len(rows), fields["dim"])
-    index = mx.new_index(kind, fields["dim"], params)
-    reader = StoreReader(stores, sids, rows)
+    params = mx.kind_params(kind, len(rows), search_dim)
+    index = mx.new_index(kind, search_dim, params)
+    reader = StoreReader(stores, sids, rows, projection)
     recall, exact = None, None
     if kind != "flat":
         queries, owners, queries_from = sample_queries(reader, seed)
@@ -345,9 +422,9 @@ def build_index(store_paths: Sequence[Path], out: Path, kind: str = "auto", shar
     counts = np.bincount(sids, minlength=len(stores))
     meta = _meta(fields, kind, params, [store_entry(s, c) for s, c in zip(stores, counts)], recall,
                  shard=f"{parsed[0]}/{parsed[1]}" if parsed else None, shard_of=int(total) if parsed else None,
-                 seed=seed, skipped_duplicates=skipped)
+                 seed=seed, skipped_duplicates=skipped, projection=projection_meta)
     return mx.write_index(out, index, keys, sids, rows, meta, replace=replace, references=reader.reference_chunks(),
-                          reference_width=reference_width(fields))
+                          reference_width=reference_width(fields), projection=projection)
 
 
 def add_to_index(index_path: Path, store_path: Path, seed: int = 0, progress: bool = True) -> dict:
@@ -370,14 +447,16 @@ def add_to_index(index_path: Path, store_path: Path, seed: int = 0, progress: bo
     index = current.index
     stores: list = [None] * len(entries)
     stores[sid] = store
-    populate(index, StoreReader(stores, new_sids, new_rows), kind, params, None, seed, progress, "adding")
+    projection = current.projection  # new references go through the index's own projection
+    populate(index, StoreReader(stores, new_sids, new_rows, projection), kind, params, None, seed, progress,
+             "adding")
     keys = np.concatenate([current.keys.astype(str), new_keys.astype(str)]) if len(new_keys) else current.keys
     sids = np.concatenate([current.store_ids, new_sids]).astype(np.int32)
     rows = np.concatenate([current.rows, new_rows])
     recall = meta.get("recall")
     if kind != "flat" and len(new_rows):
         all_stores = open_stores([e["path"] for e in entries], against=meta, against_name=f"index {index_path}")
-        reader = StoreReader(all_stores, sids, rows)
+        reader = StoreReader(all_stores, sids, rows, projection)
         queries, owners, queries_from = sample_queries(reader, seed)
         recall = measure(index, queries, owners, exact_pass(reader, queries, progress), queries_from)
     new_meta = {**meta, "stores": entries, "recall": recall,
@@ -391,7 +470,8 @@ def add_to_index(index_path: Path, store_path: Path, seed: int = 0, progress: bo
     # the probe stays: it was trained for this encoder and these source stores
     new_meta["features_dim"] = fields["features_dim"]
     written = mx.write_index(Path(index_path), index, keys, sids, rows, new_meta, replace=True, references=references,
-                             reference_width=reference_width(fields), keep=(mx.PROBE_DIR,))
+                             reference_width=reference_width(fields), keep=(mx.PROBE_DIR,),
+                             projection=current.path / PROJECTION if projection is not None else None)
     return {**written, "added": int(len(new_rows)), "skipped_duplicates": skipped}
 
 
@@ -412,6 +492,12 @@ def merge_indexes(shard_paths: Sequence[Path], out: Path, kind: str = "auto", se
         mx.check_compatible(first.meta, shard.meta, f"shard {first.path}", f"shard {shard.path}")
         if [e["path"] for e in shard.meta["stores"]] != [e["path"] for e in first.meta["stores"]]:
             raise MatchIndexError(f"shards {first.path} and {shard.path} were built from different stores")
+        digests = [(s.meta.get("projection") or {}).get("sha256") if s.projection is not None else None
+                   for s in (first, shard)]
+        if digests[0] != digests[1]:
+            raise MatchIndexError(f"shards {first.path} and {shard.path} carry different copy projections ({PROJECTION}"
+                                  f" sha256 {digests[0] or 'none'} and {digests[1] or 'none'}); build every shard "
+                                  "with the same --projection-from and --projection-dim")
     n = parsed[0][1]
     order = sorted(range(len(shards)), key=lambda j: parsed[j][0])
     if sorted(p[0] for p in parsed) != list(range(n)) or any(p[1] != n for p in parsed):
@@ -426,14 +512,14 @@ def merge_indexes(shard_paths: Sequence[Path], out: Path, kind: str = "auto", se
     fields = {f: first.meta.get(f) for f in ("encoder", "encoder_onnx_sha256", "dim", "encoder_precision")}
     fields["features_dim"] = int(first.meta.get("features_dim") or 0)
     kind = mx.choose_kind(len(keys), kind)
-    params = mx.kind_params(kind, len(keys), fields["dim"])
-    index = mx.new_index(kind, fields["dim"], params)
+    params = mx.kind_params(kind, len(keys), first.search_dim)
+    index = mx.new_index(kind, first.search_dim, params)
     reader = IndexReader([s.index for s in shards])
     recall, exact = None, None
     if kind != "flat":
         stores = open_stores([e["path"] for e in first.meta["stores"]], against=first.meta,
                              against_name=f"shard {first.path}")
-        queries, owners, queries_from = sample_queries(StoreReader(stores, sids, rows), seed)
+        queries, owners, queries_from = sample_queries(StoreReader(stores, sids, rows, first.projection), seed)
         exact = mx.ExactTopK(queries, RECALL_DEPTH)
     populate(index, reader, kind, params, exact, seed, progress, "merging")
     if exact is not None:
@@ -441,7 +527,9 @@ def merge_indexes(shard_paths: Sequence[Path], out: Path, kind: str = "auto", se
     counts = np.bincount(sids, minlength=len(first.meta["stores"]))
     entries = [{**e, "images": int(c)} for e, c in zip(first.meta["stores"], counts)]
     meta = _meta(fields, kind, params, entries, recall, shard=None, merged_shards=n, seed=seed,
-                 skipped_duplicates=int(first.meta.get("skipped_duplicates") or 0))
+                 skipped_duplicates=int(first.meta.get("skipped_duplicates") or 0),
+                 projection=first.meta.get("projection") if first.projection is not None else None)
     references = itertools.chain.from_iterable(index_references(s, first.meta, f"shard {s.path}") for s in shards)
     return mx.write_index(out, index, keys, sids, rows, meta, replace=replace, references=references,
-                          reference_width=reference_width(fields))
+                          reference_width=reference_width(fields),
+                          projection=first.path / PROJECTION if first.projection is not None else None)

@@ -12,6 +12,9 @@ stores: `clients/index_build.py` does). An index is a directory:
                    then its identity FEATURES where the stores hold them (W = dim + features_dim):
                    what the reference-aware probe (INDEX/probe/, trainer/match_probe.py) compares
                    an upload with; read by memory map
+    projection.npz the copy-detection projection (services/match_projection.py), where the index was
+                   built with one: the faiss vectors are then unit(projection(reference)), search_dim
+                   wide, and queries are projected before the search (W wide: embedding, FEATURES)
     index.json     metadata: format version, encoder, its ONNX sha256, dim, metric, kind and the
                    kind's parameters, count, the source stores (path, catalog, catalog version,
                    images indexed), recall against exact search, the shard, created time,
@@ -38,6 +41,9 @@ from typing import Optional
 
 import faiss
 import numpy as np
+
+from .match_projection import FILE as PROJECTION
+from .match_projection import Projection
 
 FORMAT_VERSION = 1
 METRIC = "inner_product"  # on L2-normalised vectors: cosine similarity
@@ -199,6 +205,7 @@ class MatchIndex:
     store_ids: np.ndarray
     rows: np.ndarray
     references: Optional[np.ndarray] = field(default=None, repr=False)  # [N, W] float16 memmap; None: older index
+    projection: Optional[Projection] = field(default=None, repr=False)  # projection.npz; None: raw embeddings
     _positions: Optional[dict] = field(default=None, repr=False)
 
     @property
@@ -207,7 +214,19 @@ class MatchIndex:
 
     @property
     def dim(self) -> int:
+        """The encoder's embedding dim (a compatibility field; the faiss vectors are search_dim wide)."""
         return int(self.meta["dim"])
+
+    @property
+    def search_dim(self) -> int:
+        """Width of the faiss vectors: the projection's dim, or the embedding's."""
+        return int(self.index.d)
+
+    @property
+    def query_width(self) -> int:
+        """How wide the queries `search` needs: W (embedding, then FEATURES) for a projected index,
+        the embedding's dim otherwise (wider rows, such as a whole upload vector, are cut to it)."""
+        return self.projection.width if self.projection is not None else self.dim
 
     @classmethod
     def open(cls, path: Path, verify: bool = False) -> "MatchIndex":
@@ -241,9 +260,12 @@ class MatchIndex:
             if len(array) != index.ntotal or index.ntotal != meta.get("count"):
                 raise MatchIndexError(f"{path / (name + '.npy')} holds {len(array)} entries, index.faiss "
                                       f"{index.ntotal} vectors, index.json count {meta.get('count')}: they must agree")
-        if index.d != meta.get("dim"):
-            raise MatchIndexError(f"{faiss_path} holds {index.d}-dim vectors, index.json says dim {meta.get('dim')}")
-        return cls(path, meta, index, arrays["keys"], arrays["store_ids"], arrays["rows"], read_references(path, meta))
+        search_dim = meta.get("search_dim", meta.get("dim"))
+        if index.d != search_dim:
+            raise MatchIndexError(f"{faiss_path} holds {index.d}-dim vectors, index.json says search_dim {search_dim}")
+        references = read_references(path, meta)
+        return cls(path, meta, index, arrays["keys"], arrays["store_ids"], arrays["rows"], references,
+                   read_projection(path, meta, verify=True))
 
     @property
     def reference_width(self) -> Optional[int]:
@@ -266,14 +288,31 @@ class MatchIndex:
         """Where the reference-aware probe is (INDEX/probe/; it may not exist)."""
         return self.path / PROBE_DIR
 
+    def search_vectors(self, queries: np.ndarray) -> np.ndarray:
+        """The faiss query vectors [m, search_dim] of uploads [m, W] (embedding, then FEATURES; [m, D]
+        suffices for an index without projection): projected where the index has a projection, then
+        L2-normalised."""
+        queries = np.atleast_2d(np.asarray(queries, np.float32))
+        width = queries.shape[-1]
+        if self.projection is not None:
+            if width != self.projection.width:
+                raise MatchIndexError(f"queries are {width} wide; {self.path}'s copy projection ({PROJECTION}) takes "
+                                      f"{self.projection.width} (embedding {self.dim} + FEATURES "
+                                      f"{self.projection.width - self.dim})")
+            return unit(self.projection(queries))
+        if width not in (self.dim, self.reference_width or self.dim, self.dim + int(self.meta.get("features_dim") or 0)):
+            raise MatchIndexError(f"queries are {width} wide, the index holds {self.dim}-dim embeddings (pass the "
+                                  f"embedding, or the embedding then FEATURES)")
+        return unit(queries[:, :self.dim])
+
     def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(similarities [m, k] float32, ids [m, k] int64 (-1: none), keys [m, k] ("" for none))
-        of embeddings [m, D] (or [D]); queries are L2-normalised here."""
-        queries = np.atleast_2d(np.asarray(queries))
-        if queries.shape[-1] != self.dim:
-            raise MatchIndexError(f"queries are {queries.shape[-1]}-dim, the index holds {self.dim}-dim vectors")
+        of uploads [m, W] (or [W]): embedding then FEATURES, projected where the index has a
+        projection (`query_width`); without one, the first `dim` columns (an embedding alone will
+        do). Queries are L2-normalised here."""
+        vectors = self.search_vectors(queries)
         k = max(1, min(k, self.count))
-        sims, ids = self.index.search(unit(queries), k)
+        sims, ids = self.index.search(vectors, k)
         keys = np.where(ids >= 0, self.keys[np.maximum(ids, 0)], "")
         return sims, ids, keys
 
@@ -307,6 +346,29 @@ def read_references(path: Path, meta: dict) -> Optional[np.ndarray]:
         raise MatchIndexError(f"{file} is {references.dtype} {references.shape}, index.json says float16 "
                               f"({meta.get('count')}, {width}): they must agree")
     return references
+
+
+def read_projection(path: Path, meta: dict, verify: bool = True) -> Optional[Projection]:
+    """projection.npz of an index whose index.json records one (None otherwise), checked against
+    it: its sha256 (`verify`), width (the references') and dim (the faiss vectors')."""
+    record = meta.get("projection")
+    if not record:
+        return None
+    file = Path(path) / PROJECTION
+    if not file.is_file():
+        raise MatchIndexError(f"{file} is missing; index.json says the index is projected (rebuild it)")
+    if verify and record.get("sha256") and sha256_of(file) != record["sha256"]:
+        raise MatchIndexError(f"{file}: sha256 differs from index.json's; the file is corrupt or replaced")
+    try:
+        projection = Projection.load(path)
+    except ValueError as exc:
+        raise MatchIndexError(str(exc)) from None
+    width = meta.get("reference_width") or int(meta["dim"]) + int(meta.get("features_dim") or 0)
+    search_dim = meta.get("search_dim", meta.get("dim"))
+    if projection.width != width or projection.dim != search_dim:
+        raise MatchIndexError(f"{file} maps {projection.width} values to {projection.dim}; index.json says width "
+                              f"{width}, search_dim {search_dim}")
+    return projection
 
 
 def read_meta(path: Path) -> dict:
@@ -376,10 +438,14 @@ def _write_references(file: Path, references, count: int, width: int) -> None:
 
 def write_index(path: Path, index: faiss.Index, keys: np.ndarray, store_ids: np.ndarray, rows: np.ndarray,
                 meta: dict, replace: bool = False, references=None, reference_width: Optional[int] = None,
-                keep: tuple[str, ...] = ()) -> dict:
+                keep: tuple[str, ...] = (), projection=None) -> dict:
     """Write an index directory atomically; returns the metadata written (sizes, count, times added).
     `references`: an array [N, W] or chunks of it in id order (references.npy; W `reference_width`);
-    `keep`: subdirectories of the index being replaced to carry over (the probe, on `index add`)."""
+    `keep`: subdirectories of the index being replaced to carry over (the probe, on `index add`);
+    `projection`: the copy projection the faiss vectors were made with, a Projection (saved) or
+    an existing projection.npz (copied byte for byte); meta["projection"] gives its "store" and
+    "images", and gets "dim", "width" and "sha256". `meta["dim"]` stays the embedding's dim;
+    "search_dim" is the faiss vectors'."""
     path = Path(path)
     if len(keys) != index.ntotal or len(store_ids) != index.ntotal or len(rows) != index.ntotal:
         raise MatchIndexError(f"{path}: {index.ntotal} vectors, {len(keys)} keys, {len(store_ids)} store ids, "
@@ -411,8 +477,22 @@ def write_index(path: Path, index: faiss.Index, keys: np.ndarray, store_ids: np.
         for name in keep:
             if (path / name).is_dir():
                 shutil.copytree(path / name, staged / name)
+        if projection is not None:
+            if isinstance(projection, Projection):
+                projection.save(staged)
+            else:
+                shutil.copyfile(projection, staged / PROJECTION)
+            loaded = Projection.load(staged)
+            if loaded.dim != index.d:
+                raise MatchIndexError(f"{path}: the projection gives {loaded.dim} dims, the faiss index holds {index.d}")
+            files = (*files, PROJECTION)
+            meta = {**meta, "projection": {**(meta.get("projection") or {}), "dim": loaded.dim,
+                                           "width": loaded.width, "sha256": sha256_of(staged / PROJECTION)}}
+        else:
+            meta = {k: v for k, v in meta.items() if k != "projection"}
+        dim = int(meta["dim"]) if projection is not None else int(index.d)
         meta = {**meta, "format_version": FORMAT_VERSION, "metric": METRIC, "count": int(index.ntotal),
-                "dim": int(index.d), "index_bytes": (staged / "index.faiss").stat().st_size,
+                "dim": dim, "search_dim": int(index.d), "index_bytes": (staged / "index.faiss").stat().st_size,
                 "index_sha256": sha256_of(staged / "index.faiss"),
                 "side_bytes": sum((staged / f).stat().st_size for f in ("keys.npy", "store_ids.npy", "rows.npy")),
                 "created": meta.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -18,6 +18,8 @@ search; numpy only (it runs in Triton's python backend).
 
 from __future__ import annotations
 
+import io
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -51,9 +53,14 @@ class Projection:
         return ((x - self.mean) / self.scale) @ self.matrix
 
     def save(self, directory: Path) -> Path:
+        """directory/projection.npz, byte for byte the same for the same arrays (fixed zip times):
+        shards that learned the same projection carry identical files, which `index merge` checks."""
         path = Path(directory) / FILE
-        with open(path, "wb") as f:
-            np.savez(f, mean=self.mean, scale=self.scale, matrix=self.matrix)
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+            for name, array in (("mean", self.mean), ("scale", self.scale), ("matrix", self.matrix)):
+                buffer = io.BytesIO()
+                np.lib.format.write_array(buffer, np.ascontiguousarray(array, np.float32), allow_pickle=False)
+                z.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buffer.getvalue())
         return path
 
     @classmethod
@@ -63,7 +70,7 @@ class Projection:
             with np.load(path, allow_pickle=False) as z:
                 projection = cls(z["mean"].astype(np.float32), z["scale"].astype(np.float32),
                                  z["matrix"].astype(np.float32))
-        except (OSError, ValueError, KeyError, EOFError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise ValueError(f"{path} is missing or unreadable ({exc})") from None
         if projection.mean.shape != projection.scale.shape or projection.mean.shape[0] != projection.width:
             raise ValueError(f"{path}: mean {projection.mean.shape}, scale {projection.scale.shape} and matrix "

@@ -6,7 +6,8 @@ and tests run it in-process. A deployed index version is the index directory cop
 the reference-aware probe (probe/match_probe.onnx and probe/match_probe.json).
 
 For a batch of uploads' embeddings [n, D] (and FEATURES [n, F] where the index's references hold
-them): one faiss search of all n, L2-normalised, for the k best; the best is a COPY when its cosine
+them): one faiss search of all n, L2-normalised (the [embedding, FEATURES] rows projected first where
+the index has a copy projection, services/match_index.py), for the k best; the best is a COPY when its cosine
 similarity >= the copy threshold; for copies, the probe runs once on (QUERY = the upload's
 [embedding, features], REFERENCE = references[best id]) and gives the transformation (argmax of
 TRANSFORM_PROBS), its category, EDIT_SCORE (EDITED_SCORE) and EDITED (>= the probe's
@@ -137,6 +138,8 @@ class ServedIndex:
         """The outputs of NAME_match for [n, D] embeddings (and [n, F] FEATURES), all searched at once."""
         embeddings = np.asarray(embeddings, dtype=np.float32).reshape(len(embeddings), -1)
         n = len(embeddings)
+        if self.features_dim:  # the upload [embedding, FEATURES]: what a projected index searches with
+            embeddings = np.concatenate([embeddings, np.asarray(features, np.float32).reshape(n, -1)], 1)
         sims, ids, keys = self.index.search(embeddings, self.k)
         if sims.shape[1] < self.k:  # fewer known images than k
             pad = self.k - sims.shape[1]
@@ -151,8 +154,6 @@ class ServedIndex:
         if self.probe is not None and copy.any():
             rows = np.flatnonzero(copy)
             query = embeddings[rows]
-            if self.features_dim:
-                query = np.concatenate([query, np.asarray(features, np.float32).reshape(n, -1)[rows]], 1)
             probs, edit_score = self.probe(query, self.index.reference(ids[rows, 0]))
             top = probs.argmax(1)
             score[rows] = edit_score

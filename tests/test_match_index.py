@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -233,7 +234,8 @@ def test_index_help_loads_no_faiss():
     assert "LOADED False" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
-def write_store_with_features(path: Path, embeddings: np.ndarray, features: np.ndarray, prefix: str) -> Path:
+def write_store_with_features(path: Path, embeddings: np.ndarray, features: np.ndarray, prefix: str,
+                              split: str = "test") -> Path:
     n, k, d = embeddings.shape
     manifest = {"format_version": 2, "tool_version": "test", "encoder": "synthetic", "encoder_onnx_sha256": "0" * 64,
                 "dim": d, "dtype": "float16", "catalog": "synthetic", "catalog_version": "synthetic-1",
@@ -244,7 +246,7 @@ def write_store_with_features(path: Path, embeddings: np.ndarray, features: np.n
     writer = StoreWriter(Store.create_or_resume(path, manifest))
     for r in range(n):
         writer.put(r, embeddings=embeddings[r], features=features[r], params=np.zeros((k, 1)), key=f"{prefix}{r:04d}",
-                   image_key=f"{r:016x}", label=-1, split="test", index=r)
+                   image_key=f"{r:016x}", label=-1, split=split, index=r)
     writer.commit(list(range(n)))
     return path
 
@@ -302,3 +304,145 @@ def test_an_index_written_before_references_gets_them_from_its_stores(stores, tm
     grown = MatchIndex.open(tmp_path / "ix")
     done = [r for r in range(300) if r != 7]
     assert np.array_equal(np.asarray(grown.references), np.concatenate([a[done, 0], b[:, 0]]).astype(np.float16))
+
+
+# -- the copy projection (--projection-from) -----------------------------------------------------
+
+F = 8  # FEATURES: W = D + F
+
+
+def edited_world(n: int, seed: int, edit_dims: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings [n, K, D], FEATURES [n, K, F]): photos differ in every direction; edits move them
+    far, but only along the first `edit_dims` of the W directions (tests/test_match_projection.py)."""
+    rng = np.random.default_rng(seed)
+    x = np.repeat(rng.normal(size=(n, 1, D + F)), len(ROWS), 1)
+    x[:, 1:, :edit_dims] += rng.normal(scale=3.0, size=(n, len(ROWS) - 1, edit_dims))
+    return x[..., :D], x[..., D:]
+
+
+@pytest.fixture(scope="module")
+def projected(tmp_path_factory):
+    """A training store (split train: what the projection learns from), a store of known images, a
+    store to add, and the raw and projected indexes of the known one."""
+    root = tmp_path_factory.mktemp("projected")
+    train = write_store_with_features(root / "train", *edited_world(300, 21), "t", split="train")
+    known_e, known_f = edited_world(200, 22)
+    known = write_store_with_features(root / "known", known_e, known_f, "k")
+    more_e, more_f = edited_world(60, 23)
+    more = write_store_with_features(root / "more", more_e, more_f, "m")
+    build_index([known], root / "raw", progress=False)
+    meta = build_index([known], root / "proj", progress=False, projection_from=train, projection_dim=10)
+    return root, train, (known, np.concatenate([known_e, known_f], -1)), (more, np.concatenate([more_e, more_f], -1)), meta
+
+
+def _recall_at_1(index: MatchIndex, uploads: np.ndarray, prefix: str) -> float:
+    """Share of the edited versions [n, K, W] whose own key is ranked first."""
+    _, _, keys = index.search(uploads[:, 1:].reshape(-1, uploads.shape[-1]), k=1)
+    own = np.repeat([f"{prefix}{r:04d}" for r in range(len(uploads))], uploads.shape[1] - 1)
+    return float((keys[:, 0] == own).mean())
+
+
+def test_a_projected_index_finds_each_identity_and_keeps_references_raw(projected):
+    root, train, (known, x), _, meta = projected
+    assert meta["dim"] == D and meta["search_dim"] == 10 and meta["reference_width"] == D + F
+    record = meta["projection"]
+    assert record["store"] == str(train.resolve()) and record["images"] == 300 and record["dim"] == 10
+    assert record["width"] == D + F and record["sha256"] == mx.sha256_of(root / "proj" / "projection.npz")
+    index = MatchIndex.open(root / "proj", verify=True)
+    assert index.dim == D and index.search_dim == 10 and index.query_width == D + F and index.projection.dim == 10
+    sims, _, keys = index.search(x[:, 0], k=3)  # every identity, W wide: its own key first
+    assert list(keys[:, 0]) == [f"k{r:04d}" for r in range(200)] and np.allclose(sims[:, 0], 1.0, atol=1e-3)
+    assert np.array_equal(np.asarray(index.references), x[:, 0].astype(np.float16))  # raw
+    vectors = index.index.reconstruct_n(0, index.count)
+    np.testing.assert_allclose(vectors, mx.unit(index.projection(index.reference(np.arange(200)))), atol=1e-6)
+    with pytest.raises(ValueError, match=f"queries are {D} wide.*takes {D + F}"):
+        index.search(x[:5, 0, :D])  # the embedding alone cannot be projected
+    raw = MatchIndex.open(root / "raw")
+    assert raw.projection is None and raw.query_width == D and raw.search_dim == D and "projection" not in raw.meta
+    same = raw.search(x[:5, 1], k=3)  # an index without projection reads the embedding of a W-wide upload
+    for a, b in zip(same, raw.search(x[:5, 1, :D], k=3)):
+        assert np.array_equal(a, b)
+
+
+def test_the_projection_raises_recall_of_edited_copies(projected):
+    root, train, (known, x), _, _ = projected
+    raw = _recall_at_1(MatchIndex.open(root / "raw"), x, "k")
+    learned = _recall_at_1(MatchIndex.open(root / "proj"), x, "k")
+    assert learned > 0.95 and learned > raw + 0.2, (raw, learned)
+
+
+def test_add_and_merge_keep_the_projection(projected, tmp_path):
+    root, train, (known, x), (more, y), _ = projected
+    shutil.copytree(root / "proj", tmp_path / "ix")
+    before = (root / "proj" / "projection.npz").read_bytes()
+    meta = add_to_index(tmp_path / "ix", more, progress=False)
+    assert meta["added"] == 60 and meta["search_dim"] == 10 and meta["dim"] == D
+    assert (tmp_path / "ix" / "projection.npz").read_bytes() == before
+    grown = MatchIndex.open(tmp_path / "ix", verify=True)
+    assert grown.meta["projection"] == json.loads((root / "proj" / "index.json").read_text())["projection"]
+    np.testing.assert_allclose(grown.index.reconstruct_n(200, 60),
+                               mx.unit(grown.projection(grown.reference(np.arange(200, 260)))), atol=1e-6)
+    assert _recall_at_1(grown, y, "m") > 0.95  # new images through the same projection
+    other = write_store(tmp_path / "other", versions(10, 3), "o", encoder="clip_vit_b32")
+    with pytest.raises(ValueError, match="encoder differs"):
+        add_to_index(tmp_path / "ix", other, progress=False)
+    # shards that learned the projection from the same store merge into what one build makes
+    for i in range(2):
+        build_index([known, more], tmp_path / f"s{i}", shard=f"{i}/2", progress=False, projection_from=train,
+                    projection_dim=10)
+    assert (tmp_path / "s0" / "projection.npz").read_bytes() == (tmp_path / "s1" / "projection.npz").read_bytes()
+    one = build_index([known, more], tmp_path / "one", progress=False, projection_from=train, projection_dim=10)
+    merged = merge_indexes([tmp_path / "s1", tmp_path / "s0"], tmp_path / "merged", progress=False)
+    assert merged["projection"] == one["projection"] and merged["search_dim"] == 10
+    a, b = MatchIndex.open(tmp_path / "one"), MatchIndex.open(tmp_path / "merged")
+    queries = np.concatenate([x[:, 1], y[:, 2]])
+    for p, q in zip(a.search(queries, k=5), b.search(queries, k=5)):
+        assert np.array_equal(p, q)
+    # a shard without the projection (or with another) is refused
+    build_index([known, more], tmp_path / "r1", shard="1/2", progress=False)
+    with pytest.raises(ValueError, match="different copy projections.*--projection-from"):
+        merge_indexes([tmp_path / "s0", tmp_path / "r1"], tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_missing_or_corrupt_projection_is_refused_with_the_file_named(projected, tmp_path):
+    root, train, (known, x), _, _ = projected
+    shutil.copytree(root / "proj", tmp_path / "ix")
+    file = tmp_path / "ix" / "projection.npz"
+    good = file.read_bytes()
+    file.write_bytes(b"garbage" * 10)
+    with pytest.raises(ValueError, match="projection.npz: sha256 differs"):
+        MatchIndex.open(tmp_path / "ix")
+    meta = json.loads((tmp_path / "ix" / "index.json").read_text())
+    meta["projection"]["sha256"] = mx.sha256_of(file)  # a record that agrees with the garbage
+    (tmp_path / "ix" / "index.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="projection.npz is missing or unreadable"):
+        MatchIndex.open(tmp_path / "ix")
+    file.unlink()
+    with pytest.raises(ValueError, match="projection.npz is missing"):
+        MatchIndex.open(tmp_path / "ix")
+    file.write_bytes(good)
+    # a store of another encoder (or FEATURES width) cannot teach the projection; nothing is written
+    other = write_store(tmp_path / "other", versions(10, 3), "o", encoder="clip_vit_b32")
+    with pytest.raises(ValueError, match="encoder differs: store .*'synthetic', --projection-from .*other has "
+                                         "'clip_vit_b32'"):
+        build_index([known], tmp_path / "x1", progress=False, projection_from=other)
+    plain = write_store(tmp_path / "plain", versions(10, 3), "p")
+    with pytest.raises(ValueError, match="features_dim differs: .* 8, --projection-from .* 0"):
+        build_index([known], tmp_path / "x2", progress=False, projection_from=plain)
+    with pytest.raises(ValueError, match="no done training-source images"):
+        build_index([known], tmp_path / "x3", progress=False, projection_from=known)  # split test only
+    assert not any((tmp_path / f"x{i}").exists() for i in (1, 2, 3))
+
+
+def test_cli_build_with_a_projection_and_info(projected, tmp_path):
+    root, train, (known, x), _, _ = projected
+    runner = CliRunner()
+    result = runner.invoke(app, ["index", "build", "--store", str(known), "--out", str(tmp_path / "ix"),
+                                 "--projection-from", str(train), "--projection-dim", "12", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "copy projection 40 -> 12 dims" in result.output
+    info = json.loads(runner.invoke(app, ["index", "info", str(tmp_path / "ix"), "--json"]).output)
+    assert info["projection"]["dim"] == 12 and info["search_dim"] == 12 and info["dim"] == D
+    result = runner.invoke(app, ["index", "info", str(tmp_path / "ix")])
+    assert result.exit_code == 0 and "40 -> 12 dims" in result.output and "300 training images" in result.output

@@ -182,3 +182,33 @@ def test_refuses_an_index_of_the_same_store(world, tmp_path):
     with pytest.raises(ValueError, match="equal the index's references exactly"):
         train_match_probe(tmp_path / "twin_ix", again, MatchProbeConfig(epochs=1), progress=False)
     assert not (tmp_path / "twin_ix" / mx.PROBE_DIR).exists()
+
+
+def test_a_projected_index_trains_and_serves_as_in_process(world, tmp_path):
+    """An index searched in the copy projection (learned from the detect store's training sources):
+    the copy threshold is a cosine in that space, and the served logic (services/matching.py, on
+    the upload's EMBEDDING and FEATURES) answers as match_uploads does on the [embedding, FEATURES] rows."""
+    from equiprobe.services.matching import ServedIndex
+
+    root, fine, detect, indexed, queried, _ = world
+    meta = build_index([fine], tmp_path / "ix", progress=False, projection_from=detect, projection_dim=16)
+    assert meta["projection"]["images"] == N * 6 // 10 and meta["search_dim"] == 16
+    result = CliRunner().invoke(app, ["index", "train-probe", "--index", str(tmp_path / "ix"), "--store", str(detect),
+                                      "--epochs", "5", "--hidden", "32", "--quiet"])
+    assert result.exit_code == 0, result.output
+    record = read_record(tmp_path / "ix")
+    assert record["copy_projection"] == meta["projection"]["sha256"]
+    copy = record["validation"]["copy"]
+    assert copy["non_copy_fpr"] <= 0.01 and copy["match@1"] > 0.95
+    index = MatchIndex.open(tmp_path / "ix")
+    probe = load_probe(index)
+    rows = np.arange(0, N, 7)
+    uploads = queried[rows, rows % len(ROWS)].astype(np.float32)  # [m, W]
+    expected = match_uploads(index, probe, uploads, k=4)
+    served = ServedIndex.load(tmp_path / "ix", k=4).match(uploads[:, :D], uploads[:, D:])
+    assert [[k.decode() for k in row] for row in served["MATCH_KEYS"]] == [e["keys"] for e in expected]
+    np.testing.assert_allclose(served["MATCH_SIMILARITIES"], [e["similarities"] for e in expected], atol=1e-5)
+    assert list(served["COPY"][:, 0]) == [e["copy"] for e in expected]
+    assert [t.decode() for t in served["TRANSFORMATION"][:, 0]] == [e["transformation"] for e in expected]
+    np.testing.assert_allclose(served["EDIT_SCORE"][:, 0], [e["edit_score"] for e in expected], atol=1e-5)
+    assert np.mean([e["keys"][0] == f"img{r:04d}" for e, r in zip(expected, rows)]) > 0.95

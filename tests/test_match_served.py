@@ -396,3 +396,67 @@ def test_a_probed_index_names_the_edit_of_a_copy_as_the_in_process_probe_does(ma
     line = json.loads(run_cli("match", str(file), "--url", url, "--encoder", ENCODER, "--json").stdout)
     assert line["matches"][0]["key"] == "astronaut" and line["copy"] is True
     assert line["transformation"] in classes and line["category"] is not None and 0.0 <= line["score"] <= 1.0
+
+
+@pytest.fixture(scope="module")
+def projected_index(indexes, probe_index, tmp_path_factory) -> Path:
+    """Index v1's photos searched in a copy projection learned from the edits store's training
+    photos (`index build --projection-from`), with a probe trained on that store."""
+    index_path, _ = probe_index
+    edits = index_path.parent / "edits"
+    out = tmp_path_factory.mktemp("projected") / "index"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = run_cli("index", "build", "--store", str(indexes["v1"].parent / "store_v1"), "--out", str(out),
+                   "--projection-from", str(edits), "--projection-dim", "16", "--quiet", env=env)
+    assert proc.returncode == 0 and "copy projection" in proc.stdout, proc.stderr[-2000:]
+    proc = run_cli("index", "train-probe", "--index", str(out), "--store", str(edits), "--quiet", "--hidden", "64",
+                   "--epochs", "20", env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def test_a_projected_index_serves_what_the_in_process_search_answers(match_server, client, deployed, probe_index,
+                                                                    projected_index, jpegs):
+    """NAME_match projects the upload's [EMBEDDING, FEATURES] before the search: the served answers equal
+    MatchIndex.search and match_uploads in-process; a corrupted projection.npz fails the load alone."""
+    from equiprobe.trainer.match_probe import load_probe, match_uploads
+
+    _, uploads = probe_index
+    url = match_server.config.grpc_url
+    proc = run_cli("deploy", "--index", str(projected_index), "--repo", str(deployed), "--url", url)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    index = MatchIndex.open(projected_index)
+    assert index.projection is not None and index.query_width == index.dim + index.meta["features_dim"]
+    probe = load_probe(index)
+    embedder = EmbeddingClient(url, ENCODER)
+    cases = [(n, e, data) for (n, e), data in sorted(uploads.items()) if e in ("identity", "blur")]
+    cases += [(n, "held out", jpegs[n]) for n in HELD_OUT]
+    for name, edit, data in cases:
+        answer = matcher_outputs(client, data)
+        upload = np.concatenate(embedder.features(data))[None]
+        sims, _, keys = index.search(upload, 5)
+        (expected,) = match_uploads(index, probe, upload, k=5)
+        assert keys_of(answer) == list(keys[0]) == expected["keys"], (name, edit)
+        np.testing.assert_allclose(answer[MATCH_SIMILARITIES], sims[0], atol=1e-4)
+        assert bool(answer[COPY][0]) == expected["copy"], (name, edit)
+        assert answer[TRANSFORMATION][0].decode() == expected["transformation"], (name, edit)
+        assert answer[EDIT_SCORE][0] == pytest.approx(expected["edit_score"], abs=1e-4)
+    # refused before anything is written when projection.npz is damaged; damaged after the deploy,
+    # the load fails naming it and the served version stays
+    damaged = projected_index.parent / "damaged"
+    shutil.copytree(projected_index, damaged)
+    (damaged / "projection.npz").write_bytes(b"garbage")
+    digest = tree_digest(deployed)
+    refused = run_cli("deploy", "--index", str(damaged), "--repo", str(deployed))
+    assert refused.returncode == 1 and "projection.npz: sha256 differs" in refused.stderr, refused.stderr[-2000:]
+    assert tree_digest(deployed) == digest
+    placed = run_cli("deploy", "--index", str(projected_index), "--repo", str(deployed))
+    assert placed.returncode == 0, placed.stderr[-2000:]
+    version = placed.stdout.split("version ")[1].split(",")[0]
+    (deployed / NAMES.match / version / "projection.npz").write_bytes(b"garbage")
+    with pytest.raises(InferenceServerException) as failed:
+        client.load_model(NAMES.match)
+    assert f"{NAMES.match}/{version}/projection.npz" in failed.value.message(), failed.value.message()
+    assert client.is_server_live() and keys_of(matcher_outputs(client, jpegs["coffee"]))
+    rolled = run_cli("deploy", "--rollback", "--matcher", "--repo", str(deployed), "--url", url)
+    assert rolled.returncode == 0, rolled.stderr[-2000:]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from equiprobe.services.contract import MatchNames
-from equiprobe.services.match_index import FILES, MatchIndexError, read_meta, sha256_of
+from equiprobe.services.match_index import FILES, MatchIndexError, read_meta, read_projection, sha256_of
 from equiprobe.services.match_models import match_config, matcher_config
 from equiprobe.services.matching import DEFAULT_K, PROBE_DIR, PROBE_JSON, REFERENCES, features_dim, has_probe, \
     read_probe_record
@@ -72,6 +72,10 @@ def check_files(index: Path, meta: dict) -> Optional[dict]:
                           f"{meta['index_bytes']} (truncated or replaced); nothing was changed")
     if meta.get("index_sha256") and sha256_of(faiss_file) != meta["index_sha256"]:
         raise DeployError(f"refused: {faiss_file}'s sha256 differs from index.json's (corrupt); nothing was changed")
+    try:  # the copy projection, where the index has one (missing, corrupt or of another shape)
+        read_projection(index, meta)
+    except MatchIndexError as exc:
+        raise DeployError(f"refused: {exc}; nothing was changed") from None
     if not has_probe(index):
         return None
     if not (index / REFERENCES).is_file():

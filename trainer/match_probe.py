@@ -234,12 +234,12 @@ def name_edit(index, probe: Optional[LoadedProbe], queries: np.ndarray, referenc
 
 def match_uploads(index, probe: Optional[LoadedProbe], queries: np.ndarray, k: int = 5) -> list[dict]:
     """What matching serves, in-process: uploads [m, W] (embedding, then FEATURES) searched in the
-    index by their embeddings; the best match is a copy at similarity >= copy_threshold, and for a
+    index (projected first where the index has a copy projection, else by their embeddings); the best match is a copy at similarity >= copy_threshold, and for a
     copy the probe names the edit against it. Per upload: {"keys", "similarities", "copy",
     "edited", "transformation", "category", "edit_score" (-1 for a non-copy)}."""
     probe = probe or load_probe(index)
     queries = np.atleast_2d(np.asarray(queries, np.float32))
-    sims, ids, keys = index.search(queries[:, :index.dim], k)
+    sims, ids, keys = index.search(queries, k)
     copy = (ids[:, 0] >= 0) & (sims[:, 0] >= np.float32(probe.record["copy_threshold"]))
     out = [{"keys": [str(x) for x in keys[i]], "similarities": [float(x) for x in sims[i]], "copy": bool(copy[i]),
             "edited": False, "transformation": "", "category": "", "edit_score": -1.0} for i in range(len(queries))]

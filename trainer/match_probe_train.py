@@ -15,7 +15,8 @@ pairs, grouped by source) of r = log P(not identity) / P(identity).
 
 Thresholds, on validation sources only:
   copy_threshold    each validation image's versions in STORE are searched in the index. Copies:
-                    the best match's cosine. Non-copies, a new photo in no index, simulated leave
+                    the best match's cosine (in the index's copy projection, where it has one:
+                    the queries are [embedding, FEATURES], projected by MatchIndex.search). Non-copies, a new photo in no index, simulated leave
                     one out: the same queries' best cosine among indexed images other than their
                     own. The threshold is the lowest (float32) cosine that at most
                     copy_target_fpr of the non-copies reach (an order statistic: on validation
@@ -347,8 +348,11 @@ def copy_figures(data: PairData, config: MatchProbeConfig) -> dict:
         pos, ver = positions[start:start + SEARCH_CHUNK], versions[start:start + SEARCH_CHUNK]
         rows = part.rows[pos]
         order = np.argsort(rows, kind="stable")
-        queries = np.empty((len(pos), data.dim), np.float32)
-        queries[order] = embeddings[rows[order], ver[order]]
+        if data.index.query_width > data.dim:  # a projected index: [embedding, FEATURES], projected in search
+            queries = data.queries(rows, ver)
+        else:
+            queries = np.empty((len(pos), data.dim), np.float32)
+            queries[order] = embeddings[rows[order], ver[order]]
         sims, ids, _ = data.index.search(queries, 2)
         owners = part.ids[pos]
         copies.append(sims[:, 0])
@@ -515,6 +519,7 @@ def train_match_probe(index_path: Path, store_path: Path, config: MatchProbeConf
             "encoder": index.meta.get("encoder"), "encoder_onnx_sha256": index.meta.get("encoder_onnx_sha256"),
             "catalog": m.get("catalog"), "catalog_version": m.get("catalog_version"),
             "copy_threshold": copies["threshold"], "copy_target_fpr": config.copy_target_fpr,
+            "copy_projection": (index.meta.get("projection") or {}).get("sha256"),  # the space it is a cosine in
             "edited_threshold": edited_threshold, "edited_target_fpr": config.edited_target_fpr,
             "calibration": calibration.as_dict(),
             "validation": {"pairs": int(len(labels)), "identity_pairs": int((~edited).sum()), **counts,

@@ -24,6 +24,9 @@ KIND_HELP = ("auto (flat up to 100,000 images, ivf up to 2,000,000, ivfpq above)
 
 def _summary(meta: dict) -> str:
     line = f"{meta['count']} images, {meta['kind']}, dim {meta['dim']}, encoder {meta['encoder']}"
+    projection = meta.get("projection")
+    if projection:
+        line += f", copy projection {projection['width']} -> {projection['dim']} dims"
     recall = meta.get("recall")
     if recall:
         line += (f"; recall@1 {recall['recall@1']:.3f}, recall@10 {recall['recall@10']:.3f} against exact search, "
@@ -55,8 +58,14 @@ def index_build(store: list[Path] = typer.Option([], "--store", help="A store to
                                                           "or a local one)."),
                 seed: int = typer.Option(0, help="Seed of the recall queries and the IVF training sample."),
                 force: bool = typer.Option(False, help="Replace OUT if it exists."),
-                quiet: bool = typer.Option(False, help="No progress bar.")) -> None:
+                quiet: bool = typer.Option(False, help="No progress bar."),
+                projection_from: Optional[Path] = typer.Option(None, help="A store of the same encoder whose "
+                                                               "training sources' versions teach the copy projection "
+                                                               "the index searches in (docs/match.md)."),
+                projection_dim: int = typer.Option(512, help="Dimensions of the copy projection.")) -> None:
     """Index the identity version of every done image of the stores (cosine similarity)."""
+    if projection_from is not None and (dataset or ray or not store):
+        raise fail("--projection-from works with --store builds only (not with --dataset or --ray yet)")
     if dataset or ray or not store:
         from .index_sources import build_from_sources, describe_sources
 
@@ -67,7 +76,8 @@ def index_build(store: list[Path] = typer.Option([], "--store", help="A store to
     from equiprobe.clients.index_build import build_index
 
     try:
-        meta = build_index(store, out, kind=kind, shard=shard, seed=seed, replace=force, progress=not quiet)
+        meta = build_index(store, out, kind=kind, shard=shard, seed=seed, replace=force, progress=not quiet,
+                           projection_from=projection_from, projection_dim=projection_dim)
     except ValueError as exc:
         raise fail(str(exc))
     print(f"{out}: {_summary(meta)}; {meta['skipped_duplicates']} duplicate keys skipped")
@@ -131,8 +141,8 @@ def index_info(path: Path = typer.Argument(..., help="Index directory."),
         print(json.dumps({**meta, "memory": memory, "probe": summary}, sort_keys=True))
         return
     table = Table("field", "value", title=str(path), show_header=False)
-    for key in ("count", "kind", "params", "metric", "dim", "encoder", "encoder_onnx_sha256", "catalogs", "created",
-                "updated", "format_version", "shard", "skipped_duplicates"):
+    for key in ("count", "kind", "params", "metric", "dim", "search_dim", "encoder", "encoder_onnx_sha256", "catalogs",
+                "created", "updated", "format_version", "shard", "skipped_duplicates"):
         table.add_row(key, str(meta.get(key)))
     recall = meta.get("recall")
     table.add_row("recall", "exact search" if meta["kind"] == "flat" else _summary(meta).split("; ", 1)[-1]
@@ -146,6 +156,10 @@ def index_info(path: Path = typer.Argument(..., help="Index directory."),
     table.add_row("references", f"{meta['count']} x {meta['reference_width']} float16 (embedding {meta['dim']} + "
                   f"FEATURES {meta.get('features_dim') or 0}), {memory['references_bytes']:,} bytes"
                   if meta.get("reference_width") else "none (built before references; rebuild for the probe)")
+    projection = meta.get("projection")
+    table.add_row("projection", f"{projection['width']} -> {projection['dim']} dims (projection.npz, sha256 "
+                  f"{projection['sha256'][:12]}), learned on {projection['images']} training images of "
+                  f"{projection['store']}" if projection else "none (raw embeddings)")
     table.add_row("probe", describe(probe))
     Console(width=160).print(table)
 
