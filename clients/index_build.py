@@ -381,15 +381,21 @@ def _meta(fields: dict, kind: str, params: dict, entries: list[dict], recall: Op
 
 def build_index(store_paths: Sequence[Path], out: Path, kind: str = "auto", shard: Optional[str] = None,
                 seed: int = 0, replace: bool = False, progress: bool = True, projection_from: Optional[Path] = None,
-                projection_dim: int = PROJECTION_DIM) -> dict:
+                projection_dim: int = PROJECTION_DIM, exclude_keys: Optional[Sequence[str]] = None) -> dict:
     """Index the identity versions of the stores' DONE rows into the directory `out`; returns
     its metadata (with "skipped_duplicates"). `projection_from`: a store of the same encoder whose
-    training sources teach the copy projection (projection_dim dims) the vectors are indexed in."""
+    training sources teach the copy projection (projection_dim dims) the vectors are indexed in.
+    `exclude_keys`: images kept out of the index (held-out new photos for an evaluation)."""
     out = Path(out)
     if out.exists() and not replace:
         raise MatchIndexError(f"{out} exists; refusing to overwrite it (add to it with `index add`, or remove it)")
     stores = open_stores(store_paths)
     sids, rows, keys, skipped = locate(stores, range(len(stores)))
+    excluded = 0
+    if exclude_keys:
+        keep = ~np.isin(keys, np.asarray(sorted(exclude_keys)))
+        excluded = int((~keep).sum())
+        sids, rows, keys = sids[keep], rows[keep], keys[keep]
     parsed = parse_shard(shard)
     total = len(rows)
     if parsed:
@@ -422,7 +428,7 @@ def build_index(store_paths: Sequence[Path], out: Path, kind: str = "auto", shar
     counts = np.bincount(sids, minlength=len(stores))
     meta = _meta(fields, kind, params, [store_entry(s, c) for s, c in zip(stores, counts)], recall,
                  shard=f"{parsed[0]}/{parsed[1]}" if parsed else None, shard_of=int(total) if parsed else None,
-                 seed=seed, skipped_duplicates=skipped, projection=projection_meta)
+                 seed=seed, skipped_duplicates=skipped, projection=projection_meta, excluded_keys=excluded)
     return mx.write_index(out, index, keys, sids, rows, meta, replace=replace, references=reader.reference_chunks(),
                           reference_width=reference_width(fields), projection=projection)
 

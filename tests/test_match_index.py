@@ -446,3 +446,15 @@ def test_cli_build_with_a_projection_and_info(projected, tmp_path):
     assert info["projection"]["dim"] == 12 and info["search_dim"] == 12 and info["dim"] == D
     result = runner.invoke(app, ["index", "info", str(tmp_path / "ix")])
     assert result.exit_code == 0 and "40 -> 12 dims" in result.output and "300 training images" in result.output
+
+
+def test_excluded_keys_stay_out_of_the_index(stores, tmp_path):
+    root, (store_a, a), _ = stores
+    keys = [str(k) for k in np.asarray(Store.open(store_a).array("keys"))[[0, 1, 2, 3, 4, 5, 6, 8, 9, 10]]]  # 7: pending
+    (tmp_path / "held_out.txt").write_text("\n".join(keys) + "\n")
+    result = CliRunner().invoke(app, ["index", "build", "--store", str(store_a), "--out", str(tmp_path / "ix"),
+                                      "--exclude-keys", str(tmp_path / "held_out.txt"), "--quiet"])
+    assert result.exit_code == 0 and "excluded" in result.output, result.output
+    index = MatchIndex.open(tmp_path / "ix")
+    assert index.count == 299 - 10 and not set(keys) & set(index.keys.tolist())
+    assert index.meta["excluded_keys"] == 10

@@ -62,10 +62,14 @@ def index_build(store: list[Path] = typer.Option([], "--store", help="A store to
                 projection_from: Optional[Path] = typer.Option(None, help="A store of the same encoder whose "
                                                                "training sources' versions teach the copy projection "
                                                                "the index searches in (docs/match.md)."),
-                projection_dim: int = typer.Option(512, help="Dimensions of the copy projection.")) -> None:
+                projection_dim: int = typer.Option(512, help="Dimensions of the copy projection."),
+                exclude_keys: Optional[Path] = typer.Option(None, help="A file of image keys (one per line) kept out "
+                                                            "of the index: held-out new photos.")) -> None:
     """Index the identity version of every done image of the stores (cosine similarity)."""
     if projection_from is not None and (dataset or ray or not store):
         raise fail("--projection-from works with --store builds only (not with --dataset or --ray yet)")
+    if exclude_keys is not None and (dataset or ray or not store):
+        raise fail("--exclude-keys works with --store builds only")
     if dataset or ray or not store:
         from .index_sources import build_from_sources, describe_sources
 
@@ -77,10 +81,12 @@ def index_build(store: list[Path] = typer.Option([], "--store", help="A store to
 
     try:
         meta = build_index(store, out, kind=kind, shard=shard, seed=seed, replace=force, progress=not quiet,
-                           projection_from=projection_from, projection_dim=projection_dim)
-    except ValueError as exc:
+                           projection_from=projection_from, projection_dim=projection_dim,
+                           exclude_keys=exclude_keys.read_text().split() if exclude_keys else None)
+    except (ValueError, OSError) as exc:
         raise fail(str(exc))
-    print(f"{out}: {_summary(meta)}; {meta['skipped_duplicates']} duplicate keys skipped")
+    print(f"{out}: {_summary(meta)}; {meta['skipped_duplicates']} duplicate keys skipped"
+          + (f", {meta['excluded_keys']} excluded" if exclude_keys else ""))
 
 
 @index_app.command("add")
