@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-# libb64-0d is not data: perf_analyzer (tritonclient 2.51.0's binary, clients/perf_analyzer.py) links libb64.so.0d.
+# libb64-0d is not data: perf_analyzer (tritonclient 2.51.0's binary, trainer/benchmarks/perf_analyzer.py) links libb64.so.0d.
 DEBIAN_DATA := dataset-fashion-mnist opencv-doc mate-backgrounds gnome-backgrounds plasma-workspace-wallpapers \
 	ukui-wallpapers lomiri-wallpapers lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 sway-backgrounds palapeli-data \
 	gcompris-qt-data scratch kalzium-data tuxpaint-data gnome-control-center-data lxqt-themes fonts-noto-color-emoji libb64-0d

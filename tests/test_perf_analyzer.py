@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import tritonclient.grpc as grpcclient
 
-from equiprobe.clients.bench import bench_images
-from equiprobe.clients.perf_analyzer import (CUDART, TABLE_COLUMNS, PerfAnalyzerError, beside_serve, format_rows,
-                                             input_data_json, missing_libraries, missing_message, parse_report,
-                                             perf_analyzer_binary, run_perf_analyzer)
 from equiprobe.services.contract import IMAGE, ModelNames
 from equiprobe.services.server import server_environment
+from equiprobe.trainer.benchmarks.harness import bench_images
+from equiprobe.trainer.benchmarks.perf_analyzer import (CUDART, TABLE_COLUMNS, PerfAnalyzerError, beside_serve,
+                                                        format_rows, input_data_json, missing_libraries,
+                                                        missing_message, parse_report, perf_analyzer_binary,
+                                                        run_perf_analyzer)
 
 from .conftest import ENCODER
 

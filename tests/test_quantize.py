@@ -15,7 +15,6 @@ import onnx
 import pytest
 
 from equiprobe.clients.embedding import EmbeddingClient
-from equiprobe.clients.precision_bench import int8_vs_fp32
 from equiprobe.services.contract import MANIFEST, ModelNames
 from equiprobe.services.embed_models import InProcessEmbed
 from equiprobe.services.encoders import get_encoder
@@ -24,6 +23,7 @@ from equiprobe.services.quantize import (CpuTwin, Int8Options, ParityError, Pari
                                          gate_failures, trt_calibration_table)
 from equiprobe.services.repository import Int8Build, build_repo
 from equiprobe.services.server import TritonServer, loopback_config
+from equiprobe.trainer.benchmarks.precision import int8_vs_fp32
 from equiprobe.trainer.int8_parity import corpus_images
 
 from .conftest import ENCODER, copy_models

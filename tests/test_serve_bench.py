@@ -1,9 +1,10 @@
 """`bench serve`'s measurements on the real server: side-by-side rows, and the memory and CPU of
 the server's processes attributed to the models that spent them."""
 
-from equiprobe.clients.bench import bench_images, run_serve_bench
-from equiprobe.clients.server_usage import cpu_per_item, rss_by_model
 from equiprobe.services.contract import GATE, ModelNames
+from equiprobe.trainer.benchmarks.harness import bench_images
+from equiprobe.trainer.benchmarks.serve import triton_vs_in_process
+from equiprobe.trainer.benchmarks.server_usage import cpu_per_item, rss_by_model
 
 from .conftest import ENCODER
 
@@ -18,8 +19,8 @@ def test_memory_is_read_per_model_stub(server):
 
 def test_serve_bench_rows_attribute_cpu_to_the_embed_steps(server, repo):
     images = bench_images(12)
-    rows = run_serve_bench(repo, server.config.grpc_url, ENCODER, images, levels=(1, 4),
-                           server_pid=server.process.pid)
+    rows = triton_vs_in_process(repo, server.config.grpc_url, ENCODER, images, levels=(1, 4),
+                                server_pid=server.process.pid)
     assert [r["level"] for r in rows] == [1, 4]
     for row in rows:
         cpu = row["triton_cpu_ms_per_image"]
@@ -39,7 +40,7 @@ def test_cpu_per_item_without_a_server_counts_this_process():
 def test_expansion_profile_costs_every_stage():
     """bench expansion's profile: one row per transformation of the catalog, plus decoding, the
     upload re-encoding and the resize; CPU costs measured (not negative), the whole pipeline's too."""
-    from equiprobe.clients.bench import expansion_profile
+    from equiprobe.trainer.benchmarks.expansion import expansion_profile
     from equiprobe.services.transforms import get_catalog
 
     catalog = get_catalog("groups")

@@ -20,13 +20,13 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from equiprobe.clients.datasets import DatasetError, folder_dataset
-from equiprobe.clients.soak import BAD_OTHER, BAD_REFUSED, GOOD_FAILED, GOOD_OK, run_soak
 from equiprobe.clients.upload_corpus import EMBED, REFUSE, upload_corpus
 from equiprobe.services.decode_log import structured_entries
 from equiprobe.services.contract import ModelNames
 from equiprobe.services.embed_models import InProcessEmbed
 from equiprobe.services.uploads import FORMATS, ImageRejected, Limits, admit
 from equiprobe.services.contract import EMBEDDING, EMBEDDINGS, ExpansionNames, IMAGE
+from equiprobe.trainer.benchmarks.soak import BAD_OTHER, BAD_REFUSED, GOOD_FAILED, GOOD_OK, run_soak
 
 from .conftest import ENCODER, embed_bin
 

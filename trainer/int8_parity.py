@@ -155,19 +155,3 @@ class DetectorParity:
                 "versions": k, "auc_fp32": auc_fp32, "auc_int8": auc_int8,
                 "accuracy_fp32": accuracy_fp32, "accuracy_int8": accuracy_int8,
                 "seconds": round(time.perf_counter() - start, 1)}
-
-
-def int8_bench_repo(repo: Path, encoder: str, options: Int8Options = Int8Options(), detector: bool = False) -> Path:
-    """A benchmark's INT8 repository (`bench serve`'s INT8 side): built once with corpus
-    calibration and the cosine gate (with `detector`, the full gate), reused while the services'
-    code that rendered it is unchanged, as clients.bench.bench_repo does for FP32."""
-    import json
-
-    from equiprobe.services.contract import MANIFEST, ModelNames
-    from equiprobe.services.repository import build_repo, renderer_fingerprint
-
-    path = Path(repo) / ModelNames(encoder).onnx / MANIFEST
-    manifest = json.loads(path.read_text()) if path.exists() else {}
-    if manifest.get("precision") != "int8" or manifest.get("renderer_sha256") != renderer_fingerprint():
-        build_repo(encoder, Path(repo), precision="int8", int8=corpus_int8_build(options, detector))
-    return Path(repo)

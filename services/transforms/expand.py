@@ -36,7 +36,7 @@ def as_upload(image, quality):
 def expand_pipeline(catalog: Catalog, device: str = "cpu", pre: Optional["Preprocess"] = None,
                     emit_canvas: bool = False, uploads: bool = True):
     """`uploads=False` leaves out the upload re-encoding (as_upload): only for measuring what
-    each stage costs (clients/bench.py expansion_profile); served pipelines always have it."""
+    each stage costs (trainer/benchmarks/expansion.py expansion_profile); served pipelines always have it."""
     encoded = fn.external_source(name=IMAGE, device="cpu", dtype=types.UINT8, ndim=1)
     params = fn.external_source(name=PARAMS, device="cpu", dtype=types.FLOAT, ndim=2)
     if not uploads or not any(t.params for t in catalog.transforms):

@@ -1,10 +1,14 @@
-"""What FEATURES cost the detector: its CPU ms per image before and after, measured side by side.
+"""`equiprobe bench detector`: what the detector costs.
 
+In-process, what FEATURES cost it: its CPU ms per image before and after, side by side.
 Before: NAME_encoder exported without taps and an MLP probe on the embedding alone; after: the
-served encoder (EMBEDDING and FEATURES from one pass) and an MLP probe on both. The steps
-in front (gate, DALI decode and resize) are the same on both sides and are measured once,
-so the totals are the detector's whole per-image CPU. Rounds alternate before/after on the same
-crops; each side's figure is its cheapest round (process CPU time, both cores counted).
+served encoder (EMBEDDING and FEATURES from one pass) and an MLP probe on both. The steps in
+front (gate, DALI decode and resize) are the same on both sides and are measured once, so the
+totals are the detector's whole per-image CPU. Rounds alternate before/after on the same crops;
+each side's figure is its cheapest round (process CPU time, both cores counted).
+
+Served: NAME_detector against NAME_embed alone (or against another encoder's detector) through
+gRPC on a loopback server over a repository with a deployed detector.
 """
 
 from __future__ import annotations
@@ -15,8 +19,11 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
+
+from .harness import bench_server, fastest_alternating, through_triton
 
 
 def _cpu_ms(run, items: int) -> float:
@@ -30,8 +37,7 @@ def _probe_session(dim: int, tmp: Path, name: str, hidden: int = 2048, classes: 
     import torch
 
     from equiprobe.services.runtime import ort_session
-
-    from .probes import Probe, ProbeConfig
+    from equiprobe.trainer.probes import Probe, ProbeConfig
 
     probe = Probe(dim, classes, ProbeConfig(kind="mlp", hidden=hidden), np.zeros(dim, np.float32),
                   np.ones(dim, np.float32)).eval()
@@ -96,3 +102,38 @@ def features_cost(encoder: str, images: list[bytes], rounds: int = 4) -> dict:
                      {"stage": "NAME_probe (MLP 2048)", "before": best["probe_before"], "after": best["probe_after"]},
                      {"stage": "detector, total", "before": total["before"], "after": total["after"]}],
             "ratio": total["after"] / total["before"]}
+
+
+def detector_vs_baseline(url: str, encoder: str, images: list[bytes], levels=(1, 16), repeats: int = 2,
+                         baseline: tuple[str, str] = ("", "embed")) -> list[dict]:
+    """NAME_detector against `baseline` ((encoder, model); default NAME_embed alone: the probe's cost;
+    or another detector, e.g. a single encoder's against a concatenated one), both through gRPC, at
+    each concurrency, alternating `repeats` times, each keeping its fastest pass."""
+    sides = {"detector": (encoder, "detector"), "baseline": (baseline[0] or encoder, baseline[1])}
+    rows = []
+    for level in levels:
+        best = fastest_alternating({side: (lambda name=name, model=model: through_triton(url, name, images, level, model))
+                                    for side, (name, model) in sides.items()}, repeats)
+        rows.append({"level": level, **{side: m.as_dict() for side, m in best.items()},
+                     "throughput_ratio": best["detector"].images_per_s / best["baseline"].images_per_s})
+    return rows
+
+
+def run_detector_bench(repo: Path, encoder: str, images: list[bytes], versus: Optional[str] = None,
+                       features_images: int = 64) -> dict:
+    """features_cost of every part of `encoder` that taps FEATURES, on the first `features_images`
+    images; then detector_vs_baseline on a loopback server over `repo` (used as it is), against
+    `versus`'s NAME_detector or else NAME_embed. A ValueError when `repo` lacks a detector."""
+    from equiprobe.clients.concat import part_names
+    from equiprobe.services.encoders import get_encoder
+
+    for name in [encoder] + ([versus] if versus else []):
+        if not (Path(repo) / f"{name}_detector" / "config.pbtxt").exists():
+            raise ValueError(f"no {name}_detector in {repo}: run `make demo`, or train a probe and "
+                             f"`equiprobe deploy --probe DIR --repo {repo}`")
+    costs = [features_cost(part, images[:features_images]) for part in part_names(encoder)
+             if get_encoder(part).features is not None]
+    baseline = (versus, "detector") if versus else (encoder, "embed")
+    with bench_server(repo, encoder, build=None) as server:
+        rows = detector_vs_baseline(server.config.grpc_url, encoder, images, baseline=baseline)
+    return {"features_cost": costs, "served": rows}

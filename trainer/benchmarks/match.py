@@ -17,15 +17,13 @@ On one loopback server over a repository with an index deployed (`deploy --index
 from __future__ import annotations
 
 import tempfile
-import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from .bench import Measurement, _summary, through_triton
+from .harness import Measurement, bench_server, fastest_alternating, in_flight, summarize, through_triton
 
 MEMORY_KINDS = ("flat", "ivf", "ivfpq")
 MILLION = 1_000_000
@@ -33,49 +31,21 @@ MILLION = 1_000_000
 
 def through_matcher(url: str, encoder: str, images: list[bytes], concurrency: int) -> Measurement:
     """`concurrency` client threads, each with its own gRPC Matcher, share the images (as
-    bench.through_triton does for NAME_embed)."""
-    from .matching import Matcher
+    through_triton does for NAME_embed)."""
+    from equiprobe.clients.matching import Matcher
 
     matchers = [Matcher(url, encoder) for _ in range(concurrency)]
-    for m in matchers:
-        m.match(images[0])  # warm-up, one connection each
-    next_index, lock, latencies = iter(range(len(images))), threading.Lock(), []
-
-    def worker(matcher) -> None:
-        while True:
-            with lock:
-                i = next(next_index, None)
-            if i is None:
-                return
-            t0 = time.perf_counter()
-            matcher.match(images[i])
-            elapsed = time.perf_counter() - t0
-            with lock:
-                latencies.append(elapsed)
-
-    threads = [threading.Thread(target=worker, args=(m,)) for m in matchers]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - start
-    for m in matchers:
-        m.close()
-    return _summary("triton-grpc matcher", concurrency, len(images), seconds, latencies)
+    return in_flight("triton-grpc matcher", [(m, m.match) for m in matchers], images)
 
 
 def matcher_vs_embed(url: str, encoder: str, images: list[bytes], levels=(1, 8), repeats: int = 2) -> list[dict]:
     """Per concurrency: NAME_matcher and NAME_embed, alternating, the fastest pass of each."""
     rows = []
     for level in levels:
-        passes = {"matcher": [], "embed": []}
-        for _ in range(repeats):
-            passes["matcher"].append(through_matcher(url, encoder, images, level))
-            passes["embed"].append(through_triton(url, encoder, images, level, "embed"))
-        best = {side: min(p, key=lambda m: m.seconds) for side, p in passes.items()}
+        best = fastest_alternating({"matcher": lambda: through_matcher(url, encoder, images, level),
+                                    "embed": lambda: through_triton(url, encoder, images, level, "embed")}, repeats)
         m, e = best["matcher"], best["embed"]
-        rows.append({"level": level, **{side: asdict(x) | {"images_per_s": x.images_per_s} for side, x in best.items()},
+        rows.append({"level": level, **{side: x.as_dict() for side, x in best.items()},
                      "throughput_ratio": m.images_per_s / e.images_per_s,
                      "added_ms_per_image": 1000 / m.images_per_s - 1000 / e.images_per_s})
     return rows
@@ -83,7 +53,7 @@ def matcher_vs_embed(url: str, encoder: str, images: list[bytes], levels=(1, 8),
 
 def served_embeddings(url: str, encoder: str, images: list[bytes]) -> np.ndarray:
     """The images' EMBEDDINGs from NAME_embed (the queries NAME_match gets), [n, D]."""
-    from .embedding import EmbeddingClient
+    from equiprobe.clients.embedding import EmbeddingClient
 
     client = EmbeddingClient(url, encoder)
     try:
@@ -110,10 +80,9 @@ def faiss_alone(index_path: Path, queries: np.ndarray, k: int, batches=(1, 32), 
                 t0 = time.perf_counter()
                 index.search(q, k)
                 latencies.append(time.perf_counter() - t0)
-            m = _summary("in-process faiss", batch, len(queries), time.perf_counter() - start, latencies)
+            m = summarize("in-process faiss", batch, len(queries), time.perf_counter() - start, latencies)
             best = m if best is None or m.seconds < best.seconds else best
-        rows.append(asdict(best) | {"images_per_s": best.images_per_s, "kind": index.meta["kind"],
-                                    "count": index.count, "k": k})
+        rows.append(best.as_dict() | {"kind": index.meta["kind"], "count": index.count, "k": k})
     return rows
 
 
@@ -175,7 +144,6 @@ def run_match_bench(repo: Path, encoder: str, index: Optional[Path], images: lis
     control: only NAME_embed, NAME_match and NAME_matcher are loaded)."""
     from equiprobe.services.contract import MatchNames, ModelNames
     from equiprobe.services.match_index import MatchIndex, read_meta
-    from equiprobe.services.server import TritonServer, loopback_config
 
     names = MatchNames(encoder)
     deployed = deployed_index(repo, encoder)
@@ -191,9 +159,8 @@ def run_match_bench(repo: Path, encoder: str, index: Optional[Path], images: lis
         import json
 
         k = int(json.loads(deployed_json.read_text()).get("k", k))
-    config = loopback_config(repo, model_control_mode="explicit",
-                             startup_models=(ModelNames(encoder).embed, names.match, names.matcher))
-    with TritonServer(config) as server:
+    with bench_server(repo, encoder, build=None, model_control_mode="explicit",
+                      startup_models=(ModelNames(encoder).embed, names.match, names.matcher)) as server:
         url = server.config.grpc_url
         served = matcher_vs_embed(url, encoder, images, levels, repeats)
         queries = served_embeddings(url, encoder, images)

@@ -272,23 +272,31 @@ def run_perf_analyzer(url: str, model: str, input_json: Path, concurrency: Union
     return rows
 
 
-def perf_analyzer_bench(repo: Path, encoder: str, images: int = 16,
-                        concurrency: Union[str, Sequence[int]] = (1, 8, 16, 32), **options) -> list[dict]:
-    """`equiprobe bench perf-analyzer`'s measurement: the bench repository (clients/bench.py), a
-    loopback Triton server, `images` package photos as requests to NAME_embed, perf_analyzer's rows.
-    `options` go to run_perf_analyzer."""
+def run_perf_analyzer_bench(repo: Path, encoder: str, model: Optional[str] = None, images: int = 16,
+                            concurrency: Union[str, Sequence[int]] = (1, 8, 16, 32), serve_images: int = 256,
+                            **options) -> dict:
+    """`equiprobe bench perf-analyzer`'s measurement, on one loopback server over the bench
+    repository: perf_analyzer's rows on `model` (default NAME_embed) with `images` package photos
+    as its requests (`options` go to run_perf_analyzer); then, on NAME_embed with `serve_images`,
+    `bench serve`'s rows at the same levels (serve.triton_vs_in_process) and the two side by side
+    (beside_serve). Raises PerfAnalyzerError, before building or starting anything when the binary
+    cannot run."""
     from equiprobe.services.contract import ModelNames
-    from equiprobe.services.server import TritonServer, loopback_config
 
-    from .bench import bench_images, bench_repo
+    from .harness import bench_images, bench_server
+    from .serve import triton_vs_in_process
 
     analyzer = perf_analyzer_binary()  # fail before building or starting anything
-    bench_repo(repo, encoder)
-    with tempfile.TemporaryDirectory(prefix="perf-analyzer-input-") as tmp:
+    embed = ModelNames(encoder).embed
+    levels = tuple(level for _, measured in _levels(concurrency) for level in measured)
+    with tempfile.TemporaryDirectory(prefix="perf-analyzer-input-") as tmp, bench_server(repo, encoder) as server:
         input_json = input_data_json(bench_images(images), Path(tmp) / "input.json")
-        with TritonServer(loopback_config(repo)) as server:
-            return run_perf_analyzer(server.config.grpc_url, ModelNames(encoder).embed, input_json, concurrency,
-                                     analyzer=analyzer, **options)
+        url = server.config.grpc_url
+        rows = run_perf_analyzer(url, model or embed, input_json, concurrency, analyzer=analyzer, **options)
+        serve_rows = (triton_vs_in_process(repo, url, encoder, bench_images(serve_images), levels,
+                                           server_pid=server.process.pid)
+                      if serve_images and (model or embed) == embed else [])
+    return {"perf_analyzer": rows, "bench_serve": serve_rows, "side_by_side": beside_serve(rows, serve_rows)}
 
 
 def format_rows(rows: Sequence[dict]) -> list[list[str]]:
@@ -297,7 +305,7 @@ def format_rows(rows: Sequence[dict]) -> list[list[str]]:
 
 
 def beside_serve(rows: Sequence[dict], serve_rows: Sequence[dict]) -> list[dict]:
-    """perf_analyzer's rows next to `bench serve`'s Triton side (clients/bench.py run_serve_bench)
+    """perf_analyzer's rows next to `bench serve`'s Triton side (serve.py triton_vs_in_process)
     at the levels both measured: throughput, p50 and p99 of each, and bench serve's throughput as
     a fraction of perf_analyzer's (how much the project's own client loses to NVIDIA's)."""
     serve = {r["level"]: r["triton"] for r in serve_rows}

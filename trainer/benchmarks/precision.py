@@ -9,6 +9,9 @@ side's best round:
   `batch`: the graph the quantization changed;
 - `embed`: NAME_embed's steps in-process (InProcessEmbed: gate, DALI, encoder), batch `batch`;
 - with `urls` (an FP32 and an INT8 server), also NAME_embed through Triton gRPC at `concurrency`.
+
+`run_precision_bench` serves both repositories side by side on loopback, the INT8 one built once
+(`int8_bench_repo`).
 """
 
 from __future__ import annotations
@@ -20,10 +23,13 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from equiprobe.services.contract import PIXELS, ModelNames
+from equiprobe.services.contract import MANIFEST, PIXELS, ModelNames
 from equiprobe.services.embed_models import InProcessEmbed
 from equiprobe.services.model_config import ServingSpec
+from equiprobe.services.quantize import Int8Options
 from equiprobe.services.runtime import OnnxRunner
+
+from .harness import bench_images, bench_server, through_triton
 
 
 @dataclass
@@ -108,8 +114,6 @@ def int8_vs_fp32(fp32_repo: Path, int8_repo: Path, encoder: str = "squeezenet1_1
     `images`: encoded uploads (default: `count` JPEG crops of the package photos, bench serve's
     bench_images). `urls`: (FP32 server, INT8 server) gRPC addresses to also measure NAME_embed
     served, at `concurrency` requests in flight."""
-    from .bench import bench_images, through_triton
-
     images = images if images is not None else bench_images(count)
     arrays = [np.frombuffer(b, np.uint8) for b in images]
     chunks = [arrays[i:i + batch] for i in range(0, len(arrays), batch)]
@@ -142,3 +146,28 @@ def int8_vs_fp32(fp32_repo: Path, int8_repo: Path, encoder: str = "squeezenet1_1
             {s: (lambda url=served[s]: through_triton(url, encoder, images, concurrency).images_per_s) for s in repos},
             rounds)
     return result
+
+
+def int8_bench_repo(repo: Path, encoder: str, options: Int8Options = Int8Options(), detector: bool = False) -> Path:
+    """A benchmark's INT8 repository (`bench serve`'s INT8 side): built once with corpus
+    calibration and the cosine gate (with `detector`, the full gate), reused while the services'
+    code that rendered it is unchanged, as harness.bench_repo does for FP32."""
+    import json
+
+    from equiprobe.services.repository import build_repo, renderer_fingerprint
+    from equiprobe.trainer.int8_parity import corpus_int8_build
+
+    path = Path(repo) / ModelNames(encoder).onnx / MANIFEST
+    manifest = json.loads(path.read_text()) if path.exists() else {}
+    if manifest.get("precision") != "int8" or manifest.get("renderer_sha256") != renderer_fingerprint():
+        build_repo(encoder, Path(repo), precision="int8", int8=corpus_int8_build(options, detector))
+    return Path(repo)
+
+
+def run_precision_bench(fp32_repo: Path, int8_repo: Path, encoder: str, images: list[bytes]) -> PrecisionComparison:
+    """`bench serve --int8`: int8_vs_fp32 on `images`, NAME_embed served too, the two repositories
+    side by side on loopback (the FP32 one the bench repository, the INT8 one int8_bench_repo's)."""
+    with bench_server(int8_repo, encoder, build=int8_bench_repo) as int8_server, \
+            bench_server(fp32_repo, encoder) as fp32_server:
+        return int8_vs_fp32(fp32_repo, int8_repo, encoder, images=images,
+                            urls=(fp32_server.config.grpc_url, int8_server.config.grpc_url))

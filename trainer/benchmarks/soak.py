@@ -20,9 +20,10 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from equiprobe.services.contract import EMBEDDING, IMAGE
+from equiprobe.clients.upload_corpus import EMBED, upload_corpus
+from equiprobe.services.contract import EMBEDDING, IMAGE, ModelNames
 
-from .upload_corpus import EMBED, upload_corpus
+from .harness import bench_server
 
 # Outcomes: good requests embedded identically / failed; bad ones refused / anything else.
 GOOD_OK, GOOD_FAILED, BAD_REFUSED, BAD_OTHER = "good_ok", "good_failed", "bad_refused", "bad_other"
@@ -163,6 +164,15 @@ def run_soak(url: str, model: str, pids, minutes: float, concurrency: int = 16, 
     report.rss_end_mb = rss_mb(pids())
     report.rss_start_mb = report.rss_start_mb or report.rss_end_mb
     return report
+
+
+def run_soak_bench(repo: Path, encoder: str, minutes: float, concurrency: int = 16, interval_s: float = 10.0,
+                   warmup_s: float = 90.0, progress=None) -> SoakReport:
+    """run_soak against NAME_embed on a loopback server over the bench repository (loopback only:
+    a soak never leaves this machine)."""
+    with bench_server(repo, encoder) as server:
+        return run_soak(server.config.grpc_url, ModelNames(encoder).embed, server.group_pids, minutes, concurrency,
+                        interval_s, warmup_s, progress)
 
 
 def plot_soak(report: SoakReport, out: Path) -> Path:

@@ -17,11 +17,10 @@ from typing import Optional
 import numpy as np
 
 from equiprobe.clients.store import Store
-
-from .baselines import BaselineConfig, train_baseline
-from .data import ProbeData, Task
-from .probes import ProbeConfig
-from .train import train_probes
+from equiprobe.trainer.baselines import BaselineConfig, train_baseline
+from equiprobe.trainer.data import ProbeData, Task
+from equiprobe.trainer.probes import ProbeConfig
+from equiprobe.trainer.train import train_probes
 
 
 def read_rate(store_path: Path, task: str, batch_size: int = 4096) -> dict:
@@ -37,8 +36,8 @@ def read_rate(store_path: Path, task: str, batch_size: int = 4096) -> dict:
             "mb_per_s": rows * data.dim * np.dtype(store.manifest["dtype"]).itemsize / elapsed / 1e6}
 
 
-def bench_train(store_path: Path, task: str = "fine", probe: Optional[ProbeConfig] = None,
-                baseline: Optional[BaselineConfig] = None) -> dict:
+def run_train_bench(store_path: Path, task: str = "fine", probe: Optional[ProbeConfig] = None,
+                    baseline: Optional[BaselineConfig] = None) -> dict:
     """`probe` sets the torch probes but their kind (linear, then mlp); `baseline` the logistic
     regression's (its kind is logreg). Default: the dataclasses' defaults."""
     probe, baseline = probe or ProbeConfig(), replace(baseline or BaselineConfig(), kind="logreg")

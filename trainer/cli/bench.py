@@ -1,6 +1,6 @@
-"""`equiprobe bench ...`: every benchmark (serve, detector, transforms, embed, soak, train).
-The measurements are clients/bench.py's, clients/soak.py's and trainer/bench.py's; here, the
-options and the tables."""
+"""`equiprobe bench ...`: every benchmark (serve, perf-analyzer, detector, transforms, embed,
+expansion, soak, train, match). The measurements are trainer/benchmarks/'s; here, the options
+and the tables."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .common import baseline_options, fail, probe_options
+
 
 def write_json(path: Optional[Path], figures) -> None:
     """--json: the figures a benchmark printed, machine-readable."""
@@ -35,31 +36,21 @@ def bench_serve(
     int8_repo: Path = typer.Option(Path("build/bench/model_repository_int8"), help="The INT8 side's repository."),
 ) -> None:
     """Triton gRPC (concurrency 1, 8, 32) against in-process DALI + ONNX Runtime (batch 1, 8, 32)."""
-    from equiprobe.clients.bench import bench_images, bench_repo, run_serve_bench
-    from equiprobe.clients.server_usage import rss_by_model
-    from equiprobe.services.server import TritonServer, loopback_config
+    from equiprobe.trainer.benchmarks.harness import bench_images
+    from equiprobe.trainer.benchmarks.serve import run_serve_bench
 
-    bench_repo(repo, encoder)
     data = bench_images(images)
-    with TritonServer(loopback_config(repo)) as server:
-        pid = server.process.pid
-        loaded = rss_by_model(pid)
-        rows = run_serve_bench(repo, server.config.grpc_url, encoder, data, server_pid=pid)
-        after = rss_by_model(pid)
+    figures = run_serve_bench(repo, encoder, data)
+    rows = figures["rows"]
     print_side_by_side(f"{encoder}_embed: {images} JPEG photos (224-512 px) per row", rows, ("triton", "in_process"),
                        ("in flight | batch", "Triton img/s", "p50 ms", "p99 ms", "in-process img/s", "p50 ms/batch",
-                        "p99 ms/batch", "Triton/in-process"), None)
+                        "p99 ms/batch", "Triton/in-process"))
     print_cpu_breakdown(rows, encoder)
-    print_memory(encoder, loaded, after)
-    figures = {"rows": rows, "rss_mib_loaded": loaded, "rss_mib_after": after}
+    print_memory(encoder, figures["rss_mib_loaded"], figures["rss_mib_after"])
     if int8:
-        from equiprobe.clients.precision_bench import int8_vs_fp32
-        from equiprobe.trainer.int8_parity import int8_bench_repo
+        from equiprobe.trainer.benchmarks.precision import run_precision_bench
 
-        int8_bench_repo(int8_repo, encoder)
-        with TritonServer(loopback_config(repo)) as fp32_server, TritonServer(loopback_config(int8_repo)) as int8_server:
-            comparison = int8_vs_fp32(repo, int8_repo, encoder, images=data[:128],
-                                      urls=(fp32_server.config.grpc_url, int8_server.config.grpc_url))
+        comparison = run_precision_bench(repo, int8_repo, encoder, data[:128])
         print(f"INT8 against FP32 ({encoder}_encoder, {comparison.images} photos, batch {comparison.batch}, "
               f"best of {comparison.rounds} alternating rounds):")
         for line in comparison.lines():
@@ -84,39 +75,24 @@ def bench_perf_analyzer(
 ) -> None:
     """NVIDIA's perf_analyzer (the tritonclient wheel's binary) on NAME_embed with real photos at
     a concurrency range, its table next to `bench serve`'s, on one loopback server."""
-    import tempfile
-
-    from equiprobe.clients.bench import bench_images, bench_repo, run_serve_bench
-    from equiprobe.clients.perf_analyzer import (TABLE_COLUMNS, PerfAnalyzerError, beside_serve, format_rows,
-                                                 input_data_json, perf_analyzer_binary, run_perf_analyzer)
     from equiprobe.services.contract import ModelNames
-    from equiprobe.services.server import TritonServer, loopback_config
+    from equiprobe.trainer.benchmarks.perf_analyzer import (TABLE_COLUMNS, PerfAnalyzerError, format_rows,
+                                                            run_perf_analyzer_bench)
 
+    target = model or ModelNames(encoder).embed
     try:
-        analyzer = perf_analyzer_binary()  # before building or starting anything
+        figures = run_perf_analyzer_bench(repo, encoder, target, images, concurrency, serve_images if serve else 0,
+                                          measurement_interval_ms=measurement_interval_ms,
+                                          stability_percent=stability_percent)
     except PerfAnalyzerError as exc:
         raise fail(str(exc))
-    bench_repo(repo, encoder)
-    target = model or ModelNames(encoder).embed
-    with tempfile.TemporaryDirectory(prefix="perf-analyzer-input-") as tmp, \
-            TritonServer(loopback_config(repo)) as server:
-        input_json = input_data_json(bench_images(images), Path(tmp) / "input.json")
-        try:
-            rows = run_perf_analyzer(server.config.grpc_url, target, input_json, concurrency, analyzer=analyzer,
-                                     measurement_interval_ms=measurement_interval_ms,
-                                     stability_percent=stability_percent)
-        except PerfAnalyzerError as exc:
-            raise fail(str(exc))
-        serve_rows = (run_serve_bench(repo, server.config.grpc_url, encoder, bench_images(serve_images),
-                                      levels=tuple(concurrency), server_pid=server.process.pid)
-                      if serve and target == ModelNames(encoder).embed else [])
+    rows, serve_rows, side = figures["perf_analyzer"], figures["bench_serve"], figures["side_by_side"]
     table = Table(title=f"perf_analyzer on {target}: {images} photos, gRPC, time windows of {measurement_interval_ms} ms")
     for name, _, _ in TABLE_COLUMNS:
         table.add_column(name, justify="right")
     for cells in format_rows(rows):
         table.add_row(*cells)
     Console(width=180).print(table)
-    side = beside_serve(rows, serve_rows)
     if side:
         table = Table(title="perf_analyzer beside bench serve (the project's gRPC client threads), same server")
         for col in ("in flight", "perf_analyzer infer/s", "p50 ms", "p99 ms", "bench serve img/s", "p50 ms", "p99 ms",
@@ -128,7 +104,7 @@ def bench_perf_analyzer(
                           f"{r['serve_p50_ms']:.1f}", f"{r['serve_p99_ms']:.1f}", f"{r['serve_over_perf_analyzer']:.2f}",
                           f"{s_['in_process']['images_per_s']:.1f}", f"{s_['throughput_ratio']:.2f}")
         Console(width=180).print(table)
-    write_json(json_out, {"perf_analyzer": rows, "bench_serve": serve_rows, "side_by_side": side})
+    write_json(json_out, figures)
 
 
 def print_cpu_breakdown(rows: list[dict], encoder: str) -> None:
@@ -158,8 +134,7 @@ def print_memory(encoder: str, loaded: dict[str, float], after: dict[str, float]
     Console(width=140).print(table)
 
 
-def print_side_by_side(title: str, rows: list[dict], sides: tuple[str, str], columns: tuple[str, ...],
-                       json_out: Optional[Path]) -> None:
+def print_side_by_side(title: str, rows: list[dict], sides: tuple[str, str], columns: tuple[str, ...]) -> None:
     """One table row per level: both sides' images/s, p50 and p99, and their throughput ratio."""
     table = Table(title=title)
     for col in columns:
@@ -169,7 +144,6 @@ def print_side_by_side(title: str, rows: list[dict], sides: tuple[str, str], col
         table.add_row(str(r["level"]), *(f"{m[k]:.1f}" for m in (a, b) for k in ("images_per_s", "p50_ms", "p99_ms")),
                       f"{r['throughput_ratio']:.2f}")
     Console(width=140).print(table)
-    write_json(json_out, rows)
 
 
 @bench_app.command("detector")
@@ -187,37 +161,26 @@ def bench_detector(
     """The detector's CPU ms per image before and after FEATURES (in-process, side by side); then
     NAME_detector p50/p99 at concurrency 1 and 16, and its throughput against NAME_embed alone
     (or against another detector)."""
-    from equiprobe.clients.bench import bench_images, run_detector_bench
-    from equiprobe.clients.concat import part_names
-    from equiprobe.services.encoders import get_encoder
-    from equiprobe.services.server import ServerError, TritonServer, loopback_config
-    from equiprobe.trainer.features_cost import features_cost
+    from equiprobe.services.server import ServerError
+    from equiprobe.trainer.benchmarks.detector import run_detector_bench
+    from equiprobe.trainer.benchmarks.harness import bench_images
 
-    data = bench_images(images)
-    costs = [features_cost(part, data[:features_images]) for part in part_names(encoder)
-             if get_encoder(part).features is not None]
-    for cost in costs:
+    try:
+        figures = run_detector_bench(repo, encoder, bench_images(images), versus, features_images)
+    except (ServerError, ValueError) as exc:
+        raise fail(str(exc))
+    for cost in figures["features_cost"]:
         table = Table("stage", "before FEATURES", "after FEATURES", "ratio", title=(
             f"{cost['encoder']} detector, CPU ms per image in-process ({cost['images']} JPEG photos, cheapest of "
             f"alternating rounds; after: EMBEDDING + {cost['features_dim']} FEATURES from one pass, probe on both)"))
         for row in cost["rows"]:
             table.add_row(row["stage"], f"{row['before']:.2f}", f"{row['after']:.2f}", f"{row['after'] / row['before']:.2f}")
         Console(width=140).print(table)
-    for name in [encoder] + ([versus] if versus else []):
-        if not (repo / f"{name}_detector" / "config.pbtxt").exists():
-            raise fail(f"no {name}_detector in {repo}: run `make demo`, or train a probe and "
-                       f"`equiprobe deploy --probe DIR --repo {repo}`")
-    baseline = (versus, "detector") if versus else (encoder, "embed")
-    other = f"{baseline[0]}_{baseline[1]}"
-    try:
-        with TritonServer(loopback_config(repo)) as server:
-            rows = run_detector_bench(server.config.grpc_url, encoder, data, baseline=baseline)
-    except ServerError as exc:
-        raise fail(str(exc))
-    print_side_by_side(f"{encoder}_detector vs {other} through gRPC: {images} JPEG photos per row", rows,
+    other = f"{versus}_detector" if versus else f"{encoder}_embed"
+    print_side_by_side(f"{encoder}_detector vs {other} through gRPC: {images} JPEG photos per row", figures["served"],
                        ("detector", "baseline"), ("in flight", "detector img/s", "p50 ms", "p99 ms", f"{other} img/s",
-                                                  "p50 ms", "p99 ms", "ratio"), None)
-    write_json(json_out, {"features_cost": costs, "served": rows})
+                                                  "p50 ms", "p99 ms", "ratio"))
+    write_json(json_out, figures)
 
 
 def rates_table(title: str) -> Table:
@@ -237,7 +200,7 @@ def bench_transforms(
 ) -> None:
     """embed31 (one upload, 31 server-side transformations) vs 31 client-side-transformed uploads
     through NAME_embed; and the DALI CPU expansion vs the same transformations in Pillow/numpy."""
-    from equiprobe.clients.bench import run_transforms_bench
+    from equiprobe.trainer.benchmarks.expansion import run_transforms_bench
 
     r = run_transforms_bench(repo, encoder, images, concurrency)
     k, server_rate, client_rate = r["versions"], r["server_side"], r["client_side"]
@@ -260,7 +223,7 @@ def bench_embed(
     naive_images: int = typer.Option(4, help="Images through the naive loop (it is slow)."),
 ) -> None:
     """End-to-end `equiprobe embed` against each stage alone, the pipeline limit, and a naive loop."""
-    from equiprobe.clients.bench import run_embed_bench
+    from equiprobe.trainer.benchmarks.embed import run_embed_bench
 
     r = run_embed_bench(repo, encoder, images, naive_images)
     end_to_end, limit, naive = r["end_to_end"], r["limit"], r["naive"]
@@ -295,12 +258,11 @@ def bench_expansion(
     """What each stage of the server-side expansion costs: CPU ms per version of every
     transformation, the upload re-encoding and the resize/crop, against NAME_encoder's CPU ms
     per crop (served micro-batches), all in this process."""
-    from equiprobe.clients.bench import bench_images, bench_repo, encoder_cpu_ms_per_crop, expansion_profile
+    from equiprobe.trainer.benchmarks.expansion import run_expansion_bench
     from equiprobe.trainer.plots import grouped_bars
 
-    bench_repo(repo, encoder)
-    profile = expansion_profile(encoder, catalog, bench_images(images), batch)
-    encoder_ms = encoder_cpu_ms_per_crop(repo, encoder)
+    profile = run_expansion_bench(repo, encoder, catalog, images, batch)
+    encoder_ms = profile["encoder_cpu_ms_per_crop"]
     k, rows = profile["versions"], profile["rows"]
     table = Table(title=f"{encoder}, {catalog} catalog ({k} versions): CPU ms (user + system, DALI's 2 threads "
                         f"summed), {images} photos, batch {batch}")
@@ -317,7 +279,7 @@ def bench_expansion(
           f"{encoder_ms * k / (whole + encoder_ms * k):.2f} (what embed's emb/s can reach of the encoder alone "
           "on the same cores, before any serving overhead)")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "expansion_profile.json").write_text(json.dumps(profile | {"encoder_cpu_ms_per_crop": encoder_ms}, indent=2))
+    (out / "expansion_profile.json").write_text(json.dumps(profile, indent=2))
     names = [r["stage"] for r in rows] + ["encoder (per crop)"]
     grouped_bars(out / "expansion_profile.png", f"{encoder}, {catalog}: CPU ms per version", "CPU ms", names,
                  {"CPU ms": [r["cpu_ms"] for r in rows] + [encoder_ms]}, ylim=None)
@@ -338,19 +300,16 @@ def bench_soak(
 ) -> None:
     """Mixed good and bad uploads (clients/upload_corpus.py) to NAME_embed on a loopback server:
     throughput over time, outcomes, and RSS of the server and every stub at start and end."""
-    from equiprobe.clients.bench import bench_repo
-    from equiprobe.clients.soak import GOOD_FAILED, plot_soak, run_soak
-    from equiprobe.services.server import TritonServer, loopback_config
+    from equiprobe.trainer.benchmarks.soak import GOOD_FAILED, plot_soak, run_soak_bench
 
-    bench_repo(repo, encoder)
     console = Console()
-    with TritonServer(loopback_config(repo)) as server:  # loopback only: a soak never leaves this machine
-        def show(row: dict) -> None:
-            console.print(f"{row['end_s']:7.1f} s  {row['requests_per_s']:6.1f} req/s  {row['good_per_s']:6.1f} good/s  "
-                          f"good ok {row['good_ok']}  good failed {row['good_failed']}  bad refused "
-                          f"{row['bad_refused']}  bad other {row['bad_other']}", highlight=False)
-        report = run_soak(server.config.grpc_url, f"{encoder}_embed", server.group_pids, minutes, concurrency,
-                          interval_s, warmup_s, progress=show)
+
+    def show(row: dict) -> None:
+        console.print(f"{row['end_s']:7.1f} s  {row['requests_per_s']:6.1f} req/s  {row['good_per_s']:6.1f} good/s  "
+                      f"good ok {row['good_ok']}  good failed {row['good_failed']}  bad refused "
+                      f"{row['bad_refused']}  bad other {row['bad_other']}", highlight=False)
+
+    report = run_soak_bench(repo, encoder, minutes, concurrency, interval_s, warmup_s, progress=show)
     table = Table("process", "RSS before load (MB)", f"after {warmup_s:g} s warm-up", "at end", "end / warm-up")
     for name in sorted(report.rss_start_mb):
         start, end = report.rss_start_mb[name], report.rss_end_mb.get(name, 0.0)
@@ -389,7 +348,7 @@ def bench_train(
     The probe options set both torch probes (linear, mlp); the baseline options the regression."""
     from equiprobe.clients.store import StoreError
     from equiprobe.trainer.baselines import BaselineConfig
-    from equiprobe.trainer.bench import bench_train as run
+    from equiprobe.trainer.benchmarks.training import run_train_bench as run
     from equiprobe.trainer.probes import ProbeConfig
 
     try:
@@ -410,6 +369,59 @@ def bench_train(
                   f"accuracy torch linear - logreg = {results['accuracy_torch_linear_minus_logreg']:+.3f}")
 
 
-from .bench_match import bench_match  # noqa: E402  (its own module: clients/match_bench.py's tables)
 
-bench_app.command("match")(bench_match)
+@bench_app.command("match")
+def bench_match(
+    encoder: str = typer.Option("squeezenet1_1"),
+    repo: Path = typer.Option(..., help="A repository with an index deployed (equiprobe deploy --index INDEX "
+                              "--repo DIR; use a copy of the demo's, not build/demo itself)."),
+    index: Optional[Path] = typer.Option(None, help="The index faiss searches in-process (default: the deployed "
+                                         "version's directory)."),
+    images: int = typer.Option(128, help="JPEG photos per measurement."),
+    concurrency: list[int] = typer.Option([1, 8], help="Requests in flight (repeatable: --concurrency 1 --concurrency 8)."),
+    repeats: int = typer.Option(2, help="Alternating passes of matcher and embed; each keeps its fastest."),
+    memory_sizes: tuple[int, int] = typer.Option((10_000, 20_000), help="The two sizes of the synthetic indexes "
+                                                 "memory per vector is measured between."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures here."),
+) -> None:
+    """NAME_matcher vs NAME_embed alone (what matching adds) vs faiss search alone in-process, same
+    images, one run; and the index's memory per million images for flat, ivf and ivfpq (extrapolated)."""
+    from equiprobe.trainer.benchmarks.harness import bench_images
+    from equiprobe.trainer.benchmarks.match import run_match_bench
+    from equiprobe.services.server import ServerError
+
+    try:
+        figures = run_match_bench(repo, encoder, index, bench_images(images), tuple(concurrency), repeats,
+                                  tuple(memory_sizes))
+    except (ServerError, ValueError) as exc:
+        raise fail(str(exc))
+    console = Console(width=160)
+    table = Table(title=f"{encoder}_matcher vs {encoder}_embed through gRPC: {images} JPEG photos per row, index of "
+                  f"{figures['count']:,} ({figures['kind']}), k {figures['k']}")
+    for col in ("in flight", "matcher img/s", "p50 ms", "p99 ms", "embed img/s", "p50 ms", "p99 ms",
+                "matcher/embed", "ms added per image"):
+        table.add_column(col, justify="right")
+    for r in figures["served"]:
+        m, e = r["matcher"], r["embed"]
+        table.add_row(str(r["level"]), *(f"{x[f]:.1f}" for x in (m, e) for f in ("images_per_s", "p50_ms", "p99_ms")),
+                      f"{r['throughput_ratio']:.2f}", f"{r['added_ms_per_image']:.2f}")
+    console.print(table)
+    note = "" if figures["same_index_as_deployed"] else " (NOT the deployed index: --index differs)"
+    for f in figures["faiss"]:
+        console.print(f"faiss search alone, in-process, {f['kind']} of {f['count']:,}, k {f['k']}, batch "
+                      f"{f['parallelism']}: {f['images_per_s']:,.0f} queries/s, p50 {f['p50_ms']:.3f} ms a call"
+                      f"{note}")
+    for r in figures["served"]:
+        console.print(f"faiss alone (batch 1) / matcher at {r['level']} in flight = {r['faiss_batch1_over_matcher']:,.1f}")
+    first = figures["memory"][0]
+    mem = Table(title=f"index memory per million images, dim {first['dim']}: EXTRAPOLATED from synthetic indexes of "
+                f"{first['measured_at'][0]:,} and {first['measured_at'][1]:,} vectors (index info's figures)")
+    for col in ("kind", "params at 1M", "index bytes/vector", "keys+locations bytes/vector", "GB per million"):
+        mem.add_column(col, justify="left" if col in ("kind", "params at 1M") else "right")
+    for r in figures["memory"]:
+        mem.add_row(r["kind"], json.dumps(r["params_at_1m"]), f"{r['index_bytes_per_vector']:,.1f}",
+                    f"{r['keys_and_locations_bytes_per_vector']:,.1f}", f"{r['bytes_per_million_images'] / 1e9:,.3f}")
+    console.print(mem)
+    console.print(f"references.npy (on disk, read by memory map, not held): {figures['references_bytes_per_image']:,} "
+                  f"bytes an image = {figures['references_bytes_per_image'] * 1e6 / 1e9:,.2f} GB per million")
+    write_json(json_out, figures)
