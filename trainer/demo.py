@@ -12,6 +12,9 @@ the embedding alone), and the study's probes; pick the detector by validation AU
 data) and deploy it with its calibrated score and its threshold for 5% FPR on validation
 sources; write the report with the detector cards (detection-catalog, strong fine-catalog edits
 made by DALI and by Pillow, and the everyday-edits card made with scikit-image) on test sources;
+index the known images (half of the test sources held out as new photos), learn the copy
+projection and the reference-aware probe on training sources, deploy NAME_matcher live and print
+its cards and a table of edited test photos matched to their originals (trainer/demo_match.py);
 score new crops of test sources; stop the server cleanly.
 """
 
@@ -33,6 +36,7 @@ from equiprobe.services.embed_models import InProcessEmbed
 from equiprobe.services.repository import build_repo
 from equiprobe.services.server import TritonServer, loopback_config
 from equiprobe.trainer.configs import ProbeConfig
+from equiprobe.trainer.demo_match import build_matcher, match_table
 
 DATASET = "corpus"
 ENCODER = "squeezenet1_1"  # the embedded default: also the study's fine, generalization and groups stores
@@ -49,11 +53,12 @@ MAX_EPOCHS = 60
 # embedding-only detector candidate of ENCODER read the embedding alone.
 PROBE = ProbeConfig(kind="mlp", max_epochs=MAX_EPOCHS, features=True)
 REFERENCE_IMAGES = 40  # test sources whose Pillow-made and scikit-image-made versions the served detector scores
+MATCH_IMAGES = 30  # test copies, and as many new photos, whose everyday edits go through the served matcher
 SHOWN_VERSIONS = ("identity", "gaussian_blur", "text_overlay", "reference_style")
 
 
 def run_demo(workdir: str, probe: ProbeConfig = PROBE, candidates: tuple[str, ...] = CANDIDATES,
-             detect_images: int = DETECT_IMAGES) -> None:
+             detect_images: int = DETECT_IMAGES, compare_embedding_only: bool = False) -> None:
     from equiprobe.clients.concat import COMPOSITE
     from equiprobe.clients.corpus import check_corpus
     from equiprobe.clients.datasets import open_dataset
@@ -91,7 +96,7 @@ def run_demo(workdir: str, probe: ProbeConfig = PROBE, candidates: tuple[str, ..
 
         console.rule(f"4. train the detector probe of every candidate, and the study's probes (seeds {SEEDS})")
         detectors = {e: train_demo_probe(console, work, store, DETECTOR_CATALOG, e, probe) for e, store in detect.items()}
-        if ENCODER in detect:  # what the FEATURES add: the same detector on the embedding alone
+        if compare_embedding_only and ENCODER in detect:  # what the FEATURES add: the detector on the embedding alone
             detectors[f"{ENCODER} (embedding only)"] = train_demo_probe(
                 console, work, detect[ENCODER], DETECTOR_CATALOG, ENCODER, replace(probe, features=False))
         study = replace(probe, features=False)  # the study probes the embedding
@@ -103,14 +108,19 @@ def run_demo(workdir: str, probe: ProbeConfig = PROBE, candidates: tuple[str, ..
         console.rule("5. deploy the chosen detector into the running server")
         deploy_detector(console, repo, url, detectors[chosen])
 
-        console.rule("6. report: detector cards, tables, invariance (G-EED, copy detection), plots")
-        report = write_report(console, work, url, encoder, detectors[chosen], [*detect.values(), fine],
-                              [general, groups], [*detectors.values(), *studies.values()], fine)
+        console.rule("6. match: index the known images, train the reference-aware probe, deploy the matcher")
+        index = build_matcher(console, work, repo, url, detect[ENCODER], detect_images, ENCODER)
 
-        console.rule("7. score new crops of test sources and transformed versions of them")
+        console.rule("7. report: detector and match cards, tables, invariance (G-EED, copy detection), plots")
+        report = write_report(console, work, url, encoder, detectors[chosen], [*detect.values(), fine],
+                              [general, groups], [*detectors.values(), *studies.values()], fine,
+                              (index, detect[ENCODER]))
+
+        console.rule("8. score new crops of test sources and transformed versions of them; match edited test photos")
         score_held_out(console, url, encoder, dataset, max(detect_images, FINE_IMAGES))
+        match_table(console, url, ENCODER, detect[ENCODER], index)
     grid = render_grid_for(work / "transforms_detect.png", dataset.record(0).load(), DETECTOR_CATALOG)
-    console.rule("8. stopped")
+    console.rule("9. stopped")
     console.print(f"server stopped; processes left in its group: {len(server.group_pids())}; "
                   f"shared-memory files left: {len(server.shared_memory_files())}")
     console.print(f"report [bold]{report / 'report.md'}[/bold] (and results.json, {len(list(report.glob('*.png')))} "
@@ -199,12 +209,15 @@ def pick_detector(console: Console, detectors: dict[str, Path]) -> str:
 
 
 def write_report(console: Console, work: Path, url: str, encoder: str, detector: Path, stores: list[Path],
-                 others: list[Path], probes: list[Path], fine: Path) -> Path:
+                 others: list[Path], probes: list[Path], fine: Path, matching: tuple[Path, Path]) -> Path:
     """The report, with the chosen detector's cards: its own (detection-catalog versions of test
     sources), on the study's strong edits made by DALI (the fine store's test sources, offline, as
     served) and by Pillow, and the everyday-edits card (scikit-image), the last two scored by the
-    served detector."""
+    served detector; and the matcher's cards (`matching`: the index, the store whose test images
+    it is queried with)."""
     from equiprobe.trainer.detector_card import format_card
+    from equiprobe.trainer.match_card import format_match_card, store_match_card
+    from equiprobe.trainer.match_served_card import format_served_match_card, served_match_card
     from equiprobe.trainer.everyday_card import cannot_see, everyday_card, format_everyday
     from equiprobe.trainer.reference_card import reference_card
     from equiprobe.trainer.report import build_report, detector_cards
@@ -219,8 +232,11 @@ def write_report(console: Console, work: Path, url: str, encoder: str, detector:
     except StoreCardError as exc:
         console.print(f"no DALI-made strong-edit card: {exc}")
         strong = {}
+    index, queried = matching
+    match = {"store": store_match_card(index, queried),
+             "served": served_match_card(url, ENCODER, index, queried, MATCH_IMAGES, MATCH_IMAGES)}
     results = build_report(stores + others, probes, out, max_images=500, reference_cards=reference,
-                           everyday_cards=everyday, store_cards=strong)
+                           everyday_cards=everyday, store_cards=strong, match_cards=match)
     for card_name, card in detector_cards(results).items():
         if card_name.startswith(encoder) or card_name.startswith(name):
             console.print(f"[bold]detector card, {card_name}[/bold] (test sources)")
@@ -230,6 +246,9 @@ def write_report(console: Console, work: Path, url: str, encoder: str, detector:
     for line in format_everyday(everyday[name]):
         console.print("  " + line, markup=False, highlight=False)
     console.print(cannot_see(everyday[name]), markup=False)
+    console.print(f"[bold]match cards, {ENCODER}_matcher[/bold] (test sources; copies vs new photos in no index)")
+    for line in format_match_card(match["store"]) + format_served_match_card(match["served"]):
+        console.print("  " + line, markup=False, highlight=False)
     row = next(r for r in results["table1"] if r["encoder"] == ENCODER and r.get("fine"))
     cell = lambda s: f"{s['mean']:.3f} +- {s['std']:.3f}" if s else "-"  # noqa: E731
     table = Table("encoder", "probe", "fine-grained (31-way)", "generalization (10-way)", "held-out noise",

@@ -17,6 +17,8 @@ def demo(workdir: str = typer.Option("build/demo", help="Where the demo writes i
                                                         "CANDIDATES); more take longer than 15 minutes."),
          detect_images: int = typer.Option(0, help="Corpus crops embedded in the detection catalog per candidate; "
                                            "0: one crop of every source."),
+         compare_embedding_only: bool = typer.Option(False, help="Also train the detector on the embedding alone "
+                                                     "(what FEATURES add; docs/detector.md has it measured)."),
          probe_fields: Optional[dict] = None) -> None:
     """The main job end to end on the embedded default (squeezenet1_1, package photos).
 
@@ -25,4 +27,5 @@ def demo(workdir: str = typer.Option("build/demo", help="Where the demo writes i
 
     from equiprobe.trainer.demo import CANDIDATES, PROBE, run_demo
 
-    run_demo(workdir, replace(PROBE, **probe_fields), tuple(candidates) if candidates else CANDIDATES, detect_images)
+    run_demo(workdir, replace(PROBE, **probe_fields), tuple(candidates) if candidates else CANDIDATES, detect_images,
+             compare_embedding_only)
