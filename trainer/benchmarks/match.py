@@ -51,13 +51,16 @@ def matcher_vs_embed(url: str, encoder: str, images: list[bytes], levels=(1, 8),
     return rows
 
 
-def served_embeddings(url: str, encoder: str, images: list[bytes]) -> np.ndarray:
-    """The images' EMBEDDINGs from NAME_embed (the queries NAME_match gets), [n, D]."""
+def served_embeddings(url: str, encoder: str, images: list[bytes], width: Optional[int] = None) -> np.ndarray:
+    """The queries NAME_match gets, from NAME_embed: [n, D] EMBEDDINGs, or [n, W] EMBEDDING then
+    FEATURES where the index searches both (`width`: MatchIndex.query_width, a projected index)."""
     from equiprobe.clients.embedding import EmbeddingClient
 
     client = EmbeddingClient(url, encoder)
     try:
-        return np.stack([client.embed(data) for data in images])
+        if width is None:
+            return np.stack([client.embed(data) for data in images])
+        return np.stack([np.concatenate(client.features(data)) for data in images])[:, :width]
     finally:
         client.close()
 
@@ -163,7 +166,8 @@ def run_match_bench(repo: Path, encoder: str, index: Optional[Path], images: lis
                       startup_models=(ModelNames(encoder).embed, names.match, names.matcher)) as server:
         url = server.config.grpc_url
         served = matcher_vs_embed(url, encoder, images, levels, repeats)
-        queries = served_embeddings(url, encoder, images)
+        width = MatchIndex.open(index).query_width
+        queries = served_embeddings(url, encoder, images, width if width != int(local_meta["dim"]) else None)
     searched = faiss_alone(index, queries, k, batches=(1, max(levels)))
     dim = int(local_meta["dim"])
     key_chars = int(np.dtype(MatchIndex.open(index).keys.dtype).itemsize // 4) or 16
