@@ -15,16 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
+from equiprobe.services.contract import COMPOSITE, compose, parts_of
+
 from .store import PENDING, Store, StoreError, StoreWriter, manifest_differences, manifest_value
 
-COMPOSITE = "+"
 # Everything but the encoder must match for rows to be the same examples.
 SAME_IMAGES = ("format_version", "dtype", "catalog", "catalog_version", "rows", "dataset", "seed", "count", "shard",
                "uploads", "limit")
 
 
-def part_names(encoder: str) -> list[str]:
-    return encoder.split(COMPOSITE)
+part_names = parts_of  # the contract's rule (trainer/deploy.py still imports it from here)
 
 
 def joined_layout(parts: list[Store]) -> list[dict]:
@@ -56,7 +56,7 @@ def concat_stores(paths: list[Path], out: Path, block: int = 1024) -> Store:
         if not np.array_equal(np.asarray(p.array("image_keys")), keys):
             raise StoreError(f"{p.path} and {first.path} hold different image bytes in some rows")
     manifest = {**first.manifest,
-                "encoder": COMPOSITE.join(p.manifest["encoder"] for p in parts),
+                "encoder": compose(p.manifest["encoder"] for p in parts),
                 "encoder_onnx_sha256": COMPOSITE.join(p.manifest["encoder_onnx_sha256"] for p in parts),
                 "encoder_precision": COMPOSITE.join(manifest_value(p.manifest, "encoder_precision") for p in parts),
                 "dim": sum(int(p.manifest["dim"]) for p in parts),

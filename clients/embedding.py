@@ -9,7 +9,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from equiprobe.services.contract import EMBEDDING, FEATURES, IMAGE  # noqa: E402
+from equiprobe.services.contract import EMBEDDING, FEATURES, IMAGE, ModelNames  # noqa: E402
 
 from .connection import ServiceError, as_connection, explain  # noqa: F401  (ServiceError: raised to callers)
 
@@ -46,7 +46,7 @@ class EmbeddingClient:
         self.connection = as_connection(url)
         self.url = self.connection.url
         self.headers = self.connection.grpc_headers() or None
-        self.model = f"{encoder}_embed"
+        self.model = ModelNames(encoder).embed
         self.timeout_s = timeout_s
         self.client = self.connection.grpc_client()
 

@@ -21,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 from .connection import Connection, as_connection
 from .embedding import ServiceError, as_image_input, check_model
 
-from equiprobe.services.contract import (CATEGORY_PROBS as CATEGORIES, EMBEDDING, MANIPULATED,  # noqa: E402
+from equiprobe.services.contract import (CATEGORY_PROBS as CATEGORIES, EMBEDDING, MANIPULATED, DetectorNames,  # noqa: E402
                                         MANIPULATION_SCORE as SCORE, TRANSFORM_PROBS as TRANSFORMS)
 
 
@@ -66,7 +66,7 @@ class Scorer:
     def __init__(self, url: Union[str, Connection], encoder: str, top: int = 3, with_embedding: bool = False,
                  timeout_s: float = 60.0):
         self.connection = as_connection(url)
-        self.url, self.model, self.top = self.connection.url, f"{encoder}_detector", top
+        self.url, self.model, self.top = self.connection.url, DetectorNames(encoder).detector, top
         self.headers = self.connection.grpc_headers() or None
         self.with_embedding, self.timeout_s = with_embedding, timeout_s
         self.client = self.connection.grpc_client()

@@ -16,6 +16,9 @@ Families, for an encoder NAME (see the README's glossary):
 NAME_encoder is the only model that holds the encoder's weights: NAME_embed calls it in the
 ensemble, every expansion through NAME_versions (one python model per encoder that picks ROWS
 and sends the crops to NAME_encoder), and NAME_detector through NAME_embed's steps.
+
+Model names are built here alone (the names classes) and parsed back here (encoder_of); NAME may
+be a composite "A+B" (compose, parts_of). tests/test_contract_names.py keeps it so.
 """
 
 from __future__ import annotations
@@ -68,6 +71,18 @@ GATE = "image_gate"
 MANIFEST = "equiprobe.json"  # in NAME_encoder: what build-repo rendered, the flavour included
 EXPANSION_MANIFEST = "versions.json"  # in NAME_embedK: row names, catalog version, style-network hashes
 CATALOG_SUFFIX = {"fine": "31", "general": "_general", "groups": "_groups", "detect": "_detect"}
+# A composite encoder "A+B" (clients/concat.py joins the parts' stores; NAME_detector runs every part).
+COMPOSITE = "+"
+
+
+def compose(parts) -> str:
+    """The composite encoder's name for PARTS, in order ("A+B"); one part is that encoder."""
+    return COMPOSITE.join(parts)
+
+
+def parts_of(encoder: str) -> list[str]:
+    """The encoders a composite "A+B" joins, in order ([encoder] for one encoder)."""
+    return encoder.split(COMPOSITE)
 
 
 @dataclass(frozen=True)
@@ -173,6 +188,36 @@ class MatchNames:
     def matcher(self) -> str:
         """NAME_matcher: ensemble, NAME_embed's steps with NAME_match as the last step."""
         return f"{self.encoder}_matcher"
+
+
+def encoder_models(encoder: str) -> tuple[str, ...]:
+    """Every model name the classes above build for ENCODER (not the shared image_gate,
+    CATALOG_inputs and style_NET)."""
+    names, catalogs = ModelNames(encoder), [ExpansionNames(encoder, c) for c in CATALOG_SUFFIX]
+    return (names.preprocess, names.onnx, names.versions, names.embed, *(e.expand for e in catalogs),
+            *(e.embed for e in catalogs), catalogs[0].style_resize, DetectorNames(encoder).probe,
+            DetectorNames(encoder).detector, MatchNames(encoder).match, MatchNames(encoder).matcher)
+
+
+_NAME = "NAME"
+# What follows "ENCODER_" in an encoder's model names ("embed", "embed31", "detector", ...), longest first.
+ROLES = tuple(sorted((m[len(_NAME) + 1:] for m in encoder_models(_NAME)), key=len, reverse=True))
+
+
+def encoder_of(model: str) -> tuple[str | None, str]:
+    """A served model's name parsed back to (encoder, role): role is what follows "ENCODER_" (one of
+    ROLES: "embed", "embed31", "detector", ...), so ("squeezenet1_1", "embed31") for
+    squeezenet1_1_embed31 and ("A+B", "detector") for A+B_detector. Models shared by every encoder
+    (image_gate, CATALOG_inputs, style_NET) give (None, the model's name)."""
+    if model == GATE or model in {ExpansionNames(_NAME, c).inputs for c in CATALOG_SUFFIX}:
+        return None, model
+    for role in ROLES:
+        encoder = model[:-len(role) - 1]
+        if model.endswith("_" + role) and encoder and all(parts_of(encoder)):
+            return encoder, role
+    if model.startswith(ExpansionNames.style("")) and model != ExpansionNames.style(""):
+        return None, model
+    raise ValueError(f"{model!r} is no model name of the contract (roles: {', '.join(sorted(ROLES))})")
 
 
 # -- what a client sends and gets -------------------------------------------------------------

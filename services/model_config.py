@@ -19,43 +19,13 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from .contract import TensorSpec
 from .files import write_atomically
-from .uploads import MAX_PIXELS, MAX_REQUEST_MB
+from .serving_spec import ServingSpec  # noqa: F401  (where the renderers and callers take it from)
 
 Flavour = Literal["portable", "native"]
 FLAVOURS = ("portable", "native")
 PYTHON_MODELS = Path(__file__).parent / "python_models"
 TRITON_TYPES = {"UINT8": mc.TYPE_UINT8, "INT32": mc.TYPE_INT32, "INT64": mc.TYPE_INT64, "FP32": mc.TYPE_FP32,
                 "BOOL": mc.TYPE_BOOL, "BYTES": mc.TYPE_STRING}
-
-
-@dataclass(frozen=True)
-class ServingSpec:
-    """Batching and threading knobs, shared by both flavours where they apply."""
-
-    max_batch_size: int = 32
-    # No added wait: each step takes what queued while it was busy. Measured (bench serve, 2 cores):
-    # a 2 ms delay at each of the three batched steps cost 1 in flight 40-45 -> 73 img/s, and under
-    # load the batches form anyway.
-    queue_delay_us: int = 0
-    dali_threads: int = 2
-    # Intra-op threads of every portable ONNX model but the encoder (probes, style networks).
-    ort_threads: int = 2
-    # Idle ONNX Runtime threads spin by default; beside the DALI and gate stubs on the same cores the
-    # spinning burns the CPU they need (measured: the encoder's CPU per image 20.4 -> 8.3 ms at 32 in
-    # flight, 16.6 -> 8.9 ms alone at batch 1).
-    ort_spinning: bool = False
-    # NAME_encoder runs ONNX Runtime on at most this many crops at a time (portable; 0: the
-    # whole dynamic batch): services/runtime.py run_in_micro_batches has the measurements.
-    encoder_micro_batch: int = 1
-    # ... and runs this many micro-batches at once, each ONNX Runtime run on encoder_threads
-    # intra-op threads: two one-thread runs beat one two-thread run (runtime.py has the figures).
-    encoder_threads: int = 1
-    encoder_parallel_runs: int = 2
-    preferred_batch_sizes: tuple[int, ...] = (8, 16, 32)
-    trt_cache_path: str = "/tmp/equiprobe_trt_cache"
-    # Uploads over these are refused by image_gate with an error that names the cap.
-    max_request_mb: int = MAX_REQUEST_MB
-    max_pixels: int = MAX_PIXELS
 
 
 # -- config pieces --------------------------------------------------------------------------

@@ -18,7 +18,7 @@ def ort_session(path: Path, threads: Optional[int] = None, spinning: bool = Fals
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     # Idle ONNX Runtime threads spin by default; beside DALI on the same cores (served, or in turn
-    # in-process) the spinning burns the CPU DALI needs (services/model_config.py ServingSpec).
+    # in-process) the spinning burns the CPU DALI needs (services/serving_spec.py ServingSpec).
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

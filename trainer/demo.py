@@ -32,6 +32,7 @@ from rich.table import Table
 
 from equiprobe.clients.embedding import EmbeddingClient, ServiceError
 from equiprobe.clients.photos import encode
+from equiprobe.services.contract import DetectorNames, MatchNames, compose
 from equiprobe.services.embed_models import InProcessEmbed
 from equiprobe.services.repository import build_repo
 from equiprobe.services.server import TritonServer, loopback_config
@@ -59,7 +60,6 @@ SHOWN_VERSIONS = ("identity", "gaussian_blur", "text_overlay", "reference_style"
 
 def run_demo(workdir: str, probe: ProbeConfig = PROBE, candidates: tuple[str, ...] = CANDIDATES,
              detect_images: int = DETECT_IMAGES, compare_embedding_only: bool = False) -> None:
-    from equiprobe.clients.concat import COMPOSITE
     from equiprobe.clients.corpus import check_corpus
     from equiprobe.clients.datasets import open_dataset
 
@@ -89,7 +89,7 @@ def run_demo(workdir: str, probe: ProbeConfig = PROBE, candidates: tuple[str, ..
         detect = {e: bulk_embed(console, url, work / f"store_{DETECTOR_CATALOG}_{e}", DETECTOR_CATALOG, detect_images, e)
                   for e in candidates}
         if len(candidates) > 1:
-            detect[COMPOSITE.join(candidates)] = join_stores(console, work, detect, candidates)
+            detect[compose(candidates)] = join_stores(console, work, detect, candidates)
         fine = bulk_embed(console, url, work / "store_fine", "fine", FINE_IMAGES)
         general = bulk_embed(console, url, work / "store_general", "general", GENERAL_IMAGES)
         groups = bulk_embed(console, url, work / "store_groups", "groups", GROUPS_IMAGES)
@@ -163,9 +163,9 @@ def bulk_embed(console: Console, url: str, out: Path, catalog: str, images: int,
 
 
 def join_stores(console: Console, work: Path, stores: dict[str, Path], parts: tuple[str, ...]) -> Path:
-    from equiprobe.clients.concat import COMPOSITE, concat_stores
+    from equiprobe.clients.concat import concat_stores
 
-    name = COMPOSITE.join(parts)
+    name = compose(parts)
     out = work / f"store_{DETECTOR_CATALOG}_{name}"
     shutil.rmtree(out, ignore_errors=True)
     joined = concat_stores([stores[e] for e in parts], out)
@@ -224,7 +224,7 @@ def write_report(console: Console, work: Path, url: str, encoder: str, detector:
     from equiprobe.trainer.store_card import StoreCardError, card_on_store
 
     out = work / "report"
-    name = f"{encoder}_detector"
+    name = DetectorNames(encoder).detector
     reference = {name: reference_card(url, encoder, fine, REFERENCE_IMAGES)}
     everyday = {name: everyday_card(url, encoder, fine, REFERENCE_IMAGES)}
     try:  # a composite detector has no fine store of its own encoder
@@ -246,7 +246,8 @@ def write_report(console: Console, work: Path, url: str, encoder: str, detector:
     for line in format_everyday(everyday[name]):
         console.print("  " + line, markup=False, highlight=False)
     console.print(cannot_see(everyday[name]), markup=False)
-    console.print(f"[bold]match cards, {ENCODER}_matcher[/bold] (test sources; copies vs new photos in no index)")
+    console.print(f"[bold]match cards, {MatchNames(ENCODER).matcher}[/bold] (test sources; copies vs new photos in "
+                  "no index)")
     for line in format_match_card(match["store"]) + format_served_match_card(match["served"]):
         console.print("  " + line, markup=False, highlight=False)
     row = next(r for r in results["table1"] if r["encoder"] == ENCODER and r.get("fine"))

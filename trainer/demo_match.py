@@ -19,6 +19,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from equiprobe.services.contract import MatchNames
+
 NEW_PHOTO_SHARE = 0.5  # of the test sources: kept out of the index (non-copies)
 TABLE_EDITS = ("gamma_curve", "white_balance", "small_rotation", "dct_requantize", "watermark_text")
 
@@ -66,8 +68,9 @@ def build_matcher(console: Console, work: Path, repo: Path, url: str, detect_sto
                   f"threshold {record['copy_threshold']:.3f} (1% of validation non-copies), edited threshold "
                   f"{record['edited_threshold']:.3f}")
     result = deploy_index(index, repo, url=url)
-    console.print(f"deployed {encoder}_match version {result.version} into the running server ({result.server}): "
-                  f"{encoder}_matcher serves it")
+    names = MatchNames(encoder)
+    console.print(f"deployed {names.match} version {result.version} into the running server ({result.server}): "
+                  f"{names.matcher} serves it")
     return index
 
 
@@ -83,8 +86,8 @@ def match_table(console: Console, url: str, encoder: str, detect_store: Path, in
 
     store = Store.open(detect_store)
     copies, new = _split_test_images(store, set(MatchIndex.open(index).keys.tolist()), count, 2)
-    table = Table(title=f"{encoder}_matcher: edited test photos (scikit-image, never trained on) and new photos "
-                  "(in no index)")
+    table = Table(title=f"{MatchNames(encoder).matcher}: edited test photos (scikit-image, never trained on) and new "
+                  "photos (in no index)")
     for column in ("upload (test source)", "edit", "best match", "similarity", "copy", "edited", "named edit"):
         table.add_column(column)
     matcher = Matcher(url, encoder, top=1)

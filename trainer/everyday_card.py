@@ -40,6 +40,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from equiprobe.services.contract import DetectorNames
+
 GROUPS = ("artifact", "plausible")
 SUMMARIES = (*GROUPS, "novel", "all")  # "novel": the edits no catalog row does
 BLIND_AUC = 0.65  # an edit scoring below this is one the detector cannot see
@@ -583,7 +585,7 @@ def everyday_card(url, encoder: str, store_path: Path, images: int = 40, workers
     edited = {e.name: [s.manipulation_score for (n, _), s in zip(uploads, scores) if n == e.name] for e in EDITS}
     top = {e.name: [s.transformations[0][0] for (n, _), s in zip(uploads, scores) if n == e.name and s.transformations]
            for e in EDITS}
-    return {"detector": f"{encoder}_detector", "images": len(canvases), "uploads": len(uploads), "seed": int(seed),
+    return {"detector": DetectorNames(encoder).detector, "images": len(canvases), "uploads": len(uploads), "seed": int(seed),
             "libraries": {"scikit-image": skimage.__version__, "scipy": scipy.__version__, "numpy": np.__version__},
             "upload_quality": _upload_range(), **summarize(originals, edited, threshold, top)}
 

@@ -20,6 +20,8 @@ from typing import Optional
 
 import numpy as np
 
+from equiprobe.services.contract import MatchNames
+
 from .everyday_card import EDITS, everyday_uploads
 from .match_metrics import auc, micro_average_precision, recall_at
 
@@ -99,7 +101,7 @@ def served_match_card(url, encoder: str, index_path: Path, store_path: Path, ima
              "similarity": a.matches[0][1] if a.matches else -1.0, "copy": a.copy, "edited": a.edited,
              "category": a.category, "score": a.score} for (key, name, _), a in zip(uploads, answers)]
     return summarize(rows, expected, {e.name: e.group for e in EDITS}) | {
-        "matcher": f"{encoder}_matcher", "index": str(index_path), "store": str(store_path), "seed": int(seed),
+        "matcher": MatchNames(encoder).matcher, "index": str(index_path), "store": str(store_path), "seed": int(seed),
         "copies": len(copies), "new_photos": len(new), "index_images": index.count}
 
 

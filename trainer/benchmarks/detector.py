@@ -124,14 +124,15 @@ def run_detector_bench(repo: Path, encoder: str, images: list[bytes], versus: Op
     """features_cost of every part of `encoder` that taps FEATURES, on the first `features_images`
     images; then detector_vs_baseline on a loopback server over `repo` (used as it is), against
     `versus`'s NAME_detector or else NAME_embed. A ValueError when `repo` lacks a detector."""
-    from equiprobe.clients.concat import part_names
+    from equiprobe.services.contract import DetectorNames, parts_of
     from equiprobe.services.encoders import get_encoder
 
     for name in [encoder] + ([versus] if versus else []):
-        if not (Path(repo) / f"{name}_detector" / "config.pbtxt").exists():
-            raise ValueError(f"no {name}_detector in {repo}: run `make demo`, or train a probe and "
+        detector = DetectorNames(name).detector
+        if not (Path(repo) / detector / "config.pbtxt").exists():
+            raise ValueError(f"no {detector} in {repo}: run `make demo`, or train a probe and "
                              f"`equiprobe deploy --probe DIR --repo {repo}`")
-    costs = [features_cost(part, images[:features_images]) for part in part_names(encoder)
+    costs = [features_cost(part, images[:features_images]) for part in parts_of(encoder)
              if get_encoder(part).features is not None]
     baseline = (versus, "detector") if versus else (encoder, "embed")
     with bench_server(repo, encoder, build=None) as server:

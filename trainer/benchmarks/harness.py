@@ -48,12 +48,12 @@ def summarize(mode: str, parallelism: int, images: int, seconds: float, latencie
 def bench_repo(repo: Path, encoder: str) -> Path:
     """The benchmarks' repository: built once, reused by later runs while the services' code
     that rendered it is unchanged (its manifest's renderer_sha256)."""
-    from equiprobe.services.contract import GATE, MANIFEST, ModelNames
+    from equiprobe.services.contract import GATE, MANIFEST, ExpansionNames, ModelNames
     from equiprobe.services.repository import build_repo, renderer_fingerprint
 
     manifest = repo / ModelNames(encoder).onnx / MANIFEST
     current = (manifest.exists() and json.loads(manifest.read_text()).get("renderer_sha256") == renderer_fingerprint()
-               and all((repo / m / "config.pbtxt").exists() for m in (f"{encoder}_embed31", GATE)))
+               and all((repo / m / "config.pbtxt").exists() for m in (ExpansionNames(encoder, "fine").embed, GATE)))
     if not current:
         build_repo(encoder, repo)
     return repo

@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from equiprobe.services.contract import DetectorNames, ExpansionNames, MatchNames, ModelNames, encoder_of
+
 from .common import baseline_options, fail, probe_options
 
 
@@ -42,7 +44,8 @@ def bench_serve(
     data = bench_images(images)
     figures = run_serve_bench(repo, encoder, data)
     rows = figures["rows"]
-    print_side_by_side(f"{encoder}_embed: {images} JPEG photos (224-512 px) per row", rows, ("triton", "in_process"),
+    print_side_by_side(f"{ModelNames(encoder).embed}: {images} JPEG photos (224-512 px) per row", rows,
+                       ("triton", "in_process"),
                        ("in flight | batch", "Triton img/s", "p50 ms", "p99 ms", "in-process img/s", "p50 ms/batch",
                         "p99 ms/batch", "Triton/in-process"))
     print_cpu_breakdown(rows, encoder)
@@ -51,7 +54,7 @@ def bench_serve(
         from equiprobe.trainer.benchmarks.precision import run_precision_bench
 
         comparison = run_precision_bench(repo, int8_repo, encoder, data[:128])
-        print(f"INT8 against FP32 ({encoder}_encoder, {comparison.images} photos, batch {comparison.batch}, "
+        print(f"INT8 against FP32 ({ModelNames(encoder).onnx}, {comparison.images} photos, batch {comparison.batch}, "
               f"best of {comparison.rounds} alternating rounds):")
         for line in comparison.lines():
             print("  " + line)
@@ -75,7 +78,6 @@ def bench_perf_analyzer(
 ) -> None:
     """NVIDIA's perf_analyzer (the tritonclient wheel's binary) on NAME_embed with real photos at
     a concurrency range, its table next to `bench serve`'s, on one loopback server."""
-    from equiprobe.services.contract import ModelNames
     from equiprobe.trainer.benchmarks.perf_analyzer import (TABLE_COLUMNS, PerfAnalyzerError, format_rows,
                                                             run_perf_analyzer_bench)
 
@@ -113,7 +115,7 @@ def print_cpu_breakdown(rows: list[dict], encoder: str) -> None:
     processes = sorted({k for r in rows for k, ms in r["triton_cpu_ms_per_image"].items() if ms >= 0.05}
                        - {"client", "total", "wall_ms"})
     table = Table(title=f"CPU ms per image (user + system), by process ({encoder}_ left out of model names)")
-    for col in ("in flight | batch", *(p.removeprefix(f"{encoder}_") for p in processes), "client", "Triton total",
+    for col in ("in flight | batch", *(_role(p, encoder) for p in processes), "client", "Triton total",
                 "in-process total"):
         table.add_column(col, justify="right")
     for r in rows:
@@ -121,6 +123,15 @@ def print_cpu_breakdown(rows: list[dict], encoder: str) -> None:
         table.add_row(str(r["level"]), *(f"{cpu.get(p, 0.0):.2f}" for p in processes), f"{cpu['client']:.2f}",
                       f"{cpu['total']:.2f}", f"{r['in_process']['cpu_ms_per_image']:.2f}")
     Console(width=180).print(table)
+
+
+def _role(process: str, encoder: str) -> str:
+    """A process's column: the role of one of ENCODER's models ("embed", "encoder"), else its name."""
+    try:
+        owner, role = encoder_of(process)
+    except ValueError:  # tritonserver
+        return process
+    return role if owner == encoder else process
 
 
 def print_memory(encoder: str, loaded: dict[str, float], after: dict[str, float]) -> None:
@@ -176,8 +187,9 @@ def bench_detector(
         for row in cost["rows"]:
             table.add_row(row["stage"], f"{row['before']:.2f}", f"{row['after']:.2f}", f"{row['after'] / row['before']:.2f}")
         Console(width=140).print(table)
-    other = f"{versus}_detector" if versus else f"{encoder}_embed"
-    print_side_by_side(f"{encoder}_detector vs {other} through gRPC: {images} JPEG photos per row", figures["served"],
+    other = DetectorNames(versus).detector if versus else ModelNames(encoder).embed
+    print_side_by_side(f"{DetectorNames(encoder).detector} vs {other} through gRPC: {images} JPEG photos per row",
+                       figures["served"],
                        ("detector", "baseline"), ("in flight", "detector img/s", "p50 ms", "p99 ms", f"{other} img/s",
                                                   "p50 ms", "p99 ms", "ratio"))
     write_json(json_out, figures)
@@ -205,9 +217,10 @@ def bench_transforms(
     r = run_transforms_bench(repo, encoder, images, concurrency)
     k, server_rate, client_rate = r["versions"], r["server_side"], r["client_side"]
     table = rates_table(f"{encoder}, fine catalog ({k} versions), {images} JPEG photos")
-    table.add_row(f"{encoder}_embed31: 1 upload, {k} versions in the server", f"{server_rate:.2f}",
+    table.add_row(f"{ExpansionNames(encoder, 'fine').embed}: 1 upload, {k} versions in the server",
+                  f"{server_rate:.2f}",
                   f"{server_rate * k:.1f}", f"{server_rate / client_rate:.2f}x")
-    table.add_row(f"client expands (DALI) + {k} JPEG uploads to {encoder}_embed", f"{client_rate:.2f}",
+    table.add_row(f"client expands (DALI) + {k} JPEG uploads to {ModelNames(encoder).embed}", f"{client_rate:.2f}",
                   f"{client_rate * k:.1f}", "1.00x")
     table.add_row(f"expansion alone: DALI on CPU, batch 8 ({k} canvases/image)", f"{r['dali']:.2f}", "",
                   f"{r['dali'] / r['pillow']:.2f}x")
@@ -273,7 +286,7 @@ def bench_expansion(
         per_image = row["cpu_ms"] * (k if "per version" in row["stage"] else 1)
         table.add_row(row["stage"], f"{row['cpu_ms']:.2f}", f"{per_image / whole:.0%}")
     table.add_row("whole expansion, per version (per image / K)", f"{whole / k:.2f}", "100%")
-    table.add_row(f"{encoder}_encoder, per crop", f"{encoder_ms:.2f}", "")
+    table.add_row(f"{ModelNames(encoder).onnx}, per crop", f"{encoder_ms:.2f}", "")
     Console(width=140).print(table)
     print(f"per image: expansion {whole:.0f} ms, encoder {encoder_ms * k:.0f} ms of CPU; the encoder's share "
           f"{encoder_ms * k / (whole + encoder_ms * k):.2f} (what embed's emb/s can reach of the encoder alone "
@@ -396,7 +409,8 @@ def bench_match(
     except (ServerError, ValueError) as exc:
         raise fail(str(exc))
     console = Console(width=160)
-    table = Table(title=f"{encoder}_matcher vs {encoder}_embed through gRPC: {images} JPEG photos per row, index of "
+    table = Table(title=f"{MatchNames(encoder).matcher} vs {ModelNames(encoder).embed} through gRPC: {images} JPEG "
+                  "photos per row, index of "
                   f"{figures['count']:,} ({figures['kind']}), k {figures['k']}")
     for col in ("in flight", "matcher img/s", "p50 ms", "p99 ms", "embed img/s", "p50 ms", "p99 ms",
                 "matcher/embed", "ms added per image"):

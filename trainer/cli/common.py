@@ -49,16 +49,19 @@ BASELINE_RENAMES = {"seed": "baseline_seed", "batch_size": "baseline_batch_size"
 
 
 def config_options(cls: type, into: str, *, skip: tuple[str, ...] = (), rename: Optional[dict[str, str]] = None,
-                   helps: Optional[dict[str, str]] = None, unset: Optional[str] = None) -> Callable:
+                   helps: Optional[dict[str, str]] = None, unset: Optional[str] = None,
+                   bounds: Optional[dict[str, dict[str, Any]]] = None, negatable: tuple[str, ...] = ()) -> Callable:
     """A decorator that gives a command one option per field of the dataclass `cls` (`--field-name`,
     or `--NAME` for `rename={field: NAME}`), leaving out `skip`, and hands the values to the
-    command as one dict, its parameter `into` (field name -> value).
+    command as one dict, its parameter `into` (field name -> value). `bounds={field: {"min": 1}}`
+    passes typer.Option's range checks (min, max) for a field; a bool field in `negatable` is
+    `--field-name/--no-field-name`.
 
     Each option's default is the field's default, read from the dataclass; a tuple field becomes
     a repeatable option (several values). With `unset` (a phrase for the help, such as "the
     demo's"), options default to nothing and the dict holds only the fields given: the command
     applies them to its own configuration."""
-    rename, helps = rename or {}, helps or {}
+    rename, helps, bounds = rename or {}, helps or {}, bounds or {}
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.name not in skip]
     tuples = {f.name for f in fields if typing.get_origin(hints[f.name]) is tuple}
@@ -73,8 +76,10 @@ def config_options(cls: type, into: str, *, skip: tuple[str, ...] = (), rename: 
             annotation, default = Optional[annotation], None
             help_text = f"{help_text or ''} Default: {unset}.".strip()
         flag = "--" + rename.get(field.name, field.name).replace("_", "-")
+        if field.name in negatable:
+            flag = f"{flag}/--no-{flag[2:]}"
         return inspect.Parameter(f"{into}__{field.name}", inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
-                                 default=typer.Option(default, flag, help=help_text))
+                                 default=typer.Option(default, flag, help=help_text, **bounds.get(field.name, {})))
 
     def decorate(command: Callable) -> Callable:
         signature = inspect.signature(command, eval_str=True)

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from equiprobe.clients.connection import api_key_option, root_certificates_option, tls_option
+from equiprobe.services.contract import DetectorNames
 
 from .common import fail
 
@@ -47,12 +48,13 @@ def report(
         if url:
             from equiprobe.trainer.reference_card import reference_card
 
-            cards = {f"{encoder}_detector": reference_card(connection, encoder, store[0], reference_images)}
+            detector = DetectorNames(encoder).detector
+            cards = {detector: reference_card(connection, encoder, store[0], reference_images)}
             if everyday_images:
                 from equiprobe.trainer.everyday_card import everyday_card, format_everyday
 
-                everyday = {f"{encoder}_detector": everyday_card(connection, encoder, store[0], everyday_images)}
-                print("\n".join(format_everyday(everyday[f"{encoder}_detector"])))
+                everyday = {detector: everyday_card(connection, encoder, store[0], everyday_images)}
+                print("\n".join(format_everyday(everyday[detector])))
         matching = match_cards(index, store[0], connection if url else None, encoder, match_images,
                                match_new_images) if index else None
         results = build_report(store, probes, out, max_images=max_images, reference_cards=cards,

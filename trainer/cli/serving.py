@@ -12,7 +12,28 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .common import console, fail
+from equiprobe.services.serving_spec import ServingSpec
+
+from .common import config_options, console, fail
+
+# build-repo's options for the fields of ServingSpec (its defaults are the options' defaults).
+SERVING_HELP = {
+    "max_request_mb": "image_gate refuses uploads larger than this (MB).",
+    "max_pixels": "image_gate refuses images with more pixels.",
+    "max_batch_size": "Largest batch of every batched model.",
+    "queue_delay_us": "Dynamic batchers' extra wait for a fuller batch (µs).",
+    "dali_threads": "DALI CPU threads per pipeline model.",
+    "ort_threads": "ONNX Runtime intra-op threads of the other ONNX models (style networks; portable).",
+    "encoder_threads": "ONNX Runtime intra-op threads of each NAME_encoder run (portable).",
+    "encoder_parallel_runs": "NAME_encoder's micro-batches run at once (portable).",
+    "ort_spinning": "Let idle ONNX Runtime threads spin (portable).",
+    "encoder_micro_batch": "NAME_encoder runs ONNX Runtime on at most this many crops at a time (portable; 0: the "
+                           "whole dynamic batch).",
+}
+SERVING_BOUNDS = {name: {"min": 0 if name in ("queue_delay_us", "encoder_micro_batch") else 1}
+                  for name in SERVING_HELP if name != "ort_spinning"}
+SERVING_SKIP = ("preferred_batch_sizes", "trt_cache_path")  # not build-repo options
+
 
 def encoders() -> None:
     """List the registered encoders."""
@@ -73,6 +94,8 @@ def export(
         raise typer.Exit(code=1)
 
 
+@config_options(ServingSpec, "serving_fields", skip=SERVING_SKIP, helps=SERVING_HELP, bounds=SERVING_BOUNDS,
+                negatable=("ort_spinning",))
 def build_repo(
     encoder: str = typer.Option(..., help="Registered encoder name."),
     repo: Path = typer.Option(Path("model_repository"), help="Model repository directory."),
@@ -81,19 +104,6 @@ def build_repo(
     random_weights: bool = typer.Option(False, help="Random weights, for pipeline tests only."),
     style_net: list[str] = typer.Option([], help="NAME=PATH of a fast-neural-style ONNX network (float RGB "
                                         "[N,3,H,W] 0..255 in and out), added as an extra style version. Repeatable."),
-    max_request_mb: int = typer.Option(64, min=1, help="image_gate refuses uploads larger than this (MB)."),
-    max_pixels: int = typer.Option(144_000_000, min=1, help="image_gate refuses images with more pixels."),
-    max_batch_size: int = typer.Option(32, min=1, help="Largest batch of every batched model."),
-    queue_delay_us: int = typer.Option(0, min=0, help="Dynamic batchers' extra wait for a fuller batch (µs)."),
-    dali_threads: int = typer.Option(2, min=1, help="DALI CPU threads per pipeline model."),
-    ort_threads: int = typer.Option(2, min=1, help="ONNX Runtime intra-op threads of the other ONNX models "
-                                    "(style networks; portable)."),
-    encoder_threads: int = typer.Option(1, min=1, help="ONNX Runtime intra-op threads of each NAME_encoder run "
-                                        "(portable)."),
-    encoder_parallel_runs: int = typer.Option(2, min=1, help="NAME_encoder's micro-batches run at once (portable)."),
-    ort_spinning: bool = typer.Option(False, help="Let idle ONNX Runtime threads spin (portable)."),
-    encoder_micro_batch: int = typer.Option(1, min=0, help="NAME_encoder runs ONNX Runtime on at most this many "
-                                            "crops at a time (portable; 0: the whole dynamic batch)."),
     precision: str = typer.Option("fp32", help="fp32, or int8: NAME_encoder statically quantized (portable: ONNX "
                                   "Runtime QDQ; native: TensorRT INT8 from a shipped calibration table), calibrated "
                                   "on the built-in corpus's train sources and refused unless its parity with FP32 holds "
@@ -107,6 +117,7 @@ def build_repo(
     catalog: list[str] = typer.Option([], help="A catalog whose expansion to render: fine, general, groups or detect "
                                       "(NAME_embed_detect, the detection catalog). Repeatable; default fine, general "
                                       "and groups."),
+    serving_fields: Optional[dict] = None,
 ) -> None:
     """Render NAME_embed (DALI -> ONNX ensemble) and the server-side expansions NAME_embed31,
     NAME_embed_general and NAME_embed_groups (--catalog picks others: NAME_embed_detect)."""
@@ -114,7 +125,6 @@ def build_repo(
 
     from equiprobe.services.contract import CATALOG_SUFFIX
     from equiprobe.services.encoders import EncoderError
-    from equiprobe.services.model_config import ServingSpec
     from equiprobe.services.quantize import PRECISIONS, Int8Options, parity_summary
     from equiprobe.services.repository import build_repo as build
 
@@ -135,11 +145,7 @@ def build_repo(
     int8 = None
     start = time.perf_counter()
     try:
-        serving = ServingSpec(max_batch_size=max_batch_size, queue_delay_us=queue_delay_us, dali_threads=dali_threads,
-                              ort_threads=ort_threads, ort_spinning=ort_spinning, encoder_micro_batch=encoder_micro_batch,
-                              encoder_threads=encoder_threads, encoder_parallel_runs=encoder_parallel_runs,
-                              max_request_mb=max_request_mb,
-                              max_pixels=max_pixels)
+        serving = ServingSpec(**serving_fields)
         if precision == "int8":
             from equiprobe.trainer.int8_parity import corpus_int8_build
 
