@@ -9,8 +9,9 @@
 
 Both flavours run NAME_match in the python backend on the CPU (faiss-cpu and ONNX Runtime; the
 `server` extra). Rendered from what the repository serves (repository.ServedEncoder) and the
-deployed version's record (`meta`, written by trainer/match_deploy.py), which owns the files and
-the version switch.
+deployed version's record (`meta`, NAME_match/<v>/deployed.json, written by
+trainer/match_deploy.py). The files and the version switch are versioning.py's (the pair
+NAME_match / NAME_matcher: `match_pair`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,23 @@ from tritonclient.grpc import model_config_pb2 as mc
 from .contract import EMBEDDING, FEATURES, MATCH_OUTPUTS, MatchNames, match_inputs, match_outputs
 from .detector_models import _internal, embed_steps, unread_outputs_dropped
 from .model_config import ServingSpec, dynamic_batching, ensemble_config, instances, string_parameters, tensor_of
+from .versioning import HISTORY, VersionedPair
+
+# The names each model directory reads through NAME_match/.selected: name there -> name in the selection.
+MATCH_LINKS = {"config.pbtxt": "match.pbtxt", HISTORY: HISTORY}
+MATCHER_LINKS = {"config.pbtxt": "matcher.pbtxt"}
+
+
+def match_pair(names: MatchNames) -> VersionedPair:
+    return VersionedPair(names.match, names.matcher, MATCH_LINKS, MATCHER_LINKS, "index_version")
+
+
+def selection_files(served, names: MatchNames, meta: dict) -> dict[str, str]:
+    """A selection's files for the version `meta` (versioning.select adds the history)."""
+    from google.protobuf import text_format
+
+    return {"match.pbtxt": text_format.MessageToString(match_config(served, names, meta)),
+            "matcher.pbtxt": text_format.MessageToString(matcher_config(served, names, meta))}
 
 
 def _parameters(meta: dict) -> dict:

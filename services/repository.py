@@ -4,7 +4,8 @@ Three layers, no cycles: generic config helpers (model_config.py) <- one rendere
 family (embed_models.py, expansion_models.py, detector_models.py) <- this module, which renders
 the families an encoder serves and writes one manifest, NAME_encoder/equiprobe.json, that says
 what was rendered and in which flavour; deploy and clients read it instead of re-deriving it.
-Names and tensors come from contract.py.
+Names and tensors come from contract.py; an INT8 build is staged and moved in by versioning.py,
+as deploy stages its models.
 
 `portable` runs DALI and ONNX Runtime in python-backend models on the CPU (this machine, CI);
 `native` is for NVIDIA's Triton container on GPUs: the dali backend with mixed decoding and the
@@ -16,14 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from .contract import CATALOG_SUFFIX, EMBEDDING, FEATURES, MANIFEST, ExpansionNames, ModelNames
+from .contract import CATALOG_SUFFIX, COMPOSITE, EMBEDDING, FEATURES, MANIFEST, ExpansionNames, ModelNames, parts_of
 from .embed_models import embed_models, gate_models, write_embed_artifacts
 from .encoders import EncoderSpec, get_encoder
 from .expansion_models import expansion_models, style_net_digests, write_expansion_artifacts
@@ -32,6 +31,7 @@ from .model_config import FLAVOURS, Flavour, PlannedModel, ServingSpec, read_con
 from .quantize import (METHOD, PRECISIONS, CpuTwin, Int8Options, ParityError, cosine_parity, gate_failures,
                        options_record, parity_summary, quantize_encoder, trt_calibration_table,
                        write_trt_calibration)
+from .versioning import move_models, staging_dir
 
 
 # -- the whole repository -------------------------------------------------------------------
@@ -143,8 +143,7 @@ class Int8Build:
 def _build_int8(encoder: str, repo: Path, flavour: Flavour, int8: Int8Build, **render) -> BuildResult:
     repo.parent.mkdir(parents=True, exist_ok=True)
     names, spec = ModelNames(encoder), get_encoder(encoder)
-    staging = Path(tempfile.mkdtemp(prefix=f".{repo.name}.int8-", dir=repo.parent))
-    try:
+    with staging_dir(repo.parent, f".{repo.name}.int8-") as staging:
         result, manifest = _render(encoder, staging, flavour, precision="int8", **render)
         version = staging / names.onnx / "1"
         fp32 = staging / "fp32.onnx"  # outside every model directory; removed with the staging
@@ -176,24 +175,12 @@ def _build_int8(encoder: str, repo: Path, flavour: Flavour, int8: Int8Build, **r
         fp32.unlink()
         manifest.update(repo=str(repo), int8=record)
         (version.parent / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        _move_models(staging, repo)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        # Each staged model directory replaces its namesake in `repo` (NAME_encoder last).
+        move_models(staging, repo, sorted((p.name for p in staging.iterdir()),
+                                          key=lambda name: (name == names.onnx, name)), replace=True)
     result.repo = repo
     result.int8 = record
     return result
-
-
-def _move_models(staging: Path, repo: Path) -> None:
-    """Each staged model directory replaces its namesake in `repo` by renames (NAME_encoder last)."""
-    repo.mkdir(parents=True, exist_ok=True)
-    for model in sorted(staging.iterdir(), key=lambda p: (p.name.endswith("_encoder"), p.name)):
-        target = repo / model.name
-        old = repo / f".{model.name}.replaced-{os.getpid()}"
-        if target.exists():
-            os.rename(target, old)
-        os.rename(model, target)
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def renderer_fingerprint() -> str:
@@ -209,15 +196,18 @@ def renderer_fingerprint() -> str:
 # -- what a repository serves -----------------------------------------------------------------
 
 class RepositoryError(ValueError):
-    """A repository that does not serve what was asked; `serving` says what it serves instead."""
+    """A repository that does not serve what was asked (`encoder`: for a composite, the part it
+    lacks); `serving` says what it serves instead."""
 
-    def __init__(self, message: str, serving: str):
+    def __init__(self, message: str, serving: str, encoder: Optional[str] = None):
         super().__init__(message)
         self.serving = serving
+        self.encoder = encoder
 
 
 def served_encoders(repo: Path) -> list[str]:
-    return sorted(p.parent.name[:-len("_embed")] for p in Path(repo).glob("*_embed/config.pbtxt"))
+    suffix = ModelNames("").embed
+    return sorted(p.parent.name.removesuffix(suffix) for p in Path(repo).glob(f"{ModelNames('*').embed}/config.pbtxt"))
 
 
 def read_manifest(repo: Path, encoder: str) -> dict:
@@ -226,7 +216,7 @@ def read_manifest(repo: Path, encoder: str) -> dict:
     if not path.is_file() or not (Path(repo) / ModelNames(encoder).embed / "config.pbtxt").is_file():
         serving = ", ".join(f"'{s}'" for s in served_encoders(repo)) or "no encoder (no NAME_embed model)"
         raise RepositoryError(f"repository {repo} serves {serving}, not '{encoder}' (build it with "
-                              f"`equiprobe build-repo`)", serving)
+                              f"`equiprobe build-repo`)", serving, encoder)
     return json.loads(path.read_text())
 
 
@@ -245,6 +235,25 @@ class ServedEncoder:
     def __post_init__(self):
         if self.parts is None:
             self.parts = [self]
+
+    @property
+    def staging_parent(self) -> Path:
+        """Where a first deploy stages its model directories (services/versioning.py): the first
+        part's NAME_embed, a model directory (a hidden directory in the repository would be taken
+        for a model)."""
+        return self.repo / ModelNames(self.parts[0].name).embed
+
+
+def served_encoder(repo: Path, encoder: str) -> ServedEncoder:
+    """What the repository serves for `encoder`, or for each part of a composite "A+B" (a joined
+    store, clients/concat.py): the parts side by side, their embeddings and FEATURES concatenated.
+    RepositoryError names the (first) part the repository lacks."""
+    if COMPOSITE not in encoder:
+        return served_part(repo, encoder)
+    parts = [served_part(repo, name) for name in parts_of(encoder)]
+    return ServedEncoder(Path(repo), encoder, sum(p.dim for p in parts), COMPOSITE.join(p.onnx_sha256 for p in parts),
+                         parts[0].flavour, parts[0].catalog_versions, parts[0].embed_config, parts,
+                         features=sum(p.features for p in parts))
 
 
 def served_part(repo: Path, encoder: str) -> ServedEncoder:

@@ -24,14 +24,21 @@ serves the old version until the new one is ready, then unloads it. `--rollback`
 same way, the version the current one replaced (versions stay on disk).
 NAME_probe/deploy_history.json logs each deploy and rollback.
 
-Selection, in one step. What a selection changes (both models' config.pbtxt and label files, the
-history) is written whole into a new hidden directory NAME_probe/.selection-<v>-*; those names in
-NAME_probe and NAME_detector are symbolic links through NAME_probe/.selected, and the selection
-is switched by renaming a new `.selected` link over the old one. A deploy or rollback killed at
-any moment leaves the repository serving the old selection or the new one, never a mix (Triton
-ignores hidden directories inside a model directory). The very first deploy builds both model
-directories whole in a hidden directory inside NAME_embed and renames them into the repository,
-NAME_probe first: killed in between, the repository has a complete probe model and no detector.
+Selection, in one step (services/versioning.py, shared with build-repo's staging and the index
+deploy). What a selection changes (both models' config.pbtxt and label files, the history) is
+written whole into a new hidden directory NAME_probe/.selection-<v>-*; those names in NAME_probe
+and NAME_detector are symbolic links through NAME_probe/.selected, and the selection is switched
+by renaming a new `.selected` link over the old one. A deploy or rollback killed at any moment
+leaves the repository serving the old selection or the new one, never a mix. The very first
+deploy builds both model directories whole in a hidden directory inside NAME_embed and renames
+them into the repository, NAME_probe first: killed in between, the repository has a complete
+probe model and no detector.
+
+This module decides and orchestrates: which probes (each task's `deploys_as`), checked against
+what the repository serves (services/repository.py's served_encoder, a composite's view
+included), the operating point, the record (services/detector_models.py's ProbeDeployment, the
+version's deployed.json, from which the configs are rendered), and the server's model control
+(connect, switch_server).
 
 Refusal. A probe trained for another encoder, encoder ONNX file, embedding size or catalog
 version than the repository serves is refused with one line naming both values, before anything
@@ -41,52 +48,50 @@ in the repository is written.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
-from equiprobe.services.contract import CATEGORY_PROBS, TRANSFORM_PROBS, DetectorNames, ModelNames
-from equiprobe.services.detector_models import LABEL_FILES, detector_config, probe_config, served_probe_inputs
+from equiprobe.services.contract import DetectorNames
+from equiprobe.services.detector_models import ProbeDeployment, detector_pair, selection_files, served_probe_inputs
 from equiprobe.services.model_config import PYTHON_MODELS
-from equiprobe.services.repository import RepositoryError, ServedEncoder, served_part
+from equiprobe.services.repository import RepositoryError, ServedEncoder
+from equiprobe.services.repository import served_encoder as served_view
+from equiprobe.services.versioning import (HISTORY, VERSION_RECORD, VersionedPair, VersionError, next_version, select,
+                                           selected_version, version_record)
 
 from .calibration import Calibration
 from .detector_scores import DEFAULT_TARGET_FPR, load_scores
 from .probe_export import ProbeError, SavedProbe, category_names, export_probes, read_probe
-from .tasks import TASKS
-
-HISTORY = "deploy_history.json"
-VERSION_RECORD = "deployed.json"
+from .tasks import TASKS, spoken
 
 
 class DeployError(ValueError):
     """A deployment that must not happen (or could not finish); the message says why in one line."""
 
 
+@contextmanager
+def refusing():
+    """The repository's own refusals (services/versioning.py) as DeployError, in the same words."""
+    try:
+        yield
+    except VersionError as exc:
+        raise DeployError(str(exc)) from None
+
+
 # -- what the repository serves -------------------------------------------------------------
 
 def served_encoder(repo: Path, encoder: str) -> ServedEncoder:
     """What the repository serves for `encoder`, or for each part of a composite "A+B"."""
-    from equiprobe.clients.concat import COMPOSITE, part_names
-
-    if COMPOSITE not in encoder:
-        return _served(repo, encoder)
-    parts = [_served(repo, name) for name in part_names(encoder)]
-    return ServedEncoder(repo, encoder, sum(p.dim for p in parts), COMPOSITE.join(p.onnx_sha256 for p in parts),
-                         parts[0].flavour, parts[0].catalog_versions, parts[0].embed_config, parts,
-                         features=sum(p.features for p in parts))
-
-
-def _served(repo: Path, encoder: str) -> ServedEncoder:
     try:
-        return served_part(repo, encoder)
+        return served_view(repo, encoder)
     except RepositoryError as exc:
-        raise DeployError(f"refused: the probe was trained on encoder '{encoder}', but repository {repo} serves "
+        raise DeployError(f"refused: the probe was trained on encoder '{exc.encoder}', but repository {repo} serves "
                           f"{exc.serving}; nothing was changed") from None
 
 
@@ -105,14 +110,17 @@ def check_probe(trained: dict, where: str, task: str, served: ServedEncoder) -> 
 
 
 def pick_probes(probes: list[SavedProbe]) -> tuple[SavedProbe, Optional[SavedProbe]]:
-    """The detector's probe (a task with `detector`: fine, or detect) and the optional general one."""
-    by_task = {"fine": [p for p in probes if TASKS[p.task].detector],
-               "general": [p for p in probes if p.task == "general"]}
-    if len(by_task["fine"]) != 1 or len(by_task["general"]) > 1:
+    """The detector's probe (a task that deploys as transformations: fine, or detect) and the
+    optional one that deploys as categories (general), as each task's `deploys_as` says."""
+    by_role = {role: [p for p in probes if TASKS[p.task].deploys_as == role]
+               for role in ("transformations", "categories")}
+    if len(by_role["transformations"]) != 1 or len(by_role["categories"]) > 1:
         given = ", ".join(f"{p.path} ({p.task})" for p in probes) or "none"
-        raise DeployError(f"deploy takes one fine (or detect) probe and at most one general probe; given: {given}")
-    general = by_task["general"][0] if by_task["general"] else None
-    fine = by_task["fine"][0]
+        takes = {role: [t.name for t in TASKS.values() if t.deploys_as == role] for role in by_role}
+        raise DeployError(f"deploy takes one {takes['transformations'][0]} (or {spoken(takes['transformations'][1:])}) "
+                          f"probe and at most one {spoken(takes['categories'])} probe; given: {given}")
+    fine = by_role["transformations"][0]
+    general = by_role["categories"][0] if by_role["categories"] else None
     if general is not None and general.saved.features_dim != fine.saved.features_dim:
         raise DeployError(f"{fine.path} and {general.path} read different inputs (FEATURES width "
                           f"{fine.saved.features_dim} vs {general.saved.features_dim}); train both with or "
@@ -120,216 +128,7 @@ def pick_probes(probes: list[SavedProbe]) -> tuple[SavedProbe, Optional[SavedPro
     if general is not None and general.classes != category_names():
         raise DeployError(f"{general.path}: general classes {general.classes} are not the catalog's "
                           f"{category_names()}")
-    return by_task["fine"][0], general
-
-
-# -- files ----------------------------------------------------------------------------------
-
-def versions_on_disk(model_dir: Path) -> list[int]:
-    return sorted(int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit())
-
-
-def selected_version(model_dir: Path) -> Optional[int]:
-    from equiprobe.services.model_config import read_config
-
-    if not (model_dir / "config.pbtxt").is_file():
-        return None
-    versions = read_config(model_dir / "config.pbtxt").version_policy.specific.versions
-    return int(versions[0]) if versions else None
-
-
-def version_record(model_dir: Path, version: int) -> dict:
-    path = model_dir / str(version) / VERSION_RECORD
-    if not path.is_file():
-        raise DeployError(f"{model_dir.name} version {version} is not on disk ({path} is missing)")
-    return json.loads(path.read_text())
-
-
-def place_version(staged: Path, model_dir: Path, version: int) -> Path:
-    """Copy a finished version beside its final place, then rename it in (atomic on one filesystem)."""
-    staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
-    final = model_dir / str(version)
-    try:
-        os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the version from a server running as another user
-        for item in staged.iterdir():  # links are followed: a staged version may link to what it copies
-            (shutil.copytree if item.is_dir() else shutil.copy2)(item, staging / item.name)
-        os.rename(staging, final)
-    except BaseException as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(exc, OSError) and final.exists():
-            raise DeployError(f"{final} appeared while this deploy ran (another deploy?); nothing was "
-                              "selected") from None
-        raise
-    return final
-
-
-SELECTED = ".selected"  # NAME_probe/.selected -> .selection-<v>-*: the selection both models read
-SELECTION_PREFIX = ".selection-"
-# The names each model directory reads through NAME_probe/.selected: name there -> name in the selection.
-PROBE_LINKS = {"config.pbtxt": "probe.pbtxt", **{f: f for f in LABEL_FILES.values()}, HISTORY: HISTORY}
-DETECTOR_LINKS = {"config.pbtxt": "detector.pbtxt", **{f: f for f in LABEL_FILES.values()}}
-
-
-@dataclass(frozen=True)
-class VersionedPair:
-    """A versioned model and the ensemble that ends with it, switched together by one selection:
-    NAME_probe and NAME_detector here, NAME_match and NAME_matcher (trainer/match_deploy.py)."""
-
-    model: str
-    ensemble: str
-    model_links: dict  # name in the model directory -> name in the selection
-    ensemble_links: dict  # the same for the ensemble's directory
-    version_parameter: str  # the ensemble's config parameter that names the model version it serves
-
-
-def detector_pair(names: DetectorNames) -> VersionedPair:
-    return VersionedPair(names.probe, names.detector, PROBE_LINKS, DETECTOR_LINKS, "probe_version")
-
-
-def read_history(model_dir: Path) -> dict:
-    history_file = model_dir / HISTORY
-    return (json.loads(history_file.read_text()) if history_file.is_file()
-            else {"model": model_dir.name, "events": []})
-
-
-def select(served: ServedEncoder, names: DetectorNames, meta: dict, event: dict,
-           new_version: Optional[Path] = None) -> None:
-    """Make the repository serve `meta`'s version (placing `new_version`, a finished version
-    directory, first), and log `event` in the history, in one atomic switch (module docstring)."""
-    history = read_history(served.repo / names.probe)
-    history["events"].append(event)
-    switch_selection(served, detector_pair(names), meta["version"],
-                     _selection_files(served, names, meta, history), new_version)
-
-
-def switch_selection(served: ServedEncoder, pair: VersionedPair, version: int, files: dict[str, str],
-                     new_version: Optional[Path] = None) -> None:
-    """Write `files` as a new selection of `pair.model` and switch both directories to it in one
-    rename (placing `new_version` as `version` first); the first time, build both directories."""
-    model_dir, ensemble_dir = served.repo / pair.model, served.repo / pair.ensemble
-    staging_parent = served.repo / ModelNames(served.parts[0].name).embed
-    if model_dir.is_dir():
-        if new_version is not None:
-            place_version(new_version, model_dir, version)
-        _adopt(model_dir, ensemble_dir, pair)
-        previous = os.readlink(model_dir / SELECTED)
-        selection = _write_selection(model_dir, version, files)
-        _link(model_dir / SELECTED, selection.name, selection)  # the switch
-        _fsync_dir(model_dir)
-        if ensemble_dir.is_dir():
-            _link_all(model_dir, ensemble_dir, selection, pair)  # links an adopted selection had no file for
-        else:  # a first deploy killed between its two renames
-            _staged_model_dirs(staging_parent, (pair.ensemble,),
-                               lambda staging: _ensemble_dir(staging / pair.ensemble, pair), served.repo)
-        _prune(model_dir, keep={previous, selection.name})
-        return
-
-    def build(staging: Path) -> None:
-        model = staging / pair.model
-        model.mkdir()
-        if new_version is not None:
-            place_version(new_version, model, version)
-        os.symlink(_write_selection(model, version, files).name, model / SELECTED)
-        for name, target in pair.model_links.items():
-            os.symlink(f"{SELECTED}/{target}", model / name)
-        _ensemble_dir(staging / pair.ensemble, pair)
-
-    # The first deploy: both model directories made whole where Triton does not look (a hidden
-    # directory inside NAME_embed; a hidden one in the repository would be taken for a model).
-    _staged_model_dirs(staging_parent, (pair.model, pair.ensemble), build, served.repo)
-
-
-def _selection_files(served: ServedEncoder, names: DetectorNames, meta: dict, history: dict) -> dict[str, str]:
-    from google.protobuf import text_format
-
-    labels = {TRANSFORM_PROBS: meta["classes"], CATEGORY_PROBS: meta["categories"]}
-    return {"probe.pbtxt": text_format.MessageToString(probe_config(served, meta)),
-            "detector.pbtxt": text_format.MessageToString(detector_config(served, names, meta)),
-            **{LABEL_FILES[output]: "\n".join(values) + "\n" for output, values in labels.items()},
-            HISTORY: json.dumps(history, indent=2)}
-
-
-def _write_selection(probe_dir: Path, version: int, files: dict[str, str]) -> Path:
-    selection = Path(tempfile.mkdtemp(prefix=f"{SELECTION_PREFIX}{version}-", dir=probe_dir))
-    os.chmod(selection, 0o755)  # mkdtemp's 0700 would hide it from a server running as another user
-    for name, text in files.items():
-        with open(selection / name, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-    _fsync_dir(selection)
-    return selection
-
-
-def _ensemble_dir(path: Path, pair: VersionedPair) -> None:
-    (path / "1").mkdir(parents=True)  # an ensemble's (empty) version
-    for name, target in pair.ensemble_links.items():
-        os.symlink(f"../{pair.model}/{SELECTED}/{target}", path / name)
-
-
-def _staged_model_dirs(staging_parent: Path, dirs: tuple[str, ...], build, repo: Path) -> None:
-    """Build model directories in a hidden staging directory, then rename each into `repo` (in
-    the order of `dirs`), so that each appears complete or not at all."""
-    staging = Path(tempfile.mkdtemp(prefix=".deploy-", dir=staging_parent))
-    try:
-        build(staging)
-        for name in dirs:
-            os.chmod(staging / name, 0o755)
-            os.rename(staging / name, repo / name)
-        _fsync_dir(repo)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _adopt(probe_dir: Path, detector_dir: Path, pair: VersionedPair) -> None:
-    """A repository deployed before selections: its selection's files, copied as they are into a
-    selection, become links to it one by one (each link shows the same content: no switch yet)."""
-    if (probe_dir / SELECTED).is_symlink():
-        return
-    files = {}
-    for model_dir, links in ((probe_dir, pair.model_links), (detector_dir, pair.ensemble_links)):
-        for name, target in links.items():
-            if (model_dir / name).is_file():
-                files[target] = (model_dir / name).read_text()
-    selection = _write_selection(probe_dir, selected_version(probe_dir) or 0, files)
-    _link(probe_dir / SELECTED, selection.name, selection)
-    _link_all(probe_dir, detector_dir, selection, pair, only=set(files))
-
-
-def _link_all(probe_dir: Path, detector_dir: Path, selection: Path, pair: VersionedPair,
-              only: Optional[set] = None) -> None:
-    """Each name the two model directories read through `.selected` (of `only`) as a link there."""
-    for model_dir, links, prefix in ((probe_dir, pair.model_links, ""),
-                                     (detector_dir, pair.ensemble_links, f"../{probe_dir.name}/")):
-        for name, target in links.items():
-            if (only is None or target in only) and not (model_dir / name).is_symlink():
-                _link(model_dir / name, f"{prefix}{SELECTED}/{target}", selection)
-
-
-def _link(path: Path, target: str, staging: Path) -> None:
-    """Make `path` a symbolic link to `target`, replacing whatever is there in one rename. The link
-    is made inside `staging` (a selection directory): Triton stats every entry of a model
-    directory, and fails the model on one that leads nowhere, as a killed deploy's leftover link
-    would once its selection is pruned; inside a selection it is never looked at, and goes with it."""
-    staged = staging / f".link-{path.name}"
-    staged.unlink(missing_ok=True)
-    os.symlink(target, staged)
-    os.replace(staged, path)
-
-
-def _prune(probe_dir: Path, keep: set[str]) -> None:
-    """Selections no longer selected (the one before is kept: a server may still be reading it)."""
-    for old in probe_dir.glob(f"{SELECTION_PREFIX}*"):
-        if old.name not in keep:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return fine, general
 
 
 # -- the server -----------------------------------------------------------------------------
@@ -434,7 +233,7 @@ class DeployResult:
     names: DetectorNames
     version: int
     replaced: Optional[int]
-    meta: dict
+    meta: dict  # the version's deployed.json
     server: Optional[str] = None  # how the server took it, when --url was given
 
 
@@ -487,41 +286,56 @@ def deploy(probe_dirs: list[Path], repo: Path, url=None, timeout_s: float = 120.
     names = DetectorNames(served.name)
     model_dir = repo / names.probe
     replaced = selected_version(model_dir)
-    version = max(versions_on_disk(model_dir), default=0) + 1
+    version = next_version(model_dir)
     reads_features = bool(fine.saved.features_dim)
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp)
         try:
             exported = export_probes(fine, general, staged / "model.onnx", threshold,
-                                     served_probe_inputs(served, {"features": reads_features}),
-                                     calibration=calibration)
+                                     served_probe_inputs(served, reads_features), calibration=calibration)
         except ProbeError as exc:
             raise DeployError(str(exc)) from None
-        meta = {"model": names.probe, "version": version, "replaced": replaced, "deployed_at": now(),
-                "encoder": served.name, "dim": served.dim, "encoder_onnx_sha256": served.onnx_sha256,
-                "features": reads_features, "features_dim": served.features if reads_features else 0,
-                "catalog_versions": {p.task: p.record["catalog_version"] for p in (fine, general) if p},
-                "detector_task": fine.task,  # whose catalog's rows TRANSFORM_PROBS are: fine or detect
-                "classes": fine.classes, "categories": category_names(),
-                "category_source": exported.category_source, "parity_max_abs_diff": exported.max_abs_diff,
-                "threshold": threshold, "target_fpr": target_fpr, "calibration": calibration.as_dict(),
-                "probes": {p.task: {"path": str(p.path.resolve()), "record": p.record}
-                           for p in (fine, general) if p}}
-        meta["catalog_versions"].setdefault("general", served.catalog_versions["general"])
+        deployed = ProbeDeployment(
+            model=names.probe, version=version, replaced=replaced, deployed_at=now(), encoder=served.name,
+            dim=served.dim, encoder_onnx_sha256=served.onnx_sha256, features=reads_features,
+            features_dim=served.features if reads_features else 0,
+            catalog_versions={p.task: p.record["catalog_version"] for p in (fine, general) if p},
+            detector_task=fine.task, classes=fine.classes, categories=category_names(),
+            category_source=exported.category_source, parity_max_abs_diff=exported.max_abs_diff,
+            threshold=threshold, target_fpr=target_fpr, calibration=calibration.as_dict(),
+            probes={p.task: {"path": str(p.path.resolve()), "record": p.record} for p in (fine, general) if p})
+        deployed.catalog_versions.setdefault("general", served.catalog_versions["general"])
+        meta = deployed.as_json()
         (staged / VERSION_RECORD).write_text(json.dumps(meta, indent=2))
         if served.flavour == "portable":
             shutil.copy2(PYTHON_MODELS / "onnx_encoder.py", staged / "model.py")
-        select(served, names, meta, {"action": "deploy", "version": version, "replaced": replaced,
-                                     "at": meta["deployed_at"],
-                                     "probes": {task: p["path"] for task, p in meta["probes"].items()}}, staged)
+        event = {"action": "deploy", "version": version, "replaced": replaced, "at": deployed.deployed_at,
+                 "probes": {task: p["path"] for task, p in deployed.probes.items()}}
+        with refusing():
+            select(repo, detector_pair(names), version, selection_files(served, names, deployed), event,
+                   served.staging_parent, new_version=staged)
     result = DeployResult("deploy", repo, served.flavour, names, version, replaced, meta)
     if client is not None:
         result.server = switch_server(client, url, detector_pair(names), version, timeout_s)
     return result
 
 
+def previous_version(model_dir: Path, what: str) -> tuple[int, int, dict]:
+    """(the selected version, the one it replaced, that one's deployed.json): what a rollback selects."""
+    current = selected_version(model_dir)
+    if current is None:
+        raise DeployError(f"{model_dir}/config.pbtxt selects no version; deploy {what} first")
+    with refusing():
+        target = version_record(model_dir, current).get("replaced")
+        if target is None:
+            raise DeployError(f"{model_dir.name} version {current} replaced no earlier version; there is nothing to "
+                              "roll back to")
+        return current, target, version_record(model_dir, target)
+
+
 def deployed_encoders(repo: Path) -> list[str]:
-    return sorted(p.parent.name[:-len("_probe")] for p in repo.glob(f"*_probe/{HISTORY}"))
+    suffix = DetectorNames("").probe
+    return sorted(p.parent.name.removesuffix(suffix) for p in repo.glob(f"{DetectorNames('*').probe}/{HISTORY}"))
 
 
 def rollback(repo: Path, encoder: Optional[str] = None, url=None,
@@ -535,23 +349,18 @@ def rollback(repo: Path, encoder: Optional[str] = None, url=None,
                               f"({', '.join(encoders) or 'none'}); name one with --encoder")
         encoder = encoders[0]
     elif encoder not in encoders:
-        raise DeployError(f"repository {repo} has no deployed {encoder}_detector")
+        raise DeployError(f"repository {repo} has no deployed {DetectorNames(encoder).detector}")
     names = DetectorNames(encoder)
-    model_dir = repo / names.probe
-    current = selected_version(model_dir)
-    if current is None:
-        raise DeployError(f"{model_dir}/config.pbtxt selects no version; deploy a probe first")
-    target = version_record(model_dir, current).get("replaced")
-    if target is None:
-        raise DeployError(f"{names.probe} version {current} replaced no earlier version; there is nothing to roll "
-                          "back to")
-    meta = version_record(model_dir, target)
+    current, target, meta = previous_version(repo / names.probe, "a probe")
+    deployed = ProbeDeployment.from_json(meta)
     served = served_encoder(repo, encoder)
     # The version was checked when it was deployed; the repository's encoder may have changed since.
-    for task, probe in meta["probes"].items():
+    for task, probe in deployed.probes.items():
         check_probe(probe["record"], f"{names.probe} version {target}", task, served)
     client = connect(url) if url else None
-    select(served, names, meta, {"action": "rollback", "version": target, "replaced": current, "at": now()})
+    with refusing():
+        select(repo, detector_pair(names), target, selection_files(served, names, deployed),
+               {"action": "rollback", "version": target, "replaced": current, "at": now()}, served.staging_parent)
     result = DeployResult("rollback", repo, served.flavour, names, target, current, meta)
     if client is not None:
         result.server = switch_server(client, url, detector_pair(names), target, timeout_s)

@@ -3,8 +3,9 @@ version of NAME_match, served by NAME_matcher (services/match_models.py).
 
 The version directory is the index directory copied whole (services/match_index.py: index.faiss,
 keys.npy, index.json, ...; references.npy and probe/ where the index has them), with deployed.json
-and the python model. Versions, the one-rename selection, explicit model control, the history
-and `--rollback` are trainer/deploy.py's, for the pair NAME_match / NAME_matcher.
+and the python model. Versions, the one-rename selection and the history are
+services/versioning.py's, for the pair NAME_match / NAME_matcher (services/match_models.py:
+match_pair, the configs); explicit model control and `--rollback` are trainer/deploy.py's.
 
 Refusal. An index of another encoder, encoder ONNX file, embedding size or FEATURES width than
 the repository serves, or one whose files are missing or do not match index.json (size, sha256),
@@ -19,27 +20,20 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from equiprobe.services.contract import MatchNames
+from equiprobe.services.contract import COMPOSITE, MatchNames
 from equiprobe.services.match_index import FILES, MatchIndexError, read_meta, read_projection, sha256_of
-from equiprobe.services.match_models import match_config, matcher_config
+from equiprobe.services.match_models import match_pair, selection_files
 from equiprobe.services.matching import DEFAULT_K, PROBE_DIR, PROBE_JSON, REFERENCES, features_dim, has_probe, \
     read_probe_record
 from equiprobe.services.model_config import PYTHON_MODELS
 from equiprobe.services.repository import RepositoryError, ServedEncoder, served_part
+from equiprobe.services.versioning import HISTORY, VERSION_RECORD, next_version, select, selected_version
 
-from .deploy import (HISTORY, VERSION_RECORD, DeployError, DeployResult, VersionedPair, connect, now, read_history,
-                     selected_version, switch_selection, switch_server, version_record, versions_on_disk)
-
-MATCH_LINKS = {"config.pbtxt": "match.pbtxt", HISTORY: HISTORY}
-MATCHER_LINKS = {"config.pbtxt": "matcher.pbtxt"}
-
-
-def match_pair(names: MatchNames) -> VersionedPair:
-    return VersionedPair(names.match, names.matcher, MATCH_LINKS, MATCHER_LINKS, "index_version")
+from .deploy import DeployError, DeployResult, connect, now, previous_version, refusing, switch_server
 
 
 def served_for(repo: Path, encoder: str, what: str) -> ServedEncoder:
-    if "+" in str(encoder):
+    if COMPOSITE in str(encoder):
         raise DeployError(f"refused: {what} holds composite '{encoder}' embeddings; NAME_match serves one encoder's "
                           "index; nothing was changed")
     try:
@@ -87,22 +81,6 @@ def check_files(index: Path, meta: dict) -> Optional[dict]:
         raise DeployError(f"refused: {exc}; nothing was changed") from None
 
 
-def _selection_files(served: ServedEncoder, names: MatchNames, meta: dict, history: dict) -> dict[str, str]:
-    from google.protobuf import text_format
-
-    return {"match.pbtxt": text_format.MessageToString(match_config(served, names, meta)),
-            "matcher.pbtxt": text_format.MessageToString(matcher_config(served, names, meta)),
-            HISTORY: json.dumps(history, indent=2)}
-
-
-def _select(served: ServedEncoder, names: MatchNames, meta: dict, event: dict,
-            new_version: Optional[Path] = None) -> None:
-    history = read_history(served.repo / names.match)
-    history["events"].append(event)
-    switch_selection(served, match_pair(names), meta["version"], _selection_files(served, names, meta, history),
-                     new_version)
-
-
 def deploy_index(index: Path, repo: Path, url=None, timeout_s: float = 120.0, copy_threshold: Optional[float] = None,
                  k: int = DEFAULT_K) -> DeployResult:
     """Write INDEX as the next NAME_match version, select it, and (given a url) load it."""
@@ -125,7 +103,7 @@ def deploy_index(index: Path, repo: Path, url=None, timeout_s: float = 120.0, co
     names = MatchNames(served.name)
     model_dir = repo / names.match
     replaced = selected_version(model_dir)
-    version = max(versions_on_disk(model_dir), default=0) + 1
+    version = next_version(model_dir)
     meta = {"model": names.match, "version": version, "replaced": replaced, "deployed_at": now(),
             "index": str(index.resolve()), "encoder": served.name, "dim": served.dim,
             "encoder_onnx_sha256": served.onnx_sha256, "features_dim": features_dim(meta_index),
@@ -145,8 +123,11 @@ def deploy_index(index: Path, repo: Path, url=None, timeout_s: float = 120.0, co
                 (staged / item.name).symlink_to(item.resolve())
         (staged / VERSION_RECORD).write_text(json.dumps(meta, indent=2))
         shutil.copy2(PYTHON_MODELS / "match.py", staged / "model.py")
-        _select(served, names, meta, {"action": "deploy", "version": version, "replaced": replaced,
-                                      "at": meta["deployed_at"], "index": meta["index"]}, staged)
+        event = {"action": "deploy", "version": version, "replaced": replaced, "at": meta["deployed_at"],
+                 "index": meta["index"]}
+        with refusing():
+            select(repo, match_pair(names), version, selection_files(served, names, meta), event,
+                   served.staging_parent, new_version=staged)
     result = DeployResult("deploy", repo, served.flavour, names, version, replaced, meta)
     if client is not None:
         result.server = switch_server(client, url, match_pair(names), version, timeout_s)
@@ -154,7 +135,8 @@ def deploy_index(index: Path, repo: Path, url=None, timeout_s: float = 120.0, co
 
 
 def deployed_indexes(repo: Path) -> list[str]:
-    return sorted(p.parent.name[:-len("_match")] for p in repo.glob(f"*_match/{HISTORY}"))
+    suffix = MatchNames("").match
+    return sorted(p.parent.name.removesuffix(suffix) for p in repo.glob(f"{MatchNames('*').match}/{HISTORY}"))
 
 
 def rollback_index(repo: Path, encoder: Optional[str] = None, url=None, timeout_s: float = 120.0) -> DeployResult:
@@ -167,21 +149,15 @@ def rollback_index(repo: Path, encoder: Optional[str] = None, url=None, timeout_
                               f"({', '.join(encoders) or 'none'}); name one with --encoder")
         encoder = encoders[0]
     elif encoder not in encoders:
-        raise DeployError(f"repository {repo} has no deployed {encoder}_match")
+        raise DeployError(f"repository {repo} has no deployed {MatchNames(encoder).match}")
     names = MatchNames(encoder)
-    model_dir = repo / names.match
-    current = selected_version(model_dir)
-    if current is None:
-        raise DeployError(f"{model_dir}/config.pbtxt selects no version; deploy an index first")
-    target = version_record(model_dir, current).get("replaced")
-    if target is None:
-        raise DeployError(f"{names.match} version {current} replaced no earlier version; there is nothing to roll "
-                          "back to")
-    meta = version_record(model_dir, target)
+    current, target, meta = previous_version(repo / names.match, "an index")
     served = served_for(repo, encoder, f"{names.match} version {target}")
     check_index(meta["index_meta"], f"{names.match} version {target}", served)  # the repository may have changed
     client = connect(url) if url else None
-    _select(served, names, meta, {"action": "rollback", "version": target, "replaced": current, "at": now()})
+    with refusing():
+        select(repo, match_pair(names), target, selection_files(served, names, meta),
+               {"action": "rollback", "version": target, "replaced": current, "at": now()}, served.staging_parent)
     result = DeployResult("rollback", repo, served.flavour, names, target, current, meta)
     if client is not None:
         result.server = switch_server(client, url, match_pair(names), target, timeout_s)

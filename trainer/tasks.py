@@ -47,7 +47,9 @@ class TaskSpec:
     per_style: bool = False  # metric per_style_accuracy, seen and held out (report: Table 2)
     semantic_only: bool = False  # a semantic-only probe on the same split and seeds, compared (report section)
     detector: bool = False  # train saves the detector's scores and card (where a class is identity)
-    detector_part: bool = False  # deploy takes it as a part of the served detector
+    # deploy takes it as a part of the served detector: its probe's rows as TRANSFORM_PROBS (one
+    # such probe, the detector's), or its classes as CATEGORY_PROBS (at most one)
+    deploys_as: Optional[Literal["transformations", "categories"]] = None
     softmax_geed: bool = False  # the report measures the probe's softmax G-EED
     per_transformation_plot: bool = False  # in the report's accuracy-per-transformation plot
     table1: tuple[tuple[str, str], ...] = ()  # the report's Table 1 cells it fills: (column, summary metric)
@@ -57,13 +59,18 @@ class TaskSpec:
         """Needs the images' semantic labels."""
         return any(h.semantic for h in self.heads)
 
+    @property
+    def detector_part(self) -> bool:
+        """Deploy takes it as a part of the served detector."""
+        return self.deploys_as is not None
+
 
 TASKS: dict[str, TaskSpec] = {t.name: t for t in (
     TaskSpec("fine", "31-way transformation", "the fine-grained task", "fine", (Head("fine", "rows"),),
-             detector=True, detector_part=True, softmax_geed=True, per_transformation_plot=True,
+             detector=True, deploys_as="transformations", softmax_geed=True, per_transformation_plot=True,
              table1=(("fine", "test_accuracy"),)),
     TaskSpec("general", "10-way category", "the generalization task", "general", (Head("general", "classes"),),
-             held_out=True, held_out_families=("noise", "style"), per_style=True, detector_part=True,
+             held_out=True, held_out_families=("noise", "style"), per_style=True, deploys_as="categories",
              softmax_geed=True, table1=(("general", "test_accuracy"), ("held_out_noise", "held_out_noise_accuracy"),
                                         ("held_out_style", "held_out_style_accuracy"))),
     TaskSpec("semantic", "the dataset's label", "the semantic task", None, (Head("semantic", "label_names"),)),
@@ -72,7 +79,7 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
              semantic_only=True, per_transformation_plot=True),
     TaskSpec("detect", "one class per detection-catalog row (every fine kind from mild to strong, and everyday "
              "edits): the detector trained for uploads", "the detection task", "detect", (Head("detect", "rows"),),
-             detector=True, detector_part=True, per_transformation_plot=True),
+             detector=True, deploys_as="transformations", per_transformation_plot=True),
 )}
 
 
