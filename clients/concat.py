@@ -15,16 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from equiprobe.services.contract import COMPOSITE, compose, parts_of
+from equiprobe.services.contract import COMPOSITE, compose
 
 from .store import PENDING, Store, StoreError, StoreWriter, manifest_differences, manifest_value
 
 # Everything but the encoder must match for rows to be the same examples.
 SAME_IMAGES = ("format_version", "dtype", "catalog", "catalog_version", "rows", "dataset", "seed", "count", "shard",
                "uploads", "limit")
-
-
-part_names = parts_of  # the contract's rule (trainer/deploy.py still imports it from here)
 
 
 def joined_layout(parts: list[Store]) -> list[dict]:

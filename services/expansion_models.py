@@ -47,7 +47,7 @@ from .contract import (CANVAS, CHECKED, EMBEDDINGS, EXPANSION_MANIFEST, EXTRA, F
                        expansion_outputs)
 from .embed_models import crop_dims
 from .encoders import EncoderSpec
-from .export import sha256_of
+from .files import sha256_of
 from .model_config import (Flavour, PlannedModel, ServingSpec, dali_config, dynamic_batching, ensemble_config,
                            instances, onnx_config, python_backend, string_parameters, tensor, tensor_of)
 from .onnx_wrappers import wrap_style_network

@@ -13,7 +13,6 @@ largest embedding value (measured values are ~1e-6, see the tests).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import tempfile
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from .contract import EMBEDDING, FEATURES, PIXELS
 from .encoders import EncoderSpec, Preprocess
 from .encoders.registry import Network
 from .encoders.taps import TappedNetwork, exported_taps, tap_onnx, tapped_reference
+from .files import sha256_of
 from .runtime import ort_session
 
 RELATIVE_TOLERANCE = 1e-4
@@ -49,13 +49,6 @@ class ExportResult:
         return (self.max_abs_diff <= RELATIVE_TOLERANCE * max(1.0, self.reference_scale)
                 and self.features_max_abs_diff <= FEATURES_TOLERANCE * max(1.0, self.features_scale))
 
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def random_normalized_batch(pre: Preprocess, batch: int, seed: int = 0) -> np.ndarray:

@@ -28,8 +28,6 @@ it, every file fsynced, then swapped in by rename: a crash leaves the old index 
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
 import json
 import math
 import os
@@ -42,6 +40,7 @@ from typing import Optional
 import faiss
 import numpy as np
 
+from .files import fsync_path, sha256_of, swap_in
 from .match_projection import FILE as PROJECTION
 from .match_projection import Projection
 
@@ -389,34 +388,8 @@ def read_meta(path: Path) -> dict:
     return meta
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 # -- writing ------------------------------------------------------------------------------------
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
-
 
 def _write_references(file: Path, references, count: int, width: int) -> None:
     """references.npy [count, width] float16 from an array or from chunks [b, width] in id order."""
@@ -499,18 +472,9 @@ def write_index(path: Path, index: faiss.Index, keys: np.ndarray, store_ids: np.
                 "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         (staged / "index.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         for name in files:
-            _fsync(staged / name)
-        _fsync(staged)
-        if path.exists():
-            if not _exchange(staged, path):  # two renames: a crash between them leaves the old one at .old
-                old = path.parent / f".{path.name}.old-{os.getpid()}"
-                os.replace(path, old)
-                os.replace(staged, path)
-                staged = old
-            shutil.rmtree(staged, ignore_errors=True)  # now the old index
-        else:
-            os.replace(staged, path)
-        _fsync(path.parent)
+            fsync_path(staged / name)
+        fsync_path(staged)
+        swap_in(staged, path)
     except BaseException:
         if staged.exists() and staged.name.startswith(f".{path.name}.tmp-"):
             shutil.rmtree(staged, ignore_errors=True)

@@ -26,7 +26,8 @@ from .contract import CATALOG_SUFFIX, COMPOSITE, EMBEDDING, FEATURES, MANIFEST, 
 from .embed_models import embed_models, gate_models, write_embed_artifacts
 from .encoders import EncoderSpec, get_encoder
 from .expansion_models import expansion_models, style_net_digests, write_expansion_artifacts
-from .export import ExportResult, sha256_of
+from .export import ExportResult
+from .files import sha256_of
 from .model_config import FLAVOURS, Flavour, PlannedModel, ServingSpec, read_config, write_model
 from .quantize import (METHOD, PRECISIONS, CpuTwin, Int8Options, ParityError, cosine_parity, gate_failures,
                        options_record, parity_summary, quantize_encoder, trt_calibration_table,

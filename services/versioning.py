@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
+from .files import fsync_path
+
 HISTORY = "deploy_history.json"  # in MODEL (through the selection): each deploy and rollback
 VERSION_RECORD = "deployed.json"  # in MODEL/<v>: what the version is
 SELECTED = ".selected"  # MODEL/.selected -> .selection-<v>-*: the selection both models read
@@ -55,14 +57,6 @@ class VersionedPair:
 
 
 # -- staging ------------------------------------------------------------------------------------
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 @contextmanager
 def staging_dir(parent: Path, prefix: str) -> Iterator[Path]:
@@ -88,7 +82,7 @@ def move_models(staging: Path, repo: Path, names: Sequence[str], replace: bool =
         os.rename(source, target)
         if replace:
             shutil.rmtree(old, ignore_errors=True)
-    fsync_dir(repo)
+    fsync_path(repo)
 
 
 # -- versions -----------------------------------------------------------------------------------
@@ -167,7 +161,7 @@ def switch_selection(repo: Path, pair: VersionedPair, version: int, files: dict[
         previous = os.readlink(model_dir / SELECTED)
         selection = _write_selection(model_dir, version, files)
         _link(model_dir / SELECTED, selection.name, selection)  # the switch
-        fsync_dir(model_dir)
+        fsync_path(model_dir)
         if ensemble_dir.is_dir():
             _link_all(model_dir, ensemble_dir, selection, pair)  # links an adopted selection had no file for
         else:  # a first switch killed between its two renames
@@ -198,7 +192,7 @@ def _write_selection(model_dir: Path, version: int, files: dict[str, str]) -> Pa
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-    fsync_dir(selection)
+    fsync_path(selection)
     return selection
 
 

@@ -51,6 +51,7 @@ from torch import nn
 from equiprobe.clients.index_build import encoder_fields
 from equiprobe.clients.store import DONE, Store
 from equiprobe.services import match_index as mx
+from equiprobe.services.files import fsync_path, swap_in
 
 from .calibration import calibration_quality, fit_calibration, raw_log_odds
 from .match_probe import (EDITED_SCORE, FORMAT, IDENTITY, MAX_IDENTICAL_SHARE, OUTPUTS, QUERY, REFERENCE,
@@ -417,20 +418,6 @@ def load_torch_head(probe_dir: Path) -> MatchHead:
     return MatchHead(probe, Calibration.from_dict(record["calibration"]), int(record["identity"])).eval()
 
 
-def swap_in(staged: Path, target: Path) -> None:
-    """Replace `target` (a directory, or nothing) by `staged` in one rename where Linux allows."""
-    if target.exists():
-        if not mx._exchange(staged, target):  # two renames: a crash between them leaves the old one aside
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            os.replace(target, old)
-            os.replace(staged, target)
-            staged = old
-        shutil.rmtree(staged, ignore_errors=True)
-    else:
-        os.replace(staged, target)
-    mx._fsync(target.parent)
-
-
 # -- the whole command ----------------------------------------------------------------------------
 
 def train_match_probe(index_path: Path, store_path: Path, config: MatchProbeConfig = MatchProbeConfig(),
@@ -538,8 +525,8 @@ def train_match_probe(index_path: Path, store_path: Path, config: MatchProbeConf
         (staged / mx.PROBE_JSON).write_text(json.dumps(record, indent=2, sort_keys=True))
         torch.save(model.state_dict(), staged / TORCH_FILE)
         for name in (mx.PROBE_ONNX, mx.PROBE_JSON, TORCH_FILE):
-            mx._fsync(staged / name)
-        mx._fsync(staged)
+            fsync_path(staged / name)
+        fsync_path(staged)
         swap_in(staged, probe_dir)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
