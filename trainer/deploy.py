@@ -50,7 +50,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -65,14 +64,12 @@ from equiprobe.services.repository import served_encoder as served_view
 from equiprobe.services.versioning import (HISTORY, VERSION_RECORD, VersionedPair, VersionError, next_version, select,
                                            selected_version, version_record)
 
+from equiprobe.clients.model_control import DeployError, connect, switch_server
+
 from .calibration import Calibration
 from .detector_scores import DEFAULT_TARGET_FPR, load_scores
 from .probe_export import ProbeError, SavedProbe, category_names, export_probes, read_probe
 from .tasks import TASKS, spoken
-
-
-class DeployError(ValueError):
-    """A deployment that must not happen (or could not finish); the message says why in one line."""
 
 
 @contextmanager
@@ -132,96 +129,6 @@ def pick_probes(probes: list[SavedProbe]) -> tuple[SavedProbe, Optional[SavedPro
 
 
 # -- the server -----------------------------------------------------------------------------
-
-class _Server:
-    """A synchronous gRPC client that sends the connection's headers (TLS, keys) on every call."""
-
-    def __init__(self, connection):
-        self.connection, self.client = connection, connection.grpc_client()
-        self.headers = connection.grpc_headers() or None
-
-    def __getattr__(self, name):
-        import functools
-
-        call = getattr(self.client, name)
-        return call if name == "close" else functools.partial(call, headers=self.headers)
-
-
-def connect(url) -> _Server:
-    """A client for the server at `url` (HOST:PORT or a clients.connection.Connection), checked
-    before anything in the repository changes: it answers, and it lets this client use model
-    control (an exposed server needs the admin key for it)."""
-    from tritonclient.utils import InferenceServerException
-
-    from equiprobe.clients.connection import as_connection
-
-    connection = as_connection(url)
-    client = _Server(connection)
-    try:
-        problem = None if client.is_server_live(client_timeout=5) else "not live"
-    except InferenceServerException as exc:
-        problem = exc.message()
-    if problem:
-        raise DeployError(connection.explain(f"no Triton server answers at {connection.url} ({problem})") +
-                          "; nothing was changed")
-    try:
-        client.get_model_repository_index(client_timeout=10)  # model control: the admin key's protocol
-    except InferenceServerException as exc:
-        raise DeployError(f"{connection.explain(exc.message())}; nothing was changed") from None
-    return client
-
-
-def switch_server(client, url, pair: VersionedPair, version: int, timeout_s: float) -> str:
-    """Make the server serve `version`: load_model in explicit mode; in poll mode wait for its
-    rescan. Returns once the model (the probe) serves only that version and the ensemble (the
-    detector) is reloaded."""
-    from tritonclient.utils import InferenceServerException
-
-    from equiprobe.clients.connection import refusal
-
-    url = getattr(url, "url", url)
-    how = "loaded"
-    for model in (pair.model, pair.ensemble):
-        try:
-            client.load_model(model, client_timeout=timeout_s)
-        except InferenceServerException as exc:
-            message = (exc.message() or str(exc)).splitlines()[0]
-            message = refusal(message, getattr(client, "headers", None), url) or message
-            if "not allowed" in message:  # poll (or none) model control: the server decides
-                how = "picked up by the server's repository poll"
-                break
-            raise DeployError(f"version {version} is selected in the repository, but the server at {url} could not "
-                              f"load {model} (it keeps serving the previous version; `equiprobe deploy --rollback` "
-                              f"selects that one again): {message}") from None
-    deadline = time.monotonic() + timeout_s
-    while not _serving(client, pair, version):
-        if time.monotonic() > deadline:
-            raise DeployError(f"version {version} is in the repository, but the server at {url} did not serve it "
-                              f"within {timeout_s:.0f} s (a server started with --model-control none never "
-                              "reloads; use explicit or poll)")
-        time.sleep(0.25)
-    client.close()
-    return how
-
-
-def _serving(client, pair: VersionedPair, version: int) -> bool:
-    from tritonclient.utils import InferenceServerException
-
-    from equiprobe.clients.connection import refusal
-
-    try:
-        index = client.get_model_repository_index(as_json=True).get("models", [])
-        ready = {m.get("version") for m in index if m["name"] == pair.model and m.get("state") == "READY"}
-        if ready != {str(version)} or not client.is_model_ready(pair.ensemble):
-            return False
-        parameters = client.get_model_config(pair.ensemble, as_json=True)["config"].get("parameters", {})
-        return parameters.get(pair.version_parameter, {}).get("string_value") == str(version)
-    except InferenceServerException as exc:
-        refused = refusal(exc.message(), getattr(client, "headers", None))
-        if refused:  # waiting will not bring a key
-            raise DeployError(f"version {version} is selected in the repository, but {refused}") from None
-        return False
-
 
 # -- deploy and rollback ----------------------------------------------------------------------
 
@@ -333,6 +240,19 @@ def previous_version(model_dir: Path, what: str) -> tuple[int, int, dict]:
         return current, target, version_record(model_dir, target)
 
 
+def rollback_target(encoders: list[str], encoder: Optional[str], repo: Path, what: str, model) -> str:
+    """The encoder a rollback acts on: `encoder`, which must have a deployed model (`model(encoder)`
+    names it), or the repository's only one."""
+    if encoder is None:
+        if len(encoders) != 1:
+            raise DeployError(f"repository {repo} has {len(encoders)} deployed {what} "
+                              f"({', '.join(encoders) or 'none'}); name one with --encoder")
+        return encoders[0]
+    if encoder not in encoders:
+        raise DeployError(f"repository {repo} has no deployed {model(encoder)}")
+    return encoder
+
+
 def deployed_encoders(repo: Path) -> list[str]:
     suffix = DetectorNames("").probe
     return sorted(p.parent.name.removesuffix(suffix) for p in repo.glob(f"{DetectorNames('*').probe}/{HISTORY}"))
@@ -342,14 +262,8 @@ def rollback(repo: Path, encoder: Optional[str] = None, url=None,
              timeout_s: float = 120.0) -> DeployResult:
     """Select the version the current one replaced, the same way a deploy selects a new one."""
     repo = Path(repo)
-    encoders = deployed_encoders(repo) if repo.is_dir() else []
-    if encoder is None:
-        if len(encoders) != 1:
-            raise DeployError(f"repository {repo} has {len(encoders)} deployed detectors "
-                              f"({', '.join(encoders) or 'none'}); name one with --encoder")
-        encoder = encoders[0]
-    elif encoder not in encoders:
-        raise DeployError(f"repository {repo} has no deployed {DetectorNames(encoder).detector}")
+    encoder = rollback_target(deployed_encoders(repo) if repo.is_dir() else [], encoder, repo, "detectors",
+                              lambda e: DetectorNames(e).detector)
     names = DetectorNames(encoder)
     current, target, meta = previous_version(repo / names.probe, "a probe")
     deployed = ProbeDeployment.from_json(meta)
@@ -357,11 +271,19 @@ def rollback(repo: Path, encoder: Optional[str] = None, url=None,
     # The version was checked when it was deployed; the repository's encoder may have changed since.
     for task, probe in deployed.probes.items():
         check_probe(probe["record"], f"{names.probe} version {target}", task, served)
+    return roll_back_to(repo, detector_pair(names), names, served, selection_files(served, names, deployed),
+                        current, target, meta, url, timeout_s)
+
+
+def roll_back_to(repo: Path, pair: VersionedPair, names, served: ServedEncoder, files: dict[str, str], current: int,
+                 target: int, meta: dict, url, timeout_s: float) -> DeployResult:
+    """Select `target` again (the version `current` replaced) and switch a server at `url` to it,
+    the server checked before anything in the repository changes."""
     client = connect(url) if url else None
     with refusing():
-        select(repo, detector_pair(names), target, selection_files(served, names, deployed),
-               {"action": "rollback", "version": target, "replaced": current, "at": now()}, served.staging_parent)
+        select(repo, pair, target, files, {"action": "rollback", "version": target, "replaced": current, "at": now()},
+               served.staging_parent)
     result = DeployResult("rollback", repo, served.flavour, names, target, current, meta)
     if client is not None:
-        result.server = switch_server(client, url, detector_pair(names), target, timeout_s)
+        result.server = switch_server(client, url, pair, target, timeout_s)
     return result

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+from equiprobe.clients.model_control import DeployError, connect, switch_server
 from equiprobe.services.contract import COMPOSITE, MatchNames
 from equiprobe.services.match_index import FILES, MatchIndexError, read_meta, read_projection, sha256_of
 from equiprobe.services.match_models import match_pair, selection_files
@@ -29,7 +30,7 @@ from equiprobe.services.model_config import PYTHON_MODELS
 from equiprobe.services.repository import RepositoryError, ServedEncoder, served_part
 from equiprobe.services.versioning import HISTORY, VERSION_RECORD, next_version, select, selected_version
 
-from .deploy import DeployError, DeployResult, connect, now, previous_version, refusing, switch_server
+from .deploy import DeployResult, now, previous_version, refusing, roll_back_to, rollback_target
 
 
 def served_for(repo: Path, encoder: str, what: str) -> ServedEncoder:
@@ -142,23 +143,11 @@ def deployed_indexes(repo: Path) -> list[str]:
 def rollback_index(repo: Path, encoder: Optional[str] = None, url=None, timeout_s: float = 120.0) -> DeployResult:
     """Select the NAME_match version the current one replaced, the same way a deploy selects one."""
     repo = Path(repo)
-    encoders = deployed_indexes(repo) if repo.is_dir() else []
-    if encoder is None:
-        if len(encoders) != 1:
-            raise DeployError(f"repository {repo} has {len(encoders)} deployed indexes "
-                              f"({', '.join(encoders) or 'none'}); name one with --encoder")
-        encoder = encoders[0]
-    elif encoder not in encoders:
-        raise DeployError(f"repository {repo} has no deployed {MatchNames(encoder).match}")
+    encoder = rollback_target(deployed_indexes(repo) if repo.is_dir() else [], encoder, repo, "indexes",
+                              lambda e: MatchNames(e).match)
     names = MatchNames(encoder)
     current, target, meta = previous_version(repo / names.match, "an index")
     served = served_for(repo, encoder, f"{names.match} version {target}")
     check_index(meta["index_meta"], f"{names.match} version {target}", served)  # the repository may have changed
-    client = connect(url) if url else None
-    with refusing():
-        select(repo, match_pair(names), target, selection_files(served, names, meta),
-               {"action": "rollback", "version": target, "replaced": current, "at": now()}, served.staging_parent)
-    result = DeployResult("rollback", repo, served.flavour, names, target, current, meta)
-    if client is not None:
-        result.server = switch_server(client, url, match_pair(names), target, timeout_s)
-    return result
+    return roll_back_to(repo, match_pair(names), names, served, selection_files(served, names, meta), current, target,
+                        meta, url, timeout_s)

@@ -110,3 +110,27 @@ def baseline_options(*, skip: tuple[str, ...] = ("kind",), helps: Optional[dict[
     (seed and batch_size as --baseline-seed and --baseline-batch-size)."""
     return config_options(BaselineConfig, "baseline_fields", skip=skip, rename=BASELINE_RENAMES,
                           helps={**BASELINE_HELP, **(helps or {})})
+
+
+def answer_files(files, ask: Callable[[bytes], dict], as_json: bool, show: Callable[[Console, Any, dict], None],
+                 errors: tuple = ()) -> None:
+    """Send each file to the server (`ask`: file bytes -> a JSON-able dict) and print one JSON object
+    a line or `show`'s line; a file that cannot be read or is refused gets its own error and the
+    others are still answered; exit status 1 if any failed."""
+    import json
+
+    console, failed = Console(width=140), 0
+    for path in files:
+        try:
+            result = ask(path.read_bytes())
+        except (OSError, *errors) as exc:  # one bad file does not stop the others
+            failed += 1
+            result = {"error": exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)}
+        if as_json:
+            print(json.dumps({"file": str(path), **result}), flush=True)
+        elif "error" in result:
+            console.print(f"[red]{path}: {result['error']}[/red]", highlight=False)
+        else:
+            show(console, path, result)
+    if failed:
+        raise typer.Exit(1)

@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
 from equiprobe.clients.connection import api_key_option, root_certificates_option, tls_option
 
-from .common import fail
+from .common import answer_files, fail
 
 
 
@@ -106,24 +105,15 @@ def score(
         scorer.check()
     except (ServiceError, ValueError) as exc:
         raise fail(str(exc))
-    console, failed = Console(width=140), 0
-    for path in files:
-        try:
-            result = scorer.score(path.read_bytes()).as_dict()
-        except (OSError, ServiceError) as exc:  # one bad file does not stop the others
-            failed += 1
-            result = {"error": exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)}
-        if as_json:
-            print(json.dumps({"file": str(path), **result}), flush=True)
-        elif "error" in result:
-            console.print(f"[red]{path}: {result['error']}[/red]")
-        else:
-            top_t = ", ".join(f"{t['name']} {t['probability']:.2f}" for t in result["transformations"])
-            top_c = ", ".join(f"{c['name']} {c['probability']:.2f}" for c in result["categories"])
-            verdict = "yes" if result["manipulated"] else "no"
-            console.print(f"[bold]{path}[/bold]  manipulated: {verdict} (P(edited) {result['manipulation_score']:.3f}, "
-                          f"threshold {format_threshold(result['threshold'])})  "
-                          f"transformations: {top_t}  categories: {top_c}")
-    scorer.close()
-    if failed:
-        raise typer.Exit(1)
+    def show(console, path, result: dict) -> None:
+        top_t = ", ".join(f"{t['name']} {t['probability']:.2f}" for t in result["transformations"])
+        top_c = ", ".join(f"{c['name']} {c['probability']:.2f}" for c in result["categories"])
+        verdict = "yes" if result["manipulated"] else "no"
+        console.print(f"[bold]{path}[/bold]  manipulated: {verdict} (P(edited) {result['manipulation_score']:.3f}, "
+                      f"threshold {format_threshold(result['threshold'])})  "
+                      f"transformations: {top_t}  categories: {top_c}")
+
+    try:
+        answer_files(files, lambda data: scorer.score(data).as_dict(), as_json, show, errors=(ServiceError,))
+    finally:
+        scorer.close()

@@ -3,16 +3,14 @@ clients/matching.py)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
 from equiprobe.clients.connection import api_key_option, root_certificates_option, tls_option
 
-from .common import fail
+from .common import answer_files, fail
 
 
 def match(
@@ -37,25 +35,20 @@ def match(
         matcher.check()
     except (ServiceError, ValueError) as exc:
         raise fail(str(exc))
-    console, failed = Console(width=140), 0
-    for path in files:
-        try:
-            result = matcher.match(path.read_bytes()).as_dict()
-            result.pop("model_version")
-        except (OSError, ServiceError) as exc:  # one bad file does not stop the others
-            failed += 1
-            result = {"error": exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)}
-        if as_json:
-            print(json.dumps({"file": str(path), **result}), flush=True)
-        elif "error" in result:
-            console.print(f"[red]{path}: {result['error']}[/red]", highlight=False)
-        else:
-            best = ", ".join(f"{m['key']} {m['similarity']:.3f}" for m in result["matches"])
-            verdict = "copy" if result["copy"] else "no copy"
-            if result["copy"] and result["transformation"] is not None:
-                verdict += (f", {'edited' if result['edited'] else 'not edited'} (score {result['score']:.3f}; "
-                            f"{result['transformation']}, {result['category']})")
-            console.print(f"[bold]{path}[/bold]  {verdict}  matches: {best}", highlight=False)
-    matcher.close()
-    if failed:
-        raise typer.Exit(1)
+    def ask(data: bytes) -> dict:
+        result = matcher.match(data).as_dict()
+        result.pop("model_version")
+        return result
+
+    def show(console, path, result: dict) -> None:
+        best = ", ".join(f"{m['key']} {m['similarity']:.3f}" for m in result["matches"])
+        verdict = "copy" if result["copy"] else "no copy"
+        if result["copy"] and result["transformation"] is not None:
+            verdict += (f", {'edited' if result['edited'] else 'not edited'} (score {result['score']:.3f}; "
+                        f"{result['transformation']}, {result['category']})")
+        console.print(f"[bold]{path}[/bold]  {verdict}  matches: {best}", highlight=False)
+
+    try:
+        answer_files(files, ask, as_json, show, errors=(ServiceError,))
+    finally:
+        matcher.close()
