@@ -37,8 +37,8 @@ probe model and no detector.
 This module decides and orchestrates: which probes (each task's `deploys_as`), checked against
 what the repository serves (services/repository.py's served_encoder, a composite's view
 included), the operating point, the record (services/detector_models.py's ProbeDeployment, the
-version's deployed.json, from which the configs are rendered), and the server's model control
-(connect, switch_server).
+version's deployed.json, from which the configs are rendered), and when the server switches
+(its model-control client is clients/model_control.py: connect, switch_server).
 
 Refusal. A probe trained for another encoder, encoder ONNX file, embedding size or catalog
 version than the repository serves is refused with one line naming both values, before anything
@@ -218,13 +218,8 @@ def deploy(probe_dirs: list[Path], repo: Path, url=None, timeout_s: float = 120.
             shutil.copy2(PYTHON_MODELS / "onnx_encoder.py", staged / "model.py")
         event = {"action": "deploy", "version": version, "replaced": replaced, "at": deployed.deployed_at,
                  "probes": {task: p["path"] for task, p in deployed.probes.items()}}
-        with refusing():
-            select(repo, detector_pair(names), version, selection_files(served, names, deployed), event,
-                   served.staging_parent, new_version=staged)
-    result = DeployResult("deploy", repo, served.flavour, names, version, replaced, meta)
-    if client is not None:
-        result.server = switch_server(client, url, detector_pair(names), version, timeout_s)
-    return result
+        return select_and_switch(client, url, timeout_s, repo, detector_pair(names), names, served,
+                                 selection_files(served, names, deployed), version, replaced, meta, event, staged)
 
 
 def previous_version(model_dir: Path, what: str) -> tuple[int, int, dict]:
@@ -280,10 +275,18 @@ def roll_back_to(repo: Path, pair: VersionedPair, names, served: ServedEncoder, 
     """Select `target` again (the version `current` replaced) and switch a server at `url` to it,
     the server checked before anything in the repository changes."""
     client = connect(url) if url else None
+    return select_and_switch(client, url, timeout_s, repo, pair, names, served, files, target, current, meta,
+                             {"action": "rollback", "version": target, "replaced": current, "at": now()})
+
+
+def select_and_switch(client, url, timeout_s: float, repo: Path, pair: VersionedPair, names, served: ServedEncoder,
+                      files: dict[str, str], version: int, replaced: Optional[int], meta: dict, event: dict,
+                      new_version: Optional[Path] = None) -> DeployResult:
+    """Select `version` in the repository (placing `new_version`, a staged version directory, first)
+    and have the server behind `client` (checked by connect, or None) serve it."""
     with refusing():
-        select(repo, pair, target, files, {"action": "rollback", "version": target, "replaced": current, "at": now()},
-               served.staging_parent)
-    result = DeployResult("rollback", repo, served.flavour, names, target, current, meta)
+        select(repo, pair, version, files, event, served.staging_parent, new_version=new_version)
+    result = DeployResult(event["action"], repo, served.flavour, names, version, replaced, meta)
     if client is not None:
-        result.server = switch_server(client, url, pair, target, timeout_s)
+        result.server = switch_server(client, url, pair, version, timeout_s)
     return result

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from equiprobe.clients.model_control import DeployError, connect, switch_server
+from equiprobe.clients.model_control import DeployError, connect
 from equiprobe.services.contract import COMPOSITE, MatchNames
 from equiprobe.services.match_index import FILES, MatchIndexError, read_meta, read_projection, sha256_of
 from equiprobe.services.match_models import match_pair, selection_files
@@ -28,9 +28,9 @@ from equiprobe.services.matching import DEFAULT_K, PROBE_DIR, PROBE_JSON, REFERE
     read_probe_record
 from equiprobe.services.model_config import PYTHON_MODELS
 from equiprobe.services.repository import RepositoryError, ServedEncoder, served_part
-from equiprobe.services.versioning import HISTORY, VERSION_RECORD, next_version, select, selected_version
+from equiprobe.services.versioning import HISTORY, VERSION_RECORD, next_version, selected_version
 
-from .deploy import DeployResult, now, previous_version, refusing, roll_back_to, rollback_target
+from .deploy import DeployResult, now, previous_version, roll_back_to, rollback_target, select_and_switch
 
 
 def served_for(repo: Path, encoder: str, what: str) -> ServedEncoder:
@@ -126,13 +126,8 @@ def deploy_index(index: Path, repo: Path, url=None, timeout_s: float = 120.0, co
         shutil.copy2(PYTHON_MODELS / "match.py", staged / "model.py")
         event = {"action": "deploy", "version": version, "replaced": replaced, "at": meta["deployed_at"],
                  "index": meta["index"]}
-        with refusing():
-            select(repo, match_pair(names), version, selection_files(served, names, meta), event,
-                   served.staging_parent, new_version=staged)
-    result = DeployResult("deploy", repo, served.flavour, names, version, replaced, meta)
-    if client is not None:
-        result.server = switch_server(client, url, match_pair(names), version, timeout_s)
-    return result
+        return select_and_switch(client, url, timeout_s, repo, match_pair(names), names, served,
+                                 selection_files(served, names, meta), version, replaced, meta, event, staged)
 
 
 def deployed_indexes(repo: Path) -> list[str]:
