@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 import re
 import shutil
 import subprocess
@@ -93,3 +94,56 @@ def pytest_collection_modifyitems(config, items):
         source = inspect.getsource(item.function) if hasattr(item, "function") else ""
         if SERVER_FIXTURES & set(item.fixturenames) or STARTS_SERVER.search(source):
             item.add_marker(pytest.mark.server)
+
+
+def explicit_server_fixture(repo_fixture: str, *startup_models: str):
+    """A module-scoped fixture: tritonserver in explicit model control on the repository that the
+    fixture `repo_fixture` gives, `startup_models` loaded (tests then load and switch the rest)."""
+    @pytest.fixture(scope="module")
+    def running_server(request):
+        config = loopback_config(request.getfixturevalue(repo_fixture), model_control_mode="explicit",
+                                 startup_models=tuple(startup_models))
+        with TritonServer(config) as running:
+            yield running
+    return running_server
+
+
+def grpc_client_fixture(server_fixture: str):
+    """A module-scoped fixture: a tritonclient gRPC client of the server fixture `server_fixture`."""
+    @pytest.fixture(scope="module")
+    def client(request):
+        import tritonclient.grpc as grpcclient
+
+        c = grpcclient.InferenceServerClient(request.getfixturevalue(server_fixture).config.grpc_url)
+        yield c
+        c.close()
+    return client
+
+
+@contextmanager
+def requests_flowing(url: str, ask):
+    """A thread that keeps sending `ask(client)` (its own gRPC client of the server at `url`) until
+    the block ends: yields (answers, failures), the failures' messages (a deploy under load wants none)."""
+    import threading
+
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    stop, answers, failures = threading.Event(), [], []
+
+    def keep_asking():
+        own = grpcclient.InferenceServerClient(url)
+        while not stop.is_set():
+            try:
+                answers.append(ask(own))
+            except InferenceServerException as exc:
+                failures.append(exc.message())
+        own.close()
+
+    worker = threading.Thread(target=keep_asking)
+    worker.start()
+    try:
+        yield answers, failures
+    finally:
+        stop.set()
+        worker.join()

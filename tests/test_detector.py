@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
 from typer.testing import CliRunner
 
 from equiprobe.clients.corpus import check_corpus
@@ -40,7 +38,7 @@ from equiprobe.trainer.probes import Probe, ProbeConfig
 from equiprobe.trainer.train import train_probes
 from equiprobe.services.contract import CATEGORY_PROBS, EMBEDDING, MANIPULATED, MANIPULATION_SCORE, TRANSFORM_PROBS
 
-from .conftest import ENCODER, LIMIT, copy_models
+from .conftest import ENCODER, LIMIT, copy_models, explicit_server_fixture, grpc_client_fixture, requests_flowing
 from .test_trainer import synthetic_store
 
 EQUIPROBE = str(Path(sys.executable).parent / "equiprobe")
@@ -145,18 +143,8 @@ def deployed_repo(repo, probes, tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def detector_server(deployed_repo):
-    config = loopback_config(deployed_repo, model_control_mode="explicit", startup_models=(NAMES.detector, BASE.embed))
-    with TritonServer(config) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def client(detector_server):
-    c = grpcclient.InferenceServerClient(detector_server.config.grpc_url)
-    yield c
-    c.close()
+detector_server = explicit_server_fixture("deployed_repo", NAMES.detector, BASE.embed)
+client = grpc_client_fixture("detector_server")
 
 
 def detect(client, data: bytes, model: str = NAMES.detector) -> dict[str, np.ndarray]:
@@ -348,20 +336,10 @@ def probe_version_served(client) -> str:
 def test_deploy_and_rollback_under_load_fail_no_request(client, detector_server, deployed_repo, probes, jpegs):
     url, image = detector_server.config.grpc_url, jpegs["astronaut"]
     before = detect(client, image)[TRANSFORM_PROBS]
-    stop, answers, failures = threading.Event(), [], []
+    def ask(own):
+        return own.infer(NAMES.detector, [as_image_input(image)]).as_numpy(TRANSFORM_PROBS)[0]
 
-    def keep_asking():
-        own = grpcclient.InferenceServerClient(url)
-        while not stop.is_set():
-            try:
-                answers.append(own.infer(NAMES.detector, [as_image_input(image)]).as_numpy(TRANSFORM_PROBS)[0])
-            except InferenceServerException as exc:
-                failures.append(exc.message())
-        own.close()
-
-    worker = threading.Thread(target=keep_asking)
-    worker.start()
-    try:
+    with requests_flowing(url, ask) as (answers, failures):
         deployed = run_cli("deploy", "--probe", str(probes["linear"]), "--repo", str(deployed_repo), "--url", url)
         assert deployed.returncode == 0, deployed.stderr[-2000:]
         assert "version 2, replacing version 1" in deployed.stdout
@@ -372,9 +350,6 @@ def test_deploy_and_rollback_under_load_fail_no_request(client, detector_server,
         assert f"rolled back to {NAMES.probe} version 1, replacing version 2" in rolled.stdout
         assert probe_version_served(client) == "1"
         time.sleep(0.5)
-    finally:
-        stop.set()
-        worker.join()
     assert failures == [] and len(answers) > 20
     after = detect(client, image)
     linear = softmax_of(torch_probe(probes["linear"]), after[EMBEDDING][None])[0]

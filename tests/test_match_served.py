@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,9 +30,8 @@ from equiprobe.services.contract import (CATEGORY, COPY, EDIT_SCORE, EDITED, EMB
                                          MATCH_OUTPUTS, MATCH_SIMILARITIES, TRANSFORMATION, MatchNames, ModelNames)
 from equiprobe.services.match_index import MatchIndex
 from equiprobe.services.repository import read_manifest, served_part
-from equiprobe.services.server import TritonServer, loopback_config
 
-from .conftest import ENCODER, copy_models
+from .conftest import ENCODER, copy_models, explicit_server_fixture, grpc_client_fixture, requests_flowing
 
 EQUIPROBE = str(Path(sys.executable).parent / "equiprobe")
 NAMES, BASE = MatchNames(ENCODER), ModelNames(ENCODER)
@@ -60,18 +58,8 @@ def match_repo(repo, tmp_path_factory) -> Path:
     return copy_models(repo, tmp_path_factory.mktemp("match") / "repo", BASE.embed)
 
 
-@pytest.fixture(scope="module")
-def match_server(match_repo):
-    config = loopback_config(match_repo, model_control_mode="explicit", startup_models=(BASE.embed,))
-    with TritonServer(config) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def client(match_server):
-    c = grpcclient.InferenceServerClient(match_server.config.grpc_url)
-    yield c
-    c.close()
+match_server = explicit_server_fixture("match_repo", BASE.embed)
+client = grpc_client_fixture("match_server")
 
 
 @pytest.fixture(scope="module")
@@ -217,20 +205,7 @@ def test_deploy_and_rollback_under_load_fail_no_request(match_server, client, de
     url = match_server.config.grpc_url
     probe_image = jpegs["coffee"]
     before = keys_of(matcher_outputs(client, probe_image))
-    stop, answers, failures = threading.Event(), [], []
-
-    def keep_asking():
-        own = grpcclient.InferenceServerClient(url)
-        while not stop.is_set():
-            try:
-                answers.append(keys_of(matcher_outputs(own, probe_image)))
-            except InferenceServerException as exc:
-                failures.append(exc.message())
-        own.close()
-
-    worker = threading.Thread(target=keep_asking)
-    worker.start()
-    try:
+    with requests_flowing(url, lambda own: keys_of(matcher_outputs(own, probe_image))) as (answers, failures):
         proc = run_cli("deploy", "--index", str(indexes["v2"]), "--repo", str(deployed), "--url", url,
                        "--copy-threshold", str(COPY_THRESHOLD))
         assert proc.returncode == 0, proc.stderr[-2000:]
@@ -242,9 +217,6 @@ def test_deploy_and_rollback_under_load_fail_no_request(match_server, client, de
         assert f"rolled back to {NAMES.match} version 1, replacing version 2" in rolled.stdout
         assert match_version_served(client, served) == "1"
         time.sleep(0.5)
-    finally:
-        stop.set()
-        worker.join()
     assert failures == [] and len(answers) > 10
     assert during != before  # another index really served
     assert keys_of(matcher_outputs(client, probe_image)) == before
