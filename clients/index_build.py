@@ -236,8 +236,8 @@ class StoreReader:
         for sid in np.unique(sids):
             where = np.flatnonzero(sids == sid)
             store, rows = self.stores[sid], self.rows[positions[where]]
-            columns = [store.array("embeddings")] + ([store.array("features")] if store.features_dim else [])
-            block = np.concatenate([np.asarray(c[rows, self.columns[sid]], dtype=np.float16) for c in columns], 1)
+            block = np.concatenate([np.asarray(c[rows, self.columns[sid]], dtype=np.float16)
+                                    for c in full_columns(store)], 1)
             if out is None:
                 out = np.zeros((len(positions), block.shape[-1]), dtype=np.float16)
             out[where] = block

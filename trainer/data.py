@@ -25,7 +25,7 @@ VALIDATION_FRACTION = 0.1
 TEST_FRACTION = 0.2  # only where the store has no split
 
 
-def _unit_hash(key: str, salt: str) -> float:
+def unit_hash(key: str, salt: str) -> float:
     digest = hashlib.blake2b(f"{salt}/{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") / 2 ** 64
 
@@ -103,14 +103,14 @@ class ProbeData:
         rows = np.flatnonzero(status == DONE)  # failed rows have no embeddings
         units = np.asarray(store.array("keys")) if split_by == "hash" else store.sources()
         if split_by == "hash" or split[rows].min(initial=0) < 0:
-            test = np.array([_unit_hash(u, "test") < TEST_FRACTION for u in units[rows]], bool)
+            test = np.array([unit_hash(u, "test") < TEST_FRACTION for u in units[rows]], bool)
         else:
             test = split[rows] == SPLITS["test"]
         train = rows[~test]
         if split_by == "store" and (split[train] == SPLITS["validation"]).any():
             val = split[train] == SPLITS["validation"]
         else:
-            val = np.array([_unit_hash(u, "validation") < VALIDATION_FRACTION for u in units[train]], bool)
+            val = np.array([unit_hash(u, "validation") < VALIDATION_FRACTION for u in units[train]], bool)
         if not val.any() and len(train) > 1:
             val[-1] = True  # tiny stores: at least one validation image
         data = cls(store, task, train[~val], train[val], rows[test],

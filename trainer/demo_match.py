@@ -12,22 +12,18 @@ originals) and their thresholds from its validation sources; the cards read test
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from .data import unit_hash
+
 from equiprobe.services.contract import MatchNames
 
 NEW_PHOTO_SHARE = 0.5  # of the test sources: kept out of the index (non-copies)
 TABLE_EDITS = ("gamma_curve", "white_balance", "small_rotation", "dct_requantize", "watermark_text")
-
-
-def _share(source: str, salt: str = "new-photo") -> float:
-    digest = hashlib.blake2b(f"{salt}/{source}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") / 2 ** 64
 
 
 def new_photo_keys(store_path: Path) -> set[str]:
@@ -36,7 +32,7 @@ def new_photo_keys(store_path: Path) -> set[str]:
 
     store = Store.open(store_path)
     split, keys, sources = np.asarray(store.array("split")), np.asarray(store.array("keys")), store.sources()
-    return {str(keys[r]) for r in np.flatnonzero(split == SPLITS["test"]) if _share(str(sources[r])) < NEW_PHOTO_SHARE}
+    return {str(keys[r]) for r in np.flatnonzero(split == SPLITS["test"]) if unit_hash(str(sources[r]), "new-photo") < NEW_PHOTO_SHARE}
 
 
 def build_matcher(console: Console, work: Path, repo: Path, url: str, detect_store: Path, images: int,
@@ -81,11 +77,12 @@ def match_table(console: Console, url: str, encoder: str, detect_store: Path, in
     from equiprobe.services.match_index import MatchIndex
 
     from .everyday_card import apply_edit, get_edit
-    from .match_served_card import _canvases, _split_test_images
+    from .everyday_card import store_canvases
+    from .match_served_card import split_test_images
     from equiprobe.clients.photos import encode
 
     store = Store.open(detect_store)
-    copies, new = _split_test_images(store, set(MatchIndex.open(index).keys.tolist()), count, 2)
+    copies, new = split_test_images(store, set(MatchIndex.open(index).keys.tolist()), count, 2)
     table = Table(title=f"{MatchNames(encoder).matcher}: edited test photos (scikit-image, never trained on) and new "
                   "photos (in no index)")
     for column in ("upload (test source)", "edit", "best match", "similarity", "copy", "edited", "named edit"):
@@ -93,7 +90,7 @@ def match_table(console: Console, url: str, encoder: str, detect_store: Path, in
     matcher = Matcher(url, encoder, top=1)
     short = lambda key: key.split("/")[-2] if key.count("/") >= 2 else key  # noqa: E731  corpus/<source>/<crop>
     try:
-        for i, (key, content_key, rgb) in enumerate(_canvases(store, copies) + _canvases(store, new)):
+        for i, (key, content_key, rgb) in enumerate(store_canvases(store, copies) + store_canvases(store, new)):
             is_copy = i < len(copies)
             edits = [TABLE_EDITS[(i + j) % len(TABLE_EDITS)] for j in range(2)] if is_copy else [None]
             for name in edits:

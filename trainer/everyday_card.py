@@ -40,6 +40,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .match_metrics import auc
+
 from equiprobe.services.contract import DetectorNames
 
 GROUPS = ("artifact", "plausible")
@@ -477,16 +479,6 @@ def apply_edit(edit: Edit, rgb: np.ndarray, key: str, seed: int = 0) -> np.ndarr
 
 # -- the card ---------------------------------------------------------------------------------------
 
-def _auc(edited, originals) -> Optional[float]:
-    from sklearn.metrics import roc_auc_score
-
-    edited, originals = np.asarray(edited, float), np.asarray(originals, float)
-    if not edited.size or not originals.size:
-        return None
-    y = np.r_[np.ones(edited.size), np.zeros(originals.size)]
-    return float(roc_auc_score(y, np.r_[edited, originals]))
-
-
 def _mean(values) -> Optional[float]:
     values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else None
@@ -504,7 +496,7 @@ def summarize(original_scores, edited_scores: dict[str, list[float]], threshold:
         e, s = get_edit(name), np.asarray(scores, float)
         trained = trained_rows(e)
         row = {"group": e.group, "kind": e.kind, "library": e.library, "description": e.description,
-               "trained_rows": trained, "novel": not trained, "n": int(s.size), "auc": _auc(s, originals),
+               "trained_rows": trained, "novel": not trained, "n": int(s.size), "auc": auc(s, originals),
                "tpr": float(np.mean(s >= threshold)) if s.size else None,
                "mean_score": float(s.mean()) if s.size else None}
         if top_names and top_names.get(name):
@@ -522,22 +514,29 @@ def summarize(original_scores, edited_scores: dict[str, list[float]], threshold:
             "edits": edits, "groups": groups}
 
 
-def test_canvases(store_path: Path, images: int) -> list[tuple[str, np.ndarray]]:
-    """(image key, 224x224 canvas) of the store's test sources, one crop each first."""
+def store_canvases(store, rows) -> list[tuple[str, str, np.ndarray]]:
+    """(store key, content key, 224x224 canvas) of a store's images `rows`, read from its dataset."""
     from equiprobe.clients.datasets import open_dataset
-    from equiprobe.clients.store import Store
     from equiprobe.services.reference import canvas
     from equiprobe.services.transforms import image_key
+
+    dataset = open_dataset(store.manifest["dataset"])
+    index, keys = np.asarray(store.array("index")), np.asarray(store.array("keys"))
+    out = []
+    for row in rows:
+        data = dataset.record(int(index[row])).load()
+        out.append((str(keys[row]), image_key(data), canvas(data)))
+    return out
+
+
+def test_canvases(store_path: Path, images: int) -> list[tuple[str, np.ndarray]]:
+    """(content key, 224x224 canvas) of the store's test sources, one crop each first."""
+    from equiprobe.clients.store import Store
 
     from .reference_card import test_images
 
     store = Store.open(store_path)
-    dataset, index = open_dataset(store.manifest["dataset"]), np.asarray(store.array("index"))
-    out = []
-    for row in test_images(store, images):
-        data = dataset.record(int(index[row])).load()
-        out.append((image_key(data), canvas(data)))
-    return out
+    return [(content, rgb) for _, content, rgb in store_canvases(store, test_images(store, images))]
 
 
 test_canvases.__test__ = False  # not a pytest test

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from equiprobe.clients.index_build import read_versions
 from equiprobe.clients.store import DONE, SPLITS, Store
 from equiprobe.services.match_index import MatchIndex
 
@@ -30,18 +31,10 @@ BLIND_CATEGORIES = ("tone", "filtering", "geometry")
 CHUNK = 64  # images per search
 
 
-def _queries(store: Store, rows: np.ndarray, width: int) -> np.ndarray:
-    """float32 [n, K, W]: every version's embedding, then its FEATURES where the index's references have them."""
-    out = np.asarray(store.array("embeddings")[rows], np.float32)
-    if width > out.shape[-1]:
-        out = np.concatenate([out, np.asarray(store.array("features")[rows], np.float32)], -1)
-    return out
-
-
 def _results(index, probe, store, rows, width, k):
     results = []
     for start in range(0, len(rows), CHUNK):
-        x = _queries(store, rows[start:start + CHUNK], width)
+        x = read_versions(store, rows[start:start + CHUNK])[..., :width]  # W the index's references have
         results += match_uploads(index, probe, x.reshape(-1, x.shape[-1]), k=k)
     return results
 

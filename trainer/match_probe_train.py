@@ -48,12 +48,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from equiprobe.clients.index_build import encoder_fields
+from equiprobe.clients.index_build import encoder_fields, full_columns
 from equiprobe.clients.store import DONE, Store
 from equiprobe.services import match_index as mx
 from equiprobe.services.files import fsync_path, swap_in
 
 from .calibration import calibration_quality, fit_calibration, raw_log_odds
+from .match_metrics import auc
 from .match_probe import (EDITED_SCORE, FORMAT, IDENTITY, MAX_IDENTICAL_SHARE, OUTPUTS, QUERY, REFERENCE,
                           TRANSFORM_PROBS, MatchProbeConfig, MatchProbeError, check_independent, copy_threshold,
                           identical_share, leave_one_out)
@@ -103,7 +104,7 @@ class PairData:
         self.identity = self.classes.index(IDENTITY)
         self.dim, self.features_dim = int(m["dim"]), store.features_dim
         self.width = self.dim + self.features_dim
-        self.columns = [store.array("embeddings")] + ([store.array("features")] if self.features_dim else [])
+        self.columns = full_columns(store)
 
     def count(self, part: str) -> int:
         return len(self.parts[part].rows) * len(self.versions)
@@ -278,14 +279,6 @@ def fit(data: PairData, config: MatchProbeConfig, progress: bool = True) -> tupl
 
 
 # -- validation: the nearest stored version, copies ------------------------------------------------
-
-def _auc(scores: np.ndarray, positive: np.ndarray) -> Optional[float]:
-    from sklearn.metrics import roc_auc_score
-
-    if positive.all() or not positive.any():
-        return None
-    return float(roc_auc_score(positive, scores))
-
 
 def nearest_stored_version(data: PairData) -> dict:
     """The baseline on validation pairs: [n] predicted class names and categories (None where the
@@ -467,7 +460,7 @@ def train_match_probe(index_path: Path, store_path: Path, config: MatchProbeConf
     cat = np.array(categories, object)
     probe_figures = {
         "accuracy": float((predicted == labels).mean()), "category_accuracy": float((cat[predicted] == cat[labels]).mean()),
-        "edited_auc": _auc(scores, edited), "identity_pairs_mean_score": float(scores[~edited].mean()),
+        "edited_auc": auc(scores[edited], scores[~edited]), "identity_pairs_mean_score": float(scores[~edited].mean()),
         "edited_pairs_mean_score": float(scores[edited].mean()),
         "fpr_at_threshold": float((scores[~edited] >= edited_threshold).mean()),
         "tpr_at_threshold": float((scores[edited] >= edited_threshold).mean()),
@@ -485,7 +478,7 @@ def train_match_probe(index_path: Path, store_path: Path, config: MatchProbeConf
                 "accuracy_shared_classes": (float((base["names"][shared] == true_names[shared]).mean())
                                             if shared.any() else None),
                 "shared_classes_share": float(shared.mean()),
-                "edited_auc": _auc(base["scores"], edited), "missing_stores": base["missing_stores"]}
+                "edited_auc": auc(base["scores"][edited], base["scores"][~edited]), "missing_stores": base["missing_stores"]}
     copies = copy_figures(data, config)
 
     probe_dir = index.path / mx.PROBE_DIR

@@ -22,13 +22,13 @@ import numpy as np
 
 from equiprobe.services.contract import MatchNames
 
-from .everyday_card import EDITS, everyday_uploads
+from .everyday_card import EDITS, everyday_uploads, store_canvases
 from .match_metrics import auc, micro_average_precision, recall_at
 
 ORIGINAL = "original"
 
 
-def _split_test_images(store, known: set, images: int, new_images: int) -> tuple[list[int], list[int]]:
+def split_test_images(store, known: set, images: int, new_images: int) -> tuple[list[int], list[int]]:
     from .reference_card import test_images
 
     keys = np.asarray(store.array("keys"))
@@ -38,22 +38,7 @@ def _split_test_images(store, known: set, images: int, new_images: int) -> tuple
     return copies, new
 
 
-def _canvases(store, rows: list[int]) -> list[tuple[str, str, np.ndarray]]:
-    """(store key, content key, 224x224 canvas) per row, as the everyday card makes them."""
-    from equiprobe.clients.datasets import open_dataset
-    from equiprobe.services.reference import canvas
-    from equiprobe.services.transforms import image_key
-
-    dataset = open_dataset(store.manifest["dataset"])
-    index, keys = np.asarray(store.array("index")), np.asarray(store.array("keys"))
-    out = []
-    for r in rows:
-        data = dataset.record(int(index[r])).load()
-        out.append((str(keys[r]), image_key(data), canvas(data)))
-    return out
-
-
-def _uploads(canvases, seed: int, progress: bool) -> list[tuple[str, str, bytes]]:
+def _uploads(canvases, seed: int) -> list[tuple[str, str, bytes]]:
     """(store key, edit name or "original", JPEG) for every image and version."""
     out = []
     for store_key, content_key, rgb in canvases:
@@ -77,7 +62,8 @@ def served_match_card(url, encoder: str, index_path: Path, store_path: Path, ima
     from .match_probe import read_record
 
     index, store = MatchIndex.open(Path(index_path)), Store.open(Path(store_path))
-    copies, new = _split_test_images(store, set(index.keys.tolist()), images, new_images)
+    known = set(index.keys.tolist())
+    copies, new = split_test_images(store, known, images, new_images)
     if not copies:
         raise ValueError(f"{store_path}: none of its test images is in {index_path}")
     record = read_record(Path(index_path)) or {}
@@ -87,7 +73,7 @@ def served_match_card(url, encoder: str, index_path: Path, store_path: Path, ima
     else:
         def track(items, **_):
             return items
-    uploads = _uploads(_canvases(store, copies), seed, progress) + _uploads(_canvases(store, new), seed, progress)
+    uploads = _uploads(store_canvases(store, copies + new), seed)
     matcher = Matcher(url, encoder, top=10)
     matcher.check()
     try:
@@ -96,8 +82,7 @@ def served_match_card(url, encoder: str, index_path: Path, store_path: Path, ima
                                  description="everyday edits through NAME_matcher"))
     finally:
         matcher.close()
-    known_keys = {str(k) for k in np.asarray(store.array("keys"))[copies]}
-    rows = [{"key": key, "edit": name, "copy_query": key in known_keys, "top": [k for k, _ in a.matches],
+    rows = [{"key": key, "edit": name, "copy_query": key in known, "top": [k for k, _ in a.matches],
              "similarity": a.matches[0][1] if a.matches else -1.0, "copy": a.copy, "edited": a.edited,
              "category": a.category, "score": a.score} for (key, name, _), a in zip(uploads, answers)]
     return summarize(rows, expected, {e.name: e.group for e in EDITS}) | {
