@@ -73,7 +73,7 @@ class MatchProbe:
     """The reference-aware probe on ONNX Runtime: (QUERY, REFERENCE) [n, W] -> TRANSFORM_PROBS
     [n, C], EDITED_SCORE [n, 1]."""
 
-    def __init__(self, path: Path, meta: dict, threads: int = 1):
+    def __init__(self, path: Path, meta: dict, threads: Optional[int] = 1):
         from .runtime import ort_session
 
         self.record = read_probe_record(path, meta)

@@ -154,25 +154,6 @@ def leave_one_out(sims: np.ndarray, ids: np.ndarray, owners: np.ndarray) -> tupl
 
 # -- reading and running a written probe ----------------------------------------------------------
 
-@dataclass
-class LoadedProbe:
-    path: Path  # INDEX/probe
-    record: dict  # match_probe.json
-    session: object  # onnxruntime.InferenceSession
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.record["classes"])
-
-    @property
-    def categories(self) -> list[str]:
-        return list(self.record["categories"])
-
-    @property
-    def width(self) -> int:
-        return int(self.record["width"])
-
-
 def read_record(index_path: Path) -> Optional[dict]:
     """INDEX/probe/match_probe.json, or None where the index has no probe."""
     from equiprobe.services.match_index import PROBE_DIR, PROBE_JSON
@@ -186,10 +167,11 @@ def read_record(index_path: Path) -> Optional[dict]:
         raise MatchProbeError(f"{file} is unreadable ({exc})") from None
 
 
-def load_probe(index, threads: Optional[int] = None) -> LoadedProbe:
-    """The probe of an index (a MatchIndex), checked against it, with an ONNX Runtime session."""
-    from equiprobe.services.match_index import PROBE_DIR, PROBE_ONNX
-    from equiprobe.services.runtime import ort_session
+def load_probe(index, threads: Optional[int] = None):
+    """The index's probe as NAME_match runs it (services/matching.MatchProbe), also checked for
+    this code's format and the index's encoder."""
+    from equiprobe.services.match_index import PROBE_DIR, MatchIndexError
+    from equiprobe.services.matching import MatchProbe
 
     record = read_record(index.path)
     if record is None:
@@ -200,29 +182,27 @@ def load_probe(index, threads: Optional[int] = None) -> LoadedProbe:
         if record.get(field) != index.meta.get(field):
             raise MatchProbeError(f"{field} differs: the probe has {record.get(field)!r}, index {index.path} "
                                   f"{index.meta.get(field)!r}")
-    if index.reference_width is not None and record["width"] != index.reference_width:
-        raise MatchProbeError(f"the probe takes {record['width']}-wide pairs, {index.path}'s references are "
-                              f"{index.reference_width} wide")
-    return LoadedProbe(index.path / PROBE_DIR, record, ort_session(index.path / PROBE_DIR / PROBE_ONNX, threads))
+    try:
+        return MatchProbe(index.path, index.meta, threads)
+    except MatchIndexError as exc:
+        raise MatchProbeError(str(exc)) from None
 
 
-def score_pairs(index, probe: Optional[LoadedProbe], queries: np.ndarray, reference_ids: Sequence[int]) -> dict:
+def score_pairs(index, probe, queries: np.ndarray, reference_ids: Sequence[int]) -> dict:
     """The probe on (queries [m, W], the index's references of `reference_ids` [m]), in-process
-    with ONNX Runtime: {"transform_probs" [m, C], "edited_score" [m], "edited" [m] (score >=
+    as NAME_match runs it: {"transform_probs" [m, C], "edited_score" [m], "edited" [m] (score >=
     edited_threshold)}. `probe` None: the index's own (load_probe)."""
     probe = probe or load_probe(index)
     queries = np.atleast_2d(np.asarray(queries, np.float32))
-    if queries.shape[1] != probe.width:
-        raise MatchProbeError(f"queries are {queries.shape[1]} wide, the probe takes {probe.width} "
+    width = int(probe.record["width"])
+    if queries.shape[1] != width:
+        raise MatchProbeError(f"queries are {queries.shape[1]} wide, the probe takes {width} "
                               f"(embedding {index.dim} + FEATURES {probe.record['features_dim']})")
-    references = index.reference(np.asarray(reference_ids, np.int64))
-    probs, score = probe.session.run(list(OUTPUTS), {QUERY: queries, REFERENCE: references})
-    score = score[:, 0]
-    return {"transform_probs": probs, "edited_score": score,
-            "edited": score >= np.float32(probe.record["edited_threshold"])}
+    probs, score = probe(queries, index.reference(np.asarray(reference_ids, np.int64)))
+    return {"transform_probs": probs, "edited_score": score, "edited": score >= np.float32(probe.edited_threshold)}
 
 
-def name_edit(index, probe: Optional[LoadedProbe], queries: np.ndarray, reference_ids: Sequence[int]) -> list[dict]:
+def name_edit(index, probe, queries: np.ndarray, reference_ids: Sequence[int]) -> list[dict]:
     """Per pair: {"transformation", "category", "probability", "edited_score", "edited"}."""
     probe = probe or load_probe(index)
     scored = score_pairs(index, probe, queries, reference_ids)
@@ -232,23 +212,23 @@ def name_edit(index, probe: Optional[LoadedProbe], queries: np.ndarray, referenc
              "edited": bool(scored["edited"][i])} for i, b in enumerate(best)]
 
 
-def match_uploads(index, probe: Optional[LoadedProbe], queries: np.ndarray, k: int = 5) -> list[dict]:
-    """What matching serves, in-process: uploads [m, W] (embedding, then FEATURES) searched in the
-    index (projected first where the index has a copy projection, else by their embeddings); the best match is a copy at similarity >= copy_threshold, and for a
-    copy the probe names the edit against it. Per upload: {"keys", "similarities", "copy",
-    "edited", "transformation", "category", "edit_score" (-1 for a non-copy)}."""
+def match_uploads(index, probe, queries: np.ndarray, k: int = 5) -> list[dict]:
+    """What NAME_match answers, in-process (services/matching.ServedIndex, the code it runs): uploads
+    [m, W] (embedding, then FEATURES). Per upload: {"keys", "similarities", "copy", "edited",
+    "transformation", "category", "edit_score" (-1 for a non-copy)}."""
+    from equiprobe.services.contract import (CATEGORY, COPY, EDIT_SCORE, EDITED, MATCH_KEYS, MATCH_SIMILARITIES,
+                                            TRANSFORMATION)
+    from equiprobe.services.matching import ServedIndex
+
     probe = probe or load_probe(index)
     queries = np.atleast_2d(np.asarray(queries, np.float32))
-    sims, ids, keys = index.search(queries, k)
-    copy = (ids[:, 0] >= 0) & (sims[:, 0] >= np.float32(probe.record["copy_threshold"]))
-    out = [{"keys": [str(x) for x in keys[i]], "similarities": [float(x) for x in sims[i]], "copy": bool(copy[i]),
-            "edited": False, "transformation": "", "category": "", "edit_score": -1.0} for i in range(len(queries))]
-    where = np.flatnonzero(copy)
-    if len(where):
-        for i, named in zip(where, name_edit(index, probe, queries[where], ids[where, 0])):
-            out[i].update(edited=named["edited"], transformation=named["transformation"], category=named["category"],
-                          edit_score=named["edited_score"])
-    return out
+    served = ServedIndex(index, k, probe.copy_threshold, probe).match(queries[:, :index.dim], queries[:, index.dim:])
+    text = lambda value: value.decode() if isinstance(value, bytes) else str(value)  # noqa: E731
+    return [{"keys": [text(key) for key in served[MATCH_KEYS][i]],
+             "similarities": [float(x) for x in served[MATCH_SIMILARITIES][i]], "copy": bool(served[COPY][i, 0]),
+             "edited": bool(served[EDITED][i, 0]), "transformation": text(served[TRANSFORMATION][i, 0]),
+             "category": text(served[CATEGORY][i, 0]), "edit_score": float(served[EDIT_SCORE][i, 0])}
+            for i in range(len(queries))]
 
 
 def describe(record: Optional[dict]) -> str:
