@@ -11,7 +11,7 @@ from equiprobe.services.transforms import CATALOGS, Catalog, parse_version
 from equiprobe.services.transforms.catalog import _apart
 
 # Recorded at 9d5edc0, before the ids were written in the catalogs (general's were 100 + position);
-# detect's when the catalog was added (detect-1).
+# detect's when the catalog was added (detect-1), its row 347 (unsharp_mask) with detect-2.
 PINS = json.loads((Path(__file__).parent / "catalog_pins.json").read_text())
 
 

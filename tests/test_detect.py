@@ -14,12 +14,12 @@ DETECT, FINE, GENERAL = get_catalog("detect"), get_catalog("fine"), get_catalog(
 # The new kinds (not fine rows at other strengths) and chains of two edits.
 EVERYDAY = {"desaturate", "sepia", "warm_filter", "cool_filter", "low_contrast", "gamma", "jpeg_recompress", "resample",
             "crop_zoom_mild", "rotate_crop", "watermark", "logo", "patches", "warm_then_jpeg",
-            "resample_then_sharpen", "gamma_then_crop"}
+            "resample_then_sharpen", "gamma_then_crop", "unsharp_mask"}
 
 
 def test_one_class_per_row_with_written_ids_and_the_general_categories():
     k = len(DETECT.transforms)
-    assert DETECT.version == "detect-1" and 40 <= k <= 48  # every image is embedded K times
+    assert DETECT.version == "detect-2" and 40 <= k <= 48  # every image is embedded K times
     assert DETECT.transforms[0].name == "identity" and [t.id for t in DETECT.transforms] == list(range(300, 300 + k))
     assert DETECT.classes == tuple(DETECT.class_names) and DETECT.labels.tolist() == list(range(k))
     assert len(set(DETECT.class_names)) == k
@@ -102,9 +102,9 @@ def test_a_detect_probe_trains_with_its_detector_card_and_deploys_in_the_fine_pr
                            split=lambda r: sources[(r // 2) % 4])
     record = train_probes(path, "detect", ProbeConfig(kind="mlp", hidden=64, max_epochs=20, patience=5,
                                                       batch_size=256), [0], tmp_path / "p", progress=False)
-    assert record["summary"]["test_accuracy"]["mean"] > 0.5  # chance is 1/47
+    assert record["summary"]["test_accuracy"]["mean"] > 0.5  # chance is 1/48
     saved = json.loads((tmp_path / "p" / "probe.json").read_text())
-    assert saved["task"] == "detect" and saved["catalog_version"] == "detect-1" and saved["detector"]
+    assert saved["task"] == "detect" and saved["catalog_version"] == "detect-2" and saved["detector"]
     assert (tmp_path / "p" / "scores.npz").is_file()
 
     probe = read_probe(tmp_path / "p")
@@ -114,12 +114,12 @@ def test_a_detect_probe_trains_with_its_detector_card_and_deploys_in_the_fine_pr
     with pytest.raises(DeployError, match=r"deploy takes one fine \(or detect\) probe"):
         pick_probes([probe, fine_probe])
     served = ServedEncoder(tmp_path, "synthetic", 32, "0" * 64, "portable",
-                           {"fine": "fine-1", "general": "general-1", "groups": "groups-1", "detect": "detect-1"},
+                           {"fine": "fine-1", "general": "general-1", "groups": "groups-1", "detect": "detect-2"},
                            None)
     check_probe(probe.record, "p", probe.task, served)
-    served.catalog_versions["detect"] = "detect-2"
-    with pytest.raises(DeployError, match="trained for detect catalog version 'detect-1', but repository .* "
-                                          "serves 'detect-2'"):
+    served.catalog_versions["detect"] = "detect-3"
+    with pytest.raises(DeployError, match="trained for detect catalog version 'detect-2', but repository .* "
+                                          "serves 'detect-3'"):
         check_probe(probe.record, "p", probe.task, served)
     exported = export_probes(probe, None, tmp_path / "model.onnx", 0.5)
     assert exported.category_source == "fine probe" and (tmp_path / "model.onnx").is_file()

@@ -144,7 +144,8 @@ CLOSE = ("identity", "saturate", "grayscale", "tint", "invert", "solarize", "pos
          "rotate", "perspective", "text_overlay", "icon_overlay", "border", "downscale",
          # the detection catalog's
          "desaturate", "low_contrast", "jpeg_recompress", "crop_zoom_mild", "watermark", "logo", "gamma", "sepia",
-         "warm_filter", "cool_filter", "resample", "rotate_crop", "patches", "warm_then_jpeg", "gamma_then_crop")
+         "warm_filter", "cool_filter", "resample", "rotate_crop", "patches", "warm_then_jpeg", "gamma_then_crop",
+         "unsharp_mask")
 
 
 # The detection catalog's mild strengths: an overlay may touch a few hundred pixels (a small logo at

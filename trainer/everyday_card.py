@@ -11,9 +11,9 @@ makes, made by code no training path uses, on photographs no training saw.
   Against fine and general (the study's), most edits are novel; the rest are much milder than
   their row (JPEG quality 15-40 vs `jpeg` 2-9, rotations of 3-12 degrees vs 25-65, ...). The
   detection catalog (`detect`) trains on everyday kinds on purpose (gamma, sepia, warm and cool
-  looks, JPEG recompression, rotate-and-crop, watermarks, logos, patches), so for a detector
-  trained on it those edits test a new implementation and new sources, not a new kind; median
-  and total-variation smoothing, chroma noise, dithering, chromatic aberration, adaptive
+  looks, unsharp masking, JPEG recompression, rotate-and-crop, watermarks, logos, patches), so for
+  a detector trained on it those edits test a new implementation and new sources, not a new kind;
+  median and total-variation smoothing, chroma noise, dithering, chromatic aberration, adaptive
   equalization, channel swaps, swirl and barrel distortion stay novel.
 - **Held-out sources.** The store's test sources (trainer.reference_card.test_images), one
   224x224 canvas each (services.reference.canvas, what DALI makes of an upload): the edits act on
@@ -401,7 +401,7 @@ EDITS: tuple[Edit, ...] = (
     Edit("tv_smoothing", "artifact", "blur", "total-variation smoothing, weight 0.04-0.1 (a beauty filter)",
          tv_smoothing, SK),
     Edit("unsharp_halo", "artifact", "sharpening", "unsharp mask, radius 1-2.5, amount 0.8-1.6 (over-sharpened)",
-         unsharp_halo, SK, ("sharpen",)),
+         unsharp_halo, SK, ("sharpen", "unsharp_mask")),
     Edit("chroma_noise", "artifact", "noise", "blotchy Cb/Cr noise, sigma 3-6 (low-light phone photo)",
          chroma_noise, f"{SK} + {SP}"),
     Edit("impulse_noise", "artifact", "noise", "1-3% of pixels random colours (hot and dead pixels)",

@@ -4,12 +4,12 @@ The fine catalog is the study's: its ranges are all strong (JPEG quality 2-9, bl
 saturation 2.2-3.5), so a person can name each transformation, and a detector trained on it
 misses the edits people make every day. This catalog keeps every fine kind, drawn from mild to
 strong (the fine DALI functions with wider ranges, as general.py's `like()` reuses them), and
-adds everyday edits: gamma, filter presets (sepia, warm and cool looks), desaturation, JPEG
-recompression at qualities 10-50, resampling (down, then up), small rotations cropped to the
-canvas, mild crop-zooms, semi-transparent text watermarks, logos, coloured patches, and chains of
-two edits (a row whose function composes two). Where an everyday edit is a fine kind at milder
-strengths (JPEG, crop-zoom, icons, contrast), it is a row of its own, so the accuracy per row says
-how the detector does at each strength.
+adds everyday edits: gamma, filter presets (sepia, warm and cool looks), desaturation, unsharp
+masking (sharpening with a radius), JPEG recompression at qualities 10-50, resampling (down, then
+up), small rotations cropped to the canvas, mild crop-zooms, semi-transparent text watermarks,
+logos, coloured patches, and chains of two edits (a row whose function composes two). Where an
+everyday edit is a fine kind at milder strengths (JPEG, crop-zoom, icons, contrast), it is a row of
+its own, so the accuracy per row says how the detector does at each strength.
 
 Every row is its own class (one head over the rows, as the fine task); each row's category is
 one of the general catalog's ten, so the detector's category outputs keep working. Family
@@ -27,7 +27,7 @@ from .fine import SEED, _p
 from .spec import Transform
 
 F = types.FLOAT
-VERSION = "detect-1"
+VERSION = "detect-2"
 EVERYDAY = "everyday"
 
 # What a watermark says: photo sites', agencies' and owners' marks, not the fine catalog's words.
@@ -64,6 +64,12 @@ def cool_filter(img, p, aux):
     """A cool look: red down, blue up, blacks lifted by `fade`."""
     gains = fn.reshape(fn.stack(1.0 - p[0], 1.0 + p[0] * 0.1, 1.0 + p[0]), shape=[1, 1, 3])
     return ops.to_u8(fn.cast(img, dtype=F) * gains * (1.0 - p[1] / 255.0) + p[1])
+
+
+def unsharp_mask(img, p, aux):
+    """Everyday sharpening is an unsharp mask with a radius; the laplacian `sharpen` row is only the finest scale."""
+    x = fn.cast(img, dtype=F)
+    return ops.to_u8(x + (x - fn.gaussian_blur(x, sigma=p[0])) * p[1])
 
 
 def resample(img, p, aux):
@@ -215,6 +221,8 @@ def _build() -> tuple[Transform, ...]:
     new(345, "resample_then_sharpen", "resolution", (_p("side", 56, 169, True), _p("amount", 0.15, 1.0)),
         resample_then_sharpen)
     new(346, "gamma_then_crop", "tone", _gamma_params() + _crop_params(0.7, 0.9), gamma_then_crop)
+    # filtering, added in detect-2: sharpening with a radius, as photo editors do it
+    new(347, "unsharp_mask", "filtering", (_p("sigma", 0.6, 3.0), _p("amount", 0.4, 2.0)), unsharp_mask)
     _check(rows)
     return tuple(rows)
 

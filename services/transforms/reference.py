@@ -152,6 +152,12 @@ def _look(gains):
     return apply
 
 
+def unsharp_mask(a, p, aux):
+    """a + amount * (a - gaussian(a, sigma)); DALI's blur mirrors the border without repeating the edge."""
+    blurred = _per_channel(a, lambda c: ndimage.gaussian_filter(c, p[0], mode="mirror", truncate=3.0))
+    return _u8(a + (a - blurred) * p[1])
+
+
 def resample(a, p, aux):
     small = Image.fromarray(a).resize((int(p[0]),) * 2, Image.BILINEAR)
     return np.asarray(small.resize((CANVAS, CANVAS), Image.BICUBIC))
@@ -231,6 +237,7 @@ IMPLEMENTATIONS.update({
     "warm_then_jpeg": chain(_look((1.0, 0.25, -1.0)), jpeg, 2),
     "resample_then_sharpen": chain(resample, IMPLEMENTATIONS["sharpen"], 1),
     "gamma_then_crop": chain(gamma, crop_zoom, 2),
+    "unsharp_mask": unsharp_mask,
 })
 
 
