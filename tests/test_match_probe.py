@@ -120,6 +120,10 @@ def test_contract_and_parity_with_torch(world):
     assert record["features_dim"] == F and record["catalog"] == "detect" and record["catalog_version"] == "detect-1"
     assert record["copy_target_fpr"] == 0.01 and record["edited_target_fpr"] == 0.05
     assert record["store"] == str(detect.resolve())
+    evidence = record["edited_evidence"]  # the auxiliary probe never saw every 3rd edit row
+    assert evidence["held_out"]["rows"] == ["sharpen", "crop_zoom"] and evidence["chosen"] in ("probe", "probe+distances")
+    assert evidence["inputs"] == ["log_odds", "log_embedding_cosine_distance", "log_features_rms_distance"]
+    assert set(evidence["cross_validated_auc"]) == {"probe", "probe+distances", "folds"}
     model = onnx.load(str(root / "ix" / "probe" / "match_probe.onnx"))
 
     def shapes(values):
@@ -140,6 +144,16 @@ def test_contract_and_parity_with_torch(world):
     assert np.abs(served["transform_probs"] - probs.numpy()).max() <= 1e-5
     assert np.abs(served["edited_score"] - score.numpy()[:, 0]).max() <= 1e-5
     assert record["parity_max_abs_diff"] <= 1e-5
+
+
+def test_heldout_every_zero_scores_with_the_log_odds_alone(world, tmp_path):
+    root, fine, detect, indexed, queried, _ = world
+    shutil.copytree(root / "ix", tmp_path / "ix")
+    record = train_match_probe(tmp_path / "ix", detect, MatchProbeConfig(epochs=3, heldout_every=0), progress=False)
+    assert record["edited_evidence"]["chosen"] == "probe" and record["edited_evidence"]["weights"] == [1.0, 0.0, 0.0]
+    assert record["edited_evidence"]["held_out"] == {}
+    with pytest.raises(ValueError, match="heldout_every"):
+        MatchProbeConfig(heldout_every=1)
 
 
 def test_copy_threshold_keeps_new_photos_out_on_validation(world):

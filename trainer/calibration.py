@@ -138,8 +138,9 @@ class Calibration:
                    prior=values.get("prior"), fitted_on=dict(values.get("fitted_on", {})),
                    cross_validated_log_loss=dict(values.get("cross_validated_log_loss", {})))
 
-    def module(self, identity: int):
-        """The torch module logits [B, C] -> MANIPULATION_SCORE [B, 1] that the ONNX probe is exported from."""
+    def module(self, identity: Optional[int]):
+        """The torch module logits [B, C] -> MANIPULATION_SCORE [B, 1] that the ONNX probe is exported from;
+        identity None: the module takes the log-odds r [B, 1] itself (a score combined before calibration)."""
         import torch
         from torch import nn
 
@@ -158,9 +159,14 @@ class Calibration:
                     self.p0 = float(knots_p[0])
 
             def forward(self, logits: torch.Tensor) -> torch.Tensor:
-                if kind == "none":
+                if identity is None:
+                    r = logits
+                    if kind == "none":  # 1 - P(identity) = sigmoid(r)
+                        return torch.sigmoid(r)
+                elif kind == "none":
                     return 1.0 - torch.softmax(logits, dim=1)[:, identity:identity + 1]
-                r = raw_log_odds(logits, identity)
+                else:
+                    r = raw_log_odds(logits, identity)
                 if kind == "platt":
                     return torch.sigmoid(r * a + b)
                 ramps = torch.minimum(torch.relu(r - self.starts), self.widths)
@@ -244,7 +250,7 @@ def fit_isotonic(r, edited, prior: float = PRIOR) -> tuple[list[float], list[flo
     return knots_r, knots_p
 
 
-def _folds(groups: np.ndarray, folds: int) -> list[np.ndarray]:
+def source_folds(groups: np.ndarray, folds: int) -> list[np.ndarray]:
     """Each fold's held-out mask: whole groups (sources), assigned in a fixed shuffled order."""
     unique = np.unique(groups)
     order = np.random.default_rng(0).permutation(len(unique))
@@ -261,7 +267,7 @@ def cross_validated_log_loss(r, edited, groups, prior: float = PRIOR, folds: int
     if folds < 2:
         return None
     held = {"platt": np.empty(len(r)), "isotonic": np.empty(len(r))}
-    for mask in _folds(groups, folds):
+    for mask in source_folds(groups, folds):
         train = ~mask
         if edited[train].all() or not edited[train].any():
             return None

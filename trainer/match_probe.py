@@ -72,11 +72,18 @@ class MatchProbeConfig:
     copy_target_fpr: float = 0.01  # share of new photos (in no index) the copy threshold lets through
     edited_target_fpr: float = 0.05  # share of re-uploaded originals called edited
     max_copy_queries: int = 20_000  # validation versions searched for the copy threshold, at most
+    # Every Nth catalog row (identity apart) is held out of a second, auxiliary probe, whose
+    # validation pairs teach the edited score how far edits it never saw move an upload from its
+    # original (trainer/edit_evidence.py); 0: the probe's log-odds alone, no second fit.
+    heldout_every: int = 3
 
     def __post_init__(self):
         for name in ("copy_target_fpr", "edited_target_fpr"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise MatchProbeError(f"{name} must be in (0, 1), not {getattr(self, name)}")
+        if self.heldout_every < 0 or self.heldout_every == 1:
+            raise MatchProbeError("heldout_every must be 0 (off) or at least 2, not "
+                                  f"{self.heldout_every}")
         if self.hidden < 1 or self.batch_size < 1 or self.epochs < 1:
             raise MatchProbeError("hidden, batch_size and epochs must be positive")
 
@@ -93,6 +100,9 @@ CONFIG_HELP = {
     "copy_target_fpr": "Share of new photos (in no index) that the copy threshold may call copies, on validation.",
     "edited_target_fpr": "Share of re-uploaded originals that the edited threshold may call edited, on validation.",
     "max_copy_queries": "Validation versions searched for the copy threshold, at most.",
+    "heldout_every": "Hold every Nth catalog row out of an auxiliary probe whose validation pairs weigh the probe's "
+                     "log-odds against the upload's distance from its original in the edited score (0: log-odds "
+                     "alone).",
 }
 
 

@@ -11,7 +11,9 @@ sources are never read.
 The probe: [q, o, q - o] (q, o each W = embedding + FEATURES), standardized with the training
 pairs' mean and deviation (buffers), one hidden layer (ReLU, dropout), C logits. TRANSFORM_PROBS
 is their softmax; EDITED_SCORE the calibration (trainer/calibration.py, fitted on validation
-pairs, grouped by source) of r = log P(not identity) / P(identity).
+pairs, grouped by source) of r = log P(not identity) / P(identity) combined with the upload's
+distances from its original (trainer/edit_evidence.py; the weights come from an auxiliary probe
+trained without every Nth catalog row, so that they answer for edits the probe never saw).
 
 Thresholds, on validation sources only:
   copy_threshold    each validation image's versions in STORE are searched in the index. Copies:
@@ -54,6 +56,7 @@ from equiprobe.services import match_index as mx
 from equiprobe.services.files import fsync_path, swap_in
 
 from .calibration import calibration_quality, fit_calibration, raw_log_odds
+from .edit_evidence import CombinedLogOdds, Distances, EditEvidence, fit_evidence, input_names
 from .match_metrics import auc
 from .match_probe import (EDITED_SCORE, FORMAT, IDENTITY, MAX_IDENTICAL_SHARE, OUTPUTS, QUERY, REFERENCE,
                           TRANSFORM_PROBS, MatchProbeConfig, MatchProbeError, check_independent, copy_threshold,
@@ -131,12 +134,14 @@ class PairData:
             at += block.shape[2]
         return out
 
-    def batches(self, part: str, batch_size: int, shuffle_seed: Optional[int] = None
-                ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(queries [b, W], references [b, W], labels [b]) over every pair of a part."""
+    def batches(self, part: str, batch_size: int, shuffle_seed: Optional[int] = None,
+                versions: Optional[np.ndarray] = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(queries [b, W], references [b, W], labels [b]) over every pair of a part (of `versions`
+        only, where given)."""
         p = self.parts[part]
-        positions = np.repeat(np.arange(len(p.rows)), len(self.versions))
-        versions = np.tile(self.versions, len(p.rows))
+        chosen = self.versions if versions is None else np.asarray(versions)
+        positions = np.repeat(np.arange(len(p.rows)), len(chosen))
+        versions = np.tile(chosen, len(p.rows))
         order = np.arange(len(positions))
         if shuffle_seed is not None:
             np.random.default_rng(shuffle_seed).shuffle(order)
@@ -209,17 +214,26 @@ class MatchProbe(nn.Module):
         return self.head((x - self.mean) / self.std)
 
 
-class MatchHead(nn.Module):
-    """What the ONNX graph is exported from: TRANSFORM_PROBS and EDITED_SCORE."""
+def distances_module(probe: MatchProbe, dim: int) -> Distances:
+    """The upload's distances from its original, FEATURES scaled by the training pairs' deviation
+    of the references' FEATURES (the probe's own buffer: [q, o, q - o], o's FEATURES columns)."""
+    width = probe.std.shape[0] // 3
+    return Distances(dim, probe.std[width + dim:2 * width].detach())
 
-    def __init__(self, probe: MatchProbe, calibration, identity: int):
+
+class MatchHead(nn.Module):
+    """What the ONNX graph is exported from: TRANSFORM_PROBS and EDITED_SCORE (the calibration of
+    the probe's log-odds combined with the distances, trainer/edit_evidence.py)."""
+
+    def __init__(self, probe: MatchProbe, calibration, identity: int, evidence: EditEvidence, dim: int):
         super().__init__()
         self.probe = probe
-        self.calibrate = calibration.module(identity)
+        self.combine = CombinedLogOdds(evidence, identity, distances_module(probe, dim))
+        self.calibrate = calibration.module(None)
 
     def forward(self, query: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.probe(query, reference)
-        return torch.softmax(logits, dim=1), self.calibrate(logits)
+        return torch.softmax(logits, dim=1), self.calibrate(self.combine(logits, query, reference))
 
 
 @torch.no_grad()
@@ -239,8 +253,21 @@ def logits_of(model: nn.Module, data: PairData, part: str) -> tuple[np.ndarray, 
     return np.concatenate(out), np.tile(data.labels, len(data.parts[part].rows)), positions
 
 
-def fit(data: PairData, config: MatchProbeConfig, progress: bool = True) -> tuple[MatchProbe, dict]:
-    """Adam on shuffled training pairs; the epoch of best validation accuracy is kept."""
+@torch.no_grad()
+def distances_of(distances: Distances, data: PairData, part: str) -> np.ndarray:
+    """[n, 1 or 2] distances of every pair of a part, in logits_of's order."""
+    out = []
+    for _, versions, references in data.chunks(part):
+        b, k, w = versions.shape
+        out.append(distances(torch.from_numpy(versions.reshape(b * k, w)),
+                             torch.from_numpy(np.repeat(references, k, axis=0))).numpy())
+    return np.concatenate(out).astype(np.float64)
+
+
+def fit(data: PairData, config: MatchProbeConfig, progress: bool = True, versions: Optional[np.ndarray] = None,
+        description: str = "training the match probe (epochs)") -> tuple[MatchProbe, dict]:
+    """Adam on shuffled training pairs (of `versions` only, where given); the epoch of best
+    validation accuracy is kept."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     torch.manual_seed(config.seed)
@@ -253,11 +280,12 @@ def fit(data: PairData, config: MatchProbeConfig, progress: bool = True) -> tupl
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}"))
     with Progress(*columns, disable=not progress, transient=True) as bar:
-        task = bar.add_task("training the match probe (epochs)", total=config.epochs, status="")
+        task = bar.add_task(description, total=config.epochs, status="")
         for epoch in range(config.epochs):
             model.train()
             losses = []
-            for q, o, y in data.batches("train", config.batch_size, shuffle_seed=config.seed * 100_003 + epoch):
+            for q, o, y in data.batches("train", config.batch_size, shuffle_seed=config.seed * 100_003 + epoch,
+                                        versions=versions):
                 optimizer.zero_grad()
                 loss = loss_fn(model(torch.from_numpy(q).to(at), torch.from_numpy(o).to(at)),
                                torch.from_numpy(y).to(at))
@@ -276,6 +304,45 @@ def fit(data: PairData, config: MatchProbeConfig, progress: bool = True) -> tupl
                 break
     model.load_state_dict(best_state)
     return model.eval(), {"epochs_run": len(history), "best_epoch": best_epoch, "history": history}
+
+
+# -- the edited score's evidence: the probe's log-odds and the distances ---------------------------
+
+def validation_evidence(model: MatchProbe, data: PairData, logits: np.ndarray) -> np.ndarray:
+    """[n, 1 + distances] evidence of every validation pair (trainer/edit_evidence.py), r first."""
+    r = raw_log_odds(torch.from_numpy(logits), data.identity)[:, 0].double().numpy()
+    return np.concatenate([r[:, None], distances_of(distances_module(model.cpu(), data.dim), data, "val")], 1)
+
+
+def held_out_versions(data: PairData, every: int) -> np.ndarray:
+    """Every `every`-th version of the catalog, identity apart: the rows an auxiliary probe never sees."""
+    edits = data.versions[data.labels[data.versions] != data.identity]
+    return edits[every - 1::every]
+
+
+def combine_evidence(data: PairData, config: MatchProbeConfig, evidence: np.ndarray, edited: np.ndarray,
+                     groups: np.ndarray, progress: bool = True) -> EditEvidence:
+    """How the edited score weighs the probe's log-odds against the distances. Validation pairs of
+    the probe itself cannot say: every kind in them was trained on, and there the log-odds alone
+    rank best. So an auxiliary probe, trained without every Nth catalog row, answers for edits it
+    never saw (the study's generalization protocol); its validation evidence (all rows) chooses and
+    fits the weights (edit_evidence.fit_evidence), which are then applied to the probe's own
+    log-odds. heldout_every 0: the log-odds alone."""
+    held = held_out_versions(data, config.heldout_every) if config.heldout_every else []
+    if not len(held):
+        return EditEvidence.probe_only(input_names(data.features_dim))
+    aux, _ = fit(data, config, progress, versions=np.setdiff1d(data.versions, held),
+                 description=f"auxiliary match probe, {len(held)} rows held out (epochs)")
+    aux_logits, _, _ = logits_of(aux, data, "val")
+    aux_evidence = validation_evidence(aux, data, aux_logits)
+    combination = fit_evidence(aux_evidence, edited, groups, data.features_dim)
+    unseen = np.isin(np.tile(data.versions, len(data.parts["val"].rows)), held)
+    combined = combination.combine(aux_evidence)
+    combination.held_out = {
+        "rows": [data.rows_names[v] for v in held],
+        "auxiliary_auc_unseen_rows": {"log_odds": auc(aux_evidence[unseen, 0], aux_evidence[~edited, 0]),
+                                      "combined": auc(combined[unseen], combined[~edited])}}
+    return combination
 
 
 # -- validation: the nearest stored version, copies ------------------------------------------------
@@ -408,7 +475,10 @@ def load_torch_head(probe_dir: Path) -> MatchHead:
     probe = MatchProbe(width, classes, int(record["config"]["hidden"]), float(record["config"]["dropout"]),
                        np.zeros(3 * width, np.float32), np.ones(3 * width, np.float32))
     probe.load_state_dict(state)
-    return MatchHead(probe, Calibration.from_dict(record["calibration"]), int(record["identity"])).eval()
+    features_dim = int(record.get("features_dim") or 0)
+    evidence = EditEvidence.from_dict(record.get("edited_evidence"), input_names(features_dim))
+    return MatchHead(probe, Calibration.from_dict(record["calibration"]), int(record["identity"]), evidence,
+                     width - features_dim).eval()
 
 
 # -- the whole command ----------------------------------------------------------------------------
@@ -449,11 +519,13 @@ def train_match_probe(index_path: Path, store_path: Path, config: MatchProbeConf
     identity = data.identity
     edited = labels != identity
     groups = parts["val"].sources[positions]
-    r = raw_log_odds(torch.from_numpy(logits), identity)[:, 0].double().numpy()
-    calibration = fit_calibration(r, edited, groups)
-    head = MatchHead(model.cpu(), calibration, identity).eval()
+    evidence = validation_evidence(model, data, logits)
+    combination = combine_evidence(data, config, evidence, edited, groups, progress)
+    combined = combination.combine(evidence)
+    calibration = fit_calibration(combined, edited, groups)
+    head = MatchHead(model, calibration, identity, combination, data.dim).eval()
     with torch.no_grad():
-        scores = head.calibrate(torch.from_numpy(logits))[:, 0].numpy()
+        scores = head.calibrate(torch.from_numpy(combined.astype(np.float32))[:, None])[:, 0].numpy()
     edited_threshold = operating_threshold(scores, edited, config.edited_target_fpr)
     predicted = logits.argmax(1)
     categories = categories_of(data.classes, m.get("catalog"))
@@ -501,7 +573,7 @@ def train_match_probe(index_path: Path, store_path: Path, config: MatchProbeConf
             "copy_threshold": copies["threshold"], "copy_target_fpr": config.copy_target_fpr,
             "copy_projection": (index.meta.get("projection") or {}).get("sha256"),  # the space it is a cosine in
             "edited_threshold": edited_threshold, "edited_target_fpr": config.edited_target_fpr,
-            "calibration": calibration.as_dict(),
+            "calibration": calibration.as_dict(), "edited_evidence": combination.as_dict(),
             "validation": {"pairs": int(len(labels)), "identity_pairs": int((~edited).sum()), **counts,
                            "classes": len(data.classes), "probe": probe_figures, "baseline": baseline,
                            "copy": {k_: v for k_, v in copies.items() if k_ != "threshold"},
