@@ -206,6 +206,7 @@ class MatchIndex:
     references: Optional[np.ndarray] = field(default=None, repr=False)  # [N, W] float16 memmap; None: older index
     projection: Optional[Projection] = field(default=None, repr=False)  # projection.npz; None: raw embeddings
     _positions: Optional[dict] = field(default=None, repr=False)
+    _gpu_resources: object = field(default=None, repr=False)  # faiss.StandardGpuResources, once on a GPU
 
     @property
     def count(self) -> int:
@@ -314,6 +315,25 @@ class MatchIndex:
         sims, ids = self.index.search(vectors, k)
         keys = np.where(ids >= 0, self.keys[np.maximum(ids, 0)], "")
         return sims, ids, keys
+
+    def to_gpu(self, device: int = 0) -> str:
+        """Move the faiss index onto GPU `device` (faiss-gpu: the native flavour's NAME_match);
+        returns where it searches. MatchIndexError where this faiss has no GPU support or sees no
+        GPU. HNSW has no GPU implementation in faiss: it stays on the CPU, and this says so."""
+        if not hasattr(faiss, "StandardGpuResources"):
+            raise MatchIndexError(f"{self.path}: faiss_device gpu, but this faiss ({faiss.__version__}) is built "
+                                  "without GPU support; install faiss-gpu-cu12 (the server image does) or serve with "
+                                  "faiss_device cpu")
+        gpus = faiss.get_num_gpus()
+        if not 0 <= device < gpus:
+            raise MatchIndexError(f"{self.path}: faiss_device gpu {device}, but faiss sees {gpus} GPU(s)")
+        if self.meta.get("kind") == "hnsw":
+            return "cpu (faiss has no GPU HNSW)"
+        self._gpu_resources = faiss.StandardGpuResources()  # kept alive as long as the index
+        options = faiss.GpuClonerOptions()
+        options.useFloat16 = self.meta.get("kind") == "ivfpq"  # PQ codes above 48 bytes need float16 tables
+        self.index = faiss.index_cpu_to_gpu(self._gpu_resources, device, self.index, options)
+        return f"gpu {device}"
 
     def location(self, id_: int) -> tuple[str, int]:
         """(store path, row) of vector `id_`: where the image's versions are."""

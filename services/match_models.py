@@ -7,8 +7,10 @@
     NAME_matcher  ensemble: NAME_embed's steps (image_gate -> NAME_preprocess -> NAME_encoder) with
                   NAME_match as the last step; IMAGE -> the same outputs
 
-Both flavours run NAME_match in the python backend on the CPU (faiss-cpu and ONNX Runtime; the
-`server` extra). Rendered from what the repository serves (repository.ServedEncoder) and the
+NAME_match runs in the python backend: in the portable flavour on the CPU (faiss-cpu and ONNX
+Runtime; the `server` extra), in the native one as a KIND_GPU instance whose faiss index is moved
+onto its GPU (faiss_device gpu: faiss-gpu, which deploy/Dockerfile.server installs; the probe stays
+on ONNX Runtime's CPU, one small matrix product a batch). Rendered from what the repository serves (repository.ServedEncoder) and the
 deployed version's record (`meta`, NAME_match/<v>/deployed.json, written by
 trainer/match_deploy.py). The files and the version switch are versioning.py's (the pair
 NAME_match / NAME_matcher: `match_pair`).
@@ -22,6 +24,8 @@ from .contract import EMBEDDING, FEATURES, MATCH_OUTPUTS, MatchNames, match_inpu
 from .detector_models import _internal, embed_steps, unread_outputs_dropped
 from .model_config import ServingSpec, dynamic_batching, ensemble_config, instances, string_parameters, tensor_of
 from .versioning import HISTORY, VersionedPair
+
+FAISS_DEVICE = {"portable": "cpu", "native": "gpu"}  # where NAME_match's faiss searches, by flavour
 
 # The names each model directory reads through NAME_match/.selected: name there -> name in the selection.
 MATCH_LINKS = {"config.pbtxt": "match.pbtxt", HISTORY: HISTORY}
@@ -57,9 +61,10 @@ def match_config(served, names: MatchNames, meta: dict) -> mc.ModelConfig:
                             input=[tensor_of(s) for s in match_inputs(meta["dim"], meta["features_dim"])],
                             output=[tensor_of(s, is_input=False) for s in match_outputs(meta["k"])],
                             dynamic_batching=dynamic_batching(serving, preferred=False),
-                            instance_group=instances("portable"))  # faiss on the CPU in both flavours
+                            instance_group=instances(served.flavour))
     config.version_policy.specific.versions.append(meta["version"])
-    string_parameters(config, intra_op_threads=1, **_parameters(meta))  # a small probe beside the encoder
+    string_parameters(config, intra_op_threads=1, faiss_device=FAISS_DEVICE[served.flavour],
+                      **_parameters(meta))  # a small probe beside the encoder
     return config
 
 

@@ -29,6 +29,7 @@ from .contract import (CATEGORY, COPY, EDIT_SCORE, EDITED, EDITED_SCORE, MATCH_K
 from .match_index import PROBE_DIR, PROBE_JSON, PROBE_ONNX, REFERENCES, MatchIndex, MatchIndexError
 
 DEFAULT_K = 5
+FAISS_DEVICES = ("cpu", "gpu")  # NAME_match's faiss_device parameter: portable cpu, native gpu
 NO_SCORE = -1.0  # EDIT_SCORE where there is no probe or no copy
 
 
@@ -106,6 +107,7 @@ class ServedIndex:
     k: int
     copy_threshold: float
     probe: Optional[MatchProbe] = None
+    searched_on: str = "cpu"  # where faiss searches: "cpu", "gpu N"
 
     @property
     def features_dim(self) -> int:
@@ -113,11 +115,16 @@ class ServedIndex:
 
     @classmethod
     def load(cls, path: Path, k: int = DEFAULT_K, copy_threshold: Optional[float] = None,
-             threads: int = 1) -> "ServedIndex":
+             threads: int = 1, faiss_device: str = "cpu", gpu: int = 0) -> "ServedIndex":
         """A deployed index version; MatchIndexError (one line naming the file) for anything
-        missing or corrupt. `copy_threshold`: None takes the probe's."""
+        missing or corrupt. `copy_threshold`: None takes the probe's. `faiss_device` "gpu": the
+        search runs on GPU `gpu` (faiss-gpu; the probe stays on ONNX Runtime's CPU: one small
+        matrix product a batch)."""
         path = Path(path)
+        if faiss_device not in FAISS_DEVICES:
+            raise MatchIndexError(f"faiss_device {faiss_device!r}: one of {', '.join(FAISS_DEVICES)}")
         index = MatchIndex.open(path)  # references.npy by memory map, checked, where the index has it
+        searched_on = index.to_gpu(gpu) if faiss_device == "gpu" else "cpu"
         probe = None
         if has_probe(path):
             if index.references is None:
@@ -132,7 +139,7 @@ class ServedIndex:
                 raise MatchIndexError(f"{path}: no copy threshold given and no {PROBE_DIR}/{PROBE_JSON} to take one "
                                       "from")
             copy_threshold = probe.copy_threshold
-        return cls(index, int(k), float(copy_threshold), probe)
+        return cls(index, int(k), float(copy_threshold), probe, searched_on)
 
     def match(self, embeddings: np.ndarray, features: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
         """The outputs of NAME_match for [n, D] embeddings (and [n, F] FEATURES), all searched at once."""

@@ -458,3 +458,41 @@ def test_excluded_keys_stay_out_of_the_index(stores, tmp_path):
     index = MatchIndex.open(tmp_path / "ix")
     assert index.count == 299 - 10 and not set(keys) & set(index.keys.tolist())
     assert index.meta["excluded_keys"] == 10
+
+
+def test_a_gpu_search_on_a_faiss_without_gpus_is_a_clear_error(stores, tmp_path):
+    """The native flavour's NAME_match moves its index onto its GPU (faiss_device gpu); where faiss
+    cannot (faiss-cpu, or no GPU visible), loading says so in one line instead of searching
+    somewhere else."""
+    import faiss
+
+    from equiprobe.services.matching import ServedIndex
+
+    root, (store_a, a), _ = stores
+    build_index([store_a], tmp_path / "ix", progress=False)
+    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        pytest.skip("this faiss sees a GPU")
+    with pytest.raises(mx.MatchIndexError, match="faiss_device gpu.*(without GPU support|sees 0 GPU)"):
+        ServedIndex.load(tmp_path / "ix", copy_threshold=0.9, faiss_device="gpu")
+    with pytest.raises(mx.MatchIndexError, match="faiss_device 'tpu'"):
+        ServedIndex.load(tmp_path / "ix", copy_threshold=0.9, faiss_device="tpu")
+    served = ServedIndex.load(tmp_path / "ix", copy_threshold=0.9)
+    assert served.searched_on == "cpu" and served.match(a[:3, 0].astype(np.float32))["COPY"].all()
+
+
+@pytest.mark.parametrize("flavour,kind,device", [("portable", "KIND_CPU", "cpu"), ("native", "KIND_GPU", "gpu")])
+def test_the_match_model_searches_on_the_gpu_in_the_native_flavour(flavour, kind, device):
+    from types import SimpleNamespace
+
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from equiprobe.services.contract import MatchNames
+    from equiprobe.services.match_models import match_config
+
+    served = SimpleNamespace(flavour=flavour, embed_config=SimpleNamespace(max_batch_size=32))
+    meta = {"dim": D, "features_dim": 0, "k": 5, "version": 3, "encoder": "synthetic", "encoder_onnx_sha256": "0" * 64,
+            "copy_threshold": 0.9, "copy_threshold_source": "flag", "count": 10, "kind": "flat",
+            "index_sha256": "1" * 64, "probe": None}
+    config = match_config(served, MatchNames("synthetic"), meta)
+    assert [mc.ModelInstanceGroup.Kind.Name(g.kind) for g in config.instance_group] == [kind]
+    assert config.parameters["faiss_device"].string_value == device and config.backend == "python"

@@ -97,10 +97,9 @@ def test_the_server_extra_is_read_back_from_the_installed_metadata(monkeypatch):
         script.extra_requirements("equiprobe", "gpu")
 
 
-def test_every_server_requirement_has_a_wheel_for_the_containers_python_and_platform(tmp_path):
-    """pip resolves the extra and everything it pulls in as binary wheels for CPython 3.10 on
-    glibc <= 2.35, from the package index, without installing (the report names each wheel)."""
-    requirements = for_container(server_extra())
+def resolve_for_container(requirements: list[str], tmp_path: Path) -> dict[str, str]:
+    """pip resolves `requirements` and everything they pull in as binary wheels for CPython 3.10 on
+    glibc <= 2.35, from the package index, without installing: distribution -> wheel file name."""
     platforms = ["manylinux2014_x86_64"] + [f"manylinux_2_{minor}_x86_64" for minor in range(17, CONTAINER_GLIBC[1] + 1)]
     command = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
                "--only-binary=:all:", "--python-version", ".".join(map(str, CONTAINER_PYTHON)),
@@ -109,13 +108,30 @@ def test_every_server_requirement_has_a_wheel_for_the_containers_python_and_plat
                "--target", str(tmp_path / "target"), "--report", str(tmp_path / "report.json"), *requirements]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"no wheels for the container's Python for all of {requirements}:\n{proc.stderr[-3000:]}"
-    wheels = {item["metadata"]["name"].lower().replace("_", "-"): item["download_info"]["url"].rsplit("/", 1)[-1]
-              for item in json.loads((tmp_path / "report.json").read_text())["install"]}
+    return {item["metadata"]["name"].lower().replace("_", "-"): item["download_info"]["url"].rsplit("/", 1)[-1]
+            for item in json.loads((tmp_path / "report.json").read_text())["install"]}
+
+
+def assert_pinned_wheels(requirements: list[str], wheels: dict[str, str]) -> None:
     print("\n".join(sorted(wheels.values())))
     for line in requirements:
         name, version = re.fullmatch(r"([A-Za-z0-9_.-]+)==(\S+)", line).groups()
         wheel = wheels[name.lower().replace("_", "-")]
         assert f"-{version}-" in wheel and wheel.endswith(".whl"), (line, wheel)
+
+
+def test_every_server_requirement_has_a_wheel_for_the_containers_python_and_platform(tmp_path):
+    requirements = for_container(server_extra())
+    assert_pinned_wheels(requirements, resolve_for_container(requirements, tmp_path))
+
+
+def test_the_images_faiss_gpu_has_a_wheel_for_the_container_with_numpy_1(tmp_path):
+    """The pins Dockerfile.server installs beyond the extra (faiss-gpu in place of faiss-cpu)."""
+    pins = re.findall(r'pip install --only-binary=:all: "([A-Za-z0-9_.-]+==[^"]+)"', DOCKERFILE.read_text())
+    assert any(p.startswith("faiss-gpu-cu12==") for p in pins), pins
+    wheels = resolve_for_container(pins + ["numpy<2"], tmp_path)
+    assert_pinned_wheels(pins, wheels)
+    assert wheels["numpy"].startswith("numpy-1.")
 
 
 # -- every python model of both flavours imports only what the image installs --------------------

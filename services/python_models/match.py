@@ -22,7 +22,9 @@ class TritonPythonModel:
         self.features = FEATURES in {i["name"] for i in config["input"]}
         try:
             self.served = ServedIndex.load(version_dir, int(params.get("k", DEFAULT_K)),
-                                           float(params["copy_threshold"]), int(params.get("intra_op_threads", "1")))
+                                           float(params["copy_threshold"]), int(params.get("intra_op_threads", "1")),
+                                           params.get("faiss_device", "cpu"),
+                                           int(args.get("model_instance_device_id") or 0))
         except MatchIndexError as exc:
             raise pb_utils.TritonModelException(f"{self.model} cannot load its index: {exc}") from None
         if self.features != bool(self.served.features_dim):
