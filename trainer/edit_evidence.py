@@ -44,8 +44,11 @@ class Distances(nn.Module):
 
     def forward(self, query: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         q, o = query[:, :self.dim], reference[:, :self.dim]
-        cosine = (q * o).sum(1, keepdim=True) / (q.norm(dim=1, keepdim=True) * o.norm(dim=1, keepdim=True) + EPS)
-        out = [torch.log(torch.clamp(1.0 - cosine, min=0.0) + EPS)]
+        # 1 - cos as half the squared distance of the unit vectors: the difference is taken before
+        # squaring, so a re-upload's 1e-4 keeps its digits in float32 (1 - q.o would cancel them,
+        # and the log would make torch and ONNX Runtime disagree in the fifth digit).
+        diff = q / (q.norm(dim=1, keepdim=True) + EPS) - o / (o.norm(dim=1, keepdim=True) + EPS)
+        out = [torch.log(0.5 * (diff * diff).sum(1, keepdim=True) + EPS)]
         if self.scale.shape[1]:
             diff = (query[:, self.dim:] - reference[:, self.dim:]) / self.scale
             out.append(torch.log(torch.sqrt((diff * diff).mean(1, keepdim=True)) + EPS))
