@@ -22,12 +22,10 @@ the stores hold them (W = dim + features_dim; every store of an index has the sa
 features_dim): what the reference-aware probe (trainer/match_probe.py) compares an upload with.
 They are read CHUNK rows at a time too.
 
-The copy projection (`build --projection-from STORE`, services/match_projection.py): Fisher's
-projection learned from every version of STORE's training-source images (split train, DONE),
-W wide (embedding, then FEATURES), streamed PROJECTION_CHUNK images at a time; STORE must be of
-the index's encoder. The faiss vectors are then unit(projection(reference)) (references.npy stays
-raw), the recall queries are projected the same way, `add` projects new references with the
-index's projection.npz, and `merge` needs every shard to carry the same file, byte for byte.
+The copy projection (`build --projection-from STORE`, clients/index_projection.py): the faiss
+vectors are unit(projection(reference)) (references.npy stays raw), the recall queries are
+projected the same way, `add` projects new references with the index's projection.npz, and
+`merge` needs every shard to carry the same file, byte for byte (a Ray build learns it once).
 """
 
 from __future__ import annotations
@@ -39,108 +37,23 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from equiprobe.clients.store import DONE, SPLITS, Store
+from equiprobe.clients.store import DONE, Store
 from equiprobe.services import match_index as mx
 from equiprobe.services.match_index import PROJECTION, MatchIndexError
 from equiprobe.services.match_projection import DIM as PROJECTION_DIM
-from equiprobe.services.match_projection import Projection, fit_projection
+from equiprobe.services.match_projection import Projection
+
+from .index_projection import learn_projection, load_learned_projection
+from .index_stores import encoder_fields, full_columns, identity_column, open_stores, read_versions, reference_width
 
 CHUNK = 4096
 QUERY_IMAGES = 500
 MAX_QUERIES = 2000
 PERTURBATION = 0.1  # a perturbed identity query: + Gaussian noise of this norm (on the unit vector)
-IDENTITY = "identity"
 RECALL_DEPTH = 10
-PROJECTION_CHUNK = 64  # training images a chunk when learning the projection: [b, K, W] float32
 
 
 # -- stores -------------------------------------------------------------------------------------
-
-def identity_column(store: Store) -> int:
-    rows = store.manifest.get("rows") or []
-    if IDENTITY not in rows:
-        raise MatchIndexError(f"{store.path}: the store has no '{IDENTITY}' version among its {len(rows)} versions "
-                              f"({', '.join(rows[:4])}{', ...' if len(rows) > 4 else ''}); nothing to index")
-    return rows.index(IDENTITY)
-
-
-def encoder_fields(manifest: dict) -> dict:
-    return {"encoder": manifest.get("encoder"), "encoder_onnx_sha256": manifest.get("encoder_onnx_sha256"),
-            "dim": manifest.get("dim"), "encoder_precision": manifest.get("encoder_precision", "fp32"),
-            "features_dim": int(manifest.get("features_dim") or 0)}
-
-
-def reference_width(fields: dict) -> int:
-    """W of references.npy: the embedding's width plus FEATURES'."""
-    return int(fields["dim"]) + int(fields.get("features_dim") or 0)
-
-
-def open_stores(paths: Sequence[Path], against: Optional[dict] = None, against_name: str = "") -> list[Store]:
-    """Open stores (ValueError for a missing one, one without an identity version, or one whose
-    encoder, ONNX hash or dim differs from the first's, or from `against`, an index's metadata)."""
-    stores = []
-    for path in paths:
-        store = Store.open(Path(path))
-        identity_column(store)
-        if stores:
-            mx.check_compatible(encoder_fields(stores[0].manifest), encoder_fields(store.manifest),
-                                f"store {stores[0].path}", f"store {store.path}")
-        elif against is not None:
-            mx.check_compatible(against, encoder_fields(store.manifest), against_name, f"store {store.path}")
-        stores.append(store)
-    return stores
-
-
-def full_columns(store: Store) -> list:
-    """The memory maps of a store's vectors, in W order: embeddings, then FEATURES (if any)."""
-    return [store.array("embeddings")] + ([store.array("features")] if store.features_dim else [])
-
-
-def read_versions(store: Store, rows: np.ndarray) -> np.ndarray:
-    """float32 [b, K, W]: every version of `rows` (sorted rows), embedding then FEATURES."""
-    return np.concatenate([np.asarray(c[rows], np.float32) for c in full_columns(store)], -1)
-
-
-class TrainingVersions:
-    """Every version of a store's DONE training-source images (split train), [b, K, W] float32
-    chunks of PROJECTION_CHUNK images; iterable again and again (fit_projection reads it twice)."""
-
-    def __init__(self, store: Store, size: int = PROJECTION_CHUNK):
-        self.store, self.size = store, size
-        status, split = np.asarray(store.array("status")), np.asarray(store.array("split"))
-        self.rows = np.flatnonzero((status == DONE) & (split == SPLITS["train"]))
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        for start in range(0, len(self.rows), self.size):
-            yield read_versions(self.store, self.rows[start:start + self.size])
-
-
-def learn_projection(path: Path, fields: dict, against_name: str, dim: int = PROJECTION_DIM
-                     ) -> tuple[Projection, dict]:
-    """The copy projection from store `path`'s training sources (it must be of `fields`' encoder,
-    ONNX file, dim and FEATURES width); returns it and index.json's "projection" record."""
-    store = Store.open(Path(path))
-    theirs = encoder_fields(store.manifest)
-    for name in mx.COMPATIBLE_FIELDS:
-        a, b = fields.get(name, mx.FIELD_DEFAULTS.get(name)), theirs.get(name, mx.FIELD_DEFAULTS.get(name))
-        if a != b:
-            raise MatchIndexError(f"{name} differs: {against_name} has {a!r}, --projection-from {store.path} has "
-                                  f"{b!r}; the projection must be learned from the same encoder's vectors")
-    identity = identity_column(store)
-    versions = TrainingVersions(store)
-    if not len(versions.rows):
-        raise MatchIndexError(f"--projection-from {store.path}: no done training-source images (split train) to "
-                              "learn the copy projection from")
-    if len(store.manifest["rows"]) < 2:
-        raise MatchIndexError(f"--projection-from {store.path}: the store holds only the identity version; the "
-                              "projection learns from edited versions")
-    if dim < 1:
-        raise MatchIndexError(f"--projection-dim must be at least 1, not {dim}")
-    projection = fit_projection(versions, identity=identity, dim=dim)
-    return projection, {"store": str(Path(store.path).resolve()), "images": int(len(versions.rows)),
-                        "versions": len(store.manifest["rows"]), "catalog": store.manifest.get("catalog"),
-                        "split": "train"}
-
 
 def store_entry(store: Store, images: int) -> dict:
     m = store.manifest
@@ -381,11 +294,13 @@ def _meta(fields: dict, kind: str, params: dict, entries: list[dict], recall: Op
 
 def build_index(store_paths: Sequence[Path], out: Path, kind: str = "auto", shard: Optional[str] = None,
                 seed: int = 0, replace: bool = False, progress: bool = True, projection_from: Optional[Path] = None,
-                projection_dim: int = PROJECTION_DIM, exclude_keys: Optional[Sequence[str]] = None) -> dict:
+                projection_dim: int = PROJECTION_DIM, exclude_keys: Optional[Sequence[str]] = None,
+                learned: Optional[Path] = None) -> dict:
     """Index the identity versions of the stores' DONE rows into the directory `out`; returns
     its metadata (with "skipped_duplicates"). `projection_from`: a store of the same encoder whose
-    training sources teach the copy projection (projection_dim dims) the vectors are indexed in.
-    `exclude_keys`: images kept out of the index (held-out new photos for an evaluation)."""
+    training sources teach the copy projection (projection_dim dims) the vectors are indexed in;
+    or `learned`: a directory where save_learned_projection put one already (shards of one build
+    share it). `exclude_keys`: images kept out of the index (held-out new photos for an evaluation)."""
     out = Path(out)
     if out.exists() and not replace:
         raise MatchIndexError(f"{out} exists; refusing to overwrite it (add to it with `index add`, or remove it)")
@@ -410,7 +325,9 @@ def build_index(store_paths: Sequence[Path], out: Path, kind: str = "auto", shar
                               + (f" (shard {shard})" if parsed else ""))
     fields = encoder_fields(stores[0].manifest)
     projection, projection_meta = None, None
-    if projection_from is not None:
+    if learned is not None:
+        projection, projection_meta = load_learned_projection(learned)
+    elif projection_from is not None:
         projection, projection_meta = learn_projection(projection_from, fields, f"store {stores[0].path}",
                                                        projection_dim)
     search_dim = projection.dim if projection is not None else fields["dim"]

@@ -90,10 +90,11 @@ def staging_store(out: Path) -> Path:
 
 def build_from_dataset(job: EmbedJob, out: Path, keep_store: bool, kind: str = "auto", seed: int = 0,
                        replace: bool = False, progress: bool = True, ray: bool = False, shards: Optional[int] = None,
-                       ray_address: Optional[str] = None) -> dict:
+                       ray_address: Optional[str] = None, **index_options) -> dict:
     """Embed the dataset's identity versions into job.out (kept if `keep_store`, else removed
     after, also on failure) and index them; the index's metadata with "embedding" (the store's
-    summary: done, failed) and, for a temporary store, "store_removed"."""
+    summary: done, failed) and, for a temporary store, "store_removed". `index_options`:
+    build_index's projection_from, projection_dim and exclude_keys."""
     out = Path(out)
     if out.exists() and not replace:
         raise MatchIndexError(f"{out} exists; refusing to overwrite it (--force, or add to it with `index add`)")
@@ -109,11 +110,12 @@ def build_from_dataset(job: EmbedJob, out: Path, keep_store: bool, kind: str = "
             from .index_ray import build_index_ray
 
             meta = build_index_ray([job.out], out, shards=shards, kind=kind, seed=seed, replace=replace,
-                                   address=ray_address, progress=progress)
+                                   address=ray_address, progress=progress, **index_options)
         else:
             from .index_build import build_index
 
-            meta = build_index([job.out], out, kind=kind, seed=seed, replace=replace, progress=progress)
+            meta = build_index([job.out], out, kind=kind, seed=seed, replace=replace, progress=progress,
+                               **index_options)
     finally:
         if not keep_store:
             shutil.rmtree(job.out, ignore_errors=True)

@@ -16,30 +16,41 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from equiprobe.services.match_index import MatchIndexError
+from equiprobe.services.match_projection import DIM as PROJECTION_DIM
 
 
-def build_shard(store_paths: list[str], out: str, shard: str, seed: int) -> str:
-    """One Ray task: shard `shard` of the stores, written to `out` (its path returned)."""
+def build_shard(store_paths: list[str], out: str, shard: str, seed: int, learned: Optional[str] = None,
+                exclude_keys: Optional[list[str]] = None) -> str:
+    """One Ray task: shard `shard` of the stores, written to `out` (its path returned); `learned`:
+    the build's copy projection, learned once by the driver."""
     from equiprobe.clients.index_build import build_index
 
-    build_index([Path(p) for p in store_paths], Path(out), shard=shard, seed=seed, replace=True, progress=False)
+    build_index([Path(p) for p in store_paths], Path(out), shard=shard, seed=seed, replace=True, progress=False,
+                learned=Path(learned) if learned else None, exclude_keys=exclude_keys)
     return out
 
 
-def count_rows(store_paths: Sequence[Path]) -> int:
+def count_rows(store_paths: Sequence[Path], exclude_keys: Optional[Sequence[str]] = None) -> int:
     """The done, de-duplicated rows a build over the stores would index."""
-    from .index_build import locate, open_stores
+    import numpy as np
+
+    from .index_build import locate
+    from .index_stores import open_stores
 
     stores = open_stores(store_paths)
-    return len(locate(stores, range(len(stores)))[1])
+    keys = locate(stores, range(len(stores)))[2]
+    return int((~np.isin(keys, np.asarray(sorted(exclude_keys or []), dtype=str))).sum())
 
 
 def build_index_ray(store_paths: Sequence[Path], out: Path, shards: Optional[int] = None, kind: str = "auto",
-                    seed: int = 0, replace: bool = False, address: Optional[str] = None, progress: bool = True) -> dict:
+                    seed: int = 0, replace: bool = False, address: Optional[str] = None, progress: bool = True,
+                    projection_from: Optional[Path] = None, projection_dim: int = PROJECTION_DIM,
+                    exclude_keys: Optional[Sequence[str]] = None) -> dict:
     """Build N shard indexes of the stores as Ray tasks (N: `shards`, default the cluster's CPUs;
     at most the rows to index) and merge them into `out`; the merged index's metadata, with
     "shards". Joins the cluster at `address` (or RAY_ADDRESS), or starts a local one, unless Ray
-    is initialized already."""
+    is initialized already. `projection_from` (build_index's) is learned once, here, and every
+    shard reads it; `exclude_keys` are left out of every shard."""
     import ray
 
     out = Path(out)
@@ -48,7 +59,8 @@ def build_index_ray(store_paths: Sequence[Path], out: Path, shards: Optional[int
     if shards is not None and shards < 1:
         raise MatchIndexError(f"--shards {shards}: at least 1")
     paths = [str(Path(p).resolve()) for p in store_paths]
-    total = count_rows(paths)  # also checks the stores before any task starts
+    exclude = sorted(exclude_keys) if exclude_keys else None
+    total = count_rows(paths, exclude)  # also checks the stores before any task starts
     if not total:
         raise MatchIndexError("no done rows to index in " + ", ".join(paths))
     started = not ray.is_initialized()
@@ -60,7 +72,12 @@ def build_index_ray(store_paths: Sequence[Path], out: Path, shards: Optional[int
     work.mkdir(parents=True, exist_ok=True)
     task = ray.remote(num_cpus=1)(build_shard)
     try:
-        refs = [task.remote(paths, str(work / f"shard-{i}"), f"{i}/{n}", seed) for i in range(n)]
+        learned = None
+        if projection_from is not None:  # once, so that every shard carries the same projection.npz
+            from .index_projection import save_learned_projection
+
+            learned = str(save_learned_projection(paths, Path(projection_from), work / "projection", projection_dim))
+        refs = [task.remote(paths, str(work / f"shard-{i}"), f"{i}/{n}", seed, learned, exclude) for i in range(n)]
         try:
             built = ray.get(refs)
         except ray.exceptions.RayTaskError as exc:  # the task's own error (a store gone, say), unwrapped

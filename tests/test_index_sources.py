@@ -61,6 +61,26 @@ def test_build_from_a_dataset_embeds_identities_and_indexes_them(server, tmp_pat
     assert proc.returncode == 1 and "exists" in proc.stderr + proc.stdout
 
 
+def test_a_dataset_build_learns_its_copy_projection_and_keeps_excluded_keys_out(server, photo_store, tmp_path):
+    url = server.config.grpc_url
+    corpus = open_dataset("corpus")
+    records = [corpus.record(i) for i in range(IMAGES)]
+    (tmp_path / "new_photos.txt").write_text(records[0].key + "\n")
+    proc = index_cli("--dataset", "corpus", "--encoder", ENCODER, "--url", url, "--limit", str(IMAGES),
+                     "--out", str(tmp_path / "ix"), "--projection-from", str(photo_store), "--projection-dim", "16",
+                     "--exclude-keys", str(tmp_path / "new_photos.txt"), "--quiet")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    index = MatchIndex.open(tmp_path / "ix")
+    assert index.meta["projection"]["store"] == str(photo_store.resolve()) and index.search_dim == 16
+    assert sorted(map(str, index.keys)) == sorted(r.key for r in records[1:])  # the excluded key is no reference
+    client = EmbeddingClient(url, ENCODER)
+    for record in records[1:3]:  # a projected index searches with [embedding, FEATURES]
+        embedding, features = client.features(record.load())
+        _, _, keys = index.search(np.concatenate([embedding, features])[None], k=1)
+        assert keys[0, 0] == record.key
+    client.close()
+
+
 def test_build_options_are_checked_before_anything_runs(tmp_path):
     for args, message in ((["--out", str(tmp_path / "x")], "give --store"),
                           (["--store", str(tmp_path), "--dataset", "corpus", "--out", str(tmp_path / "x")], "not both"),
@@ -83,12 +103,24 @@ def test_ray_shard_builds_merge_into_the_single_build(tmp_path):
     stores = [write_store(tmp_path / "a", a, "a", done=[r for r in range(150) if r != 3]),
               write_store(tmp_path / "b", b, "b")]
     single = build_index(stores, tmp_path / "one", progress=False)
+    teacher = write_store(tmp_path / "teacher", versions(60, 13), "t", split="train")  # the copy projection's
+    projected = {"projection_from": teacher, "projection_dim": 8, "exclude_keys": ["a0005", "b0050"]}
+    single_projected = build_index(stores, tmp_path / "one_projected", progress=False, **projected)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         merged = build_index_ray(stores, tmp_path / "merged", shards=3, progress=False)
         ivf = build_index_ray(stores, tmp_path / "merged_ivf", shards=2, kind="ivf", progress=False)
+        merged_projected = build_index_ray(stores, tmp_path / "merged_projected", shards=3, progress=False,
+                                           **projected)
     finally:
         ray.shutdown()
+    # the projection is learned once and every shard carries it: the merge is the single build
+    assert merged_projected["projection"]["sha256"] == single_projected["projection"]["sha256"]
+    assert merged_projected["count"] == single_projected["count"] == single["count"] - 2
+    one_p, joined_p = MatchIndex.open(tmp_path / "one_projected"), MatchIndex.open(tmp_path / "merged_projected")
+    assert (one_p.keys == joined_p.keys).all() and not {"a0005", "b0050"} & set(map(str, joined_p.keys))
+    queries_p = a[:40, 1]
+    assert (one_p.search(queries_p, k=5)[1] == joined_p.search(queries_p, k=5)[1]).all()
     assert merged["shards"] == 3 and merged["merged_shards"] == 3 and merged["count"] == single["count"]
     assert not [p for p in tmp_path.iterdir() if ".shards-" in p.name]  # the shard indexes are removed
     one, joined = MatchIndex.open(tmp_path / "one"), MatchIndex.open(tmp_path / "merged")

@@ -25,7 +25,7 @@ D = 32
 
 
 def write_store(path: Path, embeddings: np.ndarray, prefix: str = "img", rows=ROWS, encoder: str = "synthetic",
-                done=None) -> Path:
+                done=None, split: str = "test") -> Path:
     """A store holding exactly `embeddings` [N, K, D]; rows not in `done` stay pending."""
     n, k, d = embeddings.shape
     manifest = {"format_version": 2, "tool_version": "test", "encoder": encoder, "encoder_onnx_sha256": "0" * 64,
@@ -37,7 +37,7 @@ def write_store(path: Path, embeddings: np.ndarray, prefix: str = "img", rows=RO
     done = list(range(n)) if done is None else done
     for r in done:
         writer.put(r, embeddings=embeddings[r], params=np.zeros((k, 1)), key=f"{prefix}{r:04d}",
-                   image_key=f"{r:016x}", label=-1, split="test", index=r)
+                   image_key=f"{r:016x}", label=-1, split=split, index=r)
     writer.commit(done)
     return path
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from equiprobe.clients.index_build import read_versions
+from equiprobe.clients.index_stores import read_versions
 from equiprobe.clients.store import DONE, SPLITS, Store
 from equiprobe.services.match_index import MatchIndex
 

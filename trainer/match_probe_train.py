@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from equiprobe.clients.index_build import encoder_fields, full_columns
+from equiprobe.clients.index_stores import encoder_fields, full_columns
 from equiprobe.clients.store import DONE, Store
 from equiprobe.services import match_index as mx
 from equiprobe.services.files import fsync_path, swap_in

@@ -66,15 +66,13 @@ def index_build(store: list[Path] = typer.Option([], "--store", help="A store to
                 exclude_keys: Optional[Path] = typer.Option(None, help="A file of image keys (one per line) kept out "
                                                             "of the index: held-out new photos.")) -> None:
     """Index the identity version of every done image of the stores (cosine similarity)."""
-    if projection_from is not None and (dataset or ray or not store):
-        raise fail("--projection-from works with --store builds only (not with --dataset or --ray yet)")
-    if exclude_keys is not None and (dataset or ray or not store):
-        raise fail("--exclude-keys works with --store builds only")
+    excluded = exclude_keys.read_text().split() if exclude_keys else None
     if dataset or ray or not store:
         from .index_sources import build_from_sources, describe_sources
 
         meta = build_from_sources(store, out, kind, shard, seed, force, quiet, dataset, encoder, url, store_dir, catalog,
-                                  limit, ray, shards, ray_address)
+                                  limit, ray, shards, ray_address, projection_from=projection_from,
+                                  projection_dim=projection_dim, exclude_keys=excluded)
         print(f"{out}: {_summary(meta)}; {meta['skipped_duplicates']} duplicate keys skipped; {describe_sources(meta)}")
         return
     from equiprobe.clients.index_build import build_index
@@ -82,7 +80,7 @@ def index_build(store: list[Path] = typer.Option([], "--store", help="A store to
     try:
         meta = build_index(store, out, kind=kind, shard=shard, seed=seed, replace=force, progress=not quiet,
                            projection_from=projection_from, projection_dim=projection_dim,
-                           exclude_keys=exclude_keys.read_text().split() if exclude_keys else None)
+                           exclude_keys=excluded)
     except (ValueError, OSError) as exc:
         raise fail(str(exc))
     print(f"{out}: {_summary(meta)}; {meta['skipped_duplicates']} duplicate keys skipped"

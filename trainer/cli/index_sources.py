@@ -15,8 +15,9 @@ from .common import fail
 def build_from_sources(store: list[Path], out: Path, kind: str, shard: Optional[str], seed: int, force: bool,
                        quiet: bool, dataset: Optional[str], encoder: Optional[str], url: str,
                        store_dir: Optional[Path], catalog: str, limit: Optional[int], ray: bool,
-                       shards: Optional[int], ray_address: Optional[str]) -> dict:
-    """The index's metadata (the command prints it); typer's exit with one line for a refusal."""
+                       shards: Optional[int], ray_address: Optional[str], **index_options) -> dict:
+    """The index's metadata (the command prints it); typer's exit with one line for a refusal.
+    `index_options`: build_index's projection_from, projection_dim and exclude_keys."""
     if dataset and store:
         raise fail("give --store or --dataset, not both")
     if not dataset and not store:
@@ -38,11 +39,11 @@ def build_from_sources(store: list[Path], out: Path, kind: str, shard: Optional[
                            seed=seed, uploads="none")
             return build_from_dataset(job, out, keep_store=store_dir is not None, kind=kind, seed=seed,
                                       replace=force, progress=not quiet, ray=ray, shards=shards,
-                                      ray_address=ray_address)
+                                      ray_address=ray_address, **index_options)
         from equiprobe.clients.index_ray import build_index_ray
 
         return build_index_ray(store, out, shards=shards, kind=kind, seed=seed, replace=force, address=ray_address,
-                               progress=not quiet)
+                               progress=not quiet, **index_options)
     except (ValueError, OSError, ServiceError) as exc:  # DatasetError, StoreError, MatchIndexError: ValueErrors
         raise fail(str(exc))
 
