@@ -10,8 +10,8 @@ them): one faiss search of all n, L2-normalised (the [embedding, FEATURES] rows 
 the index has a copy projection, services/match_index.py), for the k best; the best is a COPY when its cosine
 similarity >= the copy threshold; for copies, the probe runs once on (QUERY = the upload's
 [embedding, features], REFERENCE = references[best id]) and gives the transformation (argmax of
-TRANSFORM_PROBS), its category, EDIT_SCORE (EDITED_SCORE) and EDITED (>= the probe's
-edited_threshold). Without a probe, or for an upload that is not a copy: TRANSFORMATION and
+TRANSFORM_PROBS; for an upload called EDITED, identity left out), its category, EDIT_SCORE
+(EDITED_SCORE) and EDITED (>= the probe's edited_threshold). Without a probe, or for an upload that is not a copy: TRANSFORMATION and
 CATEGORY "", EDITED false, EDIT_SCORE -1.
 """
 
@@ -90,9 +90,18 @@ class MatchProbe:
             raise MatchIndexError(f"{onnx}: inputs {sorted(names[0])}, outputs {sorted(names[1])}; the match probe "
                                   f"takes {QUERY}, {REFERENCE} and gives {TRANSFORM_PROBS}, {EDITED_SCORE}")
         self.classes = list(self.record["classes"])
+        self.identity = int(self.record["identity"])
         self.categories = list(self.record["categories"])
         self.copy_threshold = float(self.record["copy_threshold"])
         self.edited_threshold = float(self.record["edited_threshold"])
+
+    def named(self, probs: np.ndarray, edited: np.ndarray) -> np.ndarray:
+        """The class each answer names: for an upload called EDITED, its most probable edit (identity
+        left out: "edited, by identity" would contradict itself, as the distances can call an upload
+        edited that the softmax leaves on identity); otherwise its most probable class."""
+        probs = np.array(probs, dtype=np.float32, copy=True)
+        probs[np.asarray(edited, bool), self.identity] = -np.inf
+        return probs.argmax(1)
 
     def __call__(self, query: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         probs, score = self.session.run([TRANSFORM_PROBS, EDITED_SCORE],
@@ -162,9 +171,9 @@ class ServedIndex:
             rows = np.flatnonzero(copy)
             query = embeddings[rows]
             probs, edit_score = self.probe(query, self.index.reference(ids[rows, 0]))
-            top = probs.argmax(1)
             score[rows] = edit_score
             edited[rows] = edit_score >= np.float32(self.probe.edited_threshold)
+            top = self.probe.named(probs, edited[rows])
             transformation[rows] = [self.probe.classes[t].encode() for t in top]
             category[rows] = [self.probe.categories[t].encode() for t in top]
         return {MATCH_KEYS: np.array([[str(key).encode() for key in row] for row in keys], dtype=object),

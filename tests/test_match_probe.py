@@ -226,3 +226,16 @@ def test_a_projected_index_trains_and_serves_as_in_process(world, tmp_path):
     assert [t.decode() for t in served["TRANSFORMATION"][:, 0]] == [e["transformation"] for e in expected]
     np.testing.assert_allclose(served["EDIT_SCORE"][:, 0], [e["edit_score"] for e in expected], atol=1e-5)
     assert np.mean([e["keys"][0] == f"img{r:04d}" for e, r in zip(expected, rows)]) > 0.95
+
+
+def test_an_upload_called_edited_is_named_by_its_most_probable_edit():
+    """The distances can call an upload edited whose softmax stays on identity: the answer then
+    names its most probable edit, never "edited, by identity"; an unedited copy keeps identity."""
+    from types import SimpleNamespace
+
+    from equiprobe.services.matching import MatchProbe
+
+    probs = np.array([[0.7, 0.2, 0.1], [0.7, 0.1, 0.2], [0.1, 0.6, 0.3]], np.float32)
+    named = MatchProbe.named(SimpleNamespace(identity=0), probs, np.array([True, False, True]))
+    assert named.tolist() == [1, 0, 1]
+    assert probs[0, 0] == np.float32(0.7)  # the probabilities are not changed in place

@@ -216,7 +216,7 @@ def name_edit(index, probe, queries: np.ndarray, reference_ids: Sequence[int]) -
     """Per pair: {"transformation", "category", "probability", "edited_score", "edited"}."""
     probe = probe or load_probe(index)
     scored = score_pairs(index, probe, queries, reference_ids)
-    best = scored["transform_probs"].argmax(1)
+    best = probe.named(scored["transform_probs"], scored["edited"])  # what NAME_match names
     return [{"transformation": probe.classes[b], "category": probe.categories[b],
              "probability": float(scored["transform_probs"][i, b]), "edited_score": float(scored["edited_score"][i]),
              "edited": bool(scored["edited"][i])} for i, b in enumerate(best)]
