@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from ..configs import DETECTOR_HIDDEN
 from .common import probe_options
 
 
@@ -19,13 +20,17 @@ def demo(workdir: str = typer.Option("build/demo", help="Where the demo writes i
                                            "0: one crop of every source."),
          compare_embedding_only: bool = typer.Option(False, help="Also train the detector on the embedding alone "
                                                      "(what FEATURES add; docs/detector.md has it measured)."),
+         detector_hidden: int = typer.Option(DETECTOR_HIDDEN, help="The detector probe's hidden width (the study's probes take "
+                                             "--hidden, 2048 as the paper's); 512 measured best on validation "
+                                             "(trainer/configs.py DETECTOR_HIDDEN)."),
          probe_fields: Optional[dict] = None) -> None:
     """The main job end to end on the embedded default (squeezenet1_1, package photos).
 
-    The probe options change the probes it trains (every candidate's and the study's)."""
+    The probe options change the probes it trains (every candidate's and the study's), but for the
+    detector's hidden width, which is --detector-hidden."""
     from dataclasses import replace
 
     from equiprobe.trainer.demo import CANDIDATES, PROBE, run_demo
 
     run_demo(workdir, replace(PROBE, **probe_fields), tuple(candidates) if candidates else CANDIDATES, detect_images,
-             compare_embedding_only)
+             compare_embedding_only, detector_hidden)
