@@ -128,6 +128,20 @@ def test_every_config_field_is_an_option(command):
         assert tuple(defaults["baseline_fields__c_grid"]) == BaselineConfig.c_grid
 
 
+def test_demo_gives_the_detector_its_own_hidden_width_and_the_study_probes_theirs(monkeypatch):
+    import equiprobe.trainer.demo as demo
+    from equiprobe.trainer.configs import DETECTOR_HIDDEN
+
+    calls = []
+    monkeypatch.setattr(demo, "run_demo", lambda *args: calls.append(args))
+    runner = CliRunner()
+    assert runner.invoke(app, ["demo", "--workdir", "w"]).exit_code == 0
+    assert runner.invoke(app, ["demo", "--workdir", "w", "--hidden", "64", "--detector-hidden", "32"]).exit_code == 0
+    (workdir, probe, *_, hidden), (_, probe2, *_, hidden2) = calls
+    assert workdir == "w" and probe.hidden == ProbeConfig.hidden and hidden == DETECTOR_HIDDEN != ProbeConfig.hidden
+    assert (probe2.hidden, hidden2) == (64, 32)
+
+
 def test_train_writes_the_given_probe_and_baseline_config(tmp_path):
     store = synthetic_store(tmp_path / "s", "fine", images=24)
     runner = CliRunner()
