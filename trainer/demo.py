@@ -68,14 +68,18 @@ def run_demo(workdir: str, probe: ProbeConfig = PROBE, candidates: tuple[str, ..
     from equiprobe.clients.datasets import open_dataset
 
     console = Console(width=130)
+    t0 = time.perf_counter()
+
+    def step(title: str) -> None:  # each stage's start time: where the demo's minutes go
+        console.rule(f"{title} [dim]({time.perf_counter() - t0:.0f} s)[/dim]")
+
     work = Path(workdir)
     repo = work / "model_repository"
-    t0 = time.perf_counter()
     dataset = open_dataset(DATASET)
     # Crop 0 of every corpus image comes first (clients/corpus.py), then crop 1 of each...
     detect_images = detect_images or len(check_corpus())
     sources = len({dataset.record(i).source for i in range(detect_images)})
-    console.rule("1. build the model repository")
+    step("1. build the model repository")
     shutil.rmtree(repo, ignore_errors=True)  # the demo's own repository: fresh, so the detector starts at v1
     for encoder in dict.fromkeys((ENCODER, *candidates)):
         catalogs = (DETECTOR_CATALOG, "fine", "general", "groups") if encoder == ENCODER else (DETECTOR_CATALOG,)
@@ -83,13 +87,13 @@ def run_demo(workdir: str, probe: ProbeConfig = PROBE, candidates: tuple[str, ..
         console.print(f"{result.flavour} repository [bold]{repo}[/bold]: {encoder}, {len(result.models)} models; "
                       f"ONNX export max abs diff vs torch {result.export_max_abs_diff:.2g}")
 
-    console.rule("2. serve with Triton (explicit model control) and embed over gRPC")
+    step("2. serve with Triton (explicit model control) and embed over gRPC")
     with TritonServer(loopback_config(repo, model_control_mode="explicit")) as server:
         url = server.config.grpc_url
         console.print(f"tritonserver ready on gRPC {url} (pid {server.process.pid})")
         check_service(console, repo, url, dataset.record(0).load())
 
-        console.rule(f"3. bulk-embed the built-in corpus ({detect_images} images, {sources} sources) into stores")
+        step(f"3. bulk-embed the built-in corpus ({detect_images} images, {sources} sources) into stores")
         detect = {e: bulk_embed(console, url, work / f"store_{DETECTOR_CATALOG}_{e}", DETECTOR_CATALOG, detect_images, e)
                   for e in candidates}
         if len(candidates) > 1:
@@ -98,7 +102,7 @@ def run_demo(workdir: str, probe: ProbeConfig = PROBE, candidates: tuple[str, ..
         general = bulk_embed(console, url, work / "store_general", "general", GENERAL_IMAGES)
         groups = bulk_embed(console, url, work / "store_groups", "groups", GROUPS_IMAGES)
 
-        console.rule(f"4. train the detector probe of every candidate, and the study's probes (seeds {SEEDS})")
+        step(f"4. train the detector probe of every candidate, and the study's probes (seeds {SEEDS})")
         detector = replace(probe, hidden=detector_hidden)
         detectors = {e: train_demo_probe(console, work, store, DETECTOR_CATALOG, e, detector)
                      for e, store in detect.items()}
@@ -111,22 +115,22 @@ def run_demo(workdir: str, probe: ProbeConfig = PROBE, candidates: tuple[str, ..
         chosen = pick_detector(console, detectors)
         encoder = chosen.split(" ")[0]
 
-        console.rule("5. deploy the chosen detector into the running server")
+        step("5. deploy the chosen detector into the running server")
         deploy_detector(console, repo, url, detectors[chosen])
 
-        console.rule("6. match: index the known images, train the reference-aware probe, deploy the matcher")
+        step("6. match: index the known images, train the reference-aware probe, deploy the matcher")
         index = build_matcher(console, work, repo, url, detect[ENCODER], detect_images, ENCODER)
 
-        console.rule("7. report: detector and match cards, tables, invariance (G-EED, copy detection), plots")
+        step("7. report: detector and match cards, tables, invariance (G-EED, copy detection), plots")
         report = write_report(console, work, url, encoder, detectors[chosen], [*detect.values(), fine],
                               [general, groups], [*detectors.values(), *studies.values()], fine,
                               (index, detect[ENCODER]))
 
-        console.rule("8. score new crops of test sources and transformed versions of them; match edited test photos")
+        step("8. score new crops of test sources and transformed versions of them; match edited test photos")
         score_held_out(console, url, encoder, dataset, max(detect_images, FINE_IMAGES))
         match_table(console, url, ENCODER, detect[ENCODER], index)
     grid = render_grid_for(work / "transforms_detect.png", dataset.record(0).load(), DETECTOR_CATALOG)
-    console.rule("9. stopped")
+    step("9. stopped")
     console.print(f"server stopped; processes left in its group: {len(server.group_pids())}; "
                   f"shared-memory files left: {len(server.shared_memory_files())}")
     console.print(f"report [bold]{report / 'report.md'}[/bold] (and results.json, {len(list(report.glob('*.png')))} "
