@@ -29,7 +29,7 @@ from .expansion_models import expansion_models, style_net_digests, write_expansi
 from .export import ExportResult
 from .files import sha256_of
 from .model_config import FLAVOURS, Flavour, PlannedModel, ServingSpec, read_config, write_model
-from .quantize import (METHOD, PRECISIONS, CpuTwin, Int8Options, ParityError, cosine_parity, gate_failures,
+from .quantize import (METHOD, PRECISIONS, CpuTwin, Int8Options, ParityError, gate_failures, parity_figures,
                        options_record, parity_summary, quantize_encoder, trt_calibration_table,
                        write_trt_calibration)
 from .versioning import move_models, staging_dir
@@ -163,7 +163,7 @@ def _build_int8(encoder: str, repo: Path, flavour: Flavour, int8: Int8Build, **r
                                "copies it there before the server starts")
         else:
             quantized = quantize_encoder(fp32, version / "model.onnx", calibration)
-            figures = {"cosine": cosine_parity(fp32, quantized, twin(int8.parity))}
+            figures = parity_figures(fp32, quantized, twin(int8.parity))
             if int8.detector_parity is not None:
                 figures["detector"] = int8.detector_parity(spec, fp32, quantized)
             failures = gate_failures(figures, int8.options.thresholds)

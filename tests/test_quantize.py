@@ -15,9 +15,10 @@ import onnx
 import pytest
 
 from equiprobe.clients.embedding import EmbeddingClient
-from equiprobe.services.contract import MANIFEST, ModelNames
+from equiprobe.services.contract import FEATURES, MANIFEST, ModelNames
 from equiprobe.services.embed_models import InProcessEmbed
 from equiprobe.services.encoders import get_encoder
+from equiprobe.services.encoders.taps import tap_nodes
 from equiprobe.services.model_config import read_config
 from equiprobe.services.quantize import (CpuTwin, Int8Options, ParityError, ParityThresholds, cosine_figures,
                                          gate_failures, trt_calibration_table)
@@ -78,12 +79,16 @@ def test_cli_build_records_precision_sizes_and_parity(int8_cli):
     assert int8["sources"]["calibration"] == "train" and int8["sources"]["parity"] == "test"
     cosine, detector = int8["parity"]["cosine"], int8["parity"]["detector"]
     assert cosine["images"] == PARITY and cosine["median"] >= 0.99 and cosine["p1"] >= 0.95
+    features = int8["parity"]["features"]  # squeezenet1_1 serves FEATURES: gated as the embedding is
+    assert features["images"] == PARITY and features["median"] >= 0.99 and features["p1"] >= 0.95
+    assert int8["thresholds"]["features_median"] == 0.99
     assert abs(detector["auc_int8"] - detector["auc_fp32"]) <= 0.01
     assert abs(detector["accuracy_int8"] - detector["accuracy_fp32"]) <= 0.01
     assert detector["test_images"] == 24 and detector["versions"] == 31
     assert 0.5 < detector["auc_fp32"] <= 1  # the probe learned something: its parity means something
     # The build prints every figure and the gate it passed; the served graph is the QDQ one.
-    for figure in ("median", "1st percentile", "AUC", "31-way accuracy", "gate passed", "built in"):
+    for figure in ("median", "1st percentile", "FEATURES (standardized)", "AUC", "31-way accuracy", "gate passed",
+                   "built in"):
         assert figure in output
     assert {"QuantizeLinear", "DequantizeLinear"} <= graph_ops(repo / NAMES.onnx / "1" / "model.onnx")
     assert read_config(repo / NAMES.onnx / "config.pbtxt").parameters["precision"].string_value == "int8"
@@ -92,6 +97,30 @@ def test_cli_build_records_precision_sizes_and_parity(int8_cli):
     expansions = [c for c in expansions if "catalog" in c.parameters]
     assert expansions and all(c.parameters["precision"].string_value == "int8" for c in expansions)
     assert not list(repo.parent.glob(".repo.int8-*"))  # the staging directory is gone
+
+
+def test_int8_keeps_the_features_statistics_and_their_tapped_nodes_in_float(int8_cli):
+    """Quantized, the statistics and a tapped tensor read before its ReLU (conv1) failed the gate
+    (embedding 1st percentile 0.9488 on 164 test crops): nothing they read comes out of a
+    DequantizeLinear, and the graph still has quantized convolutions."""
+    model = onnx.load(str(int8_cli[0] / NAMES.onnx / "1" / "model.onnx"))
+    producer = {out: node for node in model.graph.node for out in node.output}
+    taps = tap_nodes(model, FEATURES)
+    assert len(taps) == 9 * len(get_encoder(ENCODER).features.blocks) + 1  # 9 nodes a block, one Concat
+    made_by_taps = {out for node in taps for out in node.output}
+    tapped = {name for node in taps for name in node.input if name not in made_by_taps}
+    blocks = [producer[name] for name in tapped]
+    # The statistics are computed in float and never requantized...
+    consumers = {name for node in model.graph.node if node.op_type == "QuantizeLinear" for name in node.input}
+    assert not made_by_taps & consumers
+    # ...and conv1, whose output they read before its ReLU, runs in float: it reads the float head's pixels
+    # and float weights, and the statistics read its own output.
+    conv1 = next(node for node in blocks if node.op_type == "Conv")
+    fed = [producer[name].op_type for name in conv1.input if name in producer]
+    assert fed and "DequantizeLinear" not in fed and conv1.input[1] in {t.name for t in model.graph.initializer}
+    quantized_convs = [n for n in model.graph.node if n.op_type == "Conv"
+                       and any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in n.input)]
+    assert len(quantized_convs) > 20
 
 
 def test_int8_embeddings_match_fp32_on_held_out_crops(int8_cli, fp32_repo, images):
@@ -156,13 +185,16 @@ def test_an_int8_build_needs_its_images(tmp_path):
 
 
 def test_gate_failures_name_each_threshold():
-    figures = {"cosine": {"median": 0.995, "p1": 0.96},
+    figures = {"cosine": {"median": 0.995, "p1": 0.96}, "features": {"median": 0.993, "p1": 0.955},
                "detector": {"auc_fp32": 0.80, "auc_int8": 0.805, "accuracy_fp32": 0.50, "accuracy_int8": 0.509}}
     assert gate_failures(figures, ParityThresholds()) == []
-    strict = ParityThresholds(cosine_median=0.999, cosine_p1=0.97, auc_delta=0.001, accuracy_delta=0.005)
+    strict = ParityThresholds(cosine_median=0.999, cosine_p1=0.97, features_median=0.995, features_p1=0.96,
+                              auc_delta=0.001, accuracy_delta=0.005)
     failures = gate_failures(figures, strict)
-    assert [f.split(":")[0] for f in failures] == ["cosine to FP32", "cosine to FP32", "detector auc",
-                                                   "detector accuracy"]
+    assert [f.split(":")[0] for f in failures] == ["cosine to FP32", "cosine to FP32", "FEATURES cosine to FP32",
+                                                   "FEATURES cosine to FP32", "detector auc", "detector accuracy"]
+    del figures["features"]  # an encoder without FEATURES: nothing to gate there
+    assert [f.split(":")[0] for f in gate_failures(figures, strict)].count("FEATURES cosine to FP32") == 0
 
 
 def test_native_int8_renders_tensorrt_int8_with_its_calibration_table(tmp_path, images):

@@ -23,6 +23,8 @@ results are converted.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import torch
@@ -30,6 +32,7 @@ import torch
 from .registry import EncoderSpec, FeatureTaps
 
 TAP = "tap_{}"  # a torch network's exported activation outputs, before tap_onnx replaces them
+STATISTICS = "tap{}_"  # the prefix of the tensors tap_onnx adds for block i
 
 
 def pooled_statistics(activation: torch.Tensor) -> torch.Tensor:
@@ -93,7 +96,7 @@ def tap_onnx(model: onnx.ModelProto, taps: FeatureTaps, features: str, drop_tapp
     for i, (block, _) in enumerate(taps.blocks):
         if block not in produced:
             raise ValueError(f"the ONNX graph has no tensor {block!r} to tap")
-        p = f"tap{i}_"
+        p = STATISTICS.format(i)
         graph.node.extend([  # var = E[x^2] - E[x]^2, clamped at 0 (as pooled_statistics)
             *spatial_mean(block, p + "mean"),
             node("Mul", [block, block], [p + "squared"]),
@@ -112,6 +115,13 @@ def tap_onnx(model: onnx.ModelProto, taps: FeatureTaps, features: str, drop_tapp
         graph.output.extend(kept)
     graph.output.append(onnx.helper.make_tensor_value_info(features, onnx.TensorProto.FLOAT, ["batch", taps.dim]))
     return model
+
+
+def tap_nodes(model: onnx.ModelProto, features: str) -> list[onnx.NodeProto]:
+    """The nodes tap_onnx added to a graph: those writing its statistics' tensors or `features`
+    (not the network's nodes whose outputs a torch export named TAP)."""
+    added = re.compile(re.escape(STATISTICS).replace(r"\{\}", r"\d+"))
+    return [n for n in model.graph.node if n.output and all(o == features or added.match(o) for o in n.output)]
 
 
 def exported_taps(taps: FeatureTaps) -> FeatureTaps:
