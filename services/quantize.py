@@ -9,7 +9,7 @@ table TensorRT's INT8 mode reads (ONNX Runtime's `calibration.flatbuffers`); the
 FP32 there (a table and Q/DQ nodes exclude each other in the onnxruntime backend). The FEATURES
 statistics (services/encoders/taps.py: means, squares, square roots of the tapped blocks) and the
 nodes whose outputs they read stay in float: quantized, they cost squeezenet1_1 its gate
-(embedding cosine 1st percentile 0.9488 on 164 test crops, FEATURES standardized 0.833; the
+(embedding cosine 1st percentile 0.9488 on 164 test crops, FEATURES standardized 0.833 (1st percentiles); the
 statistics alone in float 0.9488 and 0.9698; with the tapped nodes 0.9777 and 0.9743, measured).
 
 Calibration images are given as encoded bytes (services import no clients): `equiprobe
