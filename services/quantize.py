@@ -116,9 +116,9 @@ class CropReader:
 def _named_float_nodes(source: Path, out: Path) -> list[str]:
     """Copy the served graph with the nodes that stay in float named; returns their names, for
     nodes_to_exclude: the head (everything before the exported encoder's first node reads the
-    normalized pixels), the FEATURES statistics and the nodes whose outputs they tap (a tapped
-    tensor read before its ReLU, as squeezenet1_1's conv1, would be quantized over its negative
-    range too, at half the resolution the fused Conv+ReLU had)."""
+    normalized pixels), the FEATURES statistics and the nodes whose outputs they tap
+    (squeezenet1_1 taps conv1 before its ReLU, so a quantized conv1 output spans its negative
+    range too: measured, the gate failed until both conv1 and the statistics stayed in float)."""
     import onnx
 
     from .encoders.taps import tap_nodes
