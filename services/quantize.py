@@ -121,7 +121,7 @@ def _named_float_nodes(source: Path, out: Path) -> list[str]:
     range too: measured, the gate failed until both conv1 and the statistics stayed in float)."""
     import onnx
 
-    from .encoders.taps import tap_nodes
+    from .encoders.taps import tap_nodes, tapped_tensors
 
     model = onnx.load(str(source))
     head = []
@@ -129,11 +129,9 @@ def _named_float_nodes(source: Path, out: Path) -> list[str]:
         if any(name == "normalized_" + PIXELS for name in node.input):
             break
         head.append(node)
-    taps = tap_nodes(model, FEATURES)
-    made_by_taps = {name for node in taps for name in node.output}
-    tapped = {name for node in taps for name in node.input if name not in made_by_taps}
-    blocks = [node for node in model.graph.node if node not in taps and set(node.output) & tapped]
-    kept = head + blocks + taps
+    tapped = tapped_tensors(model, FEATURES)
+    blocks = [node for node in model.graph.node if set(node.output) & tapped]
+    kept = head + blocks + tap_nodes(model, FEATURES)
     for i, node in enumerate(kept):
         node.name = node.name or f"float_{i}_{node.op_type.lower()}"
     onnx.save(model, str(out))

@@ -18,7 +18,7 @@ from equiprobe.clients.embedding import EmbeddingClient
 from equiprobe.services.contract import FEATURES, MANIFEST, ModelNames
 from equiprobe.services.embed_models import InProcessEmbed
 from equiprobe.services.encoders import get_encoder
-from equiprobe.services.encoders.taps import tap_nodes
+from equiprobe.services.encoders.taps import tap_nodes, tapped_tensors
 from equiprobe.services.model_config import read_config
 from equiprobe.services.quantize import (CpuTwin, Int8Options, ParityError, ParityThresholds, cosine_figures,
                                          gate_failures, trt_calibration_table)
@@ -108,8 +108,7 @@ def test_int8_keeps_the_features_statistics_and_their_tapped_nodes_in_float(int8
     taps = tap_nodes(model, FEATURES)
     assert len(taps) == 9 * len(get_encoder(ENCODER).features.blocks) + 1  # 9 nodes a block, one Concat
     made_by_taps = {out for node in taps for out in node.output}
-    tapped = {name for node in taps for name in node.input if name not in made_by_taps}
-    blocks = [producer[name] for name in tapped]
+    blocks = [producer[name] for name in tapped_tensors(model, FEATURES)]
     # The statistics are computed in float and never requantized...
     consumers = {name for node in model.graph.node if node.op_type == "QuantizeLinear" for name in node.input}
     assert not made_by_taps & consumers

@@ -124,6 +124,13 @@ def tap_nodes(model: onnx.ModelProto, features: str) -> list[onnx.NodeProto]:
     return [n for n in model.graph.node if n.output and all(o == features or added.match(o) for o in n.output)]
 
 
+def tapped_tensors(model: onnx.ModelProto, features: str) -> set[str]:
+    """The network's tensors the tap nodes read (the tapped blocks' outputs, as the graph names them)."""
+    taps = tap_nodes(model, features)
+    made_by_taps = {name for node in taps for name in node.output}
+    return {name for node in taps for name in node.input if name not in made_by_taps}
+
+
 def exported_taps(taps: FeatureTaps) -> FeatureTaps:
     """A torch network's taps as the names of its exported activation outputs."""
     return FeatureTaps(tuple((TAP.format(i), channels) for i, (_, channels) in enumerate(taps.blocks)), taps.layout)
