@@ -130,16 +130,18 @@ def test_every_config_field_is_an_option(command):
 
 def test_demo_gives_the_detector_its_own_hidden_width_and_the_study_probes_theirs(monkeypatch):
     import equiprobe.trainer.demo as demo
-    from equiprobe.trainer.configs import DETECTOR_HIDDEN
+    from equiprobe.trainer.configs import DETECTOR_ENSEMBLE, DETECTOR_HIDDEN
 
     calls = []
     monkeypatch.setattr(demo, "run_demo", lambda *args: calls.append(args))
     runner = CliRunner()
     assert runner.invoke(app, ["demo", "--workdir", "w"]).exit_code == 0
-    assert runner.invoke(app, ["demo", "--workdir", "w", "--hidden", "64", "--detector-hidden", "32"]).exit_code == 0
-    (workdir, probe, *_, hidden), (_, probe2, *_, hidden2) = calls
+    assert runner.invoke(app, ["demo", "--workdir", "w", "--hidden", "64", "--detector-hidden", "32",
+                               "--detector-best-seed"]).exit_code == 0
+    (workdir, probe, *_, hidden, averaged), (_, probe2, *_, hidden2, averaged2) = calls
     assert workdir == "w" and probe.hidden == ProbeConfig.hidden and hidden == DETECTOR_HIDDEN != ProbeConfig.hidden
-    assert (probe2.hidden, hidden2) == (64, 32)
+    assert averaged is DETECTOR_ENSEMBLE is True and not probe.ensemble  # the study's probes keep their best seed
+    assert (probe2.hidden, hidden2, averaged2) == (64, 32, False)
 
 
 def test_train_writes_the_given_probe_and_baseline_config(tmp_path):
@@ -151,7 +153,12 @@ def test_train_writes_the_given_probe_and_baseline_config(tmp_path):
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "mlp" / "probe.json").read_text())["config"]
     assert config == {"kind": "mlp", "hidden": 64, "dropout": 0.1, "lr": 0.002, "weight_decay": 1e-4,
-                      "batch_size": 128, "max_epochs": 3, "patience": 2, "features": False}
+                      "batch_size": 128, "max_epochs": 3, "patience": 2, "features": False, "ensemble": False}
+    result = runner.invoke(app, ["train", "--store", str(store), "--out", str(tmp_path / "both"), "--seeds", "2",
+                                 "--hidden", "16", "--max-epochs", "2", "--ensemble"])
+    assert result.exit_code == 0, result.output
+    assert f"saved {tmp_path / 'both' / 'probe.pt'} (seeds 0, 1 averaged)" in " ".join(result.output.split())
+    assert json.loads((tmp_path / "both" / "probe.json").read_text())["config"]["ensemble"] is True
     result = runner.invoke(app, ["train", "--store", str(store), "--out", str(tmp_path / "logreg"), "--probe",
                                  "logreg", "--c-grid", "0.1", "--c-grid", "1", "--max-iter", "50",
                                  "--baseline-seed", "3", "--baseline-batch-size", "256", "--max-examples", "500",

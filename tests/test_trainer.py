@@ -96,6 +96,35 @@ def test_probe_learns_the_fine_task_and_is_deterministic(kind, tmp_path):
     assert len(saved["runs"]) == 2 and set(saved["summary"]["test_accuracy"]) == {"mean", "std"}
 
 
+def test_an_ensemble_probe_is_its_seeds_probabilities_averaged_in_torch_and_onnx(tmp_path):
+    import onnxruntime as ort
+    import torch
+
+    from equiprobe.trainer.probe_export import export_probes, read_probe
+    from equiprobe.trainer.probes import SeedEnsemble, load_probe
+
+    path = synthetic_store(tmp_path / "s", "fine", images=24)
+    config = ProbeConfig(hidden=32, max_epochs=4, patience=2, batch_size=128)
+    for seed in (0, 1):  # fit is deterministic per seed: these are the ensemble's members
+        train_probes(path, "fine", config, [seed], tmp_path / f"seed{seed}", progress=False)
+    record = train_probes(path, "fine", ProbeConfig(**{**config.__dict__, "ensemble": True}), [0, 1],
+                          tmp_path / "both", progress=False)
+    assert "saved_seed" not in record and record["config"]["ensemble"] and record["seeds"] == [0, 1]
+    ensemble, _ = load_probe(tmp_path / "both")
+    assert isinstance(ensemble, SeedEnsemble) and len(ensemble.members) == 2
+    members = [load_probe(tmp_path / f"seed{seed}")[0] for seed in (0, 1)]
+    x = torch.from_numpy(np.random.default_rng(1).normal(size=(64, 32)).astype(np.float32))
+    with torch.no_grad():
+        averaged = torch.stack([torch.softmax(m(x), 1) for m in members]).mean(0)
+        assert not torch.allclose(torch.softmax(members[0](x), 1), averaged, atol=1e-3)  # the seeds do differ
+        torch.testing.assert_close(torch.softmax(ensemble(x), 1), averaged, atol=1e-6, rtol=1e-5)
+    # Deployed whole: the exported detector's probabilities are the average too.
+    exported = export_probes(read_probe(tmp_path / "both"), None, tmp_path / "model.onnx", 0.5)
+    assert exported.max_abs_diff <= 1e-5
+    probs, = ort.InferenceSession(str(tmp_path / "model.onnx")).run(["TRANSFORM_PROBS"], {"EMBEDDING": x.numpy()})
+    np.testing.assert_allclose(probs, averaged.numpy(), atol=1e-5)
+
+
 def test_general_task_trains_on_seen_versions_and_reports_held_out_columns(tmp_path):
     path = synthetic_store(tmp_path / "s", "general")
     store = Store.open(path)

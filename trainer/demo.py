@@ -36,7 +36,7 @@ from equiprobe.services.contract import DetectorNames, MatchNames, compose
 from equiprobe.services.embed_models import InProcessEmbed
 from equiprobe.services.repository import build_repo
 from equiprobe.services.server import TritonServer, loopback_config
-from equiprobe.trainer.configs import DETECTOR_HIDDEN, ProbeConfig
+from equiprobe.trainer.configs import DETECTOR_ENSEMBLE, DETECTOR_HIDDEN, ProbeConfig
 from equiprobe.trainer.demo_match import build_matcher, match_table
 
 DATASET = "corpus"
@@ -63,7 +63,7 @@ SHOWN_VERSIONS = ("identity", "gaussian_blur", "text_overlay", "reference_style"
 
 def run_demo(workdir: str, probe: ProbeConfig = PROBE, candidates: tuple[str, ...] = CANDIDATES,
              detect_images: int = DETECT_IMAGES, compare_embedding_only: bool = False,
-             detector_hidden: int = DETECTOR_HIDDEN) -> None:
+             detector_hidden: int = DETECTOR_HIDDEN, detector_ensemble: bool = DETECTOR_ENSEMBLE) -> None:
     from equiprobe.clients.corpus import check_corpus
     from equiprobe.clients.datasets import open_dataset
 
@@ -103,7 +103,7 @@ def run_demo(workdir: str, probe: ProbeConfig = PROBE, candidates: tuple[str, ..
         groups = bulk_embed(console, url, work / "store_groups", "groups", GROUPS_IMAGES)
 
         step(f"4. train the detector probe of every candidate, and the study's probes (seeds {SEEDS})")
-        detector = replace(probe, hidden=detector_hidden)
+        detector = replace(probe, hidden=detector_hidden, ensemble=detector_ensemble)
         detectors = {e: train_demo_probe(console, work, store, DETECTOR_CATALOG, e, detector)
                      for e, store in detect.items()}
         if compare_embedding_only and ENCODER in detect:  # what the FEATURES add: the detector on the embedding alone

@@ -57,6 +57,35 @@ class MultiTaskProbe(nn.Module):
         return tuple(head(hidden) for head in self.heads)
 
 
+class SeedEnsemble(nn.Module):
+    """Probes of one store and config trained with different seeds, as one model: per head, the
+    log of the members' mean class probability (logsumexp of their log-softmaxes, minus log K, so
+    that no probability underflows to log 0). Softmax of its output is the mean probability; the
+    members share the training statistics (trained on the same examples), so `mean` and `std` are
+    the first member's."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one probe")
+        self.members = nn.ModuleList(members)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.members[0].mean
+
+    @property
+    def std(self) -> torch.Tensor:
+        return self.members[0].std
+
+    def forward(self, embeddings: torch.Tensor):
+        outputs = [_as_tuple(member(embeddings)) for member in self.members]
+        log_k = float(np.log(len(self.members)))
+        heads = tuple(torch.logsumexp(torch.stack([torch.log_softmax(out[h], dim=1) for out in outputs]), dim=0) - log_k
+                      for h in range(len(outputs[0])))
+        return heads[0] if len(heads) == 1 else heads
+
+
 def build_probe(data: ProbeData, config: ProbeConfig, mean: np.ndarray, std: np.ndarray) -> nn.Module:
     heads = data.task.heads
     if len(heads) == 1:
@@ -165,9 +194,11 @@ def load_probe(directory) -> tuple[nn.Module, dict]:
     dim = record.dim
     zeros, ones = np.zeros(dim, np.float32), np.ones(dim, np.float32)
     heads = record.head_classes
-    if len(heads) == 1:
-        model = Probe(dim, len(heads[0]), config, zeros, ones)
-    else:
-        model = MultiTaskProbe(dim, [len(h) for h in heads], config, zeros, ones)
+
+    def member() -> nn.Module:
+        if len(heads) == 1:
+            return Probe(dim, len(heads[0]), config, zeros, ones)
+        return MultiTaskProbe(dim, [len(h) for h in heads], config, zeros, ones)
+    model = SeedEnsemble([member() for _ in record.seeds]) if config.ensemble else member()
     model.load_state_dict(torch.load(directory / "probe.pt", map_location="cpu", weights_only=True))
     return model.eval(), record.as_dict()

@@ -1,7 +1,7 @@
 """`equiprobe train`: probes over seeds on one store; the probe and its metrics saved together.
 
-Saved in OUT: `probe.pt` (the state dict of the seed with the best validation accuracy; it takes
-raw embeddings), `probe.json` (kind, embedding dim, class names, catalog version, encoder and
+Saved in OUT: `probe.pt` (the state dict of the seed with the best validation accuracy or, with
+`--ensemble`, of every seed's probe averaged, trainer.probes.SeedEnsemble; it takes raw embeddings), `probe.json` (kind, embedding dim, class names, catalog version, encoder and
 its ONNX hash, task, hyperparameters, "deployable", and metrics per seed with their mean and std);
 for the fine task also `scores.npz` (the detector's outputs on validation and test sources) and
 probe.json's "detector" card (threshold for 5% FPR chosen on validation, figures on test).
@@ -23,7 +23,7 @@ from .data import ProbeData, Task
 from .probe_record import ProbeRecord
 from .detector_scores import card_for, save_scores
 from .probe_export import IDENTITY
-from .probes import ProbeConfig, config_dict, fit, predict
+from .probes import ProbeConfig, SeedEnsemble, config_dict, fit, predict
 
 
 def version_families(manifest: dict) -> list[Optional[str]]:
@@ -83,7 +83,7 @@ def train_probes(store_path: Path, task_name: str, config: ProbeConfig, seeds: l
     store = Store.open(store_path)
     task = Task.from_store(store, task_name)
     data = ProbeData.from_store(store, task, split_by, features=config.features)
-    runs, best = [], None
+    runs, best, members = [], None, []
     statistics = data.feature_statistics()  # one pass over the store, shared by every seed
     from rich.progress import Progress
 
@@ -100,14 +100,18 @@ def train_probes(store_path: Path, task_name: str, config: ProbeConfig, seeds: l
                 metrics["semantic_accuracy_change"] = metrics["semantic_accuracy"] - metrics["semantic_only_accuracy"]
             runs.append({"seed": seed, "val_accuracy": result.val_accuracy, "epochs": result.epochs,
                          "best_epoch": result.best_epoch, **metrics})
+            if config.ensemble:
+                members.append(result.model)
             if best is None or result.val_accuracy > best.val_accuracy:
                 best = result
+    # probe.pt takes raw embeddings: the seed of best validation accuracy, or every seed averaged
+    saved = SeedEnsemble(members) if config.ensemble else best.model
     record = probe_record(store_path, data, split_by, runs, kind=config.kind, config=config_dict(config),
-                          seeds=seeds, saved_seed=best.seed, deployable=True)  # probe.pt takes raw embeddings
+                          seeds=seeds, saved_seed=None if config.ensemble else best.seed, deployable=True)
     out.mkdir(parents=True, exist_ok=True)
     if task.spec.detector and IDENTITY in task.classes:  # the detector's figures, threshold on validation
-        record.detector = card_for(save_scores(best.model, data, out))
-    torch.save(best.model.cpu().state_dict(), out / "probe.pt")
+        record.detector = card_for(save_scores(saved, data, out))
+    torch.save(saved.cpu().state_dict(), out / "probe.pt")
     record.write(out)
     return record.as_dict()
 

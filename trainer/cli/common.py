@@ -34,6 +34,8 @@ PROBE_HELP = {
     "patience": "Epochs without a better validation accuracy before stopping early.",
     "features": "Also read the store's FEATURES (pooled statistics of the encoder's early blocks) beside its "
                 "embeddings; deploy then feeds the served FEATURES to the probe.",
+    "ensemble": "Save every seed's probe as one model averaging their class probabilities (deployed whole), "
+                "instead of the seed of best validation accuracy.",
 }
 BASELINE_HELP = {
     "c_grid": "logreg: the values of C tried (the best on validation is kept). Repeatable.",

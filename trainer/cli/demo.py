@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from ..configs import DETECTOR_HIDDEN
+from ..configs import DETECTOR_ENSEMBLE, DETECTOR_HIDDEN
 from .common import probe_options
 
 
@@ -23,6 +23,10 @@ def demo(workdir: str = typer.Option("build/demo", help="Where the demo writes i
          detector_hidden: int = typer.Option(DETECTOR_HIDDEN, help="The detector probe's hidden width (the study's probes take "
                                              "--hidden, 2048 as the paper's); 512 measured best on validation "
                                              "(trainer/configs.py DETECTOR_HIDDEN)."),
+         detector_ensemble: bool = typer.Option(DETECTOR_ENSEMBLE, "--detector-ensemble/--detector-best-seed",
+                                                help="Deploy the detector's seeds averaged (measured better on "
+                                                "validation, trainer/configs.py DETECTOR_ENSEMBLE) or the seed of "
+                                                "best validation accuracy."),
          probe_fields: Optional[dict] = None) -> None:
     """The main job end to end on the embedded default (squeezenet1_1, package photos).
 
@@ -33,4 +37,4 @@ def demo(workdir: str = typer.Option("build/demo", help="Where the demo writes i
     from equiprobe.trainer.demo import CANDIDATES, PROBE, run_demo
 
     run_demo(workdir, replace(PROBE, **probe_fields), tuple(candidates) if candidates else CANDIDATES, detect_images,
-             compare_embedding_only, detector_hidden)
+             compare_embedding_only, detector_hidden, detector_ensemble)

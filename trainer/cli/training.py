@@ -48,7 +48,9 @@ def train(
         print(f"{key}: {value['mean']:.3f} +- {value['std']:.3f}")
     if "selection" in record:
         print(f"{record['selection']['parameter']} = {record['selection']['chosen']:g} (best validation accuracy)")
-    saved = f"{out / 'probe.pt'} (seed {record['saved_seed']}) and " if record["deployable"] else ""
+    which = (f"seed {record['saved_seed']}" if "saved_seed" in record
+             else f"seeds {', '.join(map(str, record['seeds']))} averaged")
+    saved = f"{out / 'probe.pt'} ({which}) and " if record["deployable"] else ""
     print(f"saved {saved}{out / 'probe.json'}")
 
 
