@@ -156,6 +156,31 @@ def test_heldout_every_zero_scores_with_the_log_odds_alone(world, tmp_path):
         MatchProbeConfig(heldout_every=1)
 
 
+def test_members_serve_their_seeds_probabilities_averaged(world, tmp_path):
+    from equiprobe.trainer.match_probe_train import MatchEnsemble
+
+    root, fine, detect, indexed, queried, _ = world
+    runs = {}
+    for name, config in (("one", MatchProbeConfig(epochs=3, heldout_every=0, seed=1)),
+                         ("two", MatchProbeConfig(epochs=3, heldout_every=0, members=2))):
+        shutil.copytree(root / "ix", tmp_path / name)
+        runs[name] = train_match_probe(tmp_path / name, detect, config, progress=False)
+    assert [m["seed"] for m in runs["two"]["training"]["members"]] == [0, 1]
+    head = load_torch_head(tmp_path / "two" / "probe")
+    assert isinstance(head.probe, MatchEnsemble) and len(head.probe.members) == 2
+    seed1 = load_torch_head(tmp_path / "one" / "probe").probe  # fit is deterministic: the ensemble's second member
+    index, rows = MatchIndex.open(tmp_path / "two"), np.arange(N)
+    q = torch.from_numpy(queried[rows, rows % len(ROWS)].astype(np.float16).astype(np.float32))
+    o = torch.from_numpy(index.reference(rows))
+    with torch.no_grad():
+        torch.testing.assert_close(head.probe.members[1](q, o), seed1(q, o))
+        averaged = (torch.softmax(head.probe.members[0](q, o), 1) + torch.softmax(seed1(q, o), 1)) / 2
+    served = score_pairs(index, None, q.numpy(), rows)  # the exported ONNX graph, as NAME_match runs it
+    np.testing.assert_allclose(served["transform_probs"], averaged.numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="members"):
+        MatchProbeConfig(members=0)
+
+
 def test_copy_threshold_keeps_new_photos_out_on_validation(world):
     root, fine, detect, indexed, queried, _ = world
     record = read_record(root / "ix")

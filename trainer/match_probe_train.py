@@ -42,7 +42,7 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Optional
 
@@ -100,6 +100,24 @@ class MatchProbe(nn.Module):
     def forward(self, query: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         x = torch.cat([query, reference, query - reference], dim=1)
         return self.head((x - self.mean) / self.std)
+
+
+class MatchEnsemble(nn.Module):
+    """Match probes of other seeds as one: the log of their mean class probability (logsumexp of the
+    log-softmaxes minus log K), so softmax of it is the mean and the log-odds r stay finite. The
+    members share the training pairs' statistics, so `std` is the first's."""
+
+    def __init__(self, members: list[MatchProbe]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    @property
+    def std(self) -> torch.Tensor:
+        return self.members[0].std
+
+    def forward(self, query: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        logs = torch.stack([torch.log_softmax(m(query, reference), dim=1) for m in self.members])
+        return torch.logsumexp(logs, dim=0) - float(np.log(len(self.members)))
 
 
 def distances_module(probe: MatchProbe, dim: int) -> Distances:
@@ -192,6 +210,19 @@ def fit(data: PairData, config: MatchProbeConfig, progress: bool = True, version
                 break
     model.load_state_dict(best_state)
     return model.eval(), {"epochs_run": len(history), "best_epoch": best_epoch, "history": history}
+
+
+def fit_members(data: PairData, config: MatchProbeConfig, progress: bool = True) -> tuple[nn.Module, dict]:
+    """`config.members` probes, seeds config.seed, config.seed + 1, ...: one MatchProbe, or their
+    MatchEnsemble; the training record is the first member's, with every member's epochs."""
+    fitted = [fit(data, replace(config, seed=config.seed + i), progress,
+                  description=f"training the match probe, seed {config.seed + i} (epochs)")
+              for i in range(config.members)]
+    if len(fitted) == 1:
+        return fitted[0]
+    training = {**fitted[0][1], "members": [{"seed": config.seed + i, "epochs_run": t["epochs_run"],
+                                              "best_epoch": t["best_epoch"]} for i, (_, t) in enumerate(fitted)]}
+    return MatchEnsemble([m for m, _ in fitted]).eval(), training
 
 
 # -- the edited score's evidence: the probe's log-odds and the distances ---------------------------
@@ -360,8 +391,11 @@ def load_torch_head(probe_dir: Path) -> MatchHead:
     record = json.loads((Path(probe_dir) / mx.PROBE_JSON).read_text())
     state = torch.load(Path(probe_dir) / TORCH_FILE, map_location="cpu", weights_only=True)
     width, classes = int(record["width"]), len(record["classes"])
-    probe = MatchProbe(width, classes, int(record["config"]["hidden"]), float(record["config"]["dropout"]),
-                       np.zeros(3 * width, np.float32), np.ones(3 * width, np.float32))
+    def member() -> MatchProbe:
+        return MatchProbe(width, classes, int(record["config"]["hidden"]), float(record["config"]["dropout"]),
+                          np.zeros(3 * width, np.float32), np.ones(3 * width, np.float32))
+    members = int(record["config"].get("members", 1))
+    probe = member() if members == 1 else MatchEnsemble([member() for _ in range(members)])
     probe.load_state_dict(state)
     features_dim = int(record.get("features_dim") or 0)
     evidence = EditEvidence.from_dict(record.get("edited_evidence"), input_names(features_dim))
@@ -402,7 +436,7 @@ def train_match_probe(index_path: Path, store_path: Path, config: MatchProbeConf
                               "not independent encodings (stores embedded without --uploads?); a re-uploaded original "
                               "would look edited")
 
-    model, training = fit(data, config, progress)
+    model, training = fit_members(data, config, progress)
     logits, labels, positions = logits_of(model, data, "val")
     identity = data.identity
     edited = labels != identity
