@@ -62,7 +62,7 @@ from .match_probe import (EDITED_SCORE, FORMAT, IDENTITY, MAX_IDENTICAL_SHARE, O
                           TRANSFORM_PROBS, MatchProbeConfig, MatchProbeError, check_independent, copy_threshold,
                           identical_share, leave_one_out)
 from .match_pairs import PairData, split_parts
-from .probes import device
+from .probes import device, log_mean_softmax
 
 PARITY_TOLERANCE = 1e-5  # ONNX Runtime against torch, every output
 SEARCH_CHUNK = 4096
@@ -103,9 +103,9 @@ class MatchProbe(nn.Module):
 
 
 class MatchEnsemble(nn.Module):
-    """Match probes of other seeds as one: the log of their mean class probability (logsumexp of the
-    log-softmaxes minus log K), so softmax of it is the mean and the log-odds r stay finite. The
-    members share the training pairs' statistics, so `std` is the first's."""
+    """Match probes of several seeds as one: the log of their mean class probability
+    (trainer.probes.log_mean_softmax), so softmax of it is the mean and the log-odds r stay finite.
+    The members share the training pairs' statistics, so `std` is the first's."""
 
     def __init__(self, members: list[MatchProbe]):
         super().__init__()
@@ -116,8 +116,7 @@ class MatchEnsemble(nn.Module):
         return self.members[0].std
 
     def forward(self, query: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-        logs = torch.stack([torch.log_softmax(m(query, reference), dim=1) for m in self.members])
-        return torch.logsumexp(logs, dim=0) - float(np.log(len(self.members)))
+        return log_mean_softmax([member(query, reference) for member in self.members])
 
 
 def distances_module(probe: MatchProbe, dim: int) -> Distances:

@@ -57,12 +57,17 @@ class MultiTaskProbe(nn.Module):
         return tuple(head(hidden) for head in self.heads)
 
 
+def log_mean_softmax(logits: list[torch.Tensor]) -> torch.Tensor:
+    """log of the mean of softmax(l) over `logits` (each [B, C]): logsumexp of the log-softmaxes
+    minus log K, so that no probability underflows to log 0. Softmax of it is the mean."""
+    logs = torch.stack([torch.log_softmax(each, dim=1) for each in logits])
+    return torch.logsumexp(logs, dim=0) - float(np.log(len(logits)))
+
+
 class SeedEnsemble(nn.Module):
     """Probes of one store and config trained with different seeds, as one model: per head, the
-    log of the members' mean class probability (logsumexp of their log-softmaxes, minus log K, so
-    that no probability underflows to log 0). Softmax of its output is the mean probability; the
-    members share the training statistics (trained on the same examples), so `mean` and `std` are
-    the first member's."""
+    log of the members' mean class probability (log_mean_softmax). The members share the training
+    statistics (trained on the same examples), so `mean` and `std` are the first member's."""
 
     def __init__(self, members: list[nn.Module]):
         super().__init__()
@@ -80,9 +85,7 @@ class SeedEnsemble(nn.Module):
 
     def forward(self, embeddings: torch.Tensor):
         outputs = [_as_tuple(member(embeddings)) for member in self.members]
-        log_k = float(np.log(len(self.members)))
-        heads = tuple(torch.logsumexp(torch.stack([torch.log_softmax(out[h], dim=1) for out in outputs]), dim=0) - log_k
-                      for h in range(len(outputs[0])))
+        heads = tuple(log_mean_softmax([out[h] for out in outputs]) for h in range(len(outputs[0])))
         return heads[0] if len(heads) == 1 else heads
 
 

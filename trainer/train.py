@@ -1,8 +1,9 @@
 """`equiprobe train`: probes over seeds on one store; the probe and its metrics saved together.
 
 Saved in OUT: `probe.pt` (the state dict of the seed with the best validation accuracy or, with
-`--ensemble`, of every seed's probe averaged, trainer.probes.SeedEnsemble; it takes raw embeddings), `probe.json` (kind, embedding dim, class names, catalog version, encoder and
-its ONNX hash, task, hyperparameters, "deployable", and metrics per seed with their mean and std);
+`--ensemble`, of every seed's probe averaged, trainer.probes.SeedEnsemble; it takes raw
+embeddings), `probe.json` (kind, embedding dim, class names, catalog version, encoder and its
+ONNX hash, task, hyperparameters, "deployable", and metrics per seed with their mean and std);
 for the fine task also `scores.npz` (the detector's outputs on validation and test sources) and
 probe.json's "detector" card (threshold for 5% FPR chosen on validation, figures on test).
 The baselines (trainer.baselines: logreg, knn) write the same record.
