@@ -157,7 +157,7 @@ def test_heldout_every_zero_scores_with_the_log_odds_alone(world, tmp_path):
 
 
 def test_members_serve_their_seeds_probabilities_averaged(world, tmp_path):
-    from equiprobe.trainer.match_probe_train import MatchEnsemble
+    from equiprobe.trainer.probes import SeedEnsemble
 
     root, fine, detect, indexed, queried, _ = world
     runs = {}
@@ -167,7 +167,7 @@ def test_members_serve_their_seeds_probabilities_averaged(world, tmp_path):
         runs[name] = train_match_probe(tmp_path / name, detect, config, progress=False)
     assert [m["seed"] for m in runs["two"]["training"]["members"]] == [0, 1]
     head = load_torch_head(tmp_path / "two" / "probe")
-    assert isinstance(head.probe, MatchEnsemble) and len(head.probe.members) == 2
+    assert isinstance(head.probe, SeedEnsemble) and len(head.probe.members) == 2
     seed1 = load_torch_head(tmp_path / "one" / "probe").probe  # fit is deterministic: the ensemble's second member
     index, rows = MatchIndex.open(tmp_path / "two"), np.arange(N)
     q = torch.from_numpy(queried[rows, rows % len(ROWS)].astype(np.float16).astype(np.float32))

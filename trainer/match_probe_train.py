@@ -62,7 +62,7 @@ from .match_probe import (EDITED_SCORE, FORMAT, IDENTITY, MAX_IDENTICAL_SHARE, O
                           TRANSFORM_PROBS, MatchProbeConfig, MatchProbeError, check_independent, copy_threshold,
                           identical_share, leave_one_out)
 from .match_pairs import PairData, split_parts
-from .probes import device, log_mean_softmax
+from .probes import SeedEnsemble, device
 
 PARITY_TOLERANCE = 1e-5  # ONNX Runtime against torch, every output
 SEARCH_CHUNK = 4096
@@ -100,23 +100,6 @@ class MatchProbe(nn.Module):
     def forward(self, query: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         x = torch.cat([query, reference, query - reference], dim=1)
         return self.head((x - self.mean) / self.std)
-
-
-class MatchEnsemble(nn.Module):
-    """Match probes of several seeds as one: the log of their mean class probability
-    (trainer.probes.log_mean_softmax), so softmax of it is the mean and the log-odds r stay finite.
-    The members share the training pairs' statistics, so `std` is the first's."""
-
-    def __init__(self, members: list[MatchProbe]):
-        super().__init__()
-        self.members = nn.ModuleList(members)
-
-    @property
-    def std(self) -> torch.Tensor:
-        return self.members[0].std
-
-    def forward(self, query: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-        return log_mean_softmax([member(query, reference) for member in self.members])
 
 
 def distances_module(probe: MatchProbe, dim: int) -> Distances:
@@ -213,7 +196,7 @@ def fit(data: PairData, config: MatchProbeConfig, progress: bool = True, version
 
 def fit_members(data: PairData, config: MatchProbeConfig, progress: bool = True) -> tuple[nn.Module, dict]:
     """`config.members` probes, seeds config.seed, config.seed + 1, ...: one MatchProbe, or their
-    MatchEnsemble; the training record is the first member's, with every member's epochs."""
+    SeedEnsemble (so the edited score's log-odds r are the average's); the training record is the first member's, with every member's epochs."""
     fitted = [fit(data, replace(config, seed=config.seed + i), progress,
                   description=f"training the match probe, seed {config.seed + i} (epochs)")
               for i in range(config.members)]
@@ -221,7 +204,7 @@ def fit_members(data: PairData, config: MatchProbeConfig, progress: bool = True)
         return fitted[0]
     training = {**fitted[0][1], "members": [{"seed": config.seed + i, "epochs_run": t["epochs_run"],
                                               "best_epoch": t["best_epoch"]} for i, (_, t) in enumerate(fitted)]}
-    return MatchEnsemble([m for m, _ in fitted]).eval(), training
+    return SeedEnsemble([m for m, _ in fitted]).eval(), training
 
 
 # -- the edited score's evidence: the probe's log-odds and the distances ---------------------------
@@ -394,7 +377,7 @@ def load_torch_head(probe_dir: Path) -> MatchHead:
         return MatchProbe(width, classes, int(record["config"]["hidden"]), float(record["config"]["dropout"]),
                           np.zeros(3 * width, np.float32), np.ones(3 * width, np.float32))
     members = int(record["config"].get("members", 1))
-    probe = member() if members == 1 else MatchEnsemble([member() for _ in range(members)])
+    probe = member() if members == 1 else SeedEnsemble([member() for _ in range(members)])
     probe.load_state_dict(state)
     features_dim = int(record.get("features_dim") or 0)
     evidence = EditEvidence.from_dict(record.get("edited_evidence"), input_names(features_dim))

@@ -66,7 +66,8 @@ def log_mean_softmax(logits: list[torch.Tensor]) -> torch.Tensor:
 
 class SeedEnsemble(nn.Module):
     """Probes of one store and config trained with different seeds, as one model: per head, the
-    log of the members' mean class probability (log_mean_softmax). The members share the training
+    log of the members' mean class probability (log_mean_softmax), for the same inputs as a member
+    (an embedding; a match probe's query and reference). The members share the training
     statistics (trained on the same examples), so `mean` and `std` are the first member's."""
 
     def __init__(self, members: list[nn.Module]):
@@ -83,8 +84,8 @@ class SeedEnsemble(nn.Module):
     def std(self) -> torch.Tensor:
         return self.members[0].std
 
-    def forward(self, embeddings: torch.Tensor):
-        outputs = [_as_tuple(member(embeddings)) for member in self.members]
+    def forward(self, *inputs: torch.Tensor):
+        outputs = [_as_tuple(member(*inputs)) for member in self.members]
         heads = tuple(log_mean_softmax([out[h] for out in outputs]) for h in range(len(outputs[0])))
         return heads[0] if len(heads) == 1 else heads
 

@@ -31,7 +31,7 @@ def demo(workdir: str = typer.Option("build/demo", help="Where the demo writes i
     """The main job end to end on the embedded default (squeezenet1_1, package photos).
 
     The probe options change the probes it trains (every candidate's and the study's), but for the
-    detector's hidden width, which is --detector-hidden."""
+    detector's hidden width and seeds, which are --detector-hidden and --detector-ensemble."""
     from dataclasses import replace
 
     from equiprobe.trainer.demo import CANDIDATES, PROBE, run_demo
