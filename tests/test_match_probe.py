@@ -152,6 +152,7 @@ def test_heldout_every_zero_scores_with_the_log_odds_alone(world, tmp_path):
     record = train_match_probe(tmp_path / "ix", detect, MatchProbeConfig(epochs=3, heldout_every=0), progress=False)
     assert record["edited_evidence"]["chosen"] == "probe" and record["edited_evidence"]["weights"] == [1.0, 0.0, 0.0]
     assert record["edited_evidence"]["held_out"] == {}
+    assert record["training"]["epochs_run"] == 3  # onecycle runs its epochs to the end
     with pytest.raises(ValueError, match="heldout_every"):
         MatchProbeConfig(heldout_every=1)
 
@@ -161,7 +162,7 @@ def test_members_serve_their_seeds_probabilities_averaged(world, tmp_path):
 
     root, fine, detect, indexed, queried, _ = world
     runs = {}
-    for name, config in (("one", MatchProbeConfig(epochs=3, heldout_every=0, seed=1)),
+    for name, config in (("one", MatchProbeConfig(epochs=3, heldout_every=0, seed=1, members=1)),
                          ("two", MatchProbeConfig(epochs=3, heldout_every=0, members=2))):
         shutil.copytree(root / "ix", tmp_path / name)
         runs[name] = train_match_probe(tmp_path / name, detect, config, progress=False)
@@ -179,6 +180,45 @@ def test_members_serve_their_seeds_probabilities_averaged(world, tmp_path):
     np.testing.assert_allclose(served["transform_probs"], averaged.numpy(), atol=1e-5)
     with pytest.raises(ValueError, match="members"):
         MatchProbeConfig(members=0)
+
+
+def test_pairs_kept_in_memory_train_the_same_probe_as_pairs_read_every_batch(world, monkeypatch):
+    from equiprobe.clients.store import Store
+    from equiprobe.trainer import match_pairs
+    from equiprobe.trainer.match_probe_train import fit
+
+    root, fine, detect, indexed, queried, _ = world
+    config = MatchProbeConfig(epochs=3, members=1)
+    index, store = MatchIndex.open(root / "ix"), Store.open(detect)
+    kept = match_pairs.PairData(store, index, match_pairs.split_parts(store, index)[0])
+    model, training = fit(kept, config, progress=False)
+    assert kept._kept["prepared", "train", "ratio"] is not None  # the demo's size: in memory
+    monkeypatch.setattr(match_pairs, "RESIDENT_BYTES", 0)
+    streamed = match_pairs.PairData(store, index, match_pairs.split_parts(store, index)[0])
+    again, training_again = fit(streamed, config, progress=False)
+    assert streamed._kept["prepared", "train", "ratio"] is None
+    assert training_again["history"] == training["history"]
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_category_loss_is_the_cross_entropy_of_the_summed_class_probabilities():
+    from equiprobe.trainer.match_probe_train import CategoryLoss
+
+    categories = ["identity", "tone", "blur", "tone", "blur", "blur"]
+    logits = torch.randn(7, len(categories), generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 3, 4, 5, 3])
+    probs = torch.softmax(logits, 1)
+    sums = {c: probs[:, [i for i, x in enumerate(categories) if x == c]].sum(1) for c in set(categories)}
+    expected = -torch.stack([torch.log(sums[categories[y]][i]) for i, y in enumerate(labels.tolist())]).mean()
+    torch.testing.assert_close(CategoryLoss(categories)(logits, labels), expected)
+    # one class per category: the class's own cross-entropy
+    torch.testing.assert_close(CategoryLoss(["a", "b", "c"])(logits[:, :3], labels % 3),
+                               torch.nn.functional.cross_entropy(logits[:, :3], labels % 3))
+    with pytest.raises(ValueError, match="schedule"):
+        MatchProbeConfig(schedule="cosine")
+    with pytest.raises(ValueError, match="category_weight"):
+        MatchProbeConfig(category_weight=-1)
 
 
 def test_copy_threshold_keeps_new_photos_out_on_validation(world):

@@ -5,7 +5,7 @@ trains on them)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -16,6 +16,9 @@ from equiprobe.services import match_index as mx
 from .match_probe import IDENTITY, MatchProbeError
 
 CHUNK_IMAGES = 256  # images read at once in evaluation
+# A part's pairs kept in memory as the probe's inputs when they fit: training reads every pair
+# once an epoch, and reading, converting and transforming them took half the demo's training.
+RESIDENT_BYTES = 2 << 30
 
 
 @dataclass
@@ -39,6 +42,7 @@ class PairData:
         self.dim, self.features_dim = int(m["dim"]), store.features_dim
         self.width = self.dim + self.features_dim
         self.columns = full_columns(store)
+        self._kept: dict = {}  # prepared parts and statistics, by (what, key)
 
     def count(self, part: str) -> int:
         return len(self.parts[part].rows) * len(self.versions)
@@ -65,21 +69,44 @@ class PairData:
             at += block.shape[2]
         return out
 
+    def order(self, part: str, shuffle_seed: Optional[int] = None,
+              versions: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+        """(positions in the part, versions) of every pair of a part (of `versions` only, where
+        given), in batch order."""
+        p = self.parts[part]
+        chosen = self.versions if versions is None else np.asarray(versions)
+        positions = np.repeat(np.arange(len(p.rows)), len(chosen))
+        versions = np.tile(chosen, len(p.rows))
+        if shuffle_seed is not None:
+            order = np.arange(len(positions))
+            np.random.default_rng(shuffle_seed).shuffle(order)
+            positions, versions = positions[order], versions[order]
+        return positions, versions
+
     def batches(self, part: str, batch_size: int, shuffle_seed: Optional[int] = None,
                 versions: Optional[np.ndarray] = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(queries [b, W], references [b, W], labels [b]) over every pair of a part (of `versions`
         only, where given)."""
         p = self.parts[part]
-        chosen = self.versions if versions is None else np.asarray(versions)
-        positions = np.repeat(np.arange(len(p.rows)), len(chosen))
-        versions = np.tile(chosen, len(p.rows))
-        order = np.arange(len(positions))
-        if shuffle_seed is not None:
-            np.random.default_rng(shuffle_seed).shuffle(order)
-        for start in range(0, len(order), batch_size):
-            pick = order[start:start + batch_size]
-            pos, ver = positions[pick], versions[pick]
+        positions, versions = self.order(part, shuffle_seed, versions)
+        for start in range(0, len(positions), batch_size):
+            pos, ver = positions[start:start + batch_size], versions[start:start + batch_size]
             yield self.queries(p.rows[pos], ver), self.index.reference(p.ids[pos]), self.labels[ver]
+
+    def prepared(self, part: str, key, transform: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Optional[np.ndarray]:
+        """[n, K, D] float32: transform(q, o) of every pair of a part (image by image, versions
+        within), computed once per key and kept when it takes at most RESIDENT_BYTES; None above."""
+        if ("prepared", part, key) not in self._kept:
+            p = self.parts[part]
+            sample = transform(self.queries(p.rows[:1], self.versions[:1]), self.index.reference(p.ids[:1]))
+            kept = None
+            if len(p.rows) * len(self.versions) * sample.shape[1] * 4 <= RESIDENT_BYTES:
+                kept = np.empty((len(p.rows), len(self.versions), sample.shape[1]), np.float32)
+                for pos, versions, references in self.chunks(part):
+                    b, k, w = versions.shape
+                    kept[pos] = transform(versions.reshape(b * k, w), np.repeat(references, k, axis=0)).reshape(b, k, -1)
+            self._kept["prepared", part, key] = kept
+        return self._kept["prepared", part, key]
 
     def chunks(self, part: str, size: int = CHUNK_IMAGES) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(positions in the part [b], versions [b, K, W], references [b, W]), image by image."""
@@ -88,19 +115,25 @@ class PairData:
             pos = np.arange(start, min(start + size, len(p.rows)))
             yield pos, self.images(p.rows[pos]), self.index.reference(p.ids[pos])
 
-    def statistics(self, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and deviation of the training pairs' [q, o, q - o], streamed."""
-        total = np.zeros(3 * self.width)
-        total_sq = np.zeros(3 * self.width)
+    def statistics(self, inputs: Callable[[np.ndarray, np.ndarray], np.ndarray], key=None,
+                   batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and deviation of `inputs`(q, o) (the probe's unstandardized inputs) over the
+        training pairs, streamed; kept per `key` (where given) for the next probe asking."""
+        if key is not None and ("statistics", key) in self._kept:
+            return self._kept["statistics", key]
+        total = total_sq = None
         count = 0
         for q, o, _ in self.batches("train", batch_size):
-            x = np.concatenate([q, o, q - o], 1).astype(np.float64)
-            total += x.sum(0)
-            total_sq += (x ** 2).sum(0)
+            x = inputs(q, o).astype(np.float64)
+            total = x.sum(0) if total is None else total + x.sum(0)
+            total_sq = (x ** 2).sum(0) if total_sq is None else total_sq + (x ** 2).sum(0)
             count += len(x)
         mean = total / count
         std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12))
-        return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+        result = mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+        if key is not None:
+            self._kept["statistics", key] = result
+        return result
 
 
 def split_parts(store: Store, index: mx.MatchIndex) -> tuple[dict[str, Part], dict]:

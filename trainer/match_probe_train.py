@@ -5,7 +5,7 @@ writes INDEX/probe/ atomically.
 Pairs: for every done image of STORE whose key the index holds, each of its K versions (the
 query) with the index's reference of that key; the label is the version's class in STORE's
 catalog (identity included). Splits are STORE's, by source (trainer/data.py): training sources
-train, validation sources stop training early and fit the calibration and both thresholds, test
+train, validation sources choose the epoch kept and fit the calibration and both thresholds, test
 sources are never read.
 
 The probe: [q, o, q - o] (q, o each W = embedding + FEATURES), standardized with the training
@@ -44,7 +44,7 @@ import time
 import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -58,7 +58,7 @@ from equiprobe.services.files import fsync_path, swap_in
 from .calibration import calibration_quality, fit_calibration, raw_log_odds
 from .edit_evidence import CombinedLogOdds, Distances, EditEvidence, fit_evidence, input_names
 from .match_metrics import auc
-from .match_probe import (EDITED_SCORE, FORMAT, IDENTITY, MAX_IDENTICAL_SHARE, OUTPUTS, QUERY, REFERENCE,
+from .match_probe import (EDITED_SCORE, FORMAT, IDENTITY, MAX_IDENTICAL_SHARE, OUTPUTS, PAIR_INPUTS, QUERY, REFERENCE,
                           TRANSFORM_PROBS, MatchProbeConfig, MatchProbeError, check_independent, copy_threshold,
                           identical_share, leave_one_out)
 from .match_pairs import PairData, split_parts
@@ -67,6 +67,7 @@ from .probes import SeedEnsemble, device
 PARITY_TOLERANCE = 1e-5  # ONNX Runtime against torch, every output
 SEARCH_CHUNK = 4096
 TORCH_FILE = "match_probe.pt"  # the torch weights beside the ONNX graph (research, parity checks)
+LOG_RATIO_FLOOR = 0.05
 
 
 def categories_of(classes: list[str], catalog: Optional[str]) -> list[str]:
@@ -87,26 +88,56 @@ def categories_of(classes: list[str], catalog: Optional[str]) -> list[str]:
 
 # -- the probe ------------------------------------------------------------------------------------
 
-class MatchProbe(nn.Module):
-    """(query [B, W], reference [B, W]) -> logits [B, C] of [q, o, q - o], standardized."""
+def log_ratio_floor(references: np.ndarray) -> np.ndarray:
+    """[W] float32: each column's floor in log((q+ + f) / (o+ + f)), LOG_RATIO_FLOOR x its mean
+    magnitude among the training references, so a channel near zero in the original (where a
+    ratio is noise) weighs little."""
+    return np.maximum(LOG_RATIO_FLOOR * np.abs(references).mean(0), 1e-6).astype(np.float32)
 
-    def __init__(self, width: int, classes: int, hidden: int, dropout: float, mean: np.ndarray, std: np.ndarray):
+
+class MatchProbe(nn.Module):
+    """(query [B, W], reference [B, W]) -> logits [B, C] of the pair's inputs (match_probe.PAIR_INPUTS:
+    q, o, q - o, log ratio), standardized, through one hidden layer."""
+
+    def __init__(self, width: int, classes: int, hidden: int, dropout: float, mean: np.ndarray, std: np.ndarray,
+                 inputs: str = "difference", floor: Optional[np.ndarray] = None):
         super().__init__()
+        self.inputs, self.width = PAIR_INPUTS[inputs], int(width)
         self.register_buffer("mean", torch.from_numpy(mean))
         self.register_buffer("std", torch.from_numpy(std))
-        self.head = nn.Sequential(nn.Linear(3 * width, hidden), nn.ReLU(), nn.Dropout(dropout),
+        if "log_ratio" in self.inputs:
+            self.register_buffer("floor", torch.from_numpy(floor if floor is not None else np.ones(width, np.float32)))
+        self.head = nn.Sequential(nn.Linear(len(self.inputs) * width, hidden), nn.ReLU(), nn.Dropout(dropout),
                                   nn.Linear(hidden, classes))
 
+    def pair(self, query: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """The unstandardized inputs [B, len(inputs) W]. Edits scale pooled activations more or less
+        whatever the photo: the log ratio sees that factor, the difference sees it times the
+        photo's own level. Negative values (conv1's pre-activation means) count as 0 in the ratio."""
+        def block(name: str) -> torch.Tensor:
+            if name == "query":
+                return query
+            if name == "reference":
+                return reference
+            if name == "difference":
+                return query - reference
+            return torch.log((torch.relu(query) + self.floor) / (torch.relu(reference) + self.floor))
+        return torch.cat([block(name) for name in self.inputs], dim=1)
+
     def forward(self, query: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([query, reference, query - reference], dim=1)
-        return self.head((x - self.mean) / self.std)
+        return self.head((self.pair(query, reference) - self.mean) / self.std)
+
+    def block_std(self, name: str) -> torch.Tensor:
+        at = self.inputs.index(name) * self.width
+        return self.std[at:at + self.width]
 
 
-def distances_module(probe: MatchProbe, dim: int) -> Distances:
+def distances_module(probe: nn.Module, dim: int) -> Distances:
     """The upload's distances from its original, FEATURES scaled by the training pairs' deviation
-    of the references' FEATURES (the probe's own buffer: [q, o, q - o], o's FEATURES columns)."""
-    width = probe.std.shape[0] // 3
-    return Distances(dim, probe.std[width + dim:2 * width].detach())
+    of the references' FEATURES (the probe's own buffer; a SeedEnsemble's first member's, as every
+    member has the same)."""
+    first = probe.members[0] if isinstance(probe, SeedEnsemble) else probe
+    return Distances(dim, first.block_std("reference")[dim:].detach())
 
 
 class MatchHead(nn.Module):
@@ -152,18 +183,81 @@ def distances_of(distances: Distances, data: PairData, part: str) -> np.ndarray:
     return np.concatenate(out).astype(np.float64)
 
 
+class CategoryLoss(nn.Module):
+    """Cross-entropy of the category: -log of the summed probability of the true class's category's
+    classes (logsumexp of their log-probabilities)."""
+
+    def __init__(self, categories: list[str]):
+        super().__init__()
+        names = list(dict.fromkeys(categories))
+        of_class = torch.tensor([names.index(c) for c in categories])
+        member = of_class[:, None] == torch.arange(len(names))[None, :]  # [C classes, K categories]
+        self.register_buffer("of_class", of_class)
+        self.register_buffer("log_member", torch.where(member, 0.0, float("-inf")))
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        log_probs = torch.log_softmax(logits, dim=1)
+        category_log_probs = torch.logsumexp(log_probs[:, :, None] + self.log_member[None], dim=1)
+        return nn.functional.nll_loss(category_log_probs, self.of_class[labels])
+
+
 def fit(data: PairData, config: MatchProbeConfig, progress: bool = True, versions: Optional[np.ndarray] = None,
         description: str = "training the match probe (epochs)") -> tuple[MatchProbe, dict]:
-    """Adam on shuffled training pairs (of `versions` only, where given); the epoch of best
-    validation accuracy is kept."""
+    """Adam on shuffled training pairs (of `versions` only, where given), the class's cross-entropy
+    plus config.category_weight x the category's, on config.schedule; the epoch of best validation
+    accuracy is kept. The standardized inputs of both parts are computed once and shared by every
+    fit on `data` (members, the auxiliary probe) where they fit in memory (PairData.prepared);
+    otherwise every batch is read and transformed again, to the same result."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     torch.manual_seed(config.seed)
-    mean, std = data.statistics()
-    model = MatchProbe(data.width, len(data.classes), config.hidden, config.dropout, mean, std).to(device())
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    loss_fn = nn.CrossEntropyLoss()
     at = device()
+    floor = log_ratio_floor(data.index.reference(data.parts["train"].ids))
+    unstandardized = MatchProbe(data.width, 1, 1, 0.0, np.zeros(1, np.float32), np.ones(1, np.float32),
+                                config.pair_inputs, floor)
+    with torch.no_grad():
+        mean, std = data.statistics(lambda q, o: unstandardized.pair(torch.from_numpy(q), torch.from_numpy(o)).numpy(),
+                                    key=config.pair_inputs)
+    model = MatchProbe(data.width, len(data.classes), config.hidden, config.dropout, mean, std, config.pair_inputs,
+                       floor).to(at)
+
+    @torch.no_grad()
+    def standardize(q: np.ndarray, o: np.ndarray) -> np.ndarray:  # what model.head reads: model's forward, halved
+        x = unstandardized.pair(torch.from_numpy(q), torch.from_numpy(o))
+        return ((x - torch.from_numpy(mean)) / torch.from_numpy(std)).numpy()
+
+    train_x, val_x = (data.prepared(part, config.pair_inputs, standardize) for part in ("train", "val"))
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps = -(-(len(data.parts["train"].rows) * len(data.versions if versions is None else versions))
+              // config.batch_size)
+    scheduler = (torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.epochs * steps)
+                 if config.schedule == "onecycle" else None)
+    class_loss = nn.CrossEntropyLoss()
+    category_loss = CategoryLoss(categories_of(data.classes, data.store.manifest.get("catalog"))).to(at)
+
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(logits, labels) of each training batch, in data.batches' order either way."""
+        seed = config.seed * 100_003 + epoch
+        if train_x is None:
+            for q, o, y in data.batches("train", config.batch_size, shuffle_seed=seed, versions=versions):
+                yield model(torch.from_numpy(q).to(at), torch.from_numpy(o).to(at)), torch.from_numpy(y).to(at)
+            return
+        positions, chosen = data.order("train", seed, versions)
+        for start in range(0, len(positions), config.batch_size):
+            pos, ver = positions[start:start + config.batch_size], chosen[start:start + config.batch_size]
+            yield model.head(torch.from_numpy(train_x[pos, ver]).to(at)), torch.from_numpy(data.labels[ver]).to(at)
+
+    @torch.no_grad()
+    def validation_accuracy() -> float:
+        if val_x is None:
+            logits, labels, _ = logits_of(model, data, "val")
+            return float((logits.argmax(1) == labels).mean())
+        model.eval()
+        x = val_x.reshape(-1, val_x.shape[2])
+        predicted = np.concatenate([model.head(torch.from_numpy(x[i:i + 8192]).to(at)).argmax(1).cpu().numpy()
+                                    for i in range(0, len(x), 8192)])
+        return float((predicted == np.tile(data.labels, len(val_x))).mean())
+
     best, best_state, best_epoch, history = -1.0, None, 0, []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}"))
@@ -172,23 +266,24 @@ def fit(data: PairData, config: MatchProbeConfig, progress: bool = True, version
         for epoch in range(config.epochs):
             model.train()
             losses = []
-            for q, o, y in data.batches("train", config.batch_size, shuffle_seed=config.seed * 100_003 + epoch,
-                                        versions=versions):
+            for logits, labels in batches(epoch):
                 optimizer.zero_grad()
-                loss = loss_fn(model(torch.from_numpy(q).to(at), torch.from_numpy(o).to(at)),
-                               torch.from_numpy(y).to(at))
+                loss = class_loss(logits, labels)
+                if config.category_weight:
+                    loss = loss + config.category_weight * category_loss(logits, labels)
                 loss.backward()
                 optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
                 losses.append(loss.item())
-            logits, labels, _ = logits_of(model, data, "val")
-            accuracy = float((logits.argmax(1) == labels).mean())
+            accuracy = validation_accuracy()
             history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_accuracy": accuracy})
             if accuracy > best:
                 best, best_epoch = accuracy, epoch
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             bar.update(task, advance=1, status=f"loss {np.mean(losses):.3f}, validation accuracy {accuracy:.3f} "
                                                f"(best {best:.3f} at {best_epoch})")
-            if epoch - best_epoch >= config.patience:
+            if scheduler is None and epoch - best_epoch >= config.patience:
                 break
     model.load_state_dict(best_state)
     return model.eval(), {"epochs_run": len(history), "best_epoch": best_epoch, "history": history}
@@ -373,9 +468,12 @@ def load_torch_head(probe_dir: Path) -> MatchHead:
     record = json.loads((Path(probe_dir) / mx.PROBE_JSON).read_text())
     state = torch.load(Path(probe_dir) / TORCH_FILE, map_location="cpu", weights_only=True)
     width, classes = int(record["width"]), len(record["classes"])
+    inputs = record["config"].get("pair_inputs", "difference")  # probes written before the choice existed
+
     def member() -> MatchProbe:
+        size = len(PAIR_INPUTS[inputs]) * width
         return MatchProbe(width, classes, int(record["config"]["hidden"]), float(record["config"]["dropout"]),
-                          np.zeros(3 * width, np.float32), np.ones(3 * width, np.float32))
+                          np.zeros(size, np.float32), np.ones(size, np.float32), inputs)
     members = int(record["config"].get("members", 1))
     probe = member() if members == 1 else SeedEnsemble([member() for _ in range(members)])
     probe.load_state_dict(state)
