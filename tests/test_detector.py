@@ -472,6 +472,35 @@ def test_a_polling_server_picks_up_a_deploy(tmp_path, repo, probes):
         c.close()
 
 
+def test_a_seed_ensemble_is_served_as_its_seeds_averaged_probabilities(tmp_path, repo, photo_store, jpegs):
+    """The demo deploys its detector's seeds averaged (`train --ensemble`): the served graph answers
+    what the torch ensemble does, and the score is the calibration of its log-odds."""
+    from equiprobe.trainer.calibration import raw_log_odds
+    from equiprobe.trainer.detector_scores import load_scores
+    from equiprobe.trainer.probes import SeedEnsemble, load_probe
+
+    with one_torch_thread():
+        train_probes(photo_store, "fine", ProbeConfig(kind="mlp", hidden=64, batch_size=64, max_epochs=8, patience=8,
+                                                      ensemble=True), [0, 1], tmp_path / "ensemble", progress=False)
+    ensemble, _ = load_probe(tmp_path / "ensemble")
+    assert isinstance(ensemble, SeedEnsemble) and len(ensemble.members) == 2
+    path = base_copy(repo, tmp_path / "repo")
+    assert deploy([tmp_path / "ensemble"], path).meta["parity_max_abs_diff"] < 1e-5
+    calibration = load_scores(tmp_path / "ensemble")["calibration"]
+    with TritonServer(loopback_config(path)) as server:
+        c = grpcclient.InferenceServerClient(server.config.grpc_url)
+        for name in ("astronaut", "coffee"):
+            out = detect(c, jpegs[name])
+            x = torch.from_numpy(np.array(out[EMBEDDING][None]))
+            with torch.no_grad():
+                members = [torch.softmax(m(x), 1) for m in ensemble.members]
+                log_odds = raw_log_odds(ensemble(x), 0)[:, 0].double().numpy()
+            np.testing.assert_allclose(out[TRANSFORM_PROBS], ((members[0] + members[1]) / 2)[0].numpy(), atol=1e-5)
+            assert np.abs(members[0] - members[1]).max() > 1e-3  # two different seeds really averaged
+            assert out[MANIPULATION_SCORE][0] == pytest.approx(calibration.probability(log_odds)[0], abs=1e-5)
+        c.close()
+
+
 def test_server_model_control_flags():
     def flags(**overrides):
         return [a for a in TritonServer(ServerConfig(repo=Path("r"), **overrides)).command()
