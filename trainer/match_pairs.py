@@ -108,6 +108,10 @@ class PairData:
             self._kept["prepared", part, key] = kept
         return self._kept["prepared", part, key]
 
+    def release(self) -> None:
+        """Forget the kept inputs and statistics (PairData.prepared, PairData.statistics)."""
+        self._kept.clear()
+
     def chunks(self, part: str, size: int = CHUNK_IMAGES) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(positions in the part [b], versions [b, K, W], references [b, W]), image by image."""
         p = self.parts[part]

@@ -75,7 +75,8 @@ class MatchProbeConfig:
     # "onecycle": the learning rate rises to lr and anneals to ~0 over exactly `epochs` (the
     # epoch of best validation accuracy is kept); "constant": Adam at lr, stopped `patience`
     # epochs after the best. On the demo's validation sources onecycle over 20 epochs matched
-    # constant's accuracy (60 at most, ~35 run) in about half the time (docs/match.md).
+    # constant's accuracy (60 at most, ~35 run) in about half the time (docs/match.md). The fifth
+    # session's probe: --schedule constant --epochs 60 --pair-inputs difference --category-weight 0.
     schedule: str = "onecycle"
     epochs: int = 20
     patience: int = 8  # "constant" only: epochs without a better validation accuracy before stopping
@@ -127,8 +128,8 @@ CONFIG_HELP = {
                 "throughout, stopped --patience epochs after the best (the best validation epoch is kept either way).",
     "epochs": "Training epochs (at most, with --schedule constant).",
     "patience": "With --schedule constant: epochs without a better validation accuracy before stopping.",
-    "pair_inputs": "What the probe reads of (upload q, original o): ratio: o and log(q / o); difference: q, o and q - o; "
-                   "both: q, o, q - o and log(q / o).",
+    "pair_inputs": "What the probe reads of (upload q, original o): ratio: o and log((q+ + f) / (o+ + f)) (x+: negatives "
+                   "as 0; f: 0.05 x the column's mean size); difference: q, o and q - o; both: all four.",
     "category_weight": "Weight of the category's cross-entropy (its classes' summed probability) added to the class's.",
     "batch_size": "Pairs per training step.",
     "seed": "Seed of the weights, the batch order and the copy-threshold queries.",

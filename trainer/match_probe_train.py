@@ -8,7 +8,8 @@ catalog (identity included). Splits are STORE's, by source (trainer/data.py): tr
 train, validation sources choose the epoch kept and fit the calibration and both thresholds, test
 sources are never read.
 
-The probe: [q, o, q - o] (q, o each W = embedding + FEATURES), standardized with the training
+The probe: the pair's inputs (q, o each W = embedding + FEATURES; match_probe.PAIR_INPUTS: by
+default o and log((q+ + f) / (o+ + f)), f a floor per column), standardized with the training
 pairs' mean and deviation (buffers), one hidden layer (ReLU, dropout), C logits. TRANSFORM_PROBS
 is their softmax; EDITED_SCORE the calibration (trainer/calibration.py, fitted on validation
 pairs, grouped by source) of r = log P(not identity) / P(identity) combined with the upload's
@@ -553,6 +554,7 @@ def train_match_probe(index_path: Path, store_path: Path, config: MatchProbeConf
                                             if shared.any() else None),
                 "shared_classes_share": float(shared.mean()),
                 "edited_auc": auc(base["scores"][edited], base["scores"][~edited]), "missing_stores": base["missing_stores"]}
+    data.release()  # the kept training inputs: every fit is done
     copies = copy_figures(data, config)
 
     probe_dir = index.path / mx.PROBE_DIR
