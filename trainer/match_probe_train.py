@@ -125,8 +125,12 @@ class MatchProbe(nn.Module):
             return torch.log((torch.relu(query) + self.floor) / (torch.relu(reference) + self.floor))
         return torch.cat([block(name) for name in self.inputs], dim=1)
 
+    def standardized(self, query: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """What the head reads: the pair's inputs, standardized."""
+        return (self.pair(query, reference) - self.mean) / self.std
+
     def forward(self, query: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-        return self.head((self.pair(query, reference) - self.mean) / self.std)
+        return self.head(self.standardized(query, reference))
 
     def block_std(self, name: str) -> torch.Tensor:
         at = self.inputs.index(name) * self.width
@@ -213,24 +217,22 @@ def fit(data: PairData, config: MatchProbeConfig, progress: bool = True, version
 
     torch.manual_seed(config.seed)
     at = device()
-    floor = log_ratio_floor(data.index.reference(data.parts["train"].ids))
+    floor = (log_ratio_floor(data.index.reference(data.parts["train"].ids))
+             if "log_ratio" in PAIR_INPUTS[config.pair_inputs] else None)
     unstandardized = MatchProbe(data.width, 1, 1, 0.0, np.zeros(1, np.float32), np.ones(1, np.float32),
                                 config.pair_inputs, floor)
     with torch.no_grad():
         mean, std = data.statistics(lambda q, o: unstandardized.pair(torch.from_numpy(q), torch.from_numpy(o)).numpy(),
                                     key=config.pair_inputs)
     model = MatchProbe(data.width, len(data.classes), config.hidden, config.dropout, mean, std, config.pair_inputs,
-                       floor).to(at)
-
-    @torch.no_grad()
-    def standardize(q: np.ndarray, o: np.ndarray) -> np.ndarray:  # what model.head reads: model's forward, halved
-        x = unstandardized.pair(torch.from_numpy(q), torch.from_numpy(o))
-        return ((x - torch.from_numpy(mean)) / torch.from_numpy(std)).numpy()
-
-    train_x, val_x = (data.prepared(part, config.pair_inputs, standardize) for part in ("train", "val"))
+                       floor)
+    with torch.no_grad():  # what model.head reads, on the CPU before the model moves
+        train_x, val_x = [data.prepared(part, config.pair_inputs,
+                                        lambda q, o: model.standardized(torch.from_numpy(q), torch.from_numpy(o)).numpy())
+                          for part in ("train", "val")]
+    model.to(at)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps = -(-(len(data.parts["train"].rows) * len(data.versions if versions is None else versions))
-              // config.batch_size)
+    steps = -(-len(data.order("train", None, versions)[0]) // config.batch_size)
     scheduler = (torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.epochs * steps)
                  if config.schedule == "onecycle" else None)
     class_loss = nn.CrossEntropyLoss()
