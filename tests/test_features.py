@@ -172,3 +172,46 @@ def test_a_detector_is_judged_on_another_catalogs_test_sources(tmp_path):
     (other.path / "manifest.json").write_text(__import__("json").dumps({**other.manifest, "encoder": "another"}))
     with pytest.raises(StoreCardError, match="embedded by another"):
         card_on_store(tmp_path / "probe", fine)
+
+
+def test_the_layerwise_table_finds_the_block_that_holds_the_edit(tmp_path):
+    """Block b's statistics carry each version's signature and the embedding is noise: the
+    probe on b reads the edit and the embedding's sits near chance (31 classes: 0.03)."""
+    from equiprobe.trainer.layerwise import layerwise_table
+
+    split = lambda r: ("train", "train", "validation", "test")[r % 4]  # noqa: E731
+    synthetic_store(tmp_path / "plain", "fine", images=48, dim=6, noise=0.3, split=split)
+    plain = Store.open(tmp_path / "plain")
+    manifest = {**plain.manifest, "dim": 8, "features_dim": 6, "feature_layout": FeatureTaps((("b", 3),)).columns()}
+    store = Store.create_or_resume(tmp_path / "s", manifest)
+    writer, rng = StoreWriter(store), np.random.default_rng(1)
+    signatures = np.asarray(plain.array("embeddings"), np.float32)
+    for r in range(48):
+        writer.put(r, embeddings=rng.normal(size=(31, 8)), params=np.asarray(plain.array("params")[r]),
+                   key=f"img{r:03d}", image_key=f"{r:016x}", label=-1, split=split(r), index=r, features=signatures[r])
+    writer.commit(list(range(48)))
+    rows = {row["block"]: row for row in layerwise_table(tmp_path / "s", progress=False)["rows"]}
+    assert list(rows) == ["b", "embedding", "all"]
+    assert rows["b"]["test_accuracy"] > 0.6 and rows["embedding"]["test_accuracy"] < 0.15
+    assert rows["b"]["test_auc"] > 0.8 and rows["all"]["test_accuracy"] > rows["embedding"]["test_accuracy"] + 0.3
+    assert all(row["C"] in (0.01, 0.1, 1.0) and row["columns"] == width for row, width in
+               zip(rows.values(), (6, 8, 14)))
+
+
+@pytest.mark.parametrize("part", ["train", "val", "test"])
+def test_examples_kept_in_memory_are_the_ones_read_by_memory_map(part, tmp_path, monkeypatch):
+    """ProbeData.resident: a part read once gives every batch the memory map would, in order."""
+    from equiprobe.trainer import data as probe_data
+
+    store = features_store(tmp_path / "s", images=16)
+    split = lambda: ProbeData.from_store(store, Task.from_store(store, "fine"), features=True)  # noqa: E731
+    kept = split()
+    assert kept.resident(part) is not None
+    monkeypatch.setattr(probe_data, "RESIDENT_BYTES", 0)
+    mapped = split()
+    assert mapped.resident(part) is None
+    pairs = list(zip(kept.batches(part, 7, shuffle_seed=5), mapped.batches(part, 7, shuffle_seed=5)))
+    assert len(pairs) == -(-len(kept.examples(part)[0]) // 7)
+    for a, b in pairs:
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)

@@ -74,14 +74,16 @@ def gather(data: ProbeData, part: str, mean: np.ndarray, std: np.ndarray, max_ex
 
 # -- logistic regression ------------------------------------------------------------------------
 
-def fit_logreg(x: np.ndarray, y: np.ndarray, c: float, max_iter: int):
+def fit_logreg(x: np.ndarray, y: np.ndarray, c: float, max_iter: int, start=None):
     """Standardized examples -> a fitted LogisticRegression. Pass x as float64: sklearn's lbfgs
-    runs about three times slower on float32."""
+    runs about three times slower on float32. With `start` (a model fitted on the same examples),
+    that model goes on from its weights at the new C (warm start) and is returned."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
     # lbfgs minimizes the multinomial loss for 3 or more classes (sklearn's only choice since 1.7).
-    model = LogisticRegression(C=c, solver="lbfgs", max_iter=max_iter)
+    model = (LogisticRegression(C=c, solver="lbfgs", max_iter=max_iter) if start is None
+             else start.set_params(C=c, max_iter=max_iter, warm_start=True))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # recorded as "converged" instead
         model.fit(x, y)

@@ -12,7 +12,7 @@ split="hash" the unit is the image instead (for semantic tasks whose classes are
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 import numpy as np
@@ -76,6 +76,10 @@ class Task:
         return self.spec.semantic
 
 
+RESIDENT_BYTES = 1 << 30  # a part's examples kept in memory up to this (float32)
+RESIDENT_CHUNK = 256  # images read from the store at a time to fill them
+
+
 @dataclass
 class ProbeData:
     store: Store
@@ -87,6 +91,9 @@ class ProbeData:
     # The store's columns an example reads, concatenated in this order: "embeddings", then
     # "features" for a probe that also reads the early blocks (the served probe's input order).
     inputs: tuple[str, ...] = ("embeddings",)
+    # Each part's examples, read once (ProbeData.resident): a probe reads every training example
+    # each epoch and every validation example after it.
+    _resident: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_store(cls, store: Store, task: Task, split_by: str = "store", features: bool = False) -> "ProbeData":
@@ -152,16 +159,38 @@ class ProbeData:
         order = np.arange(len(rows))
         if shuffle_seed is not None:
             np.random.default_rng(shuffle_seed).shuffle(order)
+        resident = self.resident(part)
         columns = [self.store.array(name) for name in self.inputs]
         edges = np.cumsum([0, *self.input_dims])
         for start in range(0, len(order), batch_size):
             pick = order[start:start + batch_size]
+            if resident is not None:  # example i is image i // K's version i % K (examples' order)
+                yield (resident[pick // resident.shape[1], pick % resident.shape[1]],
+                       self.labels(rows[pick], versions[pick]), versions[pick])
+                continue
             # Sorted gathers read the memory map front to back; the batch order is restored after.
             sort = np.argsort(rows[pick], kind="stable")
             chunk = np.empty((len(pick), self.dim), np.float32)
             for column, lo, hi in zip(columns, edges[:-1], edges[1:]):
                 chunk[sort, lo:hi] = column[rows[pick][sort], versions[pick][sort]]
             yield chunk, self.labels(rows[pick], versions[pick]), versions[pick]
+
+    def resident(self, part: str) -> Optional[np.ndarray]:
+        """A part's examples as float32 [images, versions, D], read from the store once, where they
+        take at most RESIDENT_BYTES; None above (batches then read the memory map every time)."""
+        if part not in self._resident:
+            rows = {"train": self.train_rows, "val": self.val_rows, "test": self.test_rows}[part]
+            versions = self.task.test_versions if part == "test" else self.task.train_versions
+            kept = None
+            if len(rows) * len(versions) * self.dim * 4 <= RESIDENT_BYTES:
+                kept = np.empty((len(rows), len(versions), self.dim), np.float32)
+                edges = np.cumsum([0, *self.input_dims])
+                for name, lo, hi in zip(self.inputs, edges[:-1], edges[1:]):
+                    column = self.store.array(name)
+                    for start in range(0, len(rows), RESIDENT_CHUNK):  # sorted rows: the map read front to back
+                        kept[start:start + RESIDENT_CHUNK, :, lo:hi] = column[rows[start:start + RESIDENT_CHUNK]][:, versions]
+            self._resident[part] = kept
+        return self._resident[part]
 
     def labels(self, rows: np.ndarray, versions: np.ndarray) -> np.ndarray:
         """Labels [b], or [b, heads] for a task of several heads, in the task's head order."""

@@ -90,7 +90,7 @@ def match_table(console: Console, url: str, encoder: str, detect_store: Path, in
     matcher = Matcher(url, encoder, top=1)
     short = lambda key: key.split("/")[-2] if key.count("/") >= 2 else key  # noqa: E731  corpus/<source>/<crop>
     try:
-        for i, (key, content_key, rgb) in enumerate(store_canvases(store, copies) + store_canvases(store, new)):
+        for i, (key, content_key, rgb) in enumerate([*store_canvases(store, copies), *store_canvases(store, new)]):
             is_copy = i < len(copies)
             edits = [TABLE_EDITS[(i + j) % len(TABLE_EDITS)] for j in range(2)] if is_copy else [None]
             for name in edits:

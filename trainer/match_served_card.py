@@ -14,7 +14,6 @@ at the deployed copy threshold.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -22,7 +21,7 @@ import numpy as np
 
 from equiprobe.services.contract import MatchNames
 
-from .everyday_card import EDITS, everyday_uploads, store_canvases
+from .everyday_card import EDITS, served_while_made, store_canvases
 from .match_metrics import auc, micro_average_precision, recall_at
 
 ORIGINAL = "original"
@@ -36,15 +35,6 @@ def split_test_images(store, known: set, images: int, new_images: int) -> tuple[
     copies = [r for r in rows if keys[r] in known][:images]
     new = [r for r in rows if keys[r] not in known][:new_images]
     return copies, new
-
-
-def _uploads(canvases, seed: int) -> list[tuple[str, str, bytes]]:
-    """(store key, edit name or "original", JPEG) for every image and version."""
-    out = []
-    for store_key, content_key, rgb in canvases:
-        for name, data in everyday_uploads([(content_key, rgb)], seed, progress=False):
-            out.append((store_key, name, data))
-    return out
 
 
 def expected_categories(classes: list[str], categories: list[str]) -> dict[str, set]:
@@ -68,23 +58,18 @@ def served_match_card(url, encoder: str, index_path: Path, store_path: Path, ima
         raise ValueError(f"{store_path}: none of its test images is in {index_path}")
     record = read_record(Path(index_path)) or {}
     expected = expected_categories(record.get("classes", []), record.get("categories", []))
-    if progress:
-        from rich.progress import track
-    else:
-        def track(items, **_):
-            return items
-    uploads = _uploads(store_canvases(store, copies + new), seed)
     matcher = Matcher(url, encoder, top=10)
     matcher.check()
     try:
-        with ThreadPoolExecutor(workers) as pool:
-            answers = list(track(pool.map(matcher.match, [data for _, _, data in uploads]), total=len(uploads),
-                                 description="everyday edits through NAME_matcher"))
+        canvases = ((content, rgb) for _, content, rgb in store_canvases(store, copies + new))
+        answers = served_while_made(matcher.match, canvases, len(copies + new), seed, workers,
+                                    "everyday edits through NAME_matcher", progress)
     finally:
         matcher.close()
-    rows = [{"key": key, "edit": name, "copy_query": key in known, "top": [k for k, _ in a.matches],
+    keys = [str(key) for key in np.asarray(store.array("keys"))[copies + new]]
+    rows = [{"key": keys[i], "edit": name, "copy_query": keys[i] in known, "top": [k for k, _ in a.matches],
              "similarity": a.matches[0][1] if a.matches else -1.0, "copy": a.copy, "edited": a.edited,
-             "category": a.category, "score": a.score} for (key, name, _), a in zip(uploads, answers)]
+             "category": a.category, "score": a.score} for i, name, a in answers]
     return summarize(rows, expected, {e.name: e.group for e in EDITS}) | {
         "matcher": MatchNames(encoder).matcher, "index": str(index_path), "store": str(store_path), "seed": int(seed),
         "copies": len(copies), "new_photos": len(new), "index_images": index.count}
