@@ -330,7 +330,8 @@ def combine_evidence(data: PairData, config: MatchProbeConfig, evidence: np.ndar
     held = held_out_versions(data, config.heldout_every) if config.heldout_every else []
     if not len(held):
         return EditEvidence.probe_only(input_names(data.features_dim))
-    aux, _ = fit(data, config, progress, versions=np.setdiff1d(data.versions, held),
+    aux, _ = fit(data, replace(config, epochs=config.auxiliary_epochs or config.epochs), progress,
+                 versions=np.setdiff1d(data.versions, held),
                  description=f"auxiliary match probe, {len(held)} rows held out (epochs)")
     aux_logits, _, _ = logits_of(aux, data, "val")
     aux_evidence = validation_evidence(aux, data, aux_logits)

@@ -44,20 +44,23 @@ def reference_card(url, encoder: str, store_path: Path, images: int = 40, worker
     index = np.asarray(store.array("index"))
     scorer = Scorer(url, encoder, top=1)
     scorer.check()
-    uploads, manipulated, true_category = [], [], []
-    for row in track(test_images(store, images), description="Pillow-made versions"):
-        data = dataset.record(int(index[row])).load()
-        key = image_key(data)
-        seed = int(m.get("seed", 0))
-        versions = expand_reference(catalog, data, catalog.host_inputs(key, seed))
-        for t, version in zip(catalog.transforms, versions):  # the qualities the server's uploads draw
-            uploads.append(encode(version, quality=upload_quality(t, key, seed)))
-            manipulated.append(t.name != IDENTITY)
-            true_category.append(t.category)
+    manipulated, true_category = [], []
+
+    def uploads():  # made while the server scores the ones before (pool.map submits each as it comes)
+        for row in track(test_images(store, images), description="Pillow-made versions"):
+            data = dataset.record(int(index[row])).load()
+            key = image_key(data)
+            seed = int(m.get("seed", 0))
+            versions = expand_reference(catalog, data, catalog.host_inputs(key, seed))
+            for t, version in zip(catalog.transforms, versions):  # the qualities the server's uploads draw
+                manipulated.append(t.name != IDENTITY)
+                true_category.append(t.category)
+                yield encode(version, quality=upload_quality(t, key, seed))
+
     with ThreadPoolExecutor(workers) as pool:
-        scores = list(pool.map(scorer.score, uploads))
+        scores = list(pool.map(scorer.score, uploads()))
     threshold = scorer.threshold
     scorer.close()
     card = detector_card([s.manipulation_score for s in scores], manipulated, true_category,
                          [s.categories[0][0] for s in scores], threshold, categories)
-    return {"images": len(uploads) // len(catalog.transforms), "uploads": len(uploads), **card}
+    return {"images": len(scores) // len(catalog.transforms), "uploads": len(scores), **card}
