@@ -4,7 +4,6 @@ indexed; clients/index_dataset.py) against the real session server, and `index b
 
 from __future__ import annotations
 
-import json
 import subprocess
 
 import numpy as np
@@ -134,7 +133,13 @@ def test_ray_shard_builds_merge_into_the_single_build(tmp_path):
     # an approximate kind is built over the joined vectors, as one build of that kind would be
     single_ivf = build_index(stores, tmp_path / "one_ivf", kind="ivf", progress=False)
     assert ivf["kind"] == "ivf" and ivf["params"] == single_ivf["params"]
-    assert json.dumps(ivf["recall"], sort_keys=True) == json.dumps(single_ivf["recall"], sort_keys=True)
+    # b[:10] = a[:10]: exact ties, which BLAS may break either way by batch (seen on an AVX2
+    # machine: match@1_exact 0.9589 vs 0.9543); allow two of the 438 queries
+    recall, single_recall = ivf["recall"], single_ivf["recall"]
+    assert recall.keys() == single_recall.keys() and recall["queries"] == single_recall["queries"] == 438
+    assert recall["queries_from"] == single_recall["queries_from"]
+    for name in ("recall@1", "recall@10", "match@1", "match@1_exact"):
+        assert abs(recall[name] - single_recall[name]) <= 2 / 438 + 1e-9, name
     _, i3, _ = MatchIndex.open(tmp_path / "merged_ivf").search(queries, k=5)
     _, i4, _ = MatchIndex.open(tmp_path / "one_ivf").search(queries, k=5)
     assert (i3 == i4).all()
