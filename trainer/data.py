@@ -147,9 +147,13 @@ class ProbeData:
 
     def examples(self, part: str) -> tuple[np.ndarray, np.ndarray]:
         """(image rows, version indices) of every example of a part."""
-        rows = {"train": self.train_rows, "val": self.val_rows, "test": self.test_rows}[part]
-        versions = self.task.test_versions if part == "test" else self.task.train_versions
+        rows, versions = self.part(part)
         return np.repeat(rows, len(versions)), np.tile(versions, len(rows))
+
+    def part(self, part: str) -> tuple[np.ndarray, np.ndarray]:
+        """(image rows, version indices) a part reads: its images, each in these versions."""
+        rows = {"train": self.train_rows, "val": self.val_rows, "test": self.test_rows}[part]
+        return rows, self.task.test_versions if part == "test" else self.task.train_versions
 
     def batches(self, part: str, batch_size: int, shuffle_seed: int | None = None
                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -179,8 +183,7 @@ class ProbeData:
         """A part's examples as float32 [images, versions, D], read from the store once, where they
         take at most RESIDENT_BYTES; None above (batches then read the memory map every time)."""
         if part not in self._resident:
-            rows = {"train": self.train_rows, "val": self.val_rows, "test": self.test_rows}[part]
-            versions = self.task.test_versions if part == "test" else self.task.train_versions
+            rows, versions = self.part(part)
             kept = None
             if len(rows) * len(versions) * self.dim * 4 <= RESIDENT_BYTES:
                 kept = np.empty((len(rows), len(versions), self.dim), np.float32)

@@ -541,12 +541,11 @@ def test_canvases(store_path: Path, images: int) -> list[tuple[str, np.ndarray]]
 test_canvases.__test__ = False  # not a pytest test
 
 
-def image_uploads(job: tuple[str, np.ndarray, int]) -> list[tuple[str, bytes]]:
-    """(edit name or "original", JPEG upload) of one image (content key, canvas, seed): its
-    original, then each edit."""
+def image_uploads(key: str, rgb: np.ndarray, seed: int = 0) -> list[tuple[str, bytes]]:
+    """(edit name or "original", JPEG upload) of one image (content key, canvas): its original,
+    then each edit."""
     from equiprobe.clients.photos import encode
 
-    key, rgb, seed = job
     return [("original", encode(rgb, quality=upload_quality("original", key, seed)))] + [
         (e.name, encode(apply_edit(e, rgb, key, seed), quality=upload_quality(e.name, key, seed))) for e in EDITS]
 
@@ -563,7 +562,7 @@ def served_while_made(call: Callable, canvases: Iterable[tuple[str, np.ndarray]]
         sent = [(i, name, pool.submit(call, data))
                 for i, (key, rgb) in enumerate(track(canvases, total=total, description=description,
                                                      disable=not progress))
-                for name, data in image_uploads((key, rgb, seed))]
+                for name, data in image_uploads(key, rgb, seed)]
         return [(i, name, future.result()) for i, name, future in sent]
 
 
