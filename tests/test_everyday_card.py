@@ -127,3 +127,12 @@ def test_the_card_scores_every_original_and_edit_and_reaches_the_report(canvases
     assert results["everyday_cards"]["squeezenet1_1_detector"]["images"] == 2
     assert any(p.startswith("everyday_") for p in results["plots"])
     assert (tmp_path / "report" / next(p for p in results["plots"] if p.startswith("everyday_"))).stat().st_size
+
+
+def test_rotating_edits_make_every_edit_equally_often_and_none_twice_for_one_image():
+    count = 4
+    picked = [ec.rotating_edits(i, count) for i in range(len(EDITS))]  # len(EDITS) images: each edit `count` times
+    assert all(len(set(edits)) == count for edits in picked)
+    made = [e.name for edits in picked for e in edits]
+    assert {made.count(name) for name in EDIT_NAMES} == {count}
+    assert set(ec.rotating_edits(3, 100)) == set(EDITS)  # more than there are: each once

@@ -36,7 +36,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -541,19 +541,27 @@ def test_canvases(store_path: Path, images: int) -> list[tuple[str, np.ndarray]]
 test_canvases.__test__ = False  # not a pytest test
 
 
-def image_uploads(key: str, rgb: np.ndarray, seed: int = 0) -> list[tuple[str, bytes]]:
+def image_uploads(key: str, rgb: np.ndarray, seed: int = 0, edits: Sequence[Edit] = EDITS) -> list[tuple[str, bytes]]:
     """(edit name or "original", JPEG upload) of one image (content key, canvas): its original,
-    then each edit."""
+    then each of `edits`."""
     from equiprobe.clients.photos import encode
 
     return [("original", encode(rgb, quality=upload_quality("original", key, seed)))] + [
-        (e.name, encode(apply_edit(e, rgb, key, seed), quality=upload_quality(e.name, key, seed))) for e in EDITS]
+        (e.name, encode(apply_edit(e, rgb, key, seed), quality=upload_quality(e.name, key, seed))) for e in edits]
+
+
+def rotating_edits(position: int, count: int) -> tuple[Edit, ...]:
+    """`count` of EDITS for the image at `position`, the next `count` for the next image: over
+    len(EDITS) / count images every edit is made once, each about equally often."""
+    return tuple(EDITS[(position * count + j) % len(EDITS)] for j in range(min(count, len(EDITS))))
 
 
 def served_while_made(call: Callable, canvases: Iterable[tuple[str, np.ndarray]], total: int, seed: int = 0,
-                      workers: int = 4, description: str = "everyday edits", progress: bool = True) -> list[tuple]:
-    """call(upload) for each image's original and edits (`image_uploads`), `workers` requests at a
-    time; [(position of the image, edit name or "original", answer)] in order. The next image's
+                      workers: int = 4, description: str = "everyday edits", progress: bool = True,
+                      edits_of: Callable[[int], Sequence[Edit]] = lambda position: EDITS) -> list[tuple]:
+    """call(upload) for each image's original and edits (`image_uploads`; `edits_of(position)`,
+    every edit by default), `workers` requests at a time; [(position of the image, edit name or
+    "original", answer)] in order. The next image's
     edits are made while the server answers the images before: making them costs about as much
     CPU as serving them (the demo's served match card: 142 -> 96 s; no faster in a second process)."""
     from rich.progress import track
@@ -562,7 +570,7 @@ def served_while_made(call: Callable, canvases: Iterable[tuple[str, np.ndarray]]
         sent = [(i, name, pool.submit(call, data))
                 for i, (key, rgb) in enumerate(track(canvases, total=total, description=description,
                                                      disable=not progress))
-                for name, data in image_uploads(key, rgb, seed)]
+                for name, data in image_uploads(key, rgb, seed, edits_of(i))]
         return [(i, name, future.result()) for i, name, future in sent]
 
 
