@@ -116,6 +116,8 @@ def test_every_list_option_is_found_and_other_words_are_left_alone():
 def test_every_config_field_is_an_option(command):
     options = {o for p in leaf(*command).params for o in p.opts}
     probe = {f"--{f.name.replace('_', '-')}" for f in fields(ProbeConfig) if f.name != "kind"}
+    if command == ("demo",):  # the study's probes stop on accuracy; the detector's is its own option
+        probe = probe - {"--stop-on"} | {"--detector-stop-on"}
     assert probe <= options
     if command != ("demo",):  # the demo trains no baselines
         renamed = {"seed": "baseline-seed", "batch-size": "baseline-batch-size"}
@@ -130,18 +132,22 @@ def test_every_config_field_is_an_option(command):
 
 def test_demo_gives_the_detector_its_own_hidden_width_and_the_study_probes_theirs(monkeypatch):
     import equiprobe.trainer.demo as demo
-    from equiprobe.trainer.configs import DETECTOR_ENSEMBLE, DETECTOR_HIDDEN
+    from equiprobe.trainer.configs import DETECTOR_ALSO_FINE, DETECTOR_ENSEMBLE, DETECTOR_HIDDEN, DETECTOR_STOP_ON
 
     calls = []
     monkeypatch.setattr(demo, "run_demo", lambda *args: calls.append(args))
     runner = CliRunner()
     assert runner.invoke(app, ["demo", "--workdir", "w"]).exit_code == 0
     assert runner.invoke(app, ["demo", "--workdir", "w", "--hidden", "64", "--detector-hidden", "32",
-                               "--detector-best-seed"]).exit_code == 0
-    (workdir, probe, *_, hidden, averaged), (_, probe2, *_, hidden2, averaged2) = calls
+                               "--detector-best-seed", "--detector-stop-on", "accuracy",
+                               "--detector-detect-only"]).exit_code == 0
+    (workdir, probe, *_, hidden, averaged, stop_on, also_fine), (_, probe2, *_, hidden2, averaged2, stop_on2,
+                                                                 also_fine2) = calls
     assert workdir == "w" and probe.hidden == ProbeConfig.hidden and hidden == DETECTOR_HIDDEN != ProbeConfig.hidden
     assert averaged is DETECTOR_ENSEMBLE is True and not probe.ensemble  # the study's probes keep their best seed
-    assert (probe2.hidden, hidden2, averaged2) == (64, 32, False)
+    assert (stop_on, also_fine) == (DETECTOR_STOP_ON, DETECTOR_ALSO_FINE) == ("auc", True)
+    assert probe.stop_on == "accuracy"  # the study's probes stop on accuracy
+    assert (probe2.hidden, hidden2, averaged2, stop_on2, also_fine2) == (64, 32, False, "accuracy", False)
 
 
 def test_train_writes_the_given_probe_and_baseline_config(tmp_path):
@@ -153,7 +159,14 @@ def test_train_writes_the_given_probe_and_baseline_config(tmp_path):
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "mlp" / "probe.json").read_text())["config"]
     assert config == {"kind": "mlp", "hidden": 64, "dropout": 0.1, "lr": 0.002, "weight_decay": 1e-4,
-                      "batch_size": 128, "max_epochs": 3, "patience": 2, "features": False, "ensemble": False}
+                      "batch_size": 128, "max_epochs": 3, "patience": 2, "features": False, "ensemble": False,
+                      "stop_on": "accuracy"}
+    result = runner.invoke(app, ["train", "--store", str(store), "--out", str(tmp_path / "also"), "--seeds", "1",
+                                 "--hidden", "8", "--max-epochs", "1", "--stop-on", "auc", "--also", str(store), "--quiet"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "also" / "probe.json").read_text())
+    assert saved["config"]["stop_on"] == "auc" and "val_auc" in saved["runs"][0]
+    assert saved["also"] == [{"store": str(store), "train_images": saved["images"]["train"], "versions": 31}]
     result = runner.invoke(app, ["train", "--store", str(store), "--out", str(tmp_path / "both"), "--seeds", "2",
                                  "--hidden", "16", "--max-epochs", "2", "--ensemble"])
     assert result.exit_code == 0, result.output

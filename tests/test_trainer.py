@@ -11,7 +11,7 @@ import pytest
 from equiprobe.clients.store import Store, StoreWriter
 from equiprobe.services.transforms import get_catalog
 from equiprobe.trainer.data import ProbeData, Task
-from equiprobe.trainer.probes import ProbeConfig
+from equiprobe.trainer.probes import ProbeConfig, fit
 from equiprobe.trainer.train import train_probes
 
 EQUIPROBE = str(Path(sys.executable).parent / "equiprobe")
@@ -178,3 +178,58 @@ def test_semantic_tasks_need_labels_seen_on_both_sides(tmp_path):
     record = train_probes(held_out, "semantic", ProbeConfig(kind="mlp", hidden=64, max_epochs=20), [0],
                           tmp_path / "p", progress=False, split_by="hash")
     assert record["split"] == "hash" and record["summary"]["test_accuracy"]["mean"] > 0.6  # chance 1/4
+
+
+def test_another_stores_training_examples_join_the_training_part_labelled_by_row_name(tmp_path):
+    """A fine store's training versions join a detect probe's training part, each labelled with the
+    detect class of its row's name; validation and test stay the detect store's."""
+    same = dict(source=lambda r: f"photo{r}", split=lambda r: ("train", "train", "validation", "test")[r % 4])
+    detect = Store.open(synthetic_store(tmp_path / "detect", "detect", images=24, **same))
+    fine = Store.open(synthetic_store(tmp_path / "fine", "fine", images=12, **same))
+    data = ProbeData.from_store(detect, Task.from_store(detect, "detect"))
+    alone = {part: sum(len(x) for x, _, _ in data.batches(part, 97)) for part in ("train", "val", "test")}
+    data.also = (data.aligned(fine),)
+    classes, fine_rows = data.task.classes, list(fine.manifest["rows"])
+    expected = {}  # (embedding bytes, label) -> count, over both stores' training examples
+    for store, rows, labels in ((detect, data.train_rows, np.arange(48)),
+                                (fine, data.also[0].train_rows, np.array([classes.index(r) for r in fine_rows]))):
+        stored = np.asarray(store.array("embeddings")).astype(np.float32)
+        for r in rows:
+            for v, label in enumerate(labels):
+                key = (stored[r, v].tobytes(), int(label))
+                expected[key] = expected.get(key, 0) + 1
+    seen = {}
+    for x, y, _ in data.batches("train", 97, shuffle_seed=1):
+        for row, label in zip(x, y):
+            seen[(row.tobytes(), int(label))] = seen.get((row.tobytes(), int(label)), 0) + 1
+    assert seen == expected and sum(seen.values()) == alone["train"] + len(data.also[0].train_rows) * 31
+    assert {part: sum(len(x) for x, _, _ in data.batches(part, 97)) for part in ("val", "test")} == \
+        {"val": alone["val"], "test": alone["test"]}
+
+    groups = Store.open(synthetic_store(tmp_path / "groups", "groups", images=12, **same))
+    with pytest.raises(ValueError, match="are not classes of the detect task"):
+        data.aligned(groups)
+    shifted = Store.open(synthetic_store(tmp_path / "shifted", "fine", images=12, source=same["source"],
+                                         split=lambda r: ("test", "train", "train", "train")[r % 4]))
+    with pytest.raises(ValueError, match="validation or test sources"):
+        data.aligned(shifted)  # its training photos are the detect store's test photos
+
+
+def test_a_detector_stopped_on_validation_auc_keeps_its_best_auc_epoch(tmp_path):
+    same = dict(source=lambda r: f"photo{r}", split=lambda r: ("train", "train", "validation", "test")[r % 4])
+    detect = synthetic_store(tmp_path / "detect", "detect", images=40, **same)
+    fine = synthetic_store(tmp_path / "fine", "fine", images=20, **same)
+    config = ProbeConfig(kind="mlp", hidden=32, max_epochs=12, patience=3, batch_size=256, stop_on="auc")
+    record = train_probes(detect, "detect", config, [0], tmp_path / "p", progress=False, also=[fine])
+    run = record["runs"][0]
+    assert 0.5 < run["val_auc"] <= 1.0
+    store = Store.open(detect)
+    data = ProbeData.from_store(store, Task.from_store(store, "detect"))
+    result = fit(data, config, 0)
+    aucs = [h["val_auc"] for h in result.history]
+    assert result.best_epoch == int(np.argmax(aucs)) and result.val_score == max(aucs)
+    assert result.val_accuracy == result.history[result.best_epoch]["val_accuracy"]
+    assert record["also"] == [{"store": str(fine), "train_images": 10, "versions": 31}]
+    assert record["images"]["train"] == 20  # the detect store's own
+    with pytest.raises(ValueError, match="stop_on"):
+        ProbeConfig(stop_on="loss")

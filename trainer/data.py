@@ -91,6 +91,9 @@ class ProbeData:
     # The store's columns an example reads, concatenated in this order: "embeddings", then
     # "features" for a probe that also reads the early blocks (the served probe's input order).
     inputs: tuple[str, ...] = ("embeddings",)
+    # Other stores' training examples, labelled in this task's classes (ProbeData.aligned): the
+    # training part reads them too; validation and test stay this store's.
+    also: tuple["ProbeData", ...] = ()
     # Each part's examples, read once (ProbeData.resident): a probe reads every training example
     # each epoch and every validation example after it.
     _resident: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -158,26 +161,68 @@ class ProbeData:
     def batches(self, part: str, batch_size: int, shuffle_seed: int | None = None
                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(embeddings float32 [b, D], labels int64 [b] (multitask: [b, 2]), version indices [b]),
-        read by memory map."""
-        rows, versions = self.examples(part)
-        order = np.arange(len(rows))
+        read by memory map. The training part also reads `also`'s (each version index is its own
+        store's), shuffled together."""
+        pools = [self, *self.also] if part == "train" else [self]
+        examples = [d.examples(part) for d in pools]
+        starts = np.cumsum([0, *(len(rows) for rows, _ in examples)])
+        order = np.arange(starts[-1])
         if shuffle_seed is not None:
             np.random.default_rng(shuffle_seed).shuffle(order)
-        resident = self.resident(part)
-        columns = [self.store.array(name) for name in self.inputs]
-        edges = np.cumsum([0, *self.input_dims])
         for start in range(0, len(order), batch_size):
             pick = order[start:start + batch_size]
-            if resident is not None:  # example i is image i // K's version i % K (examples' order)
-                yield (resident[pick // resident.shape[1], pick % resident.shape[1]],
-                       self.labels(rows[pick], versions[pick]), versions[pick])
+            if len(pools) == 1:
+                yield self._gather(part, *examples[0], pick)
                 continue
-            # Sorted gathers read the memory map front to back; the batch order is restored after.
-            sort = np.argsort(rows[pick], kind="stable")
-            chunk = np.empty((len(pick), self.dim), np.float32)
-            for column, lo, hi in zip(columns, edges[:-1], edges[1:]):
-                chunk[sort, lo:hi] = column[rows[pick][sort], versions[pick][sort]]
-            yield chunk, self.labels(rows[pick], versions[pick]), versions[pick]
+            which = np.searchsorted(starts, pick, side="right") - 1
+            got = [(at, d._gather(part, *examples[i], pick[at] - starts[i]))
+                   for i, d in enumerate(pools) if len(at := np.flatnonzero(which == i))]
+            restore = np.empty(len(pick), np.int64)
+            restore[np.concatenate([at for at, _ in got])] = np.arange(len(pick))
+            yield tuple(np.concatenate([g[k] for _, g in got])[restore] for k in range(3))
+
+    def _gather(self, part: str, rows: np.ndarray, versions: np.ndarray, pick: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Examples `pick` of a part whose examples are (rows, versions): inputs, labels, versions."""
+        resident = self.resident(part)
+        if resident is not None:  # example i is image i // K's version i % K (examples' order)
+            return (resident[pick // resident.shape[1], pick % resident.shape[1]],
+                    self.labels(rows[pick], versions[pick]), versions[pick])
+        # Sorted gathers read the memory map front to back; the batch order is restored after.
+        sort = np.argsort(rows[pick], kind="stable")
+        chunk = np.empty((len(pick), self.dim), np.float32)
+        edges = np.cumsum([0, *self.input_dims])
+        for name, lo, hi in zip(self.inputs, edges[:-1], edges[1:]):
+            chunk[sort, lo:hi] = self.store.array(name)[rows[pick][sort], versions[pick][sort]]
+        return chunk, self.labels(rows[pick], versions[pick]), versions[pick]
+
+    def aligned(self, store: Store, split_by: str = "store") -> "ProbeData":
+        """Another store of the same encoder, its versions labelled with this task's classes by row
+        name (a fine store's strong edits as detect classes), to join this data's training part
+        (`also`). Its training sources must not be this data's validation or test sources."""
+        classes, rows = self.task.classes, list(store.manifest["rows"])
+        if len(self.task.heads) != 1 or self.task.heads[0][1] != list(self.store.manifest["rows"]):
+            raise ValueError(f"the {self.task.name} task's classes are not its store's versions: "
+                             "only a task of one class per version can read another store")
+        unknown = [r for r in rows if r not in classes]
+        if unknown:
+            raise ValueError(f"{store.path}: versions {', '.join(unknown[:5])} are not classes of the "
+                             f"{self.task.name} task ({self.store.path})")
+        for key in ("encoder", "dim"):
+            if store.manifest[key] != self.store.manifest[key]:
+                raise ValueError(f"{store.path}: {key} {store.manifest[key]}, not {self.store.manifest[key]} "
+                                 f"as {self.store.path}")
+        task = Task(self.task.name, classes, np.array([classes.index(r) for r in rows]), np.arange(len(rows)),
+                    np.arange(len(rows)), heads=self.task.heads)
+        other = ProbeData.from_store(store, task, split_by, features="features" in self.inputs)
+        if other.input_dims != self.input_dims:
+            raise ValueError(f"{store.path}: inputs {other.input_dims} wide, not {self.input_dims}")
+        held = set(self.store.sources()[np.r_[self.val_rows, self.test_rows]])
+        leaked = sorted(held & set(store.sources()[other.train_rows]))
+        if leaked:
+            raise ValueError(f"{store.path}: its training sources {', '.join(map(str, leaked[:3]))} are validation "
+                             f"or test sources of {self.store.path}; split both by the same sources")
+        return other
 
     def resident(self, part: str) -> Optional[np.ndarray]:
         """A part's examples as float32 [images, versions, D], read from the store once, where they

@@ -7,9 +7,10 @@ one served embedding against the in-process pipeline and send a corrupt file; bu
 of every corpus source in the detection catalog's versions (edits from mild to strong, everyday
 ones included) per candidate, and smaller study stores (the fine catalog, generalization,
 rotation/flip groups), into memory-mapped stores split by source; train the detector probe of
-every candidate on its embedding and early-block FEATURES (and, for the default encoder, one on
-the embedding alone), and the study's probes; pick the detector by validation AUC (never test
-data) and deploy it with its calibrated score and its threshold for 5% FPR on validation
+every candidate on its embedding and early-block FEATURES (the default encoder's also on the fine
+store's strong edits of training sources; early stopping on validation AUC; with
+--compare-embedding-only also one on the embedding alone), and the study's probes; pick the
+detector by validation AUC (never test data) and deploy it with its calibrated score and its threshold for 5% FPR on validation
 sources; write the report with the detector cards (detection-catalog, strong fine-catalog edits
 made by DALI and by Pillow, and the everyday-edits card made with scikit-image) on test sources;
 index the known images (half of the test sources held out as new photos), learn the copy
@@ -36,7 +37,8 @@ from equiprobe.services.contract import DetectorNames, MatchNames, compose
 from equiprobe.services.embed_models import InProcessEmbed
 from equiprobe.services.repository import build_repo
 from equiprobe.services.server import TritonServer, loopback_config
-from equiprobe.trainer.configs import DETECTOR_ENSEMBLE, DETECTOR_HIDDEN, ProbeConfig
+from equiprobe.trainer.configs import (DETECTOR_ALSO_FINE, DETECTOR_ENSEMBLE, DETECTOR_HIDDEN, DETECTOR_STOP_ON,
+                                       ProbeConfig)
 from equiprobe.trainer.demo_match import build_matcher, match_table
 
 DATASET = "corpus"
@@ -63,7 +65,8 @@ SHOWN_VERSIONS = ("identity", "gaussian_blur", "text_overlay", "reference_style"
 
 def run_demo(workdir: str, probe: ProbeConfig = PROBE, candidates: tuple[str, ...] = CANDIDATES,
              detect_images: int = DETECT_IMAGES, compare_embedding_only: bool = False,
-             detector_hidden: int = DETECTOR_HIDDEN, detector_ensemble: bool = DETECTOR_ENSEMBLE) -> None:
+             detector_hidden: int = DETECTOR_HIDDEN, detector_ensemble: bool = DETECTOR_ENSEMBLE,
+             detector_stop_on: str = DETECTOR_STOP_ON, detector_also_fine: bool = DETECTOR_ALSO_FINE) -> None:
     from equiprobe.clients.corpus import check_corpus
     from equiprobe.clients.datasets import open_dataset
 
@@ -103,12 +106,13 @@ def run_demo(workdir: str, probe: ProbeConfig = PROBE, candidates: tuple[str, ..
         groups = bulk_embed(console, url, work / "store_groups", "groups", GROUPS_IMAGES)
 
         step(f"4. train the detector probe of every candidate, and the study's probes (seeds {SEEDS})")
-        detector = replace(probe, hidden=detector_hidden, ensemble=detector_ensemble)
-        detectors = {e: train_demo_probe(console, work, store, DETECTOR_CATALOG, e, detector)
+        detector = replace(probe, hidden=detector_hidden, ensemble=detector_ensemble, stop_on=detector_stop_on)
+        also = (fine,) if detector_also_fine else ()  # the fine store is ENCODER's: its detector's alone
+        detectors = {e: train_demo_probe(console, work, store, DETECTOR_CATALOG, e, detector, also if e == ENCODER else ())
                      for e, store in detect.items()}
         if compare_embedding_only and ENCODER in detect:  # what the FEATURES add: the detector on the embedding alone
             detectors[f"{ENCODER} (embedding only)"] = train_demo_probe(
-                console, work, detect[ENCODER], DETECTOR_CATALOG, ENCODER, replace(detector, features=False))
+                console, work, detect[ENCODER], DETECTOR_CATALOG, ENCODER, replace(detector, features=False), also)
         study = replace(probe, features=False)  # the study probes the embedding
         studies = {"fine": train_demo_probe(console, work, fine, "fine", ENCODER, study),
                    "general": train_demo_probe(console, work, general, "general", ENCODER, study)}
@@ -185,14 +189,15 @@ def join_stores(console: Console, work: Path, stores: dict[str, Path], parts: tu
 
 
 def train_demo_probe(console: Console, work: Path, store: Path, task: str, encoder: str,
-                     probe: ProbeConfig = PROBE) -> Path:
+                     probe: ProbeConfig = PROBE, also: tuple[Path, ...] = ()) -> Path:
     from equiprobe.trainer.train import train_probes
 
     out = work / f"probe_{task}_{encoder}_{probe.kind}{'_features' if probe.features else ''}"
     t0 = time.perf_counter()
-    record = train_probes(store, task, probe, SEEDS, out)
+    record = train_probes(store, task, probe, SEEDS, out, also=also)
     images = record["images"]
-    console.print(f"{encoder} {task}{' (+FEATURES)' if probe.features else ''}: {images['train']} train / "
+    extra = "".join(f" (+ {a['train_images']} x {a['versions']} from {Path(a['store']).name})" for a in record.get("also", []))
+    console.print(f"{encoder} {task}{' (+FEATURES)' if probe.features else ''}: {images['train']} train{extra} / "
                   f"{images['val']} validation / {images['test']} test images, test accuracy "
                   f"{record['summary']['test_accuracy']['mean']:.3f}, {time.perf_counter() - t0:.0f} s -> {out}")
     return out

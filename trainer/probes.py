@@ -21,6 +21,7 @@ from torch import nn
 
 from .configs import ProbeConfig
 from .data import ProbeData
+from .probe_export import IDENTITY
 
 
 class Probe(nn.Module):
@@ -134,6 +135,29 @@ def accuracy(model: nn.Module, data: ProbeData, part: str) -> float:
     return float((predicted == truth).mean())
 
 
+@torch.no_grad()
+def validation_figures(model: nn.Module, data: ProbeData, stop_on: str = "accuracy") -> dict[str, float]:
+    """{"val_accuracy"} (the mean over heads), and with stop_on "auc" also {"val_auc"}: the AUC of
+    -log P(identity) (the first head's) between edited versions and originals, in one pass."""
+    model.eval()
+    at = next(model.parameters()).device
+    identity = data.task.classes.index(IDENTITY) if stop_on == "auc" else None
+    right, scores, edited = [], [], []
+    for x, y, _ in data.batches("val", 4096):
+        logits = _as_tuple(model(torch.from_numpy(x).to(at)))
+        predicted = np.stack([head.argmax(1).cpu().numpy() for head in logits], axis=1)
+        right.append(predicted == y.reshape(len(y), -1))
+        if identity is not None:  # -log P: 1 - P(identity) rounds to 1.0 for the clearly edited
+            scores.append(-logits[0].log_softmax(1)[:, identity].cpu().numpy())
+            edited.append(y.reshape(len(y), -1)[:, 0] != identity)
+    out = {"val_accuracy": float(np.concatenate(right).mean())}
+    if identity is not None:
+        from sklearn.metrics import roc_auc_score
+
+        out["val_auc"] = float(roc_auc_score(np.concatenate(edited), np.concatenate(scores)))
+    return out
+
+
 @dataclass
 class FitResult:
     model: nn.Module
@@ -142,6 +166,7 @@ class FitResult:
     best_epoch: int
     val_accuracy: float
     history: list[dict]
+    val_score: float  # what early stopping watched (ProbeConfig.stop_on) at best_epoch: the seeds' ranking
 
 
 def fit(data: ProbeData, config: ProbeConfig, seed: int, progress: Optional[callable] = None,
@@ -154,6 +179,9 @@ def fit(data: ProbeData, config: ProbeConfig, seed: int, progress: Optional[call
     model = build_probe(data, config, mean, std).to(device())
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = nn.CrossEntropyLoss()
+    if config.stop_on == "auc" and IDENTITY not in data.task.classes:
+        raise ValueError(f"stop_on auc needs an '{IDENTITY}' class; the {data.task.name} task has none")
+    watched = f"val_{config.stop_on}"
     best, best_state, best_epoch, history = -1.0, None, 0, []
     for epoch in range(config.max_epochs):
         model.train()
@@ -166,16 +194,16 @@ def fit(data: ProbeData, config: ProbeConfig, seed: int, progress: Optional[call
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-        val = accuracy(model, data, "val") if len(data.val_rows) else 0.0
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_accuracy": val})
+        figures = validation_figures(model, data, config.stop_on) if len(data.val_rows) else {watched: 0.0}
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_accuracy": 0.0, **figures})
         if progress:
             progress(epoch, history[-1])
-        if val > best:
-            best, best_state, best_epoch = val, copy.deepcopy(model.state_dict()), epoch
+        if figures[watched] > best:
+            best, best_state, best_epoch = figures[watched], copy.deepcopy(model.state_dict()), epoch
         elif epoch - best_epoch >= config.patience:
             break
     model.load_state_dict(best_state)
-    return FitResult(model, seed, len(history), best_epoch, best, history)
+    return FitResult(model, seed, len(history), best_epoch, history[best_epoch]["val_accuracy"], history, best)
 
 
 def config_dict(config: ProbeConfig) -> dict:

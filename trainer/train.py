@@ -12,7 +12,7 @@ The baselines (trainer.baselines: logreg, knn) write the same record.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -80,10 +80,14 @@ def semantic_only(data: ProbeData, config: ProbeConfig, seed: int, statistics) -
 
 
 def train_probes(store_path: Path, task_name: str, config: ProbeConfig, seeds: list[int], out: Path,
-                 progress: bool = True, split_by: str = "store") -> dict:
+                 progress: bool = True, split_by: str = "store", also: Sequence[Path] = ()) -> dict:
+    """`also`: other stores of the same encoder and sources whose versions are classes of the task
+    (a fine store for the detect task: its strong edits); their training sources join the
+    training part. Validation (early stopping, calibration, threshold) and test stay store_path's."""
     store = Store.open(store_path)
     task = Task.from_store(store, task_name)
     data = ProbeData.from_store(store, task, split_by, features=config.features)
+    data.also = tuple(data.aligned(Store.open(path), split_by) for path in also)
     runs, best, members = [], None, []
     statistics = data.feature_statistics()  # one pass over the store, shared by every seed
     from rich.progress import Progress
@@ -93,22 +97,26 @@ def train_probes(store_path: Path, task_name: str, config: ProbeConfig, seeds: l
         for seed in seeds:
             done = bar.tasks[0].completed
             result = fit(data, config, seed, statistics=statistics, progress=lambda epoch, h: bar.update(
-                job, completed=done + epoch + 1, description=f"seed {seed} epoch {epoch} val {h['val_accuracy']:.3f}"))
+                job, completed=done + epoch + 1,
+                description=f"seed {seed} epoch {epoch} val {config.stop_on} {h[f'val_{config.stop_on}']:.3f}"))
             bar.update(job, completed=done + config.max_epochs)
             metrics = test_metrics(data, *predict(result.model, data, "test"))
             if task.spec.semantic_only:  # the study's claim: the semantic head loses nothing
                 metrics["semantic_only_accuracy"] = semantic_only(data, config, seed, statistics)
                 metrics["semantic_accuracy_change"] = metrics["semantic_accuracy"] - metrics["semantic_only_accuracy"]
-            runs.append({"seed": seed, "val_accuracy": result.val_accuracy, "epochs": result.epochs,
-                         "best_epoch": result.best_epoch, **metrics})
+            runs.append({"seed": seed, "val_accuracy": result.val_accuracy, f"val_{config.stop_on}": result.val_score,
+                         "epochs": result.epochs, "best_epoch": result.best_epoch, **metrics})
             if config.ensemble:
                 members.append(result.model)
-            if best is None or result.val_accuracy > best.val_accuracy:
+            if best is None or result.val_score > best.val_score:
                 best = result
     # probe.pt takes raw embeddings: the seed of best validation accuracy, or every seed averaged
     saved = SeedEnsemble(members) if config.ensemble else best.model
     record = probe_record(store_path, data, split_by, runs, kind=config.kind, config=config_dict(config),
                           seeds=seeds, saved_seed=None if config.ensemble else best.seed, deployable=True)
+    if data.also:  # what else trained it: kept with the record (probe.json's extra keys)
+        record.extra["also"] = [{"store": str(d.store.path), "train_images": len(d.train_rows),
+                                 "versions": len(d.task.train_versions)} for d in data.also]
     out.mkdir(parents=True, exist_ok=True)
     if task.spec.detector and IDENTITY in task.classes:  # the detector's figures, threshold on validation
         record.detector = card_for(save_scores(saved, data, out))

@@ -36,6 +36,8 @@ PROBE_HELP = {
                 "embeddings; deploy then feeds the served FEATURES to the probe.",
     "ensemble": "Save every seed's probe as one model averaging their class probabilities (deployed whole), "
                 "instead of the seed of best validation accuracy.",
+    "stop_on": "What early stopping and the choice of seed watch on validation: accuracy, or auc (edited "
+               "versions vs originals, by -log P(identity); tasks with an identity class, such as detect).",
 }
 BASELINE_HELP = {
     "c_grid": "logreg: the values of C tried (the best on validation is kept). Repeatable.",

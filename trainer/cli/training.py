@@ -27,6 +27,10 @@ def train(
     split: str = typer.Option("store", help="store: the store's train/test split; hash: by image key (80/20), "
                               "for semantic tasks on stores that hold whole classes out."),
     quiet: bool = typer.Option(False, help="No progress bar."),
+    also: Optional[list[Path]] = typer.Option(None, help="Another store (repeatable) of the same encoder and "
+                                               "sources whose versions are classes of the task, such as a fine "
+                                               "store for --task detect: its training sources join the training "
+                                               "part; validation and test stay --store's. mlp and linear only."),
     probe_fields: Optional[dict] = None,
     baseline_fields: Optional[dict] = None,
 ) -> None:
@@ -37,11 +41,14 @@ def train(
 
     try:
         if probe in BASELINES:
+            if also:
+                raise ValueError("--also trains mlp and linear probes; the baselines read --store alone")
             record = train_baseline(store, task, BaselineConfig(kind=probe, **baseline_fields), out,
                                     progress=not quiet, split_by=split)
         else:
             config = ProbeConfig(kind=probe, **probe_fields)
-            record = train_probes(store, task, config, list(range(seeds)), out, progress=not quiet, split_by=split)
+            record = train_probes(store, task, config, list(range(seeds)), out, progress=not quiet, split_by=split,
+                                  also=also or ())
     except (StoreError, ValueError) as exc:
         raise fail(str(exc))
     for key, value in record["summary"].items():
