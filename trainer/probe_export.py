@@ -45,9 +45,8 @@ from equiprobe.services.contract import (DETECTOR_OUTPUTS as OUTPUTS, EMBEDDING,
                                         probe_inputs)
 
 from .probe_record import ProbeRecord, ProbeRecordError
-from .tasks import TASKS
+from .tasks import IDENTITY, TASKS
 
-IDENTITY = "identity"
 # Probabilities are at most 1; float32 kernels summing in another order differ by a few ulps.
 PARITY_TOLERANCE = 1e-5
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from .configs import ProbeConfig
 from .data import ProbeData
-from .probe_export import IDENTITY
+from .tasks import IDENTITY
 
 
 class Probe(nn.Module):

@@ -22,6 +22,7 @@ from typing import Literal, Optional
 #   "rows"         the store's rows (one class per stored version; the label is the version)
 #   "classes"      the store's classes (the label is the version's row_labels entry)
 #   "label_names"  the dataset's semantic labels (the label is the image's)
+IDENTITY = "identity"  # every catalog's unedited version: what a detector tells the others from
 LabelSource = Literal["rows", "classes", "label_names"]
 
 
