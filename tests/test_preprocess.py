@@ -114,3 +114,32 @@ def test_pipeline_recovers_after_a_corrupt_image(jpegs, tmp_path):
     with pytest.raises(RuntimeError):
         dali.run([good, good[: good.size // 3]])
     assert dali.run([good]).shape == (1, *pre.crop_shape)
+
+
+def test_a_stored_versions_upload_is_the_jpeg_a_user_sends(photos):
+    """Detector stores re-encode each version as an upload inside DALI (expand.as_upload:
+    jpeg_compression_distortion at the drawn quality); the server decodes a user's JPEG. A Pillow
+    JPEG of the same canvas at the same quality (libjpeg's defaults, 4:2:0), decoded as served,
+    gives the same pixels: the stores' uploads are the served ones. Quality 0 keeps the version."""
+    from equiprobe.services.pipelines import decode
+    from equiprobe.services.transforms.expand import as_upload
+
+    canvases = [np.ascontiguousarray(photos[name][:CANVAS_SIZE, :CANVAS_SIZE]) for name in ("astronaut", "chelsea", "coffee")]
+    for quality in (60, 77, 95):
+        uploads = [np.frombuffer(encode(c, quality=quality), np.uint8) for c in canvases]
+
+        @pipeline_def(batch_size=len(canvases), num_threads=1, device_id=None, exec_async=False, exec_pipelined=False)
+        def pipe():
+            canvas = fn.external_source(source=lambda: canvases, batch=True, dtype=types.UINT8, layout="HWC")
+            drawn = fn.external_source(source=lambda: [np.float32(quality)] * len(canvases), batch=True,
+                                       dtype=types.FLOAT)
+            none = fn.external_source(source=lambda: [np.float32(0)] * len(canvases), batch=True, dtype=types.FLOAT)
+            sent = fn.external_source(source=lambda: uploads, batch=True, dtype=types.UINT8)
+            return as_upload(canvas, drawn), decode(sent, "RGB", "cpu"), as_upload(canvas, none)
+
+        built = pipe()
+        built.build()
+        stored, served, kept = (out.as_array() for out in built.run())
+        np.testing.assert_array_equal(stored, served)
+        np.testing.assert_array_equal(kept, np.stack(canvases))
+        assert np.abs(stored.astype(int) - kept).mean() > 1  # the compression does change the pixels
