@@ -10,8 +10,8 @@ rotation/flip groups), into memory-mapped stores split by source; train the dete
 every candidate on its embedding and early-block FEATURES (the default encoder's also on the fine
 store's strong edits of training sources; early stopping on validation AUC; with
 --compare-embedding-only also one on the embedding alone), and the study's probes; pick the
-detector by validation AUC (never test data) and deploy it with its calibrated score and its threshold for 5% FPR on validation
-sources; write the report with the detector cards (detection-catalog, strong fine-catalog edits
+detector by validation AUC (never test data) and deploy it with its calibrated score and its
+threshold for 5% FPR on validation sources; write the report with the detector cards (detection-catalog, strong fine-catalog edits
 made by DALI and by Pillow, and the everyday-edits card made with scikit-image) on test sources;
 index the known images (half of the test sources held out as new photos), learn the copy
 projection and the reference-aware probe on training sources, deploy NAME_matcher live and print

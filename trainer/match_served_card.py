@@ -1,17 +1,17 @@
 """The match card on edits made by another library, through the served NAME_matcher.
 
-Copies: test-source images of a store whose keys are in the deployed index, each uploaded as a
-fresh re-encoding of the original and as its everyday edits (trainer.everyday_card: written with
+Copies: test-source images of a store whose keys are in the deployed index, each uploaded as a fresh
+re-encoding of the original and as its everyday edits (trainer.everyday_card: written with
 scikit-image, scipy and numpy; no training path makes them). New photos: test-source images in no
 index, uploaded as a fresh re-encoding and `new_photo_edits` of the everyday edits, a different few
-for each (`rotating_edits`: every edit is made for some new photos; every version is a non-copy;
-all 22 for each of 98 new photos cost the demo about 40 s and measure the same thing). Figures per edit and by group
-(artifacts; plausible tone, colour and geometry edits): recall@1 and @10 of the right original,
-copies called, the category named for matched copies (judged only for edits whose operation a row
-of the probe's catalog does: `Edit.same_as`; the others have no right name in the catalog and are
-counted apart), and the AUC of the edit score between matched edited copies and matched
-re-uploads. Overall: ISC micro-AP over copies and new photos, and the share of new photos matched
-at the deployed copy threshold.
+for each (`rotating_edits`: every edit is made for some new photos; every version is a non-copy; all
+22 for each of 98 new photos cost the demo about 40 s and measure the same thing). Figures per edit
+and by group (artifacts; plausible tone, colour and geometry edits): recall@1 and @10 of the right
+original, copies called, the category named for matched copies (judged only for edits whose
+operation a row of the probe's catalog does: `Edit.same_as`; the others have no right name in the
+catalog and are counted apart), and the AUC of the edit score between matched edited copies and
+matched re-uploads. Overall: ISC micro-AP over copies and new photos, and the share of new photos
+matched at the deployed copy threshold.
 """
 
 from __future__ import annotations

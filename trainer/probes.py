@@ -142,19 +142,22 @@ def validation_figures(model: nn.Module, data: ProbeData, stop_on: str = "accura
     model.eval()
     at = next(model.parameters()).device
     identity = data.task.classes.index(IDENTITY) if stop_on == "auc" else None
-    right, scores, edited = [], [], []
-    for x, y, _ in data.batches("val", 4096):
+    scores = []
+
+    def classify(x: np.ndarray) -> np.ndarray:
         logits = _as_tuple(model(torch.from_numpy(x).to(at)))
-        predicted = np.stack([head.argmax(1).cpu().numpy() for head in logits], axis=1)
-        right.append(predicted == y.reshape(len(y), -1))
         if identity is not None:  # -log P: 1 - P(identity) rounds to 1.0 for the clearly edited
             scores.append(-logits[0].log_softmax(1)[:, identity].cpu().numpy())
-            edited.append(y.reshape(len(y), -1)[:, 0] != identity)
-    out = {"val_accuracy": float(np.concatenate(right).mean())}
+        heads = [head.argmax(1).cpu().numpy() for head in logits]
+        return heads[0] if len(heads) == 1 else np.stack(heads, axis=1)
+
+    predicted, truth, _ = predict_with(classify, data, "val")
+    out = {"val_accuracy": float((predicted == truth).mean())}
     if identity is not None:
         from sklearn.metrics import roc_auc_score
 
-        out["val_auc"] = float(roc_auc_score(np.concatenate(edited), np.concatenate(scores)))
+        edited = (truth if truth.ndim == 1 else truth[:, 0]) != identity
+        out["val_auc"] = float(roc_auc_score(edited, np.concatenate(scores)))
     return out
 
 
@@ -194,8 +197,9 @@ def fit(data: ProbeData, config: ProbeConfig, seed: int, progress: Optional[call
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-        figures = validation_figures(model, data, config.stop_on) if len(data.val_rows) else {watched: 0.0}
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_accuracy": 0.0, **figures})
+        figures = (validation_figures(model, data, config.stop_on) if len(data.val_rows)
+                   else {"val_accuracy": 0.0, watched: 0.0})
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)), **figures})
         if progress:
             progress(epoch, history[-1])
         if figures[watched] > best:

@@ -110,7 +110,7 @@ def train_probes(store_path: Path, task_name: str, config: ProbeConfig, seeds: l
                 members.append(result.model)
             if best is None or result.val_score > best.val_score:
                 best = result
-    # probe.pt takes raw embeddings: the seed of best validation accuracy, or every seed averaged
+    # probe.pt takes raw embeddings: the seed of best validation score (config.stop_on), or every seed averaged
     saved = SeedEnsemble(members) if config.ensemble else best.model
     record = probe_record(store_path, data, split_by, runs, kind=config.kind, config=config_dict(config),
                           seeds=seeds, saved_seed=None if config.ensemble else best.seed, deployable=True)
